@@ -1,0 +1,92 @@
+"""Pieces shared by the PyTorch emitters: module constructors, op calls, variable allocation."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import PurePath
+
+from mtsc.codegen.names import Namespace, sanitize
+from mtsc.codegen.pyliteral import call_args
+from mtsc.ir.graph import Graph, Node
+from mtsc.ir.ops import Op, TorchExpr, TorchModule, spec_of, torch_class
+
+
+
+def imports_used(body: str) -> list[str]:
+    """The torch imports a generated body needs, in isort order (unused ones fail linters)."""
+    imports = ["import torch"]
+    if re.search(r"\bF\.", body):
+        imports.append("import torch.nn.functional as F")
+    if re.search(r"\bnn\.", body):
+        imports.append("from torch import nn")
+    return imports
+
+
+def is_module_op(node: Node) -> bool:
+    return isinstance(spec_of(node.op).torch, TorchModule)
+
+
+def constructor(g: Graph, nid: int) -> str:
+    """`nn.Conv2d(64, 128, kernel_size=3, ...)` for a module-form op."""
+    node = g.node(nid)
+    form = spec_of(node.op).torch
+    assert isinstance(form, TorchModule)
+    args, kwargs = form.args(node.attrs, g.in_shapes(nid))
+    return f"{torch_class(node.op, node.attrs)}({call_args(args, kwargs)})"
+
+
+def op_expression(node: Node, module: str | None, inputs: Sequence[str]) -> str:
+    """The right-hand side computing `node` from its inputs' variables."""
+    form = spec_of(node.op).torch
+    if isinstance(form, TorchExpr):
+        return form.build(node.attrs, list(inputs))
+    assert module is not None, node.name
+    return f"{module}({', '.join(inputs)})"
+
+
+def location(node: Node) -> str:
+    if node.loc is None:
+        return ""
+    return f"{PurePath(node.loc.file).name}:{node.loc.line}"
+
+
+def shape_text(shape: tuple[int, ...] | None) -> str:
+    return "x".join(map(str, shape)) if shape else "?"
+
+
+class VariableAllocator:
+    """Names forward-pass variables after the DSL's own (`x`, `y`), reusing a name once its
+    value is dead, as hand-written code does; this also frees activations early."""
+
+    def __init__(self, order: Sequence[int], g: Graph, keep_alive: set[int]) -> None:
+        position = {nid: i for i, nid in enumerate(order)}
+        self._last_use: dict[int, int] = {}
+        for nid in order:
+            users = [position[u] for u in g.users(nid) if u in position]
+            last = max(users, default=position[nid])
+            self._last_use[nid] = len(order) if nid in keep_alive else last
+        self._position = position
+        self._holder: dict[str, int] = {}
+        self._ns = Namespace()
+        self.var: dict[int, str] = {}
+
+    def assign(self, nid: int, hint: str) -> str:
+        now = self._position[nid]
+        base = sanitize(hint)
+        candidates = [base] + [f"{base}_{k}" for k in range(1, len(self._position) + 2)]
+        for name in candidates:
+            held = self._holder.get(name)
+            free = held is None and name not in self._ns
+            if free or (held is not None and self._last_use[held] <= now):
+                self._ns.create(name)
+                self._holder[name] = nid
+                self.var[nid] = name
+                return name
+        raise AssertionError("no free variable name")
+
+
+def variable_hint(node: Node) -> str:
+    if node.op is Op.INPUT:
+        return node.name
+    return node.meta.get("var") or node.op.value

@@ -1,0 +1,273 @@
+"""The canonical `.mtl` formatter (`mtsc fmt`): prints the syntax tree back with fixed spacing,
+four-space indentation, minimal parentheses, comments kept, and at most one blank line.
+Formatting is idempotent and never changes what a file means (the tests check both)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mtsc.grammar import ast
+from mtsc.grammar.parser import parse
+
+INDENT = "    "
+
+_PREC = {
+    "or": 1,
+    "and": 2,
+    "not": 3,
+    "==": 4, "!=": 4, "<": 4, "<=": 4, ">": 4, ">=": 4,
+    "|": 5,
+    "+": 6, "-": 6,
+    "*": 7, "/": 7, "//": 7, "%": 7,
+    "neg": 8,
+    "**": 9,
+}
+_ATOM = 10
+
+
+def precedence(expr: ast.Expr) -> int:
+    if isinstance(expr, ast.BinOp):
+        return _PREC[expr.op]
+    if isinstance(expr, ast.UnaryOp):
+        return _PREC["not"] if expr.op == "not" else _PREC["neg"]
+    if isinstance(expr, ast.Pipe):
+        return _PREC["|"]
+    return _ATOM
+
+
+def format_expr(expr: ast.Expr) -> str:
+    if isinstance(expr, ast.Num):
+        return expr.text
+    if isinstance(expr, ast.Str):
+        return f'"{expr.value}"'
+    if isinstance(expr, ast.Bool):
+        return "true" if expr.value else "false"
+    if isinstance(expr, ast.Name):
+        return expr.id
+    if isinstance(expr, ast.TupleLit):
+        items = ", ".join(format_expr(e) for e in expr.items)
+        return f"({items},)" if len(expr.items) == 1 else f"({items})"
+    if isinstance(expr, ast.ListLit):
+        return "[" + ", ".join(format_expr(e) for e in expr.items) + "]"
+    if isinstance(expr, ast.BinOp):
+        p = _PREC[expr.op]
+        right_assoc = expr.op == "**"
+        comparison = p == _PREC["=="]
+        left = _wrap(expr.left, p + (1 if right_assoc or comparison else 0))
+        right = _wrap(expr.right, p + (0 if right_assoc else 1))
+        return f"{left} {expr.op} {right}"
+    if isinstance(expr, ast.UnaryOp):
+        if expr.op == "not":
+            return f"not {_wrap(expr.operand, _PREC['not'])}"
+        return f"-{_wrap(expr.operand, _PREC['neg'])}"
+    if isinstance(expr, ast.Call):
+        return format_call(expr)
+    if isinstance(expr, ast.Repeat):
+        count = expr.count
+        simple = isinstance(count, ast.Name) or (
+            isinstance(count, ast.Num) and isinstance(count.value, int)
+        )
+        text = format_expr(count) if simple else f"({format_expr(count)})"
+        return f"repeat {text} {format_call(expr.call)}"
+    if isinstance(expr, ast.Index):
+        return f"{_wrap(expr.value, _ATOM)}[{format_expr(expr.index)}]"
+    if isinstance(expr, ast.Pipe):
+        return f"{_wrap(expr.value, _PREC['|'])} | {format_expr(expr.stage)}"
+    raise AssertionError(expr)
+
+
+def _wrap(expr: ast.Expr, minimum: int) -> str:
+    text = format_expr(expr)
+    return f"({text})" if precedence(expr) < minimum else text
+
+
+def format_call(call: ast.Call) -> str:
+    args = ", ".join(
+        format_expr(a.value) if a.name is None else f"{a.name}={format_expr(a.value)}"
+        for a in call.args
+    )
+    return f"{call.func}({args})"
+
+
+class _Printer:
+    def __init__(self, module: ast.Module) -> None:
+        self.lines: list[str] = []
+        self.comments = sorted(module.comments, key=lambda c: (c.line, c.column))
+        self.next_comment = 0
+        self.source_lines = module.source.splitlines()
+
+    # -- comments and blank lines ----------------------------------------------------------
+
+    def _pending(self, before_line: int) -> list[ast.Comment]:
+        out = []
+        while (
+            self.next_comment < len(self.comments)
+            and self.comments[self.next_comment].line < before_line
+        ):
+            out.append(self.comments[self.next_comment])
+            self.next_comment += 1
+        return out
+
+    def _blank_before(self, line: int) -> bool:
+        return 2 <= line <= len(self.source_lines) + 1 and not self.source_lines[line - 2].strip()
+
+    def lead(self, line: int, depth: int, *, first: bool) -> None:
+        """Comments before `line`, and one blank line where the source had any."""
+        pending = self._pending(line)
+        start = pending[0].line if pending else line
+        if not first and self._blank_before(start) and self.lines and self.lines[-1]:
+            self.lines.append("")
+        prev = start
+        for c in pending:
+            if c.line > prev + 1 and self._blank_before(c.line) and self.lines and self.lines[-1]:
+                self.lines.append("")
+            self.lines.append(INDENT * depth + c.text)
+            prev = c.line
+        if pending and line > prev + 1 and self._blank_before(line):
+            self.lines.append("")
+
+    def emit(self, text: str, depth: int, line: int) -> None:
+        """One output line; a comment trailing source line `line` is kept at its end."""
+        trailing = ""
+        if (
+            self.next_comment < len(self.comments)
+            and self.comments[self.next_comment].line == line
+        ):
+            trailing = "  " + self.comments[self.next_comment].text
+            self.next_comment += 1
+        self.lines.append(INDENT * depth + text + trailing)
+
+    def close(self, end: ast.Span | None, depth: int) -> None:
+        """Comments left inside a braced body, then its closing brace."""
+        if end is not None:
+            for c in self._pending(end.line + 1 if self._brace_alone(end) else end.line):
+                self.lines.append(INDENT * (depth + 1) + c.text)
+        self.lines.append(INDENT * depth + "}")
+
+    def _brace_alone(self, end: ast.Span) -> bool:
+        if not 1 <= end.line <= len(self.source_lines):
+            return False
+        return self.source_lines[end.line - 1].strip().startswith("}")
+
+    # -- items -----------------------------------------------------------------------------
+
+    def module(self, module: ast.Module) -> str:
+        for i, item in enumerate(module.items):
+            self.item(item, first=i == 0)
+        for c in self.comments[self.next_comment :]:
+            if self._blank_before(c.line) and self.lines and self.lines[-1]:
+                self.lines.append("")
+            self.lines.append(c.text)
+        return "\n".join(self.lines).rstrip("\n") + "\n"
+
+    def item(self, item: ast.Item, *, first: bool) -> None:
+        line = _first_line(item)
+        self.lead(line, 0, first=first)
+        if isinstance(item, ast.Import):
+            self.emit(f'import "{item.path}"', 0, item.span.end_line or item.span.line)
+        elif isinstance(item, ast.InputDecl):
+            dims = "x".join(map(str, item.shape))
+            self.emit(f"input {item.name}: {dims}", 0, item.span.line)
+        elif isinstance(item, ast.Const):
+            self.emit(f"{item.name} = {format_expr(item.value)}", 0, item.span.end_line)
+        elif isinstance(item, ast.BlockDef):
+            self.decorators(item.decorators, 0)
+            params = ", ".join(
+                p.name if p.default is None else f"{p.name}={format_expr(p.default)}"
+                for p in item.params
+            )
+            self.emit(f"block {item.name}({params}) {{", 0, item.name_span.line)
+            self.body(item.body, 1)
+            self.close(item.end_span, 0)
+        elif isinstance(item, ast.Backbone):
+            self.decorators(item.decorators, 0)
+            self.emit("backbone {", 0, item.span.line if not item.decorators else _after_decorators(item))
+            self.body(item.body, 1)
+            self.close(item.end_span, 0)
+        elif isinstance(item, ast.Tasks):
+            self.emit("tasks {", 0, item.span.line)
+            width = max((len(t.name) for t in item.tasks), default=0)
+            for i, task in enumerate(item.tasks):
+                self.lead(task.span.line, 1, first=i == 0)
+                options = "".join(f" {o.key}={format_expr(o.value)}" for o in task.options)
+                name = f"{task.name}:".ljust(width + 1)
+                self.emit(f"{name} {format_expr(task.head)}{options}", 1, task.span.end_line)
+            self.close(item.end_span, 0)
+
+    def decorators(self, decorators: Sequence[ast.Decorator], depth: int) -> None:
+        for dec in decorators:
+            self.emit(f"@{dec.name}", depth, dec.span.line)
+
+    # -- statements ------------------------------------------------------------------------
+
+    def body(self, stmts: Sequence[ast.Stmt], depth: int) -> None:
+        for i, stmt in enumerate(stmts):
+            self.stmt(stmt, depth, first=i == 0)
+
+    def stmt(self, stmt: ast.Stmt, depth: int, *, first: bool) -> None:
+        self.lead(stmt.span.line, depth, first=first)
+        self.decorators(stmt.decorators, depth)
+        label = f"{stmt.label}: " if stmt.label else ""
+        head_line = stmt.label_span.line if stmt.label_span else _stmt_head_line(stmt)
+        if isinstance(stmt, ast.Assign):
+            self.emit(f"{label}{stmt.target} = {format_expr(stmt.value)}", depth, stmt.span.end_line)
+        elif isinstance(stmt, ast.Return):
+            self.emit(f"{label}return {format_expr(stmt.value)}", depth, stmt.span.end_line)
+        elif isinstance(stmt, ast.Assert):
+            msg = f', "{stmt.message}"' if stmt.message is not None else ""
+            self.emit(f"{label}assert {format_expr(stmt.test)}{msg}", depth, stmt.span.end_line)
+        elif isinstance(stmt, ast.For):
+            targets = ", ".join(stmt.targets)
+            self.emit(
+                f"{label}for {targets} in {format_expr(stmt.iterable)} {{", depth, head_line
+            )
+            self.body(stmt.body, depth + 1)
+            self.close(stmt.end_span, depth)
+        elif isinstance(stmt, ast.If):
+            self._if(stmt, label, depth, head_line)
+        else:
+            raise AssertionError(stmt)
+
+    def _if(self, stmt: ast.If, label: str, depth: int, head_line: int) -> None:
+        for i, (cond, body) in enumerate(stmt.branches):
+            if i == 0:
+                self.emit(f"{label}if {format_expr(cond)} {{", depth, head_line)
+            else:
+                span = stmt.branch_spans[i]
+                self._close_inner(span, depth)
+                self.lines[-1] += f" elif {format_expr(cond)} {{"
+            self.body(body, depth + 1)
+        if stmt.orelse is not None:
+            self._close_inner(stmt.else_span, depth)
+            self.lines[-1] += " else {"
+            self.body(stmt.orelse, depth + 1)
+        self.close(stmt.end_span, depth)
+
+    def _close_inner(self, next_clause: ast.Span | None, depth: int) -> None:
+        if next_clause is not None:
+            for c in self._pending(next_clause.line):
+                self.lines.append(INDENT * (depth + 1) + c.text)
+        self.lines.append(INDENT * depth + "}")
+
+
+def _first_line(item: ast.Item) -> int:
+    decorators = getattr(item, "decorators", ())
+    return decorators[0].span.line if decorators else item.span.line
+
+
+def _after_decorators(item: ast.Backbone) -> int:
+    return item.decorators[-1].span.line + 1
+
+
+def _stmt_head_line(stmt: ast.Stmt) -> int:
+    if stmt.decorators:
+        return stmt.decorators[-1].span.line + 1
+    return stmt.span.line
+
+
+def format_module(module: ast.Module) -> str:
+    return _Printer(module).module(module)
+
+
+def format_source(text: str, file: str) -> str:
+    return format_module(parse(text, file))

@@ -1,0 +1,801 @@
+"""Lowering: evaluate an `.mtl` syntax tree at compile time and build the operator graph.
+
+Blocks are inlined; every op becomes one IR node with a hierarchical name and its source span.
+Shapes are inferred as nodes are created, so `channels(x)` and friends work in conditions.
+
+Naming: an op called in scope `S` is `S.<op><n>` (`layer1.0.conv1`), an unlabelled block call
+is `S.<block><n>`. A labelled statement `L: ...` opens scope `S.L` in which block calls are
+numbered `S.L.0`, `S.L.1`, ...; if the statement makes exactly one call, that call is `S.L`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtsc.grammar import ast
+from mtsc.grammar.parser import parse
+from mtsc.ir.errors import MtscError, Span
+from mtsc.ir.graph import Call, Graph, Node, Sharing, TaskSpec
+from mtsc.ir.ops import Op, OpError, Shape, did_you_mean, infer_shape, op_by_name, spec_of
+
+# DSL spellings of ops, beyond their canonical names.
+OP_ALIASES: dict[str, Op] = {
+    "conv": Op.CONV2D,
+    "bn": Op.BATCHNORM,
+    "batchnorm2d": Op.BATCHNORM,
+    "cat": Op.CONCAT,
+    "interpolate": Op.UPSAMPLE,
+    "fc": Op.LINEAR,
+}
+
+MAX_CALL_DEPTH = 64
+PRELUDE = Path(__file__).with_name("heads.mtl")
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """A value computed at run time: the IR node that produces it."""
+
+    nid: int
+    shape: Shape
+
+    def describe(self) -> str:
+        return "tensor " + "x".join(map(str, self.shape))
+
+
+@dataclass(slots=True)
+class _Block:
+    defn: ast.BlockDef
+    globals: dict[str, Any]  # the constants of the file that defines it
+
+
+@dataclass(slots=True)
+class _Scope:
+    prefix: str
+    sharing: Sharing | None
+    labelled: bool = False
+    counters: dict[str, int] = field(default_factory=dict)
+    direct_calls: list[str] = field(default_factory=list)
+
+    def child_name(self, base: str, *, block: bool) -> str:
+        if self.labelled and block:
+            seg = str(len([c for c in self.direct_calls if c.isdigit()]))
+        else:
+            n = self.counters.get(base, 0) + 1
+            self.counters[base] = n
+            seg = f"{base}{n}"
+        self.direct_calls.append(seg)
+        return f"{self.prefix}.{seg}" if self.prefix else seg
+
+
+class _Return(Exception):
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return value.describe()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+class Lowerer:
+    def __init__(self, *, read_file: Callable[[Path], str] | None = None) -> None:
+        self.read_file = read_file or (lambda p: p.read_text())
+        self.blocks: dict[str, _Block] = {}
+        self.graph: Graph | None = None
+        self.call_stack: list[str] = []
+        self.var_hint: str | None = None
+        self.node_spans: dict[str, Span] = {}
+        self.created: list[int] = []
+        self.loaded: set[Path] = set()
+        self.prelude_loaded = False
+
+    # ------------------------------------------------------------------ files and imports
+
+    def load_module(self, module: ast.Module, chain: tuple[Path, ...]) -> dict[str, Any]:
+        """Register a file's blocks (and its imports'); return its evaluated constants."""
+        consts: dict[str, Any] = {}
+        for item in module.items:
+            if isinstance(item, ast.Import):
+                consts.update(self._import(item, module, chain))
+        for item in module.items:
+            if isinstance(item, ast.BlockDef):
+                self._define_block(item, consts)
+            elif isinstance(item, ast.Const):
+                value = self.eval(item.value, consts, _Scope("", None))
+                if isinstance(value, Tensor):
+                    raise MtscError(item.span, "top-level constants must be compile-time values")
+                consts[item.name] = value
+        return consts
+
+    def _import(
+        self, item: ast.Import, module: ast.Module, chain: tuple[Path, ...]
+    ) -> dict[str, Any]:
+        base = Path(module.file).parent
+        path = (base / item.path).resolve()
+        if path in chain:
+            cycle = " -> ".join(p.name for p in (*chain[chain.index(path) :], path))
+            raise MtscError(item.span, f"import cycle: {cycle}")
+        if path in self.loaded:
+            return {}
+        try:
+            text = self.read_file(path)
+        except OSError as err:
+            raise MtscError(item.span, f"cannot import {item.path!r}: {err.strerror}") from None
+        self.loaded.add(path)
+        imported = parse(text, str(path))
+        for other in imported.items:
+            if isinstance(other, (ast.InputDecl, ast.Backbone, ast.Tasks)):
+                raise MtscError(
+                    other.span,
+                    "an imported file may hold only blocks, constants and imports",
+                )
+        return self.load_module(imported, (*chain, path))
+
+    def _define_block(self, defn: ast.BlockDef, consts: dict[str, Any]) -> None:
+        if defn.name in self.blocks:
+            first = self.blocks[defn.name].defn.name_span
+            raise MtscError(
+                defn.name_span, f"block {defn.name!r} is already defined at {first}"
+            )
+        if op_by_name(defn.name) or defn.name in OP_ALIASES or defn.name in BUILTINS:
+            raise MtscError(defn.name_span, f"block name {defn.name!r} is the name of an op")
+        seen: set[str] = set()
+        for param in defn.params:
+            if param.name in seen:
+                raise MtscError(param.span, f"duplicate parameter {param.name!r}")
+            seen.add(param.name)
+        self._decorator_sharing(defn.decorators)
+        self.blocks[defn.name] = _Block(defn, consts)
+
+    def _load_prelude(self) -> None:
+        if not self.prelude_loaded:
+            self.prelude_loaded = True
+            prelude = parse(self.read_file(PRELUDE), str(PRELUDE))
+            self.load_module(prelude, (PRELUDE,))
+
+    # ------------------------------------------------------------------ the model
+
+    def lower(self, module: ast.Module) -> Graph:
+        path = Path(module.file).resolve()
+        self.loaded.add(path)
+        consts = self.load_module(module, (path,))
+        self.graph = Graph(Path(module.file).stem, source=module.file)
+        backbones = [i for i in module.items if isinstance(i, ast.Backbone)]
+        if not backbones:
+            raise MtscError(
+                Span(module.file, 1, 1, source=module.source),
+                "the model has no `backbone { ... }` section",
+            )
+        if len(backbones) > 1:
+            raise MtscError(backbones[1].span, "a model has exactly one backbone section")
+        env = dict(consts)
+        for item in module.items:
+            if isinstance(item, ast.InputDecl):
+                self._declare_input(item, env)
+        if not self.graph.input_ids():
+            raise MtscError(backbones[0].span, "the model declares no input (`input image: 3x224x224`)")
+        out = self._run_backbone(backbones[0], env)
+        self.graph.outputs["backbone"] = out.nid
+        tasks = [i for i in module.items if isinstance(i, ast.Tasks)]
+        if len(tasks) > 1:
+            raise MtscError(tasks[1].span, "a model has at most one tasks section")
+        if tasks:
+            self.graph.tasks = self._tasks(tasks[0], consts)
+        return self.graph
+
+    def _declare_input(self, decl: ast.InputDecl, env: dict[str, Any]) -> None:
+        if decl.name in env:
+            raise MtscError(decl.span, f"{decl.name!r} is already defined")
+        if len(decl.shape) != 3:
+            raise MtscError(decl.span, "an input shape is channels x height x width, e.g. 3x224x224")
+        node = Node(Op.INPUT, decl.name, {"shape": decl.shape}, decl.shape, decl.span)
+        self._check_name(decl.name, decl.span)
+        nid = self.graph.add(node)
+        env[decl.name] = Tensor(nid, decl.shape)
+
+    def _run_backbone(self, backbone: ast.Backbone, env: dict[str, Any]) -> Tensor:
+        scope = _Scope("", self._decorator_sharing(backbone.decorators))
+        try:
+            self.exec_body(backbone.body, env, scope)
+        except _Return as ret:
+            if not isinstance(ret.value, Tensor):
+                raise MtscError(
+                    backbone.span,
+                    f"the backbone must return a tensor, not {_describe(ret.value)}",
+                ) from None
+            return ret.value
+        raise MtscError(backbone.span, "the backbone ends without `return`")
+
+    def _tasks(self, section: ast.Tasks, consts: dict[str, Any]) -> tuple[TaskSpec, ...]:
+        specs: dict[str, TaskSpec] = {}
+        for task in section.tasks:
+            if task.name in specs:
+                raise MtscError(task.span, f"duplicate task {task.name!r}")
+            head = self._static_call(task.head, consts, "head")
+            self._check_head(head, task.head)
+            options: dict[str, Any] = {}
+            for opt in task.options:
+                if opt.key in options:
+                    raise MtscError(opt.span, f"{opt.key}= given twice")
+                if opt.key == "weight":
+                    weight = self.eval(opt.value, consts, _Scope("", None))
+                    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                        raise MtscError(opt.span, "weight= must be a number")
+                    options["weight"] = float(weight)
+                else:
+                    options[opt.key] = self._static_call(opt.value, consts, opt.key)
+            specs[task.name] = TaskSpec(task.name, head, loc=task.span, **options)
+        if not specs:
+            raise MtscError(section.span, "the tasks section is empty")
+        return tuple(specs.values())
+
+    def _static_call(self, expr: ast.Expr, consts: dict[str, Any], what: str) -> Call:
+        """A head, loss or metric: `name` or `name(key=value, ...)` with constant values."""
+        if isinstance(expr, ast.Name):
+            return Call(expr.id, (), expr.span)
+        if isinstance(expr, ast.Call):
+            kwargs = []
+            for arg in expr.args:
+                if arg.name is None:
+                    raise MtscError(arg.span, f"{what} arguments are given by name: key=value")
+                value = self.eval(arg.value, consts, _Scope("", None))
+                if isinstance(value, Tensor):
+                    raise MtscError(arg.span, f"{what} arguments must be compile-time values")
+                kwargs.append((arg.name, value))
+            return Call(expr.func, tuple(kwargs), expr.span)
+        raise MtscError(expr.span, f"a {what} is a name or a call like name(key=value)")
+
+    def _check_head(self, head: Call, expr: ast.Expr) -> None:
+        if head.name not in self.blocks:
+            self._load_prelude()
+        block = self.blocks.get(head.name)
+        if block is None:
+            raise MtscError(
+                head.loc,
+                f"unknown head {head.name!r}" + did_you_mean(head.name, sorted(self.blocks)),
+            )
+        params = [p.name for p in block.defn.params]
+        # A head block takes (features, input, ...options).
+        if len(params) < 2:
+            raise MtscError(
+                head.loc, f"head block {head.name!r} must take (features, input, ...) parameters"
+            )
+        for key, _ in head.kwargs:
+            if key not in params[2:]:
+                raise MtscError(
+                    head.loc,
+                    f"head {head.name!r} has no option {key!r}" + did_you_mean(key, params[2:]),
+                )
+        missing = [p.name for p in block.defn.params[2:] if p.default is None]
+        missing = [m for m in missing if m not in dict(head.kwargs)]
+        if missing:
+            raise MtscError(head.loc, f"head {head.name!r} needs {', '.join(missing)}=")
+
+    # ------------------------------------------------------------------ statements
+
+    def exec_body(self, body: Sequence[ast.Stmt], env: dict[str, Any], scope: _Scope) -> None:
+        for stmt in body:
+            self.exec_stmt(stmt, env, scope)
+
+    def exec_stmt(self, stmt: ast.Stmt, env: dict[str, Any], scope: _Scope) -> None:
+        sharing = self._decorator_sharing(stmt.decorators) or scope.sharing
+        if stmt.label is None:
+            inner = scope if sharing is scope.sharing else _Scope(
+                scope.prefix, sharing, scope.labelled, scope.counters, scope.direct_calls
+            )
+            self._exec_plain(stmt, env, inner)
+            return
+        prefix = f"{scope.prefix}.{stmt.label}" if scope.prefix else stmt.label
+        if any(c == stmt.label for c in scope.direct_calls):
+            raise MtscError(stmt.label_span, f"duplicate label {stmt.label!r} in this scope")
+        scope.direct_calls.append(stmt.label)
+        inner = _Scope(prefix, sharing, labelled=True)
+        first_new = len(self.created)
+        self._exec_plain(stmt, env, inner)
+        if len(inner.direct_calls) == 1:
+            self._collapse(prefix, inner.direct_calls[0], self.created[first_new:])
+
+    def _collapse(self, prefix: str, seg: str, ids: Sequence[int]) -> None:
+        """A labelled statement that made one call: `L.conv1` becomes `L`."""
+        long = f"{prefix}.{seg}"
+        for nid in ids:
+            if nid not in self.graph:
+                continue
+            name = self.graph.node(nid).name
+            if name == long or name.startswith(long + "."):
+                new = prefix + name[len(long) :]
+                span = self.node_spans.pop(name)
+                self._check_name(new, span)
+                self.graph.update(nid, name=new)
+
+    def _exec_plain(self, stmt: ast.Stmt, env: dict[str, Any], scope: _Scope) -> None:
+        if isinstance(stmt, ast.Assign):
+            saved, self.var_hint = self.var_hint, stmt.target
+            try:
+                env[stmt.target] = self.eval(stmt.value, env, scope)
+            finally:
+                self.var_hint = saved
+        elif isinstance(stmt, ast.Return):
+            saved, self.var_hint = self.var_hint, "out"
+            try:
+                value = self.eval(stmt.value, env, scope)
+            finally:
+                self.var_hint = saved
+            raise _Return(value)
+        elif isinstance(stmt, ast.If):
+            for cond, body in stmt.branches:
+                if self._condition(cond, env, scope):
+                    self.exec_body(body, env, scope)
+                    return
+            if stmt.orelse is not None:
+                self.exec_body(stmt.orelse, env, scope)
+        elif isinstance(stmt, ast.For):
+            items = self.eval(stmt.iterable, env, scope)
+            if not isinstance(items, tuple):
+                raise MtscError(
+                    stmt.iterable.span, f"cannot loop over {_describe(items)}; use a list or range()"
+                )
+            for item in items:
+                self._bind_targets(stmt, item, env)
+                self.exec_body(stmt.body, env, scope)
+        elif isinstance(stmt, ast.Assert):
+            if not self._condition(stmt.test, env, scope):
+                raise MtscError(stmt.span, f"assertion failed: {stmt.message or 'condition is false'}")
+        else:
+            raise AssertionError(stmt)
+
+    def _bind_targets(self, stmt: ast.For, item: Any, env: dict[str, Any]) -> None:
+        if len(stmt.targets) == 1:
+            env[stmt.targets[0]] = item
+            return
+        if not isinstance(item, tuple) or len(item) != len(stmt.targets):
+            raise MtscError(
+                stmt.iterable.span,
+                f"cannot unpack {_describe(item)} into {len(stmt.targets)} names",
+            )
+        env.update(zip(stmt.targets, item))
+
+    def _condition(self, expr: ast.Expr, env: dict[str, Any], scope: _Scope) -> bool:
+        value = self.eval(expr, env, scope)
+        if not isinstance(value, bool):
+            raise MtscError(expr.span, f"a condition must be true or false, got {_describe(value)}")
+        return value
+
+    def _decorator_sharing(self, decorators: Sequence[ast.Decorator]) -> Sharing | None:
+        sharing = None
+        for dec in decorators:
+            try:
+                sharing = Sharing(dec.name)
+            except ValueError:
+                names = [s.value for s in Sharing]
+                raise MtscError(
+                    dec.span,
+                    f"unknown decorator '@{dec.name}'; use @shared or @specific"
+                    + did_you_mean(dec.name, names),
+                ) from None
+        return sharing
+
+    # ------------------------------------------------------------------ expressions
+
+    def eval(self, expr: ast.Expr, env: dict[str, Any], scope: _Scope) -> Any:
+        if isinstance(expr, ast.Num | ast.Str | ast.Bool):
+            return expr.value
+        if isinstance(expr, ast.Name):
+            if expr.id in env:
+                return env[expr.id]
+            raise MtscError(
+                expr.span, f"undefined name {expr.id!r}" + did_you_mean(expr.id, sorted(env))
+            )
+        if isinstance(expr, ast.TupleLit | ast.ListLit):
+            return tuple(self.eval(e, env, scope) for e in expr.items)
+        if isinstance(expr, ast.BinOp):
+            return self._binop(expr, env, scope)
+        if isinstance(expr, ast.UnaryOp):
+            value = self.eval(expr.operand, env, scope)
+            if expr.op == "not":
+                if not isinstance(value, bool):
+                    raise MtscError(expr.span, f"'not' needs true or false, got {_describe(value)}")
+                return not value
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise MtscError(expr.span, f"cannot negate {_describe(value)}")
+            return -value
+        if isinstance(expr, ast.Index):
+            return self._index(expr, env, scope)
+        if isinstance(expr, ast.Call):
+            return self.call(expr, [], env, scope)
+        if isinstance(expr, ast.Repeat):
+            return self.repeat(expr, None, env, scope)
+        if isinstance(expr, ast.Pipe):
+            value = self.eval(expr.value, env, scope)
+            stage = expr.stage
+            if isinstance(stage, ast.Name):
+                call = ast.Call(stage.id, (), stage.span, stage.span)
+                return self.call(call, [value], env, scope)
+            if isinstance(stage, ast.Call):
+                return self.call(stage, [value], env, scope)
+            return self.repeat(stage, value, env, scope)
+        raise AssertionError(expr)
+
+    def _index(self, expr: ast.Index, env: dict[str, Any], scope: _Scope) -> Any:
+        value = self.eval(expr.value, env, scope)
+        idx = self.eval(expr.index, env, scope)
+        if not isinstance(value, tuple):
+            raise MtscError(expr.value.span, f"cannot index {_describe(value)}")
+        if isinstance(idx, bool) or not isinstance(idx, int):
+            raise MtscError(expr.index.span, f"an index must be an integer, got {_describe(idx)}")
+        if not -len(value) <= idx < len(value):
+            raise MtscError(expr.index.span, f"index {idx} out of range for {len(value)} items")
+        return value[idx]
+
+    def _binop(self, expr: ast.BinOp, env: dict[str, Any], scope: _Scope) -> Any:
+        op = expr.op
+        left = self.eval(expr.left, env, scope)
+        if op in ("and", "or"):
+            if not isinstance(left, bool):
+                raise MtscError(expr.left.span, f"'{op}' needs true or false, got {_describe(left)}")
+            if (op == "and" and not left) or (op == "or" and left):
+                return left
+            right = self.eval(expr.right, env, scope)
+            if not isinstance(right, bool):
+                raise MtscError(expr.right.span, f"'{op}' needs true or false, got {_describe(right)}")
+            return right
+        right = self.eval(expr.right, env, scope)
+        if isinstance(left, Tensor) or isinstance(right, Tensor):
+            return self._tensor_binop(expr, left, right, scope)
+        try:
+            return _ARITH[op](left, right)
+        except ZeroDivisionError:
+            raise MtscError(expr.span, "division by zero") from None
+        except (TypeError, ValueError, OverflowError):
+            raise MtscError(
+                expr.span, f"cannot apply '{op}' to {_describe(left)} and {_describe(right)}"
+            ) from None
+
+    def _tensor_binop(self, expr: ast.BinOp, left: Any, right: Any, scope: _Scope) -> Tensor:
+        op = {"+": Op.ADD, "*": Op.MUL}.get(expr.op)
+        if op is None:
+            raise MtscError(expr.span, f"'{expr.op}' is not defined for tensors (use + or *)")
+        if not (isinstance(left, Tensor) and isinstance(right, Tensor)):
+            raise MtscError(
+                expr.span,
+                f"cannot apply '{expr.op}' to {_describe(left)} and {_describe(right)}",
+            )
+        return self.add_op(op, op.value, [left, right], {}, expr.span, scope)
+
+    # ------------------------------------------------------------------ calls
+
+    def call(
+        self, call: ast.Call, piped: list[Any], env: dict[str, Any], scope: _Scope
+    ) -> Any:
+        positional = list(piped)
+        kwargs: dict[str, Any] = {}
+        kw_spans: dict[str, Span] = {}
+        for arg in call.args:
+            value = self.eval(arg.value, env, scope)
+            if arg.name is None:
+                if kwargs:
+                    raise MtscError(arg.span, "a positional argument follows a keyword argument")
+                positional.append(value)
+            else:
+                if arg.name in kwargs:
+                    raise MtscError(arg.span, f"argument {arg.name!r} given twice")
+                kwargs[arg.name] = value
+                kw_spans[arg.name] = arg.span
+        name = call.func
+        if name in self.blocks:
+            return self.call_block(call, positional, kwargs, scope)
+        op = OP_ALIASES.get(name) or op_by_name(name)
+        if name == "max" and not any(isinstance(v, Tensor) for v in positional):
+            op = None
+        if op is not None and op is not Op.INPUT:
+            return self.call_op(op, name, call, positional, kwargs, kw_spans, scope)
+        builtin = BUILTINS.get(name)
+        if builtin is not None:
+            if kwargs:
+                raise MtscError(call.span, f"{name}() takes no keyword arguments")
+            try:
+                return builtin(*positional)
+            except _BuiltinError as err:
+                raise MtscError(call.span, f"{name}(): {err}") from None
+            except TypeError:
+                args = ", ".join(_describe(v) for v in positional)
+                raise MtscError(call.span, f"{name}() cannot take ({args})") from None
+        known = sorted({*self.blocks, *OP_ALIASES, *(o.value for o in Op), *BUILTINS} - {"input"})
+        raise MtscError(
+            call.func_span, f"unknown op or block {name!r}" + did_you_mean(name, known)
+        )
+
+    def repeat(self, rep: ast.Repeat, piped: Any, env: dict[str, Any], scope: _Scope) -> Any:
+        count = self.eval(rep.count, env, scope)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise MtscError(rep.count.span, f"repeat needs a count >= 0, got {_describe(count)}")
+        if piped is None:
+            if not rep.call.args or rep.call.args[0].name is not None:
+                raise MtscError(rep.call.span, "repeat needs the input as the first argument")
+            value = self.eval(rep.call.args[0].value, env, scope)
+            rest = ast.Call(rep.call.func, rep.call.args[1:], rep.call.span, rep.call.func_span)
+        else:
+            value, rest = piped, rep.call
+        for _ in range(count):
+            value = self.call(rest, [value], env, scope)
+        return value
+
+    def call_block(
+        self, call: ast.Call, positional: list[Any], kwargs: dict[str, Any], scope: _Scope
+    ) -> Any:
+        block = self.blocks[call.func]
+        defn = block.defn
+        if call.func in self.call_stack:
+            chain = " -> ".join((*self.call_stack[self.call_stack.index(call.func) :], call.func))
+            raise MtscError(call.span, f"recursion in block {call.func!r}: {chain}")
+        if len(self.call_stack) >= MAX_CALL_DEPTH:
+            raise MtscError(call.span, f"blocks nested deeper than {MAX_CALL_DEPTH} levels")
+        params = defn.params
+        if len(positional) > len(params):
+            raise MtscError(
+                call.span,
+                f"{defn.name}() takes {_arity(params)} argument(s) ({_signature(params)}), "
+                f"got {len(positional)}",
+            )
+        local: dict[str, Any] = dict(block.globals)
+        for param, value in zip(params, positional):
+            local[param.name] = value
+        names = [p.name for p in params]
+        for key, value in kwargs.items():
+            if key not in names:
+                raise MtscError(
+                    call.span, f"{defn.name}() has no parameter {key!r}" + did_you_mean(key, names)
+                )
+            if key in names[: len(positional)]:
+                raise MtscError(call.span, f"{defn.name}() got {key!r} twice")
+            local[key] = value
+        given = {*names[: len(positional)], *kwargs}
+        for param in params:
+            if param.name not in given:
+                if param.default is None:
+                    raise MtscError(
+                        call.span, f"{defn.name}() is missing argument {param.name!r}"
+                    )
+                local[param.name] = self.eval(param.default, local, scope)
+        base = defn.name
+        inner = _Scope(
+            scope.child_name(base, block=True),
+            self._decorator_sharing(defn.decorators) or scope.sharing,
+        )
+        self.call_stack.append(defn.name)
+        try:
+            self.exec_body(defn.body, local, inner)
+        except _Return as ret:
+            return ret.value
+        finally:
+            self.call_stack.pop()
+        raise MtscError(defn.span, f"block {defn.name!r} ends without `return`")
+
+    def call_op(
+        self,
+        op: Op,
+        written: str,
+        call: ast.Call,
+        positional: list[Any],
+        kwargs: dict[str, Any],
+        kw_spans: dict[str, Span],
+        scope: _Scope,
+    ) -> Tensor:
+        spec = spec_of(op)
+        inputs: list[Tensor] = []
+        rest: list[Any] = []
+        for value in positional:
+            if isinstance(value, tuple) and value and all(isinstance(v, Tensor) for v in value):
+                value_list = list(value)
+            else:
+                value_list = [value]
+            for v in value_list:
+                if isinstance(v, Tensor):
+                    if rest:
+                        raise MtscError(call.span, f"{written}: inputs must come before attributes")
+                    inputs.append(v)
+                else:
+                    rest.append(v)
+        if not inputs:
+            raise MtscError(call.span, f"{written}: needs an input tensor")
+        if len(rest) > len(spec.positional):
+            if spec.positional:
+                allowed = f"at most {len(spec.positional)} ({', '.join(spec.positional)})"
+            else:
+                allowed = "none; name them, e.g. k=3"
+            raise MtscError(
+                call.span,
+                f"{written}: too many positional attributes after the inputs: {allowed}",
+            )
+        attrs = dict(zip(spec.positional, rest))
+        for key, value in kwargs.items():
+            if isinstance(value, Tensor):
+                raise MtscError(kw_spans[key], f"{written}: attribute {key!r} cannot be a tensor")
+            try:
+                resolved = spec.resolve_attr(key).name
+            except OpError as err:
+                raise MtscError(kw_spans[key], str(err)) from None
+            if resolved in attrs:
+                raise MtscError(kw_spans[key], f"{written}: {resolved!r} given twice")
+            attrs[resolved] = value
+        return self.add_op(op, written, inputs, attrs, call.span, scope)
+
+    def add_op(
+        self,
+        op: Op,
+        written: str,
+        inputs: Sequence[Tensor],
+        attrs: dict[str, Any],
+        span: Span,
+        scope: _Scope,
+    ) -> Tensor:
+        spec = spec_of(op)
+        try:
+            normalized = spec.normalize(attrs)
+            shape = infer_shape(op, normalized, [t.shape for t in inputs])
+        except OpError as err:
+            raise MtscError(span, str(err)) from None
+        base = {"conv2d": "conv", "batchnorm": "bn"}.get(op.value, op.value)
+        name = scope.child_name(base, block=False)
+        self._check_name(name, span)
+        meta = {"var": self.var_hint} if self.var_hint else {}
+        node = Node(op, name, normalized, shape, span, scope.sharing, meta)
+        nid = self.graph.add(node, [t.nid for t in inputs])
+        self.created.append(nid)
+        return Tensor(nid, shape)
+
+    def _check_name(self, name: str, span: Span) -> None:
+        first = self.node_spans.get(name)
+        if first is not None:
+            raise MtscError(span, f"duplicate name {name!r} (first used at {first})")
+        self.node_spans[name] = span
+
+
+def _arity(params: Sequence[ast.Param]) -> str:
+    required = sum(1 for p in params if p.default is None)
+    return str(required) if required == len(params) else f"{required} to {len(params)}"
+
+
+def _signature(params: Sequence[ast.Param]) -> str:
+    return ", ".join(p.name if p.default is None else f"{p.name}=..." for p in params)
+
+
+# ---------------------------------------------------------------------- builtins
+
+
+class _BuiltinError(Exception):
+    pass
+
+
+def _feature_map(x: Any) -> Shape:
+    if not isinstance(x, Tensor):
+        raise _BuiltinError(f"needs a tensor, got {_describe(x)}")
+    if len(x.shape) != 3:
+        raise _BuiltinError("needs a feature map, got a flat vector")
+    return x.shape
+
+
+def _channels(x: Any) -> int:
+    if isinstance(x, Tensor) and len(x.shape) == 1:
+        return x.shape[0]
+    return _feature_map(x)[0]
+
+
+def _numbers(*values: Any) -> None:
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _BuiltinError(f"needs numbers, got {_describe(v)}")
+
+
+def _minmax(fn: Callable) -> Callable:
+    def apply(*values: Any) -> Any:
+        items = values[0] if len(values) == 1 and isinstance(values[0], tuple) else values
+        if not items:
+            raise _BuiltinError("needs at least one value")
+        _numbers(*items)
+        return fn(items)
+
+    return apply
+
+
+def _range(*args: Any) -> tuple[int, ...]:
+    for a in args:
+        if isinstance(a, bool) or not isinstance(a, int):
+            raise _BuiltinError(f"needs integers, got {_describe(a)}")
+    return tuple(range(*args))
+
+
+def _to_int(x: Any) -> int:
+    _numbers(x)
+    return int(x)
+
+
+def _length(x: Any) -> int:
+    if not isinstance(x, tuple):
+        raise _BuiltinError(f"needs a list, got {_describe(x)}")
+    return len(x)
+
+
+BUILTINS: dict[str, Callable[..., Any]] = {
+    "channels": _channels,
+    "height": lambda x: _feature_map(x)[1],
+    "width": lambda x: _feature_map(x)[2],
+    "min": _minmax(min),
+    "max": _minmax(max),
+    "range": _range,
+    "len": _length,
+    "int": _to_int,
+    "round": lambda x: (_numbers(x), int(round(x)))[1],
+    "ceil": lambda x: (_numbers(x), math.ceil(x))[1],
+    "floor": lambda x: (_numbers(x), math.floor(x))[1],
+    "abs": lambda x: (_numbers(x), abs(x))[1],
+}
+
+
+def _arith_checked(fn: Callable[[Any, Any], Any], *, numeric: bool = True) -> Callable:
+    def apply(a: Any, b: Any) -> Any:
+        if numeric:
+            for v in (a, b):
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise TypeError
+        return fn(a, b)
+
+    return apply
+
+
+def _add(a: Any, b: Any) -> Any:
+    if isinstance(a, bool) or isinstance(b, bool) or type(a) is not type(b):
+        if not (isinstance(a, (int, float)) and isinstance(b, (int, float))):
+            raise TypeError
+    return a + b
+
+
+def _compare(fn: Callable[[Any, Any], bool]) -> Callable:
+    def apply(a: Any, b: Any) -> bool:
+        both_num = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+        if not both_num and type(a) is not type(b):
+            raise TypeError
+        return fn(a, b)
+
+    return apply
+
+
+_ARITH: dict[str, Callable[[Any, Any], Any]] = {
+    "+": _add,
+    "-": _arith_checked(lambda a, b: a - b),
+    "*": _arith_checked(lambda a, b: a * b),
+    "/": _arith_checked(lambda a, b: a / b),
+    "//": _arith_checked(lambda a, b: a // b),
+    "%": _arith_checked(lambda a, b: a % b),
+    "**": _arith_checked(lambda a, b: a**b),
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": _compare(lambda a, b: a < b),
+    "<=": _compare(lambda a, b: a <= b),
+    ">": _compare(lambda a, b: a > b),
+    ">=": _compare(lambda a, b: a >= b),
+}
+
+
+def lower_module(module: ast.Module) -> Graph:
+    """Lower a parsed file (its imports read from disk) to an IR graph with shapes."""
+    return Lowerer().lower(module)
+
+
+def lower_file(path: str | Path) -> Graph:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise MtscError(None, f"cannot read {path}: {err.strerror}") from None
+    return lower_module(parse(text, str(path)))

@@ -1,0 +1,761 @@
+"""The op registry: for every operator, its attributes, shape rule, parameter and MAC counts,
+and how it is written in PyTorch. Adding an op is adding one `_register(OpSpec(...))` entry.
+
+Shapes are per-sample: `(C, H, W)` for feature maps, `(F,)` after `flatten`/`linear`.
+MACs count multiply-accumulates of conv2d, linear and batchnorm (one per element); activations,
+pooling and element-wise ops are counted as free, as most papers in the field do.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Shape = tuple[int, ...]
+
+
+class Op(enum.Enum):
+    INPUT = "input"
+    CONV2D = "conv2d"
+    BATCHNORM = "batchnorm"
+    SCALE = "scale"
+    RELU = "relu"
+    RELU6 = "relu6"
+    LEAKY_RELU = "leaky_relu"
+    SIGMOID = "sigmoid"
+    TANH = "tanh"
+    SILU = "silu"
+    HARDSWISH = "hardswish"
+    MAXPOOL = "maxpool"
+    AVGPOOL = "avgpool"
+    ADD = "add"
+    MUL = "mul"
+    MAX = "max"
+    CONCAT = "concat"
+    LINEAR = "linear"
+    FLATTEN = "flatten"
+    DROPOUT = "dropout"
+    UPSAMPLE = "upsample"
+
+
+# Ops whose computation the supermodel routes per task (shared / task-specific / skip).
+ROUTABLE = frozenset({Op.CONV2D, Op.LINEAR})
+# Ops with learned parameters or running statistics.
+PARAMETRIC = frozenset({Op.CONV2D, Op.BATCHNORM, Op.SCALE, Op.LINEAR})
+ELEMENTWISE = frozenset({Op.ADD, Op.MUL, Op.MAX})
+
+
+class OpError(Exception):
+    """An op's attributes or input shapes are invalid; the caller adds the source location."""
+
+
+# ----------------------------------------------------------------------------- attributes
+
+
+class Kind(enum.Enum):
+    INT = "int"
+    FLOAT = "float"
+    BOOL = "bool"
+    STR = "string"
+    PAIR = "int or (h, w) pair"
+    SHAPE = "shape"
+    FLOATS = "list of numbers"
+
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    name: str
+    kind: Kind
+    default: Any = _REQUIRED
+    aliases: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+    def convert(self, value: Any) -> Any:
+        if value is None and not self.required and self.default is None:
+            return None
+        kind = self.kind
+        if kind is Kind.BOOL:
+            if not isinstance(value, bool):
+                raise OpError(f"{self.name} must be true or false, got {value!r}")
+            return value
+        if kind is Kind.INT:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise OpError(f"{self.name} must be an integer, got {value!r}")
+            self._check_min(value)
+            return value
+        if kind is Kind.FLOAT:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise OpError(f"{self.name} must be a number, got {value!r}")
+            self._check_min(value)
+            return float(value)
+        if kind is Kind.STR:
+            if not isinstance(value, str) or (self.choices and value not in self.choices):
+                raise OpError(f"{self.name} must be one of {', '.join(map(repr, self.choices))}")
+            return value
+        if kind is Kind.PAIR:
+            pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+            if (
+                not isinstance(pair, tuple)
+                or len(pair) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+            ):
+                raise OpError(f"{self.name} must be an integer or an (h, w) pair, got {value!r}")
+            for v in pair:
+                self._check_min(v)
+            return pair
+        if kind is Kind.SHAPE:
+            if not isinstance(value, tuple) or not all(isinstance(v, int) and v > 0 for v in value):
+                raise OpError(f"{self.name} must be a shape of positive integers, got {value!r}")
+            return value
+        if kind is Kind.FLOATS:
+            if not isinstance(value, tuple) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+            ):
+                raise OpError(f"{self.name} must be a tuple of numbers, got {value!r}")
+            return tuple(float(v) for v in value)
+        raise AssertionError(kind)
+
+    def _check_min(self, value: float) -> None:
+        if self.minimum is not None and value < self.minimum:
+            raise OpError(f"{self.name} must be at least {self.minimum:g}, got {value}")
+
+
+# ----------------------------------------------------------------------------- torch forms
+
+
+@dataclass(frozen=True, slots=True)
+class TorchModule:
+    """The op is an `nn.Module` attribute called on its inputs.
+
+    `args(attrs, in_shapes)` returns the constructor's positional and keyword arguments as
+    plain Python values (ints, floats, bools, strings, tuples), never source text.
+    """
+
+    cls: str | Callable[[Mapping[str, Any]], str]  # a callable picks the class from attributes
+    args: Callable[[Mapping[str, Any], Sequence[Shape]], tuple[tuple, dict]]
+
+
+@dataclass(frozen=True, slots=True)
+class TorchExpr:
+    """The op is an inline expression over its inputs' variable names (no module, no state)."""
+
+    build: Callable[[Mapping[str, Any], Sequence[str]], str]
+
+
+@dataclass(frozen=True, slots=True)
+class OpSpec:
+    op: Op
+    attrs: tuple[Attr, ...]
+    shape: Callable[[Mapping[str, Any], Sequence[Shape]], Shape]
+    torch: TorchModule | TorchExpr | None
+    min_inputs: int = 1
+    max_inputs: int | None = 1  # None: any number
+    positional: tuple[str, ...] = ()  # attributes that may follow the inputs positionally
+    params: Callable[[Mapping[str, Any], Sequence[Shape], Shape], int] = lambda a, i, o: 0
+    macs: Callable[[Mapping[str, Any], Sequence[Shape], Shape], int] = lambda a, i, o: 0
+    finish: Callable[[dict[str, Any]], None] = lambda attrs: None  # derived defaults
+    doc: str = ""
+    _by_alias: dict[str, Attr] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for a in self.attrs:
+            for key in (a.name, *a.aliases):
+                self._by_alias[key] = a
+
+    def attr_names(self) -> list[str]:
+        return sorted(self._by_alias)
+
+    def resolve_attr(self, key: str) -> Attr:
+        attr = self._by_alias.get(key)
+        if attr is None:
+            raise OpError(
+                f"{self.op.value} has no attribute {key!r}"
+                + did_you_mean(key, self.attr_names())
+            )
+        return attr
+
+    def normalize(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Canonical attribute dict: aliases resolved, values checked, defaults filled."""
+        out: dict[str, Any] = {}
+        for key, value in given.items():
+            attr = self.resolve_attr(key)
+            if attr.name in out:
+                raise OpError(f"{self.op.value}: attribute {attr.name!r} given twice")
+            out[attr.name] = attr.convert(value)
+        for attr in self.attrs:
+            if attr.name not in out:
+                if attr.required:
+                    raise OpError(f"{self.op.value}: missing required attribute {attr.name!r}")
+                out[attr.name] = attr.default
+        self.finish(out)
+        return out
+
+
+def did_you_mean(word: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ----------------------------------------------------------------------------- shape helpers
+
+
+def _spatial(op: str, shape: Shape) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise OpError(f"{op}: needs a feature map (C x H x W), got a flat vector of {shape[0]}")
+    return shape
+
+
+def _window_out(size: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
+    span = d * (k - 1) + 1
+    if ceil:
+        out = -(-(size + 2 * p - span) // s) + 1
+        # PyTorch's rule: the last window must start inside the input or its left padding.
+        if (out - 1) * s >= size + p:
+            out -= 1
+        return out
+    return (size + 2 * p - span) // s + 1
+
+
+def _fmt_pair(pair: tuple[int, int]) -> str:
+    return f"{pair[0]}x{pair[1]}"
+
+
+def _windowed(op: str, a: Mapping[str, Any], shape: Shape, ceil: bool) -> tuple[int, int]:
+    _, h, w = _spatial(op, shape)
+    (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
+    dh, dw = a.get("dilation", (1, 1))
+    span = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+    if span[0] > h + 2 * ph or span[1] > w + 2 * pw:
+        dilated = f" (dilated {_fmt_pair(span)})" if (dh, dw) != (1, 1) else ""
+        raise OpError(
+            f"{op}: kernel {_fmt_pair((kh, kw))}{dilated} larger than the padded input "
+            f"{h + 2 * ph}x{w + 2 * pw}"
+        )
+    return _window_out(h, kh, sh, ph, dh, ceil), _window_out(w, kw, sw, pw, dw, ceil)
+
+
+def _same_shapes(op: str, shapes: Sequence[Shape]) -> Shape:
+    first = shapes[0]
+    for other in shapes[1:]:
+        if len(other) != len(first):
+            raise OpError(f"{op}: cannot combine a feature map with a flat vector")
+        if other[0] != first[0]:
+            raise OpError(f"{op}: {first[0]} vs {other[0]} channels")
+        if other[1:] != first[1:]:
+            raise OpError(
+                f"{op}: spatial size {'x'.join(map(str, first[1:]))} vs "
+                f"{'x'.join(map(str, other[1:]))}"
+            )
+    return first
+
+
+def _numel(shape: Shape) -> int:
+    return math.prod(shape)
+
+
+# ----------------------------------------------------------------------------- the registry
+
+REGISTRY: dict[Op, OpSpec] = {}
+
+
+def _register(spec: OpSpec) -> None:
+    REGISTRY[spec.op] = spec
+
+
+def spec_of(op: Op) -> OpSpec:
+    return REGISTRY[op]
+
+
+def op_by_name(name: str) -> Op | None:
+    try:
+        return Op(name)
+    except ValueError:
+        return None
+
+
+def infer_shape(op: Op, attrs: Mapping[str, Any], in_shapes: Sequence[Shape]) -> Shape:
+    spec = REGISTRY[op]
+    n = len(in_shapes)
+    if n < spec.min_inputs or (spec.max_inputs is not None and n > spec.max_inputs):
+        if spec.max_inputs is None:
+            want = f"at least {spec.min_inputs}"
+        elif spec.min_inputs == spec.max_inputs:
+            want = str(spec.min_inputs)
+        else:
+            want = f"{spec.min_inputs} to {spec.max_inputs}"
+        raise OpError(f"{op.value}: takes {want} input(s), got {n}")
+    return spec.shape(attrs, in_shapes)
+
+
+def param_count(op: Op, attrs: Mapping[str, Any], in_shapes: Sequence[Shape], out: Shape) -> int:
+    return REGISTRY[op].params(attrs, in_shapes, out)
+
+
+def mac_count(op: Op, attrs: Mapping[str, Any], in_shapes: Sequence[Shape], out: Shape) -> int:
+    return REGISTRY[op].macs(attrs, in_shapes, out)
+
+
+# input ---------------------------------------------------------------------------------
+
+_register(
+    OpSpec(
+        Op.INPUT,
+        attrs=(Attr("shape", Kind.SHAPE),),
+        shape=lambda a, i: a["shape"],
+        torch=None,
+        min_inputs=0,
+        max_inputs=0,
+        doc="a model input; `shape` is the declared per-sample size (C, H, W)",
+    )
+)
+
+# conv2d --------------------------------------------------------------------------------
+
+
+def _conv_finish(a: dict[str, Any]) -> None:
+    if a["out"] < 1:
+        raise OpError("conv2d: out channels must be positive")
+
+
+def _conv_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    c, _, _ = _spatial("conv2d", ins[0])
+    g = a["groups"]
+    if c % g:
+        raise OpError(f"conv2d: {c} input channels not divisible by groups={g}")
+    if a["out"] % g:
+        raise OpError(f"conv2d: {a['out']} output channels not divisible by groups={g}")
+    h, w = _windowed("conv2d", a, ins[0], ceil=False)
+    return (a["out"], h, w)
+
+
+def _conv_params(a: Mapping[str, Any], ins: Sequence[Shape], out: Shape) -> int:
+    kh, kw = a["kernel"]
+    weights = a["out"] * (ins[0][0] // a["groups"]) * kh * kw
+    return weights + (a["out"] if a["bias"] else 0)
+
+
+def _conv_macs(a: Mapping[str, Any], ins: Sequence[Shape], out: Shape) -> int:
+    kh, kw = a["kernel"]
+    return _numel(out) * (ins[0][0] // a["groups"]) * kh * kw
+
+
+def _conv_args(a: Mapping[str, Any], ins: Sequence[Shape]) -> tuple[tuple, dict]:
+    kw: dict[str, Any] = {"kernel_size": _short(a["kernel"])}
+    if a["stride"] != (1, 1):
+        kw["stride"] = _short(a["stride"])
+    if a["padding"] != (0, 0):
+        kw["padding"] = _short(a["padding"])
+    if a["dilation"] != (1, 1):
+        kw["dilation"] = _short(a["dilation"])
+    if a["groups"] != 1:
+        kw["groups"] = a["groups"]
+    kw["bias"] = a["bias"]
+    return (ins[0][0], a["out"]), kw
+
+
+def _short(pair: tuple[int, int]) -> int | tuple[int, int]:
+    return pair[0] if pair[0] == pair[1] else pair
+
+
+_register(
+    OpSpec(
+        Op.CONV2D,
+        attrs=(
+            Attr("out", Kind.INT, aliases=("channels",), minimum=1),
+            Attr("kernel", Kind.PAIR, aliases=("k",), minimum=1),
+            Attr("stride", Kind.PAIR, (1, 1), aliases=("s",), minimum=1),
+            Attr("padding", Kind.PAIR, (0, 0), aliases=("p",), minimum=0),
+            Attr("dilation", Kind.PAIR, (1, 1), aliases=("d",), minimum=1),
+            Attr("groups", Kind.INT, 1, aliases=("g",), minimum=1),
+            Attr("bias", Kind.BOOL, False),
+        ),
+        shape=_conv_shape,
+        torch=TorchModule("nn.Conv2d", _conv_args),
+        positional=("out",),
+        params=_conv_params,
+        macs=_conv_macs,
+        finish=_conv_finish,
+        doc="2-D convolution",
+    )
+)
+
+# batchnorm / scale ---------------------------------------------------------------------
+
+
+def _channels(op: str) -> Callable[[Mapping[str, Any], Sequence[Shape]], Shape]:
+    def rule(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+        return _spatial(op, ins[0])
+
+    return rule
+
+
+_register(
+    OpSpec(
+        Op.BATCHNORM,
+        attrs=(
+            Attr("eps", Kind.FLOAT, 1e-5, minimum=0),
+            Attr("momentum", Kind.FLOAT, 0.1, minimum=0),
+            Attr("affine", Kind.BOOL, True),
+        ),
+        shape=_channels("batchnorm"),
+        torch=TorchModule(
+            "nn.BatchNorm2d",
+            lambda a, ins: (
+                (ins[0][0],),
+                {
+                    k: v
+                    for k, v in (
+                        ("eps", a["eps"]),
+                        ("momentum", a["momentum"]),
+                        ("affine", a["affine"]),
+                    )
+                    if v != {"eps": 1e-5, "momentum": 0.1, "affine": True}[k]
+                },
+            ),
+        ),
+        params=lambda a, ins, out: 2 * out[0] if a["affine"] else 0,
+        macs=lambda a, ins, out: _numel(out),
+        doc="batch normalisation over channels",
+    )
+)
+
+# A learned per-channel affine map (Caffe's Scale layer alone): a depthwise 1x1 conv.
+_register(
+    OpSpec(
+        Op.SCALE,
+        attrs=(Attr("bias", Kind.BOOL, True),),
+        shape=_channels("scale"),
+        torch=TorchModule(
+            "nn.Conv2d",
+            lambda a, ins: (
+                (ins[0][0], ins[0][0]),
+                {"kernel_size": 1, "groups": ins[0][0], "bias": a["bias"]},
+            ),
+        ),
+        params=lambda a, ins, out: out[0] * (2 if a["bias"] else 1),
+        macs=lambda a, ins, out: _numel(out),
+        doc="per-channel scale (and bias)",
+    )
+)
+
+# activations ---------------------------------------------------------------------------
+
+
+def _same_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    return ins[0]
+
+
+def _activation(op: Op, cls: str, doc: str) -> None:
+    _register(
+        OpSpec(op, attrs=(), shape=_same_shape, torch=TorchModule(cls, lambda a, i: ((), {})),
+               doc=doc)
+    )
+
+
+_activation(Op.RELU, "nn.ReLU", "max(x, 0)")
+_activation(Op.RELU6, "nn.ReLU6", "min(max(x, 0), 6)")
+_activation(Op.SIGMOID, "nn.Sigmoid", "logistic sigmoid")
+_activation(Op.TANH, "nn.Tanh", "hyperbolic tangent")
+_activation(Op.SILU, "nn.SiLU", "x * sigmoid(x)")
+_activation(Op.HARDSWISH, "nn.Hardswish", "MobileNetV3's hard swish")
+
+_register(
+    OpSpec(
+        Op.LEAKY_RELU,
+        attrs=(Attr("slope", Kind.FLOAT, 0.01, aliases=("negative_slope",)),),
+        shape=_same_shape,
+        torch=TorchModule("nn.LeakyReLU", lambda a, i: ((a["slope"],), {})),
+        doc="x if x > 0 else slope * x",
+    )
+)
+
+# pooling -------------------------------------------------------------------------------
+
+
+def _pool_finish(op: str) -> Callable[[dict[str, Any]], None]:
+    def finish(a: dict[str, Any]) -> None:
+        if a["global"]:
+            return
+        if a["kernel"] is None:
+            raise OpError(f"{op}: needs a kernel size (k=...) or global=true")
+        if a["stride"] is None:
+            a["stride"] = a["kernel"]
+        for p, k in zip(a["padding"], a["kernel"]):
+            if 2 * p > k:
+                raise OpError(f"{op}: padding {p} must be at most half the kernel size {k}")
+
+    return finish
+
+
+def _pool_shape(op: str) -> Callable[[Mapping[str, Any], Sequence[Shape]], Shape]:
+    def rule(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+        c, _, _ = _spatial(op, ins[0])
+        if a["global"]:
+            return (c, 1, 1)
+        h, w = _windowed(op, a, ins[0], ceil=a["ceil"])
+        return (c, h, w)
+
+    return rule
+
+
+def _pool_args(extra: Callable[[Mapping[str, Any]], dict]) -> Callable:
+    def args(a: Mapping[str, Any], ins: Sequence[Shape]) -> tuple[tuple, dict]:
+        kw: dict[str, Any] = {"kernel_size": _short(a["kernel"])}
+        if a["stride"] != a["kernel"]:
+            kw["stride"] = _short(a["stride"])
+        if a["padding"] != (0, 0):
+            kw["padding"] = _short(a["padding"])
+        if a["ceil"]:
+            kw["ceil_mode"] = True
+        kw.update(extra(a))
+        return (), kw
+
+    return args
+
+
+def _pool_attrs(*extra: Attr) -> tuple[Attr, ...]:
+    return (
+        Attr("kernel", Kind.PAIR, None, aliases=("k",), minimum=1),
+        Attr("stride", Kind.PAIR, None, aliases=("s",), minimum=1),
+        Attr("padding", Kind.PAIR, (0, 0), aliases=("p",), minimum=0),
+        Attr("ceil", Kind.BOOL, False, aliases=("ceil_mode",)),
+        Attr("global", Kind.BOOL, False),
+        *extra,
+    )
+
+
+def _pool_torch(windowed: str, adaptive: str, extra: Callable) -> TorchModule:
+    window_args = _pool_args(extra)
+
+    def args(a: Mapping[str, Any], ins: Sequence[Shape]) -> tuple[tuple, dict]:
+        return ((1,), {}) if a["global"] else window_args(a, ins)
+
+    return TorchModule(lambda a: adaptive if a["global"] else windowed, args)
+
+
+_register(
+    OpSpec(
+        Op.MAXPOOL,
+        attrs=_pool_attrs(),
+        shape=_pool_shape("maxpool"),
+        torch=_pool_torch("nn.MaxPool2d", "nn.AdaptiveMaxPool2d", lambda a: {}),
+        finish=_pool_finish("maxpool"),
+        doc="max pooling (global=true: over the whole map)",
+    )
+)
+
+_register(
+    OpSpec(
+        Op.AVGPOOL,
+        attrs=_pool_attrs(Attr("count_pad", Kind.BOOL, True, aliases=("count_include_pad",))),
+        shape=_pool_shape("avgpool"),
+        torch=_pool_torch(
+            "nn.AvgPool2d",
+            "nn.AdaptiveAvgPool2d",
+            lambda a: {} if a["count_pad"] else {"count_include_pad": False},
+        ),
+        finish=_pool_finish("avgpool"),
+        doc="average pooling (global=true: over the whole map)",
+    )
+)
+
+
+def torch_class(op: Op, attrs: Mapping[str, Any]) -> str:
+    """The nn class of a module-form op (pooling picks its adaptive form when global)."""
+    form = REGISTRY[op].torch
+    assert isinstance(form, TorchModule)
+    return form.cls if isinstance(form.cls, str) else form.cls(attrs)
+
+
+# element-wise and concat ---------------------------------------------------------------
+
+
+def _add_expr(a: Mapping[str, Any], xs: Sequence[str]) -> str:
+    coeffs = a["coeffs"]
+    if coeffs is None:
+        return " + ".join(xs)
+    if len(coeffs) != len(xs):
+        raise OpError(f"add: {len(coeffs)} coefficients for {len(xs)} inputs")
+    return " + ".join(f"{c!r} * {x}" if c != 1.0 else x for c, x in zip(coeffs, xs))
+
+
+def _add_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    if a["coeffs"] is not None and len(a["coeffs"]) != len(ins):
+        raise OpError(f"add: {len(a['coeffs'])} coefficients for {len(ins)} inputs")
+    return _same_shapes("add", ins)
+
+
+def _fold(fn: str) -> Callable[[Mapping[str, Any], Sequence[str]], str]:
+    def build(a: Mapping[str, Any], xs: Sequence[str]) -> str:
+        expr = xs[0]
+        for x in xs[1:]:
+            expr = f"{fn}({expr}, {x})"
+        return expr
+
+    return build
+
+
+_register(
+    OpSpec(
+        Op.ADD,
+        attrs=(Attr("coeffs", Kind.FLOATS, None),),
+        shape=_add_shape,
+        torch=TorchExpr(_add_expr),
+        min_inputs=2,
+        max_inputs=None,
+        doc="element-wise sum (optionally weighted by coeffs)",
+    )
+)
+_register(
+    OpSpec(
+        Op.MUL,
+        attrs=(),
+        shape=lambda a, ins: _same_shapes("mul", ins),
+        torch=TorchExpr(lambda a, xs: " * ".join(xs)),
+        min_inputs=2,
+        max_inputs=None,
+        doc="element-wise product",
+    )
+)
+_register(
+    OpSpec(
+        Op.MAX,
+        attrs=(),
+        shape=lambda a, ins: _same_shapes("max", ins),
+        torch=TorchExpr(_fold("torch.maximum")),
+        min_inputs=2,
+        max_inputs=None,
+        doc="element-wise maximum",
+    )
+)
+
+
+def _concat_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    first = ins[0]
+    if len(first) == 1:
+        if any(len(s) != 1 for s in ins):
+            raise OpError("concat: cannot combine a feature map with a flat vector")
+        return (sum(s[0] for s in ins),)
+    for s in ins[1:]:
+        _spatial("concat", s)
+        if s[1:] != first[1:]:
+            raise OpError(
+                f"concat: spatial size {first[1]}x{first[2]} vs {s[1]}x{s[2]}"
+            )
+    return (sum(s[0] for s in ins), first[1], first[2])
+
+
+_register(
+    OpSpec(
+        Op.CONCAT,
+        attrs=(),
+        shape=_concat_shape,
+        torch=TorchExpr(lambda a, xs: f"torch.cat([{', '.join(xs)}], dim=1)"),
+        min_inputs=2,
+        max_inputs=None,
+        doc="concatenation along channels",
+    )
+)
+
+# linear, flatten, dropout --------------------------------------------------------------
+
+
+def _linear_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    if len(ins[0]) != 1:
+        raise OpError(
+            f"linear: needs a flat input (use flatten first), got {'x'.join(map(str, ins[0]))}"
+        )
+    return (a["out"],)
+
+
+_register(
+    OpSpec(
+        Op.LINEAR,
+        attrs=(
+            Attr("out", Kind.INT, aliases=("features",), minimum=1),
+            Attr("bias", Kind.BOOL, True),
+        ),
+        shape=_linear_shape,
+        torch=TorchModule(
+            "nn.Linear", lambda a, ins: ((ins[0][0], a["out"]), {} if a["bias"] else {"bias": False})
+        ),
+        positional=("out",),
+        params=lambda a, ins, out: ins[0][0] * a["out"] + (a["out"] if a["bias"] else 0),
+        macs=lambda a, ins, out: ins[0][0] * a["out"],
+        doc="fully connected layer",
+    )
+)
+
+_register(
+    OpSpec(
+        Op.FLATTEN,
+        attrs=(),
+        shape=lambda a, ins: (_numel(ins[0]),),
+        torch=TorchModule("nn.Flatten", lambda a, i: ((), {})),
+        doc="flatten C x H x W to one vector per sample",
+    )
+)
+
+_register(
+    OpSpec(
+        Op.DROPOUT,
+        attrs=(Attr("p", Kind.FLOAT, 0.5, minimum=0),),
+        shape=_same_shape,
+        torch=TorchModule("nn.Dropout", lambda a, i: ((a["p"],), {})),
+        finish=lambda a: None if a["p"] < 1 else _raise(f"dropout: p must be below 1, got {a['p']}"),
+        doc="dropout (identity in eval mode)",
+    )
+)
+
+
+def _raise(message: str) -> None:
+    raise OpError(message)
+
+
+# upsample ------------------------------------------------------------------------------
+
+
+def _upsample_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    c, h, w = _spatial("upsample", ins[0])
+    if len(ins) == 2:
+        _, rh, rw = _spatial("upsample", ins[1])
+        return (c, rh, rw)
+    if a["scale"] is None:
+        raise OpError("upsample: needs scale=... or a reference input to take the size from")
+    return (c, int(math.floor(h * a["scale"])), int(math.floor(w * a["scale"])))
+
+
+def _upsample_expr(a: Mapping[str, Any], xs: Sequence[str]) -> str:
+    corners = ", align_corners=False" if a["mode"] == "bilinear" else ""
+    if len(xs) == 2:
+        size = f"size={xs[1]}.shape[-2:]"
+    else:
+        size = f"scale_factor={a['scale']!r}"
+    return f"F.interpolate({xs[0]}, {size}, mode={a['mode']!r}{corners})"
+
+
+_register(
+    OpSpec(
+        Op.UPSAMPLE,
+        attrs=(
+            Attr("scale", Kind.FLOAT, None, minimum=0),
+            Attr("mode", Kind.STR, "nearest", choices=("nearest", "bilinear")),
+        ),
+        shape=_upsample_shape,
+        torch=TorchExpr(_upsample_expr),
+        max_inputs=2,
+        doc="resize by `scale`, or to the size of a second input",
+    )
+)

@@ -1,0 +1,41 @@
+"""The IR verifier: the invariants every pass must keep. A failure is a bug in mtsc."""
+
+from __future__ import annotations
+
+from mtsc.ir.errors import InternalError
+from mtsc.ir.graph import Graph
+from mtsc.ir.ops import OpError, infer_shape, spec_of
+
+
+def verify(g: Graph, *, after: str = "") -> None:
+    """Check acyclicity, ports, arity, attributes, shapes, names and outputs."""
+    where = f" after {after}" if after else ""
+
+    def fail(message: str) -> None:
+        raise InternalError(f"IR verification failed{where}: {message}")
+
+    if not g.is_acyclic():
+        fail("the graph has a cycle")
+    names: dict[str, int] = {}
+    for nid in g.topo_order():
+        node = g.node(nid)
+        if node.name in names:
+            fail(f"nodes {names[node.name]} and {nid} share the name {node.name!r}")
+        names[node.name] = nid
+        ports = g.input_ports(nid)
+        if ports != list(range(len(ports))):
+            fail(f"{node.name}: input ports {ports} are not 0..n-1")
+        spec = spec_of(node.op)
+        if set(node.attrs) != {a.name for a in spec.attrs}:
+            fail(f"{node.name}: attributes {sorted(node.attrs)} do not match the {node.op.value} op")
+        try:
+            expected = infer_shape(node.op, node.attrs, g.in_shapes(nid))
+        except OpError as err:
+            fail(f"{node.name}: {err}")
+        if expected != node.shape:
+            fail(f"{node.name}: shape {node.shape} but its inputs give {expected}")
+    if not g.outputs:
+        fail("the graph has no outputs")
+    for key, nid in g.outputs.items():
+        if nid not in g:
+            fail(f"output {key!r} points at a removed node")

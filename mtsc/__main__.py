@@ -1,0 +1,5 @@
+import sys
+
+from mtsc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,45 @@
+"""The `mtsc` command: argument parsing and the one place where errors become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mtsc.errors import MtscError
+
+# Each subcommand is a module in mtsc/commands/ with `register(subparsers)` and `run(args) -> int`.
+# Modules are imported lazily by name so that `mtsc build` never pays for torch.
+COMMANDS = ("build", "check", "fmt", "data")
+
+EXIT_USER_ERROR = 2
+
+
+def _command_module(name: str):
+    return importlib.import_module(f"mtsc.commands.{name}")
+
+
+def make_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with `only`, just that subcommand's (imports stay minimal)."""
+    parser = argparse.ArgumentParser(
+        prog="mtsc", description="mtsc: the multi-task supermodel compiler"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        if only is None or name == only:
+            _command_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    args = make_parser(chosen).parse_args(argv)
+    try:
+        return _command_module(args.command).run(args)
+    except MtscError as err:
+        print(err.render(), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("mtsc: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,31 @@
+"""`mtsc build MODEL -o DIR`: compile a model and write its PyTorch source and graphs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mtsc.driver import build
+from mtsc.report import summary_json, summary_text
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="compile a model to PyTorch source and graphs")
+    p.add_argument("model", help="a .mtl (or .prototxt) model file")
+    p.add_argument("-o", "--out", default="out", help="output folder (default: out)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-svg", action="store_true", help="do not render backbone.svg")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = build(args.model, args.out, render=not args.no_svg)
+    written = [str(p) for p in result.written]
+    if args.json:
+        print(summary_json(result.summary, written=written, notes=result.notes))
+    else:
+        print(summary_text(result.summary))
+        print(f"wrote {', '.join(written)}")
+        for note in result.notes:
+            print(note)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,20 @@
+"""`mtsc check MODEL`: everything `build` does except writing files."""
+
+from __future__ import annotations
+
+import argparse
+
+from mtsc.driver import build
+from mtsc.report import summary_json, summary_text
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="parse, lower and check a model without writing files")
+    p.add_argument("model", help="a .mtl (or .prototxt) model file")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = build(args.model, None)
+    print(summary_json(result.summary) if args.json else summary_text(result.summary))
+    return 0

@@ -1,0 +1,57 @@
+"""Rendering .dot files with Graphviz's `dot`, which is optional."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from mtsc.errors import MtscError
+from mtsc.fsutil import write_atomic
+
+FORMATS = ("svg", "png", "pdf")
+
+
+def dot_available() -> bool:
+    return shutil.which("dot") is not None
+
+
+def how_to_render(dot_path: Path, fmt: str = "svg") -> str:
+    return (
+        f"graphviz's `dot` is not installed; wrote {dot_path} only. Render it with "
+        f"`dot -T{fmt} {dot_path} -o {dot_path.with_suffix('.' + fmt)}` "
+        "(apt-get install graphviz / brew install graphviz)"
+    )
+
+
+def start_render(dot_text: str, fmt: str) -> subprocess.Popen | None:
+    """Start `dot` in the background (it runs while the caller does other work)."""
+    exe = shutil.which("dot")
+    if exe is None:
+        return None
+    proc = subprocess.Popen(
+        [exe, f"-T{fmt}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(dot_text.encode())
+    proc.stdin.close()
+    return proc
+
+
+def finish_render(proc: subprocess.Popen, out: Path) -> None:
+    assert proc.stdout is not None and proc.stderr is not None
+    data = proc.stdout.read()
+    err = proc.stderr.read()
+    if proc.wait() != 0:
+        raise MtscError(None, f"dot failed to render {out}: {err.decode(errors='replace').strip()}")
+    write_atomic(out, data)
+
+
+def render(dot_text: str, out: Path) -> None:
+    fmt = out.suffix.lstrip(".")
+    if fmt not in FORMATS:
+        raise MtscError(None, f"cannot render to .{fmt}; use one of .dot, .svg, .png, .pdf")
+    proc = start_render(dot_text, fmt)
+    if proc is None:
+        raise MtscError(None, f"graphviz's `dot` is needed to write {out}; write a .dot file instead")
+    finish_render(proc, out)

@@ -1,0 +1,34 @@
+"""Human-readable and JSON summaries of a compiled model."""
+
+from __future__ import annotations
+
+import json
+
+from mtsc.ir.stats import Summary
+
+
+def human(n: int) -> str:
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.2f} {suffix}"
+    return str(n)
+
+
+def shape(dims: tuple[int, ...]) -> str:
+    return "x".join(map(str, dims))
+
+
+def summary_text(s: Summary) -> str:
+    inputs = ", ".join(f"{k} {shape(v)}" for k, v in s.inputs.items())
+    lines = [
+        f"{s.name}: {s.ops} ops, {human(s.params)} parameters ({s.params:,}), "
+        f"{human(s.macs)} MACs at {inputs}",
+    ]
+    lines += [f"  output {k}: {shape(v)}" for k, v in s.outputs.items()]
+    counts = ", ".join(f"{op} {n}" for op, n in sorted(s.op_counts.items(), key=lambda kv: -kv[1]))
+    lines.append(f"  ops: {counts}")
+    return "\n".join(lines)
+
+
+def summary_json(s: Summary, **extra) -> str:
+    return json.dumps({**s.as_dict(), **extra}, indent=2, sort_keys=False)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One-shot set-up: a virtual environment with mtsc, torch (CPU wheel unless CUDA is present or
+# torch is already installed), triton, the test tools, and graphviz's `dot` where apt can get it.
+set -euo pipefail
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+"$PY" -m pip install -q --upgrade pip
+
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    if [ -n "${MTSC_TORCH_SPEC:-}" ]; then
+        "$PY" -m pip install -q "$MTSC_TORCH_SPEC"
+    elif command -v nvidia-smi >/dev/null 2>&1; then
+        "$PY" -m pip install -q torch
+    else
+        # Without CUDA, the CPU wheel; an unpinned torch would pull several GB of CUDA packages.
+        "$PY" -m pip install -q "torch==${MTSC_CPU_TORCH_VERSION:-2.13.0}"
+    fi
+fi
+
+"$PY" -m pip install -q -e ".[dev,triton]"
+
+if ! command -v dot >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        (apt-get install -y -qq graphviz >/dev/null 2>&1 \
+            || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq graphviz >/dev/null 2>&1)) \
+            || echo "setup: could not install graphviz; mtsc will write .dot files only"
+    else
+        echo "setup: graphviz's dot not found; install it to get .svg graphs (.dot files are written anyway)"
+    fi
+fi
+touch "$VENV/.setup-done"
