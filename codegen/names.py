@@ -24,13 +24,17 @@ class Namespace:
 
     def __init__(self, taken: set[str] | None = None) -> None:
         self._taken: set[str] = set(taken or ())
+        self._next_suffix: dict[str, int] = {}  # keeps repeated bases O(1)
 
     def create(self, name: str) -> str:
         base = sanitize(name)
-        candidate, n = base, 0
+        candidate, n = base, self._next_suffix.get(base, 0)
+        if n:
+            candidate = f"{base}_{n}"
         while candidate in self._taken:
             n += 1
             candidate = f"{base}_{n}"
+        self._next_suffix[base] = n + 1
         self._taken.add(candidate)
         return candidate
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from pathlib import PurePath
 
-from mtsc.codegen.names import Namespace, sanitize
+from mtsc.codegen.names import sanitize
 from mtsc.codegen.pyliteral import call_args
 from mtsc.ir.graph import Graph, Node
 from mtsc.ir.ops import Op, TorchExpr, TorchModule, spec_of, torch_class
@@ -67,23 +67,20 @@ class VariableAllocator:
             last = max(users, default=position[nid])
             self._last_use[nid] = len(order) if nid in keep_alive else last
         self._position = position
-        self._holder: dict[str, int] = {}
-        self._ns = Namespace()
+        self._holder: dict[str, int] = {}  # variable name -> the value it holds now
         self.var: dict[int, str] = {}
 
     def assign(self, nid: int, hint: str) -> str:
         now = self._position[nid]
         base = sanitize(hint)
-        candidates = [base] + [f"{base}_{k}" for k in range(1, len(self._position) + 2)]
-        for name in candidates:
-            held = self._holder.get(name)
-            free = held is None and name not in self._ns
-            if free or (held is not None and self._last_use[held] <= now):
-                self._ns.create(name)
-                self._holder[name] = nid
-                self.var[nid] = name
-                return name
-        raise AssertionError("no free variable name")
+        name, k = base, 0
+        # A name is free when it never held a value or its value has no reader after `now`.
+        while (held := self._holder.get(name)) is not None and self._last_use[held] > now:
+            k += 1
+            name = f"{base}_{k}"
+        self._holder[name] = nid
+        self.var[nid] = name
+        return name
 
 
 def variable_hint(node: Node) -> str:
