@@ -66,11 +66,13 @@ def emit_clusters(
     ids: list[int],
     g: Graph,
     line_for: Callable[[int], str],
+    name_of: Callable[[int], str] | None = None,
 ) -> None:
     """Write node lines grouped into nested `subgraph cluster_*` by name prefixes."""
     tree: dict = {}
     for nid in ids:
-        parts = g.node(nid).name.split(".")[:-1][:CLUSTER_DEPTH]
+        name = name_of(nid) if name_of else g.node(nid).name
+        parts = name.split(".")[:-1][:CLUSTER_DEPTH]
         level = tree
         for i in range(len(parts)):
             level = level.setdefault(".".join(parts[: i + 1]), {})
@@ -114,6 +116,121 @@ def emit_dot(g: Graph, *, title: str) -> str:
             w.line(f"n{nid} -> out_{key};")
         for nid in order:
             for src in g.inputs(nid):
+                w.line(f"n{src} -> n{nid};")
+    w.line("}")
+    return w.text()
+
+
+# ---------------------------------------------------------------- the supermodel
+
+TASK_COLOURS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)
+CHOICE_MARKS = {"shared": "S", "specific": "T", "skip": "K"}
+
+
+def task_colour(i: int) -> str:
+    return TASK_COLOURS[i % len(TASK_COLOURS)]
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _route_label(g: Graph, route: int, tasks: tuple[str, ...], policy: dict | None) -> str:
+    """One box per routed op: the op, then one cell per task with its choice (or S/T/K)."""
+    shared = g.node(g.inputs(route)[0])
+    attrs = g.node(route).attrs
+    head = f"{_html(shared.name.rsplit('.', 1)[-1])}: {_html(op_label(shared))}"
+    cells = []
+    for i, task in enumerate(tasks):
+        if policy is None:
+            text = "S T K" if attrs["skip"] else "S T"
+        else:
+            text = CHOICE_MARKS[policy["choices"][attrs["op"]][task]]
+        cells.append(
+            f'<TD BGCOLOR="{task_colour(i)}"><FONT COLOR="white" POINT-SIZE="9">{text}</FONT></TD>'
+        )
+    return (
+        '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="1" CELLPADDING="2">'
+        f'<TR><TD COLSPAN="{len(tasks)}">{head}</TD></TR>'
+        f'<TR><TD COLSPAN="{len(tasks)}"><FONT POINT-SIZE="8">{shape_text(shared.shape)}'
+        f"</FONT></TD></TR><TR>{''.join(cells)}</TR></TABLE>>"
+    )
+
+
+def emit_supermodel_dot(g: Graph, *, title: str, policy: dict | None = None) -> str:
+    """The routed graph, compactly: each routed op is one box whose coloured cells show, per
+    task, its candidates (S shared, T task-specific, K skip) or, with a policy, its choice.
+    Task-specific candidates and skip projections are folded into that box."""
+    from mtsc.ir.graph import Role
+
+    tasks = tuple(t.name for t in g.tasks)
+    folded: set[int] = set()
+    for nid in g.node_ids():
+        node = g.node(nid)
+        if node.op is Op.ROUTE:
+            folded |= set(g.inputs(nid)[:2])
+        elif node.role is Role.SKIP:
+            folded.add(nid)
+    order = [n for n in g.topo_order() if n not in folded]
+
+    def source_of(nid: int) -> int:
+        node = g.node(nid)
+        if node.op is Op.ROUTE:
+            return g.inputs(g.inputs(nid)[0])[0]
+        return nid
+
+    w = SourceWriter()
+    w.line(f"digraph {quote(g.name)} {{")
+    with w.indent():
+        w.line(f"label={quote(title)}; labelloc=t; fontname=Helvetica; rankdir=TB;")
+        w.line('node [shape=box, style="rounded,filled", fontname=Helvetica, fontsize=10];')
+        w.line('edge [fontname=Helvetica, fontsize=8, color="#555555"];')
+        legend = " ".join(
+            f'<TD BGCOLOR="{task_colour(i)}"><FONT COLOR="white">{_html(t)}</FONT></TD>'
+            for i, t in enumerate(tasks)
+        )
+        w.line(
+            'legend [shape=plaintext, style="", label=<<TABLE BORDER="0" CELLSPACING="2">'
+            f"<TR>{legend}</TR><TR><TD COLSPAN=\"{len(tasks)}\">S shared, T task-specific, "
+            "K skip</TD></TR></TABLE>>];"
+        )
+
+        def line_for(nid: int) -> str:
+            node = g.node(nid)
+            if node.op is Op.ROUTE:
+                label = _route_label(g, nid, tasks, policy)
+                return f'n{nid} [label={label}, fillcolor="#deebf7", tooltip={quote(node.name)}];'
+            if node.op in (Op.TASK_STACK, Op.TASK_SLICE):
+                text = "stack tasks" if node.op is Op.TASK_STACK else node.attrs["task"]
+                return f'n{nid} [label={quote(text)}, shape=oval, fillcolor="#ffffff"];'
+            label = f"{node.name.rsplit('.', 1)[-1]}\n{op_label(node)}\n{shape_text(node.shape)}"
+            if node.role is Role.SPECIFIC and node.op in (Op.BATCHNORM, Op.SCALE, Op.CONV2D):
+                label += "\nper task"
+            fill = _COLOURS.get(node.op, _DEFAULT_COLOUR)
+            if node.task is not None:
+                colour = task_colour(tasks.index(node.task))
+                return f"n{nid} [{node_attrs(node, label, fill)}, color={quote(colour)}, penwidth=2];"
+            return f"n{nid} [{node_attrs(node, label, fill)}];"
+
+        def cluster_name(nid: int) -> str:
+            node = g.node(nid)
+            if node.op is Op.ROUTE:
+                return node.attrs["op"]
+            if node.op is Op.TASK_SLICE:
+                return f"heads.{node.attrs['task']}.input"
+            return node.name
+
+        emit_clusters(w, order, g, line_for, cluster_name)
+        for i, task in enumerate(tasks):
+            colour = task_colour(i)
+            w.line(f'out_{i} [label={quote(task)}, shape=oval, fillcolor={quote(colour)}, '
+                   'fontcolor="white"];')
+            w.line(f"n{g.outputs[task]} -> out_{i} [color={quote(colour)}];")
+        for nid in order:
+            for src in (g.inputs(nid) if g.node(nid).op is not Op.ROUTE else [source_of(nid)]):
                 w.line(f"n{src} -> n{nid};")
     w.line("}")
     return w.text()

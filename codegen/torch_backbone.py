@@ -6,14 +6,12 @@ from dataclasses import dataclass
 
 from mtsc.codegen.names import Namespace
 from mtsc.codegen.torch_common import (
-    imports_used,
-    VariableAllocator,
     constructor,
+    emit_forward,
+    imports_used,
     is_module_op,
-    location,
     op_expression,
     shape_text,
-    variable_hint,
 )
 from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Graph
@@ -25,10 +23,6 @@ from mtsc.ir.stats import summarize
 class GeneratedSource:
     text: str
     line_nodes: dict[int, int]  # line -> IR node id, for tracebacks and tools
-
-
-def _scope_of(name: str) -> str:
-    return name.rpartition(".")[0]
 
 
 def emit_backbone(g: Graph, *, source_name: str, class_name: str = "Backbone") -> GeneratedSource:
@@ -51,8 +45,9 @@ def emit_backbone(g: Graph, *, source_name: str, class_name: str = "Backbone") -
         attrs = _emit_init(body, g, order)
         body.blank()
         _emit_forward(body, g, order, attrs, out_id)
-    class_body = body.text()
-    for imp in imports_used(class_body):
+    # The class line itself uses `nn`, even when no op in the body does.
+    class_source = f"class {class_name}(nn.Module):\n" + body.text()
+    for imp in imports_used(class_source):
         w.line(imp)
     w.line()
     w.line()
@@ -79,27 +74,18 @@ def _emit_init(w: SourceWriter, g: Graph, order: list[int]) -> dict[int, str]:
 def _emit_forward(
     w: SourceWriter, g: Graph, order: list[int], attrs: dict[int, str], out_id: int
 ) -> None:
-    alloc = VariableAllocator(order, g, keep_alive={out_id})
-    input_ids = [n for n in order if g.node(n).op is Op.INPUT]
-    params = ", ".join(f"{alloc.assign(n, variable_hint(g.node(n)))}: torch.Tensor" for n in input_ids)
-    w.line(f"def forward(self, {params}) -> torch.Tensor:")
-    with w.indent():
-        scope = None
-        for nid in order:
-            node = g.node(nid)
-            if node.op is Op.INPUT:
-                continue
-            if _scope_of(node.name) != scope:
-                scope = _scope_of(node.name)
-                if scope:
-                    if nid != order[len(input_ids)]:
-                        w.blank()
-                    w.line(f"# {scope}")
-            args = [alloc.var[i] for i in g.inputs(nid)]
-            module = f"self.{attrs[nid]}" if nid in attrs else None
-            rhs = op_expression(node, module, args)
-            var = alloc.assign(nid, variable_hint(node))
-            loc = location(node)
-            comment = f"  # {loc}" if loc else ""
-            w.line(f"{var} = {rhs}{comment}", node=nid)
-        w.line(f"return {alloc.var[out_id]}")
+    def rhs(nid: int, args: list[str]) -> str:
+        module = f"self.{attrs[nid]}" if nid in attrs else None
+        return op_expression(g.node(nid), module, args)
+
+    emit_forward(
+        w,
+        g,
+        order,
+        inputs_of=g.inputs,
+        rhs_of=rhs,
+        outputs={"backbone": out_id},
+        signature=lambda ps: f"def forward(self, {', '.join(p + ': torch.Tensor' for p in ps)})"
+        " -> torch.Tensor:",
+        returns=lambda outs: f"return {outs['backbone']}",
+    )

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import PurePath
 
 from mtsc.codegen.names import sanitize
 from mtsc.codegen.pyliteral import call_args
+from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Graph, Node
 from mtsc.ir.ops import Op, TorchExpr, TorchModule, spec_of, torch_class
-
 
 
 def imports_used(body: str) -> list[str]:
@@ -59,13 +59,19 @@ class VariableAllocator:
     """Names forward-pass variables after the DSL's own (`x`, `y`), reusing a name once its
     value is dead, as hand-written code does; this also frees activations early."""
 
-    def __init__(self, order: Sequence[int], g: Graph, keep_alive: set[int]) -> None:
+    def __init__(
+        self,
+        order: Sequence[int],
+        inputs_of: Callable[[int], Sequence[int]],
+        keep_alive: set[int],
+    ) -> None:
         position = {nid: i for i, nid in enumerate(order)}
-        self._last_use: dict[int, int] = {}
+        self._last_use: dict[int, int] = {nid: i for i, nid in enumerate(order)}
         for nid in order:
-            users = [position[u] for u in g.users(nid) if u in position]
-            last = max(users, default=position[nid])
-            self._last_use[nid] = len(order) if nid in keep_alive else last
+            for src in inputs_of(nid):
+                self._last_use[src] = max(self._last_use[src], position[nid])
+        for nid in keep_alive:
+            self._last_use[nid] = len(order)
         self._position = position
         self._holder: dict[str, int] = {}  # variable name -> the value it holds now
         self.var: dict[int, str] = {}
@@ -87,3 +93,46 @@ def variable_hint(node: Node) -> str:
     if node.op is Op.INPUT:
         return node.name
     return node.meta.get("var") or node.op.value
+
+
+def scope_of(name: str) -> str:
+    return name.rpartition(".")[0]
+
+
+def emit_forward(
+    w: SourceWriter,
+    g: Graph,
+    order: Sequence[int],
+    *,
+    inputs_of: Callable[[int], Sequence[int]],
+    rhs_of: Callable[[int, list[str]], str],
+    outputs: dict[str, int],
+    signature: Callable[[list[str]], str],
+    returns: Callable[[dict[str, str]], str],
+) -> None:
+    """A straight-line `forward`: one line per op, variables named after the DSL's, a
+    comment per scope change and the DSL line of each op."""
+    alloc = VariableAllocator(order, inputs_of, keep_alive=set(outputs.values()))
+    input_ids = [n for n in order if g.node(n).op is Op.INPUT]
+    params = [alloc.assign(n, variable_hint(g.node(n))) for n in input_ids]
+    w.line(signature(params))
+    with w.indent():
+        scope = None
+        first = True
+        for nid in order:
+            node = g.node(nid)
+            if node.op is Op.INPUT:
+                continue
+            if scope_of(node.name) != scope:
+                scope = scope_of(node.name)
+                if scope:
+                    if not first:
+                        w.blank()
+                    w.line(f"# {scope}")
+            first = False
+            rhs = rhs_of(nid, [alloc.var[i] for i in inputs_of(nid)])
+            var = alloc.assign(nid, variable_hint(node))
+            loc = location(node)
+            comment = f"  # {loc}" if loc else ""
+            w.line(f"{var} = {rhs}{comment}", node=nid)
+        w.line(returns({key: alloc.var[nid] for key, nid in outputs.items()}))

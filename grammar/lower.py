@@ -191,13 +191,37 @@ class Lowerer:
             raise MtscError(tasks[1].span, "a model has at most one tasks section")
         if tasks:
             self.graph.tasks = self._tasks(tasks[0], consts)
+            image = env[self.graph.node(self.graph.input_ids()[0]).name]
+            for task in self.graph.tasks:
+                self.graph.outputs[task.name] = self._lower_head(task, out, image).nid
         return self.graph
+
+    def _lower_head(self, task: TaskSpec, features: Tensor, image: Tensor) -> Tensor:
+        """Inline the task's head block on the backbone output; its nodes are tagged `task`."""
+        call = ast.Call(task.head.name, (), task.head.loc, task.head.loc)
+        scope = _Scope(f"heads.{task.name}", None, labelled=True)
+        first_new = len(self.created)
+        saved, self.var_hint = self.var_hint, task.name
+        try:
+            out = self.call_block(call, [features, image], dict(task.head.kwargs), scope)
+        finally:
+            self.var_hint = saved
+        self._collapse(scope.prefix, scope.direct_calls[0], self.created[first_new:])
+        if not isinstance(out, Tensor):
+            raise MtscError(task.head.loc, f"head {task.head.name!r} must return a tensor")
+        for nid in self.created[first_new:]:
+            self.graph.update(nid, task=task.name)
+        if out.nid not in self.created[first_new:]:
+            raise MtscError(task.head.loc, f"head {task.head.name!r} must compute something")
+        return out
 
     def _declare_input(self, decl: ast.InputDecl, env: dict[str, Any]) -> None:
         if decl.name in env:
             raise MtscError(decl.span, f"{decl.name!r} is already defined")
         if len(decl.shape) != 3:
             raise MtscError(decl.span, "an input shape is channels x height x width, e.g. 3x224x224")
+        if 0 in decl.shape:
+            raise MtscError(decl.span, "an input shape has no zero sizes")
         node = Node(Op.INPUT, decl.name, {"shape": decl.shape}, decl.shape, decl.span)
         self._check_name(decl.name, decl.span)
         nid = self.graph.add(node)
@@ -507,6 +531,8 @@ class Lowerer:
                 return builtin(*positional)
             except _BuiltinError as err:
                 raise MtscError(call.span, f"{name}(): {err}") from None
+            except (ValueError, OverflowError) as err:  # int(), round(), ... of inf or nan
+                raise MtscError(call.span, f"{name}(): {err}") from None
             except TypeError:
                 args = ", ".join(_describe(v) for v in positional)
                 raise MtscError(call.span, f"{name}() cannot take ({args})") from None
@@ -649,7 +675,7 @@ class Lowerer:
         name = scope.child_name(base, block=False)
         self._check_name(name, span)
         meta = {"var": self.var_hint} if self.var_hint else {}
-        node = Node(op, name, normalized, shape, span, scope.sharing, meta)
+        node = Node(op, name, normalized, shape, span, sharing=scope.sharing, meta=meta)
         nid = self.graph.add(node, [t.nid for t in inputs])
         self.created.append(nid)
         return Tensor(nid, shape)

@@ -18,6 +18,14 @@ from mtsc.ir.errors import InternalError, Span
 from mtsc.ir.ops import Op, Shape
 
 
+class Role(enum.Enum):
+    """What a backbone node is in the supermodel (set by `insert_routing`)."""
+
+    SHARED = "shared"  # one copy of the weights, run over all tasks' stacked batch
+    SPECIFIC = "specific"  # one copy per task, run as one grouped call
+    SKIP = "skip"  # the per-task projection that stands in for a skipped op
+
+
 class Sharing(enum.Enum):
     """A user's pin on an op: always shared across tasks, or always one copy per task."""
 
@@ -71,6 +79,8 @@ class Node:
     shape: Shape | None = None
     loc: Span | None = None
     sharing: Sharing | None = None
+    role: Role | None = None  # in a supermodel: shared, task-specific or skip
+    task: str | None = None  # set on the nodes of one task's head
     meta: dict[str, Any] = field(default_factory=dict)  # pass scratch data, never tensors
 
 

@@ -40,6 +40,10 @@ class Op(enum.Enum):
     FLATTEN = "flatten"
     DROPOUT = "dropout"
     UPSAMPLE = "upsample"
+    # Structure of the multi-task supermodel, inserted by `insert_routing`.
+    TASK_STACK = "task_stack"
+    TASK_SLICE = "task_slice"
+    ROUTE = "route"
 
 
 # Ops whose computation the supermodel routes per task (shared / task-specific / skip).
@@ -47,6 +51,7 @@ ROUTABLE = frozenset({Op.CONV2D, Op.LINEAR})
 # Ops with learned parameters or running statistics.
 PARAMETRIC = frozenset({Op.CONV2D, Op.BATCHNORM, Op.SCALE, Op.LINEAR})
 ELEMENTWISE = frozenset({Op.ADD, Op.MUL, Op.MAX})
+MULTITASK = frozenset({Op.TASK_STACK, Op.TASK_SLICE, Op.ROUTE})
 
 
 class OpError(Exception):
@@ -98,6 +103,8 @@ class Attr:
         if kind is Kind.FLOAT:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise OpError(f"{self.name} must be a number, got {value!r}")
+            if not math.isfinite(value):  # generated code has no literal for inf or nan
+                raise OpError(f"{self.name} must be a finite number, got {value!r}")
             self._check_min(value)
             return float(value)
         if kind is Kind.STR:
@@ -121,9 +128,10 @@ class Attr:
             return value
         if kind is Kind.FLOATS:
             if not isinstance(value, tuple) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in value
             ):
-                raise OpError(f"{self.name} must be a tuple of numbers, got {value!r}")
+                raise OpError(f"{self.name} must be a tuple of finite numbers, got {value!r}")
             return tuple(float(v) for v in value)
         raise AssertionError(kind)
 
@@ -734,7 +742,10 @@ def _upsample_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
         return (c, rh, rw)
     if a["scale"] is None:
         raise OpError("upsample: needs scale=... or a reference input to take the size from")
-    return (c, int(math.floor(h * a["scale"])), int(math.floor(w * a["scale"])))
+    out_h, out_w = int(math.floor(h * a["scale"])), int(math.floor(w * a["scale"]))
+    if out_h < 1 or out_w < 1:
+        raise OpError(f"upsample: scale={a['scale']:g} makes {h}x{w} empty ({out_h}x{out_w})")
+    return (c, out_h, out_w)
 
 
 def _upsample_expr(a: Mapping[str, Any], xs: Sequence[str]) -> str:
@@ -743,7 +754,7 @@ def _upsample_expr(a: Mapping[str, Any], xs: Sequence[str]) -> str:
         size = f"size={xs[1]}.shape[-2:]"
     else:
         size = f"scale_factor={a['scale']!r}"
-    return f"F.interpolate({xs[0]}, {size}, mode={a['mode']!r}{corners})"
+    return f'F.interpolate({xs[0]}, {size}, mode="{a["mode"]}"{corners})'
 
 
 _register(
@@ -757,5 +768,51 @@ _register(
         torch=TorchExpr(_upsample_expr),
         max_inputs=2,
         doc="resize by `scale`, or to the size of a second input",
+    )
+)
+
+
+# multi-task structure ---------------------------------------------------------------------
+# These have no single-network PyTorch form: the supermodel emitter writes them.
+
+_register(
+    OpSpec(
+        Op.TASK_STACK,
+        attrs=(),
+        shape=_same_shape,
+        torch=None,
+        doc="one copy of the input per task, stacked along the batch",
+    )
+)
+_register(
+    OpSpec(
+        Op.TASK_SLICE,
+        attrs=(Attr("task", Kind.STR),),
+        shape=_same_shape,
+        torch=None,
+        doc="one task's part of a task-stacked value",
+    )
+)
+
+
+def _route_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    if len(set(ins)) != 1:
+        raise OpError(f"route: candidates disagree in shape: {', '.join(map(str, ins))}")
+    return ins[0]
+
+
+_register(
+    OpSpec(
+        Op.ROUTE,
+        attrs=(
+            Attr("op", Kind.STR),  # the routed op's name: the policy slot
+            Attr("depth", Kind.INT, minimum=1),  # 1-based position among routed ops
+            Attr("skip", Kind.BOOL),  # whether the skip candidate exists
+        ),
+        shape=_route_shape,
+        torch=None,
+        min_inputs=2,
+        max_inputs=3,
+        doc="per-task mixture of shared, task-specific and skip candidates",
     )
 )

@@ -2,27 +2,41 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtsc.codegen.dot import emit_dot
+from mtsc.codegen.dot import emit_dot, emit_supermodel_dot
 from mtsc.codegen.torch_backbone import emit_backbone
+from mtsc.codegen.torch_supermodel import emit_supermodel
 from mtsc.errors import MtscError
 from mtsc.fsutil import write_atomic
 from mtsc.ir.graph import Graph
 from mtsc.ir.passes.eliminate_dead import eliminate_dead
+from mtsc.ir.passes.extract_backbone import extract_backbone
 from mtsc.ir.passes.infer_shapes import infer_shapes
+from mtsc.ir.passes.insert_routing import RoutingOptions, insert_routing
 from mtsc.ir.stats import Summary, summarize
 from mtsc.render import finish_render, how_to_render, start_render
 
 Pass = Callable[[Graph], Graph]
 
-# The passes every backbone goes through after its frontend, in order.
-BACKBONE_PIPELINE: tuple[Pass, ...] = (
+# The passes every model goes through after its frontend, in order.
+FRONTEND_PIPELINE: tuple[Pass, ...] = (
     infer_shapes,
+)
+# From the model (backbone + task heads) to the backbone alone.
+BACKBONE_PIPELINE: tuple[Pass, ...] = (
+    extract_backbone,
     eliminate_dead,
 )
+
+
+def run_pipeline(g: Graph, pipeline: tuple[Pass, ...]) -> Graph:
+    for stage in pipeline:
+        g = stage(g)
+    return g
 
 
 def _load_mtl(path: Path, options: dict) -> Graph:
@@ -37,7 +51,7 @@ FRONTENDS: dict[str, Callable[[Path, dict], Graph]] = {
 
 
 def load(path: str | Path, **options) -> Graph:
-    """Run the frontend for the file's type and the backbone pipeline."""
+    """Run the frontend for the file's type and the frontend pipeline: the whole model."""
     path = Path(path)
     frontend = FRONTENDS.get(path.suffix)
     if frontend is None:
@@ -45,36 +59,70 @@ def load(path: str | Path, **options) -> Graph:
         raise MtscError(None, f"{path}: unknown model file type {path.suffix!r} (expected {kinds})")
     if not path.is_file():
         raise MtscError(None, f"{path}: no such file")
-    g = frontend(path, options)
-    for stage in BACKBONE_PIPELINE:
-        g = stage(g)
-    return g
+    return run_pipeline(frontend(path, options), FRONTEND_PIPELINE)
+
+
+def load_backbone(path: str | Path, **options) -> Graph:
+    return run_pipeline(load(path, **options), BACKBONE_PIPELINE)
+
+
+def supermodel_pipeline(options: RoutingOptions) -> tuple[Pass, ...]:
+    """From the model to the multi-task supermodel."""
+    return (functools.partial(insert_routing, options=options),)
+
+
+def load_supermodel(path: str | Path, options: RoutingOptions = RoutingOptions()) -> Graph:
+    return run_pipeline(load(path), supermodel_pipeline(options))
 
 
 @dataclass
 class BuildResult:
     graph: Graph
     summary: Summary
+    supermodel: Graph | None = None
     written: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
-def build(path: str | Path, out_dir: str | Path | None, *, render: bool = True) -> BuildResult:
-    """Compile a model; with `out_dir`, write backbone.py, backbone.dot and backbone.svg."""
-    g = load(path)
-    result = BuildResult(g, summarize(g))
+def build(
+    path: str | Path,
+    out_dir: str | Path | None,
+    *,
+    render: bool = True,
+    routing: RoutingOptions = RoutingOptions(),
+) -> BuildResult:
+    """Compile a model. With `out_dir`, write backbone.py/.dot/.svg and, when the model has
+    tasks, supermodel.py/.dot/.svg. Every file is written whole or not at all."""
+    model = load(path)
+    backbone = run_pipeline(model.copy(), BACKBONE_PIPELINE)
+    result = BuildResult(backbone, summarize(backbone))
+    if model.tasks:
+        result.supermodel = run_pipeline(model, supermodel_pipeline(routing))
     if out_dir is None:
         return result
     out_dir = Path(out_dir)
-    dot_text = emit_dot(g, title=f"{g.name} backbone")
-    proc = start_render(dot_text, "svg") if render else None
-    source = emit_backbone(g, source_name=str(path))
-    for name, text in (("backbone.py", source.text), ("backbone.dot", dot_text)):
-        write_atomic(out_dir / name, text)
-        result.written.append(out_dir / name)
-    if proc is not None:
-        finish_render(proc, out_dir / "backbone.svg")
-        result.written.append(out_dir / "backbone.svg")
-    elif render:
+    sources = {
+        "backbone": (
+            emit_backbone(backbone, source_name=str(path)).text,
+            emit_dot(backbone, title=f"{backbone.name} backbone"),
+        )
+    }
+    if result.supermodel is not None:
+        sm = result.supermodel
+        sources["supermodel"] = (
+            emit_supermodel(sm, source_name=str(path)).text,
+            emit_supermodel_dot(sm, title=f"{sm.name} supermodel"),
+        )
+    # Graphviz renders in the background while the sources are written.
+    renders = {stem: start_render(dot, "svg") if render else None for stem, (_, dot) in sources.items()}
+    for stem, (py, dot) in sources.items():
+        for name, text in ((f"{stem}.py", py), (f"{stem}.dot", dot)):
+            write_atomic(out_dir / name, text)
+            result.written.append(out_dir / name)
+    for stem, proc in renders.items():
+        if proc is not None:
+            finish_render(proc, out_dir / f"{stem}.svg")
+            result.written.append(out_dir / f"{stem}.svg")
+    if render and any(p is None for p in renders.values()):
         result.notes.append(how_to_render(out_dir / "backbone.dot"))
     return result

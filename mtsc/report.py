@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from mtsc.ir.stats import Summary
+from mtsc.ir.graph import Graph
+from mtsc.ir.ops import Op
+from mtsc.ir.stats import Summary, summarize
 
 
 def human(n: int) -> str:
@@ -28,6 +30,25 @@ def summary_text(s: Summary) -> str:
     counts = ", ".join(f"{op} {n}" for op, n in sorted(s.op_counts.items(), key=lambda kv: -kv[1]))
     lines.append(f"  ops: {counts}")
     return "\n".join(lines)
+
+
+def supermodel_info(g: Graph) -> dict:
+    """Tasks, routed ops and the parameters of the supermodel and of its two extremes."""
+    routes = [n for n in g.topo_order() if g.node(n).op is Op.ROUTE]
+    tasks = [t.name for t in g.tasks]
+    return {
+        "tasks": tasks,
+        "routed_ops": len(routes),
+        "skippable_ops": sum(1 for r in routes if g.node(r).attrs["skip"]),
+        "params": summarize(g).params,
+    }
+
+
+def supermodel_text(info: dict) -> str:
+    return (
+        f"  supermodel: tasks {', '.join(info['tasks'])}; {info['routed_ops']} routed ops "
+        f"({info['skippable_ops']} skippable); {human(info['params'])} parameters"
+    )
 
 
 def summary_json(s: Summary, **extra) -> str:

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from mtsc.driver import build
-from mtsc.report import summary_json, summary_text
+from mtsc.ir.passes.insert_routing import RoutingOptions
+from mtsc.report import summary_json, summary_text, supermodel_info, supermodel_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,16 +15,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="a .mtl (or .prototxt) model file")
     p.add_argument("-o", "--out", default="out", help="output folder (default: out)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--no-svg", action="store_true", help="do not render backbone.svg")
+    p.add_argument("--no-svg", action="store_true", help="do not render the .svg graphs")
+    p.add_argument(
+        "--share-bn", action="store_true", help="share batchnorm across tasks in the supermodel"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    result = build(args.model, args.out, render=not args.no_svg)
+    routing = RoutingOptions(share_bn=args.share_bn)
+    result = build(args.model, args.out, render=not args.no_svg, routing=routing)
     written = [str(p) for p in result.written]
+    extra = {} if result.supermodel is None else {"supermodel": supermodel_info(result.supermodel)}
     if args.json:
-        print(summary_json(result.summary, written=written, notes=result.notes))
+        print(summary_json(result.summary, **extra, written=written, notes=result.notes))
     else:
         print(summary_text(result.summary))
+        if extra:
+            print(supermodel_text(extra["supermodel"]))
         print(f"wrote {', '.join(written)}")
         for note in result.notes:
             print(note)

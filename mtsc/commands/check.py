@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mtsc.driver import build
-from mtsc.report import summary_json, summary_text
+from mtsc.report import summary_json, summary_text, supermodel_info, supermodel_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,5 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     result = build(args.model, None)
-    print(summary_json(result.summary) if args.json else summary_text(result.summary))
+    extra = {} if result.supermodel is None else {"supermodel": supermodel_info(result.supermodel)}
+    if args.json:
+        print(summary_json(result.summary, **extra))
+    else:
+        print(summary_text(result.summary))
+        if extra:
+            print(supermodel_text(extra["supermodel"]))
     return 0

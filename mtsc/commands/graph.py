@@ -1,0 +1,55 @@
+"""`mtsc graph MODEL [--stage backbone|supermodel] [--policy FILE] -o FILE.svg|.png|.pdf|.dot`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mtsc.errors import MtscError
+from mtsc.fsutil import write_atomic
+
+STAGES = ("backbone", "supermodel")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("graph", help="draw a model's graph with graphviz")
+    p.add_argument("model", help="a .mtl (or .prototxt) model file")
+    p.add_argument("--stage", choices=STAGES, default="supermodel", help="which graph to draw")
+    p.add_argument(
+        "--policy", help="policy.json (or `shared` / `specific`) to show each task's choices"
+    )
+    p.add_argument("--share-bn", action="store_true", help="share batchnorm across tasks")
+    p.add_argument("-o", "--out", required=True, help="output: .svg, .png, .pdf or .dot")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtsc.codegen.dot import emit_dot, emit_supermodel_dot
+    from mtsc.driver import BACKBONE_PIPELINE, load, run_pipeline, supermodel_pipeline
+    from mtsc.ir.passes.insert_routing import RoutingOptions
+    from mtsc.policy import read_policy
+    from mtsc.render import dot_available, how_to_render, render
+
+    out = Path(args.out)
+    model = load(args.model)
+    if args.stage == "backbone":
+        if args.policy:
+            raise MtscError(None, "--policy applies to the supermodel stage")
+        g = run_pipeline(model, BACKBONE_PIPELINE)
+        text = emit_dot(g, title=f"{g.name} backbone")
+    else:
+        if not model.tasks:
+            raise MtscError(None, f"{args.model}: no tasks section, so no supermodel to draw")
+        g = run_pipeline(model, supermodel_pipeline(RoutingOptions(share_bn=args.share_bn)))
+        policy = read_policy(args.policy, g) if args.policy else None
+        text = emit_supermodel_dot(g, title=f"{g.name} supermodel", policy=policy)
+    if out.suffix == ".dot":
+        write_atomic(out, text)
+    elif not dot_available():
+        dot_path = out.with_suffix(".dot")
+        write_atomic(dot_path, text)
+        print(how_to_render(dot_path, out.suffix.lstrip(".") or "svg"))
+        return 0
+    else:
+        render(text, out)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,228 @@
+"""What every generated supermodel shares: per-task layers, routing modes, the policy.
+
+Activations of the supermodel are task-stacked, batch-major: `[B * T, C, H, W]`, row
+`b * T + t` holding task `t`'s copy of sample `b`. That one layout serves every op without a
+copy: a shared op runs over all `B * T` rows; a per-task op views the same memory as
+`[B, T * C, H, W]` and runs as one grouped call; the routing mixture views it as
+`[T, B, C, H, W]` (strided) for `mix3`.
+
+This file is copied into every generated `supermodel.py` below the marker line, so that code
+imports only torch (and triton, through `mix3`). Above the marker: imports, which the code
+generator hoists to the top of the generated file (dropping those of mtsc itself).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtsc.runtime.policy_format import CHOICES, check_policy
+from mtsc.runtime.routing import mix3
+
+# --- mtsc: inline below ---
+
+MODES = ("warmup", "search", "hard")
+
+
+class TaskConv2d(nn.Conv2d):
+    """One conv per task, run as a single grouped conv over the task-stacked batch."""
+
+    def __init__(self, tasks, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True):
+        super().__init__(tasks * in_channels, tasks * out_channels, kernel_size, stride=stride,
+                         padding=padding, dilation=dilation, groups=tasks * groups, bias=bias)
+        self.tasks = tasks
+
+    def forward(self, x):
+        y = super().forward(x.reshape(-1, self.in_channels, *x.shape[2:]))
+        return y.view(-1, self.out_channels // self.tasks, *y.shape[2:])
+
+
+class TaskBatchNorm2d(nn.BatchNorm2d):
+    """One batchnorm per task: statistics and affine parameters of task t are rows t*C..."""
+
+    def __init__(self, tasks, num_features, eps=1e-5, momentum=0.1, affine=True):
+        super().__init__(tasks * num_features, eps=eps, momentum=momentum, affine=affine)
+        self.tasks = tasks
+
+    def forward(self, x):
+        y = super().forward(x.reshape(-1, self.num_features, *x.shape[2:]))
+        return y.view(x.shape)
+
+
+class TaskLinear(nn.Module):
+    """One linear layer per task, as one batched matrix product."""
+
+    def __init__(self, tasks, in_features, out_features, bias=True):
+        super().__init__()
+        self.tasks = tasks
+        bound = 1 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(tasks, out_features, in_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(tasks, out_features).uniform_(-bound, bound)) if bias else None
+
+    def forward(self, x):
+        y = torch.einsum("btf,tof->bto", x.reshape(-1, self.tasks, x.shape[-1]), self.weight)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(-1, y.shape[-1])
+
+
+class SupermodelBase(nn.Module):
+    """Routing modes, policy logits, the regulariser and policy files.
+
+    A subclass sets MODEL, TASKS and ROUTED (one `(op name, has skip, depth)` per routed op,
+    in order) and writes `forward` with `stack`, `route` and `task_slice`.
+    """
+
+    MODEL = ""
+    TASKS = ()
+    ROUTED = ()
+
+    def __init__(self):
+        super().__init__()
+        self.mode = "warmup"
+        self.tau = 5.0
+        self.gumbel_noise = None  # {op name: [T, 3] tensor}: fixed noise instead of sampling
+        self._hard = {}
+        self._has_skip = {name: skip for name, skip, _ in self.ROUTED}
+        self.policy = nn.ParameterDict({
+            self.policy_key(name): nn.Parameter(torch.zeros(len(self.TASKS), 3))
+            for name, _, _ in self.ROUTED
+        })
+
+    @staticmethod
+    def policy_key(name):
+        return name.replace(".", "_")
+
+    # -- modes and parameters -----------------------------------------------------------------
+
+    def set_mode(self, mode):
+        """"warmup": equal mixture weights; "search": Gumbel-softmax at temperature `tau`;
+        "hard": the argmax policy, computing only the candidates some task chose."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        if mode == "hard":
+            self._hard = {name: self.policy_logits(name).argmax(1).tolist() for name, _, _ in self.ROUTED}
+        return self
+
+    def policy_parameters(self):
+        return list(self.policy.parameters())
+
+    def weight_parameters(self):
+        policy = {id(p) for p in self.policy.parameters()}
+        return [p for p in self.parameters() if id(p) not in policy]
+
+    def policy_logits(self, name):
+        """The logits [T, 3] of a routed op, with an impossible skip masked out."""
+        logits = self.policy[self.policy_key(name)]
+        if not self._has_skip[name]:
+            mask = torch.tensor([0.0, 0.0, -math.inf], device=logits.device, dtype=logits.dtype)
+            logits = logits + mask
+        return logits
+
+    def routing_weights(self, name, like):
+        """The mixture weights [T, 3] of a routed op in the current mode."""
+        if self.mode == "hard":
+            w = torch.zeros(len(self.TASKS), 3, device=like.device, dtype=torch.float32)
+            w[torch.arange(len(self.TASKS)), torch.tensor(self._hard[name])] = 1.0
+            return w
+        if self.mode == "warmup":
+            n = 3 if self._has_skip[name] else 2
+            w = torch.full((len(self.TASKS), 3), 1.0 / n, device=like.device)
+            if n == 2:
+                w[:, 2] = 0.0
+            return w
+        logits = self.policy_logits(name)
+        if self.gumbel_noise is not None:
+            noise = self.gumbel_noise[name].to(logits)
+        else:
+            uniform = torch.rand_like(logits).clamp_(1e-10, 1.0 - 1e-7)
+            noise = -torch.log(-torch.log(uniform))
+        return F.softmax((logits + noise) / self.tau, dim=1)
+
+    # -- the forward pass's building blocks ------------------------------------------------
+
+    def stack(self, x):
+        """One input batch for all tasks (or a dict task -> batch) as `[B * T, ...]`."""
+        if isinstance(x, dict):
+            missing = [t for t in self.TASKS if t not in x]
+            if missing:
+                raise ValueError(f"input dict lacks tasks {missing}; expected {list(self.TASKS)}")
+            return torch.stack([x[t] for t in self.TASKS], dim=1).flatten(0, 1)
+        return x.repeat_interleave(len(self.TASKS), dim=0)
+
+    def task_slice(self, x, t):
+        """Task `t`'s part of a task-stacked value (a strided view, no copy)."""
+        return x.view(-1, len(self.TASKS), *x.shape[1:])[:, t]
+
+    def route(self, name, x, shared, specific, skip):
+        """Mix the candidates of routed op `name` per task; `skip` None means identity."""
+        w = self.routing_weights(name, x)
+        hard = self.mode == "hard"
+        used = [True, True, self._has_skip[name]]
+        if hard:
+            used = [any(c == j for c in self._hard[name]) for j in range(3)]
+        outs = [
+            shared(x) if used[0] else None,
+            specific(x) if used[1] else None,
+            (x if skip is None else skip(x)) if used[2] else None,
+        ]
+        if not hard and outs[2] is None:
+            outs[2] = outs[0]  # an impossible skip has weight 0; soft mixing needs a tensor
+        ref = next(o for o in outs if o is not None)
+        tasks = len(self.TASKS)
+
+        def per_task(v):
+            return None if v is None else v.view(-1, tasks, *v.shape[1:]).transpose(0, 1)
+
+        y = mix3(*(per_task(o) for o in outs), w.to(ref.dtype), hard=hard)
+        return y.transpose(0, 1).reshape(ref.shape)
+
+    # -- policies ------------------------------------------------------------------------------
+
+    def policy_probabilities(self):
+        """{op: {task: {choice: probability}}} of the current logits (softmax, no noise)."""
+        table = {}
+        for name, _, _ in self.ROUTED:
+            probs = F.softmax(self.policy_logits(name).detach().float(), dim=1).tolist()
+            table[name] = {t: dict(zip(CHOICES, row)) for t, row in zip(self.TASKS, probs)}
+        return table
+
+    def export_policy(self):
+        choices = {}
+        for name, _, _ in self.ROUTED:
+            picks = self.policy_logits(name).detach().argmax(1).tolist()
+            choices[name] = {t: CHOICES[c] for t, c in zip(self.TASKS, picks)}
+        return {"model": self.MODEL, "tasks": list(self.TASKS), "choices": choices}
+
+    def load_policy(self, policy):
+        """Set the logits so that the argmax policy is `policy` (the policy.json format)."""
+        problems = check_policy(policy, self.MODEL, self.TASKS, self._has_skip)
+        if problems:
+            raise ValueError("policy does not match the model: " + "; ".join(problems))
+        with torch.no_grad():
+            for name, per_task in policy["choices"].items():
+                logits = self.policy[self.policy_key(name)]
+                logits.fill_(-3.0)
+                for t, task in enumerate(self.TASKS):
+                    logits[t, CHOICES.index(per_task[task])] = 3.0
+        if self.mode == "hard":
+            self.set_mode("hard")
+        return self
+
+    def policy_regularizer(self):
+        """Push shallow ops towards sharing (AutoMTL): for op n at depth d of D routed ops,
+        (D - d) / D * [softplus(w_spec - w_shared) + softplus(w_skip - w_shared)], summed over
+        ops and tasks, with w the softmax of the policy logits."""
+        total = None
+        depth_total = len(self.ROUTED)
+        for name, has_skip, depth in self.ROUTED:
+            w = F.softmax(self.policy_logits(name), dim=1)
+            term = F.softplus(w[:, 1] - w[:, 0])
+            if has_skip:
+                term = term + F.softplus(w[:, 2] - w[:, 0])
+            term = (depth_total - depth) / depth_total * term.sum()
+            total = term if total is None else total + term
+        return total if total is not None else torch.zeros(())
