@@ -211,8 +211,8 @@ def emit_supermodel_dot(g: Graph, *, title: str, policy: dict | None = None) -> 
                 label += "\nper task"
             fill = _COLOURS.get(node.op, _DEFAULT_COLOUR)
             if node.task is not None:
-                colour = task_colour(tasks.index(node.task))
-                return f"n{nid} [{node_attrs(node, label, fill)}, color={quote(colour)}, penwidth=2];"
+                colour = quote(task_colour(tasks.index(node.task)))
+                return f"n{nid} [{node_attrs(node, label, fill)}, color={colour}, penwidth=2];"
             return f"n{nid} [{node_attrs(node, label, fill)}];"
 
         def cluster_name(nid: int) -> str:
@@ -231,6 +231,42 @@ def emit_supermodel_dot(g: Graph, *, title: str, policy: dict | None = None) -> 
             w.line(f"n{g.outputs[task]} -> out_{i} [color={quote(colour)}];")
         for nid in order:
             for src in (g.inputs(nid) if g.node(nid).op is not Op.ROUTE else [source_of(nid)]):
+                w.line(f"n{src} -> n{nid};")
+    w.line("}")
+    return w.text()
+
+
+def emit_pruned_dot(g: Graph, *, title: str) -> str:
+    """The deployed model as a tree: ops of the shared trunk in grey, each task's branch in the
+    task's colour (ops used by some but not all tasks get the colour of the first)."""
+    tasks = tuple(t.name for t in g.tasks)
+    w = SourceWriter()
+    w.line(f"digraph {quote(g.name)} {{")
+    with w.indent():
+        w.line(f"label={quote(title)}; labelloc=t; fontname=Helvetica; rankdir=TB;")
+        w.line('node [shape=box, style="rounded,filled", fontname=Helvetica, fontsize=10];')
+        w.line('edge [fontname=Helvetica, fontsize=8, color="#555555"];')
+        order = g.topo_order()
+
+        def line_for(nid: int) -> str:
+            node = g.node(nid)
+            users = node.meta.get("tasks", tasks)
+            label = f"{node.name.rsplit('.', 1)[-1]}\n{op_label(node)}\n{shape_text(node.shape)}"
+            if 0 < len(users) < len(tasks):
+                label += "\n" + ", ".join(users)
+                colour = quote(task_colour(tasks.index(users[0])))
+                return f"n{nid} [{node_attrs(node, label, '#ffffff')}, color={colour}, penwidth=2];"
+            fill = _COLOURS.get(node.op, _DEFAULT_COLOUR)
+            return f"n{nid} [{node_attrs(node, label, fill)}];"
+
+        emit_clusters(w, order, g, line_for)
+        for i, task in enumerate(tasks):
+            colour = quote(task_colour(i))
+            w.line(f'out_{i} [label={quote(task)}, shape=oval, fillcolor={colour}, '
+                   'fontcolor="white"];')
+            w.line(f"n{g.outputs[task]} -> out_{i} [color={colour}];")
+        for nid in order:
+            for src in g.inputs(nid):
                 w.line(f"n{src} -> n{nid};")
     w.line("}")
     return w.text()

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtsc.codegen.names import Namespace
 from mtsc.codegen.torch_common import (
     constructor,
     emit_forward,
     imports_used,
-    is_module_op,
+    module_names,
     op_expression,
     shape_text,
 )
 from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Graph
-from mtsc.ir.ops import Op
 from mtsc.ir.stats import summarize
 
 
@@ -42,7 +40,7 @@ def emit_backbone(g: Graph, *, source_name: str, class_name: str = "Backbone") -
     with body.indent():
         body.line(f'"""Input {inputs} (any size the network can take); returns one tensor."""')
         body.blank()
-        attrs = _emit_init(body, g, order)
+        attrs = emit_init(body, g)
         body.blank()
         _emit_forward(body, g, order, attrs, out_id)
     # The class line itself uses `nn`, even when no op in the body does.
@@ -56,18 +54,17 @@ def emit_backbone(g: Graph, *, source_name: str, class_name: str = "Backbone") -
     return GeneratedSource(w.text(), w.line_nodes)
 
 
-def _emit_init(w: SourceWriter, g: Graph, order: list[int]) -> dict[int, str]:
-    ns = Namespace()
-    attrs: dict[int, str] = {}
+def emit_init(w: SourceWriter, g: Graph) -> dict[int, str]:
+    """`__init__` with one module attribute per module-form op; returns their names."""
+    attrs = module_names(g)
     w.line("def __init__(self) -> None:")
     with w.indent():
         w.line("super().__init__()")
-        for nid in order:
-            node = g.node(nid)
-            if node.op is Op.INPUT or not is_module_op(node):
-                continue
-            attrs[nid] = ns.create(node.name)
-            w.line(f"self.{attrs[nid]} = {constructor(g, nid)}", node=nid)
+        defined: set[str] = set()
+        for nid, attr in attrs.items():
+            if attr not in defined:
+                defined.add(attr)
+                w.line(f"self.{attr} = {constructor(g, nid)}", node=nid)
     return attrs
 
 

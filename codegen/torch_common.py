@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import PurePath
 
-from mtsc.codegen.names import sanitize
+from mtsc.codegen.names import Namespace, sanitize
 from mtsc.codegen.pyliteral import call_args
 from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Graph, Node
@@ -136,3 +136,33 @@ def emit_forward(
             comment = f"  # {loc}" if loc else ""
             w.line(f"{var} = {rhs}{comment}", node=nid)
         w.line(returns({key: alloc.var[nid] for key, nid in outputs.items()}))
+
+
+def weight_key(node: Node) -> tuple | None:
+    """Nodes with the same key share one module: the same weights applied to other inputs
+    (a pruned model's shared op after per-task batchnorms). None: a module of its own."""
+    weights = node.meta.get("weights")
+    if weights is None or weights[1] is not None:
+        return None
+    return (weights, repr(node.meta.get("fold_bn")))
+
+
+def module_names(g: Graph) -> dict[int, str]:
+    """The attribute name of every module-form op: its sanitized hierarchical name, made
+    unique in topological order (so the same graph always gives the same state-dict keys).
+    Ops that share weights share the attribute, named after the weights' source."""
+    ns = Namespace()
+    names: dict[int, str] = {}
+    shared: dict[tuple, str] = {}
+    for nid in g.topo_order():
+        node = g.node(nid)
+        if node.op is Op.INPUT or spec_of(node.op).torch is None or not is_module_op(node):
+            continue
+        key = weight_key(node)
+        if key is None:
+            names[nid] = ns.create(node.name)
+        else:
+            if key not in shared:
+                shared[key] = ns.create(node.meta["weights"][0])
+            names[nid] = shared[key]
+    return names

@@ -97,7 +97,7 @@ def emit_supermodel(g: Graph, *, source_name: str) -> GeneratedSource:
     w.line()
     for imp in merge_imports(*(r.imports for r in runtime), HEADER_IMPORTS):
         w.line(imp)
-    for filename, part in zip(RUNTIME_FILES, runtime):
+    for filename, part in zip(RUNTIME_FILES, runtime, strict=True):
         w.line()
         w.line(f"# ---- copied from mtsc/runtime/{filename} " + "-" * 40)
         w.line()
@@ -131,9 +131,28 @@ def _emit_class_attrs(w: SourceWriter, g: Graph, plan: _Plan, tasks: tuple[str, 
     w.blank()
 
 
-def _emit_init(w: SourceWriter, g: Graph, plan: _Plan) -> dict[int, str]:
+def module_names(g: Graph) -> dict[int, str]:
+    """Attribute (state-dict prefix) of every module in the supermodel: one per op, and for
+    each route with a skip projection, `<op>_skip` (an nn.Sequential) whose layers are
+    `<op>_skip.0`, `<op>_skip.1`."""
+    plan = _Plan(g)
     ns = Namespace()
-    attrs: dict[int, str] = {}
+    names: dict[int, str] = {}
+    for nid in g.topo_order():
+        node = g.node(nid)
+        if node.op is Op.ROUTE:
+            chain = plan.skip_chain[nid]
+            if chain:
+                names[nid] = ns.create(node.attrs["op"] + ".skip")
+                for i, k in enumerate(chain):
+                    names[k] = f"{names[nid]}.{i}"
+        elif node.role is not Role.SKIP and node.op is not Op.INPUT and _has_module(node):
+            names[nid] = ns.create(node.name)
+    return names
+
+
+def _emit_init(w: SourceWriter, g: Graph, plan: _Plan) -> dict[int, str]:
+    attrs = module_names(g)
     w.line("def __init__(self) -> None:")
     with w.indent():
         w.line("super().__init__()")
@@ -144,13 +163,9 @@ def _emit_init(w: SourceWriter, g: Graph, plan: _Plan) -> dict[int, str]:
                 chain = plan.skip_chain[nid]
                 if chain:
                     parts = ", ".join(task_constructor(g, k) for k in chain)
-                    attrs[nid] = ns.create(node.attrs["op"] + ".skip")
                     w.line(f"self.{attrs[nid]} = nn.Sequential({parts})", node=nid)
-                continue
-            if node.role is Role.SKIP or node.op is Op.INPUT or not _has_module(node):
-                continue
-            attrs[nid] = ns.create(node.name)
-            w.line(f"self.{attrs[nid]} = {task_constructor(g, nid)}", node=nid)
+            elif nid in attrs and node.role is not Role.SKIP:
+                w.line(f"self.{attrs[nid]} = {task_constructor(g, nid)}", node=nid)
     return attrs
 
 

@@ -40,6 +40,7 @@ class Op(enum.Enum):
     FLATTEN = "flatten"
     DROPOUT = "dropout"
     UPSAMPLE = "upsample"
+    LRN = "lrn"
     # Structure of the multi-task supermodel, inserted by `insert_routing`.
     TASK_STACK = "task_stack"
     TASK_SLICE = "task_slice"
@@ -245,13 +246,15 @@ def _windowed(op: str, a: Mapping[str, Any], shape: Shape, ceil: bool) -> tuple[
     (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
     dh, dw = a.get("dilation", (1, 1))
     span = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
-    if span[0] > h + 2 * ph or span[1] > w + 2 * pw:
+    out = _window_out(h, kh, sh, ph, dh, ceil), _window_out(w, kw, sw, pw, dw, ceil)
+    # Ceil mode keeps a last, partial window, so a kernel may overhang a small input (as in torch).
+    if min(out) < 1:
         dilated = f" (dilated {_fmt_pair(span)})" if (dh, dw) != (1, 1) else ""
         raise OpError(
             f"{op}: kernel {_fmt_pair((kh, kw))}{dilated} larger than the padded input "
             f"{h + 2 * ph}x{w + 2 * pw}"
         )
-    return _window_out(h, kh, sh, ph, dh, ceil), _window_out(w, kw, sw, pw, dw, ceil)
+    return out
 
 
 def _same_shapes(op: str, shapes: Sequence[Shape]) -> Shape:
@@ -731,6 +734,30 @@ _register(
 def _raise(message: str) -> None:
     raise OpError(message)
 
+
+# local response normalisation -----------------------------------------------------------
+
+
+def _lrn_args(a: Mapping[str, Any], ins: Sequence[Shape]) -> tuple[tuple, dict]:
+    defaults = {"alpha": 1e-4, "beta": 0.75, "k": 1.0}
+    return (a["size"],), {k: a[k] for k, v in defaults.items() if a[k] != v}
+
+
+_register(
+    OpSpec(
+        Op.LRN,
+        attrs=(
+            Attr("size", Kind.INT, minimum=1),
+            Attr("alpha", Kind.FLOAT, 1e-4, minimum=0),
+            Attr("beta", Kind.FLOAT, 0.75, minimum=0),
+            Attr("k", Kind.FLOAT, 1.0, minimum=0),
+        ),
+        shape=_channels("lrn"),
+        torch=TorchModule("nn.LocalResponseNorm", _lrn_args),
+        positional=("size",),
+        doc="local response normalisation across `size` neighbouring channels (GoogLeNet)",
+    )
+)
 
 # upsample ------------------------------------------------------------------------------
 

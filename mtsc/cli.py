@@ -10,7 +10,7 @@ from mtsc.errors import MtscError
 
 # Each subcommand is a module in mtsc/commands/ with `register(subparsers)` and `run(args) -> int`.
 # Modules are imported lazily by name so that `mtsc build` never pays for torch.
-COMMANDS = ("build", "check", "fmt", "graph", "data")
+COMMANDS = ("build", "check", "fmt", "graph", "prune", "stats", "data")
 
 EXIT_USER_ERROR = 2
 

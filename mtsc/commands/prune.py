@@ -1,0 +1,75 @@
+"""`mtsc prune MODEL --policy P [--weights last.pt] -o DIR`: the deployable multi-task model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prune", help="cut the supermodel down to a policy's compact model")
+    p.add_argument("model", help="a .mtl (or .prototxt) model file")
+    p.add_argument("--policy", required=True, help="policy.json, or `shared` / `specific`")
+    p.add_argument("--weights", help="supermodel checkpoint (last.pt) whose weights to carry over")
+    p.add_argument("-o", "--out", default="deploy", help="output folder (default: deploy)")
+    p.add_argument("--fold-bn", action="store_true", help="fold batchnorms into convs")
+    p.add_argument("--share-bn", action="store_true", help="the supermodel shared batchnorm")
+    p.add_argument("--no-svg", action="store_true", help="do not render model.svg")
+    p.add_argument("--json", action="store_true", help="print the size report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtsc.codegen.dot import emit_pruned_dot
+    from mtsc.codegen.torch_pruned import emit_pruned
+    from mtsc.deploy import baselines, prune_model, report_table, size_report
+    from mtsc.fsutil import write_atomic
+    from mtsc.ir.passes.insert_routing import RoutingOptions
+    from mtsc.render import finish_render, how_to_render, start_render
+
+    routing = RoutingOptions(share_bn=args.share_bn)
+    pruned = prune_model(args.model, args.policy, routing=routing, fold_bn=args.fold_bn)
+    out = Path(args.out)
+    g = pruned.model
+    policy_name = args.policy if args.policy in ("shared", "specific") else Path(args.policy).name
+    source = emit_pruned(g, source_name=str(args.model), policy_name=policy_name).text
+    dot = emit_pruned_dot(g, title=f"{g.name} pruned ({policy_name})")
+    proc = None if args.no_svg else start_render(dot, "svg")
+    report = size_report(g)
+    extremes = baselines(args.model, routing)
+    state = None
+    if args.weights:
+        import io
+
+        import torch
+
+        from mtsc.deploy import carry_weights, read_checkpoint
+
+        state = carry_weights(pruned, read_checkpoint(args.weights))
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+    written = []
+    for name, data in (
+        ("model.py", source),
+        ("model.dot", dot),
+        ("policy.json", json.dumps(pruned.policy, indent=2) + "\n"),
+        ("report.txt", report_table(report, extremes) + "\n"),
+    ):
+        write_atomic(out / name, data)
+        written.append(out / name)
+    if state is not None:
+        write_atomic(out / "model.pt", buffer.getvalue())
+        written.append(out / "model.pt")
+    if proc is not None:
+        finish_render(proc, out / "model.svg")
+        written.append(out / "model.svg")
+    if args.json:
+        print(json.dumps({**report.__dict__, "written": [str(p) for p in written]}, indent=2))
+    else:
+        print(report_table(report, extremes))
+        print(f"wrote {', '.join(map(str, written))}")
+        if not args.no_svg and proc is None:
+            print(how_to_render(out / "model.dot"))
+        if state is None:
+            print("no --weights given: model.pt not written (the model starts from fresh weights)")
+    return 0

@@ -1,0 +1,196 @@
+"""From a searched policy to the deployed model: the prune pipeline, carrying the supermodel's
+weights over, and the size report (parameters and MACs per task)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from mtsc.driver import Pass, load, run_pipeline, supermodel_pipeline
+from mtsc.errors import MtscError
+from mtsc.ir.graph import Graph
+from mtsc.ir.ops import Op
+from mtsc.ir.passes.eliminate_dead import eliminate_dead
+from mtsc.ir.passes.fold_batchnorm import fold_batchnorm
+from mtsc.ir.passes.insert_routing import RoutingOptions
+from mtsc.ir.passes.merge_identical import merge_identical
+from mtsc.ir.passes.prune import prune
+from mtsc.codegen.torch_common import weight_key
+from mtsc.ir.stats import node_macs, node_params
+from mtsc.policy import read_policy, routed_ops
+from mtsc.runtime.policy_format import uniform_policy
+
+
+def prune_pipeline(policy: dict, *, fold_bn: bool = False) -> tuple[Pass, ...]:
+    """From the supermodel to the deployed model, in order."""
+    stages: tuple[Pass, ...] = (
+        functools.partial(prune, policy=policy),
+        eliminate_dead,
+        merge_identical,
+    )
+    return stages + ((fold_batchnorm,) if fold_bn else ())
+
+
+@dataclass
+class Pruned:
+    supermodel: Graph
+    model: Graph
+    policy: dict
+
+
+def prune_model(
+    path: str | Path,
+    policy_spec: str | dict,
+    *,
+    routing: RoutingOptions | None = None,
+    fold_bn: bool = False,
+) -> Pruned:
+    sm = run_pipeline(load(path), supermodel_pipeline(routing or RoutingOptions()))
+    policy = read_policy(policy_spec, sm) if isinstance(policy_spec, str) else policy_spec
+    pruned = run_pipeline(sm.copy(), prune_pipeline(policy, fold_bn=fold_bn))
+    return Pruned(sm, pruned, policy)
+
+
+# ---------------------------------------------------------------------- size report
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    tasks: tuple[str, ...]
+    total_params: int
+    total_macs: int
+    shared_params: int  # in ops that two or more tasks use
+    task_params: dict[str, int]  # everything on the task's path
+    task_macs: dict[str, int]
+
+
+def size_report(g: Graph) -> SizeReport:
+    """Parameters are counted once per weight tensor (ops sharing weights count once);
+    MACs once per op computed."""
+    tasks = tuple(t.name for t in g.tasks)
+    ops = [n for n in g.node_ids() if g.node(n).op is not Op.INPUT]
+    macs = {n: node_macs(g, n) for n in ops}
+    owner = {n: weight_key(g.node(n)) or n for n in ops}
+    params = {owner[n]: node_params(g, n) for n in ops}
+    paths = {t: g.ancestors(g.outputs[t]) | {g.outputs[t]} for t in tasks}
+    users = {w: {t for t in tasks if any(owner[n] == w for n in paths[t] if n in owner)}
+             for w in params}
+    return SizeReport(
+        tasks,
+        sum(params.values()),
+        sum(macs.values()),
+        sum(p for w, p in params.items() if len(users[w]) >= 2),
+        {t: sum(params[w] for w in {owner[n] for n in paths[t] if n in owner}) for t in tasks},
+        {t: sum(macs.get(n, 0) for n in paths[t]) for t in tasks},
+    )
+
+
+def baselines(path: str | Path, routing: RoutingOptions | None = None) -> dict[str, SizeReport]:
+    """The two extremes: all-shared (hard parameter sharing) and all-specific (T networks)."""
+    sm = run_pipeline(load(path), supermodel_pipeline(routing or RoutingOptions()))
+    tasks = [t.name for t in sm.tasks]
+    out = {}
+    for choice in ("shared", "specific"):
+        policy = uniform_policy(sm.name, tasks, list(routed_ops(sm)), choice)
+        out[choice] = size_report(run_pipeline(sm.copy(), prune_pipeline(policy)))
+    return out
+
+
+def report_table(report: SizeReport, extremes: dict[str, SizeReport]) -> str:
+    from mtsc.report import human
+
+    lines = [f"{'':<14}{'params':>12}{'MACs':>12}"]
+    for task in report.tasks:
+        lines.append(
+            f"{task:<14}{human(report.task_params[task]):>12}{human(report.task_macs[task]):>12}"
+        )
+    lines.append(f"{'total':<14}{human(report.total_params):>12}{human(report.total_macs):>12}")
+    share = report.shared_params / report.total_params if report.total_params else 0.0
+    lines.append(f"shared: {human(report.shared_params)} parameters ({share:.0%} of the model)")
+    for name, other in extremes.items():
+        label = "all-shared (hard sharing)" if name == "shared" else "all-specific (T networks)"
+        ratio = report.total_params / other.total_params if other.total_params else 0.0
+        lines.append(
+            f"vs {label}: {human(other.total_params)} parameters, "
+            f"{human(other.total_macs)} MACs; this model is {ratio:.2f}x its size"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- weights
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The supermodel state dict from `last.pt` ({"model": ..., ...}) or a bare state dict.
+    Loaded with `weights_only=True`: a checkpoint can never run code."""
+    import torch
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MtscError(None, f"no such checkpoint: {path}") from None
+    except Exception as err:  # torch raises several types for a corrupt or unsafe file
+        raise MtscError(None, f"cannot load {path} as a weights-only checkpoint: {err}") from None
+    state = data.get("model", data) if isinstance(data, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise MtscError(None, f"{path}: expected a state dict or a dict with a 'model' state dict")
+    return state
+
+
+def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
+    """The deployed model's state dict, taken from the supermodel's: each op gets the
+    weights of the candidate its tasks chose (task-specific ones sliced out of the per-task
+    layers), batchnorms folded where `fold_batchnorm` ran."""
+    import torch
+
+    from mtsc.codegen.torch_common import module_names
+    from mtsc.codegen.torch_supermodel import module_names as supermodel_module_names
+
+    sm, g = pruned.supermodel, pruned.model
+    tasks = len(sm.tasks)
+    sm_names = {sm.node(n).name: (n, a) for n, a in supermodel_module_names(sm).items()}
+
+    def source(weights: tuple[str, int | None], prefix_ok: bool = True) -> dict:
+        name, task = weights
+        if name not in sm_names:
+            raise MtscError(None, f"no supermodel module for {name}")
+        nid, attr = sm_names[name]
+        picked = {}
+        for key, value in sm_state.items():
+            if not key.startswith(attr + "."):
+                continue
+            suffix = key[len(attr) + 1 :]
+            if "." in suffix:
+                continue
+            if task is not None and value.dim() > 0:
+                if sm.node(nid).op is Op.LINEAR:
+                    value = value[task]
+                else:
+                    value = value.reshape(tasks, -1, *value.shape[1:])[task]
+            picked[suffix] = value
+        if not picked:
+            raise MtscError(None, f"the checkpoint has no weights for {attr} ({name})")
+        return picked
+
+    state = {}
+    for nid, attr in module_names(g).items():
+        node = g.node(nid)
+        if node.op not in (Op.CONV2D, Op.BATCHNORM, Op.SCALE, Op.LINEAR):
+            continue
+        weights = source(node.meta.get("weights", (node.name, None)))
+        fold = node.meta.get("fold_bn")
+        if fold is not None:
+            bn = source(fold["weights"])
+            scale = torch.rsqrt(bn["running_var"] + fold["eps"])
+            if fold["affine"]:
+                scale = scale * bn["weight"]
+            bias = weights.get("bias", torch.zeros_like(bn["running_mean"]))
+            weights = {
+                "weight": weights["weight"] * scale.reshape(-1, 1, 1, 1),
+                "bias": (bias - bn["running_mean"]) * scale
+                + (bn["bias"] if fold["affine"] else 0.0),
+            }
+        for suffix, value in weights.items():
+            state[f"{attr}.{suffix}"] = value.clone()
+    return state
