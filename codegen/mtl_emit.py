@@ -21,11 +21,8 @@ from mtsc.ir.ops import Attr, Kind, Op, OpError, OpSpec, spec_of
 
 # Words of the .mtl grammar that cannot be labels or variable names.
 KEYWORDS = frozenset(
-    {
-        "and", "assert", "backbone", "block", "elif", "else", "false", "for", "if", "import",
-        "in", "input", "loss", "metric", "not", "or", "repeat", "return", "tasks", "true",
-        "weight",
-    }
+    "and assert backbone block elif else false for if import in input loss metric not or "
+    "repeat return tasks true weight".split()
 )
 # The DSL's usual spelling of an op, where it is not the op's own name.
 _SPELLING = {Op.CONV2D: "conv", Op.BATCHNORM: "bn"}
@@ -81,7 +78,9 @@ def emit_mtl(g: Graph, *, header: Sequence[str] = ()) -> MtlSource:
                 _comment(w, node.meta["note"])
             if node.sharing is not None:
                 w.line(f"@{node.sharing.value}")
-            w.line(f"{labels[nid]}: {var} = {_expression(node, args)}{_original(node, labels[nid])}")
+            w.line(
+                f"{labels[nid]}: {var} = {_expression(node, args)}{_original(node, labels[nid])}"
+            )
         w.line(f"return {names.var[out_id]}")
     w.line("}")
     if g.tasks:
@@ -117,9 +116,7 @@ class _Variables:
     """Variables named after the hint (the Caffe top blob, say), reused once the value they
     hold is dead, so that an in-place chain reads `conv1 = relu(conv1)` as in the source."""
 
-    def __init__(
-        self, g: Graph, order: Sequence[int], out_id: int, inputs: dict[int, str]
-    ) -> None:
+    def __init__(self, g: Graph, order: Sequence[int], out_id: int, inputs: dict[int, str]) -> None:
         position = {nid: i for i, nid in enumerate(order)}
         self._last_use = {
             nid: max((position[u] for u in g.users(nid) if u in position), default=position[nid])

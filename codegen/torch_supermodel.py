@@ -19,7 +19,7 @@ from mtsc.codegen.torch_common import (
     shape_text,
 )
 from mtsc.codegen.writer import SourceWriter
-from mtsc.ir.graph import Graph, Role
+from mtsc.ir.graph import Call, Graph, Role, TaskSpec
 from mtsc.ir.ops import Op, TorchModule, spec_of, torch_class
 from mtsc.ir.stats import summarize
 
@@ -128,7 +128,37 @@ def _emit_class_attrs(w: SourceWriter, g: Graph, plan: _Plan, tasks: tuple[str, 
             a = g.node(r).attrs
             w.line(f"({py_literal(a['op'])}, {a['skip']}, {a['depth']}),", node=r)
     w.line(")")
+    w.line("# parameters of each candidate: (shared op, one task's copy, one task's skip)")
+    w.line("CHOICE_PARAMS = {")
+    with w.indent():
+        for r in plan.routes:
+            cost = g.node(r).meta["cost"]
+            w.line(
+                f"{py_literal(g.node(r).attrs['op'])}: "
+                f"({cost['shared']}, {cost['specific']}, {cost['skip']}),"
+            )
+    w.line("}")
+    w.line("# what the tasks section says: head, loss, metric and loss weight of each task")
+    w.line("TASK_SPECS = {")
+    with w.indent():
+        for task in g.tasks:
+            w.line(f"{py_literal(task.name)}: {py_literal(task_spec(task))},")
+    w.line("}")
     w.blank()
+
+
+def task_spec(task: TaskSpec) -> dict:
+    """A task's entry as plain data for the runtime (losses and metrics are built from it)."""
+
+    def call(c: Call | None) -> tuple | None:
+        return None if c is None else (c.name, dict(c.kwargs))
+
+    return {
+        "head": call(task.head),
+        "loss": call(task.loss),
+        "metric": call(task.metric),
+        "weight": task.weight,
+    }
 
 
 def module_names(g: Graph) -> dict[int, str]:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import keyword
 import sys
 
 from mtsc.errors import MtscError
 
 # Each subcommand is a module in mtsc/commands/ with `register(subparsers)` and `run(args) -> int`.
 # Modules are imported lazily by name so that `mtsc build` never pays for torch.
-COMMANDS = ("build", "check", "fmt", "graph", "prune", "stats", "data")
+COMMANDS = ("build", "check", "fmt", "import", "graph", "search", "prune", "stats", "data")
 
 EXIT_USER_ERROR = 2
 
 
 def _command_module(name: str):
-    return importlib.import_module(f"mtsc.commands.{name}")
+    # A module cannot be called `import` (a keyword): that command lives in `import_`.
+    module = f"{name}_" if keyword.iskeyword(name) else name
+    return importlib.import_module(f"mtsc.commands.{module}")
 
 
 def make_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -78,6 +78,8 @@ class SupermodelBase(nn.Module):
     MODEL = ""
     TASKS = ()
     ROUTED = ()
+    CHOICE_PARAMS = {}
+    TASK_SPECS = {}
 
     def __init__(self):
         super().__init__()
@@ -177,7 +179,7 @@ class SupermodelBase(nn.Module):
         def per_task(v):
             return None if v is None else v.view(-1, tasks, *v.shape[1:]).transpose(0, 1)
 
-        y = mix3(*(per_task(o) for o in outs), w.to(ref.dtype), hard=hard)
+        y = mix3(*(per_task(o) for o in outs), w.to(ref.dtype), hard=hard, keep_layout=True)
         return y.transpose(0, 1).reshape(ref.shape)
 
     # -- policies ------------------------------------------------------------------------------
@@ -211,6 +213,27 @@ class SupermodelBase(nn.Module):
         if self.mode == "hard":
             self.set_mode("hard")
         return self
+
+    def expected_params(self):
+        """Expected parameters of the routed ops under the current policy distribution: a
+        shared op counts once if any task uses it; copies and skips count per task."""
+        total = None
+        for name, _, _ in self.ROUTED:
+            shared, specific, skip = self.CHOICE_PARAMS[name]
+            p = F.softmax(self.policy_logits(name), dim=1)
+            nobody_shares = torch.prod(1 - p[:, 0])
+            term = shared * (1 - nobody_shares) + specific * p[:, 1].sum() + skip * p[:, 2].sum()
+            total = term if total is None else total + term
+        return total if total is not None else torch.zeros(())
+
+    def all_specific_params(self):
+        return sum(len(self.TASKS) * specific for _, specific, _ in self.CHOICE_PARAMS.values())
+
+    def budget_regularizer(self, budget):
+        """Drive the expected size of the routed ops to `budget` (a fraction of the
+        all-specific model's): the squared relative excess or shortfall."""
+        fraction = self.expected_params() / max(1, self.all_specific_params())
+        return (fraction - budget) ** 2
 
     def policy_regularizer(self):
         """Push shallow ops towards sharing (AutoMTL): for op n at depth d of D routed ops,

@@ -1,0 +1,74 @@
+"""mtsc from Python: build a supermodel from a model file and search it on your own data.
+
+    from mtsc.api import load_supermodel, search
+    model = load_supermodel("examples/resnet_tiny.mtl")          # a generated Supermodel
+    result = search(model, train_set, val_set, "runs/tiny", warmup_steps=200)
+    result.policy                                                 # also runs/tiny/policy.json
+
+Datasets yield `(image [3, H, W], {task: target, "valid": {task: bool}})` and carry an
+`info` (`mtsc.runtime.data.sample.DatasetInfo`) naming their tasks and classes; see
+`mtsc.runtime.data.open_dataset` for the built-in ones.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from mtsc.codegen.torch_supermodel import emit_supermodel
+from mtsc.driver import load_supermodel as load_supermodel_graph
+from mtsc.errors import MtscError
+from mtsc.fsutil import write_atomic
+from mtsc.ir.passes.insert_routing import RoutingOptions
+
+
+def import_generated(path: Path, module_name: str) -> Any:
+    """Import a file mtsc generated (never a file a user handed us) as a module."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_supermodel(model_path: str | Path, out_dir: str | Path, *, share_bn: bool = False,
+                     check_existing: bool = False) -> Path:
+    """Generate `out_dir/supermodel.py`; with `check_existing`, insist that a file already
+    there is the same model (a run folder belongs to one model)."""
+    g = load_supermodel_graph(model_path, RoutingOptions(share_bn=share_bn))
+    if not g.tasks:
+        raise MtscError(None, f"{model_path}: the model has no tasks section to search over")
+    text = emit_supermodel(g, source_name=str(model_path)).text
+    path = Path(out_dir) / "supermodel.py"
+    if check_existing and path.exists() and _body(path.read_text()) != _body(text):
+        raise MtscError(
+            None, f"{out_dir} holds a run of another model (its supermodel.py differs)"
+        )
+    write_atomic(path, text)
+    return path
+
+
+def _body(text: str) -> str:
+    return text.split("\n", 1)[1]  # the first line names the source path, which may move
+
+
+def load_supermodel(model_path: str | Path, *, out_dir: str | Path | None = None,
+                    share_bn: bool = False):
+    """A fresh `Supermodel` instance compiled from a .mtl / .prototxt file."""
+    import tempfile
+
+    folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="mtsc-"))
+    path = write_supermodel(model_path, folder, share_bn=share_bn)
+    return import_generated(path, f"mtsc_generated_{abs(hash(str(path.resolve())))}").Supermodel()
+
+
+def search(model, train_set, val_set, run_dir: str | Path, *, resume: bool = False,
+           progress: bool = True, **config: Any):
+    """Run the three-stage policy search; keyword arguments override `SearchConfig`."""
+    from mtsc.runtime.config import SearchConfig, make_config
+    from mtsc.runtime.search import search as run_search
+
+    cfg = config.pop("config", None) or make_config(SearchConfig, None, config)
+    return run_search(model, train_set, val_set, cfg, run_dir, resume=resume, progress=progress)

@@ -1,0 +1,85 @@
+"""`mtsc search MODEL --data SPEC --out DIR`: the three-stage policy search.
+
+    mtsc search examples/resnet_tiny.mtl --data shapes --out runs/tiny --quick
+    mtsc search examples/resnet34.mtl --data nyuv2:/data/nyuv2 --out runs/r34 --config s.toml
+    torchrun --nproc_per_node=4 -m mtsc search ... --out runs/r34
+    mtsc search ... --resume runs/r34
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search the sharing policy of a model's supermodel")
+    p.add_argument("model", help="a .mtl (or .prototxt) model with a tasks section")
+    p.add_argument("--data", default="shapes", help="shapes | nyuv2:PATH | cityscapes:PATH")
+    p.add_argument("--out", help="run folder (policy.json, last.pt, metrics.jsonl)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR after a crash")
+    p.add_argument("--config", help="TOML file of SearchConfig values")
+    p.add_argument("--quick", action="store_true", help="a short but complete search")
+    p.add_argument("--budget", type=float, help="target size, a fraction of all-specific")
+    p.add_argument("--derive", choices=("argmax", "sample"), help="how to derive the policy")
+    p.add_argument("--seed", type=int, help="random seed (runs are deterministic on CPU)")
+    p.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision on GPU")
+    p.add_argument("--share-bn", action="store_true", help="share batchnorm across tasks")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_set_option(p)
+
+
+def add_set_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config value, e.g. --set warmup_steps=100 (repeatable)")
+
+
+def parse_sets(items: list[str]) -> dict:
+    import tomllib
+
+    from mtsc.errors import MtscError
+
+    values = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise MtscError(None, f"--set needs KEY=VALUE, got {item!r}")
+        try:
+            values[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key.strip()] = raw
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtsc.api import import_generated, write_supermodel
+    from mtsc.errors import MtscError
+    from mtsc.runtime.config import SearchConfig, make_config
+    from mtsc.runtime.data import open_dataset
+    from mtsc.runtime.search import policy_table
+    from mtsc.runtime.search import search as run_search
+    from mtsc.runtime.trainer import dist_info
+
+    run_dir = Path(args.resume or args.out or "")
+    if not (args.resume or args.out):
+        raise MtscError(None, "give the run folder: --out DIR (or --resume DIR)")
+    overrides = {"seed": args.seed, "budget": args.budget, "derive": args.derive,
+                 "amp": args.amp, **parse_sets(args.set)}
+    config = make_config(SearchConfig, args.config, overrides, quick=args.quick)
+    rank, _ = dist_info()
+    path = write_supermodel(args.model, run_dir, share_bn=args.share_bn,
+                            check_existing=bool(args.resume)) if rank == 0 else run_dir / "supermodel.py"
+    from mtsc.runtime.trainer import barrier, init_distributed
+
+    init_distributed()
+    barrier()
+    supermodel = import_generated(path, "mtsc_run_supermodel").Supermodel()
+    data = dict(config.data)
+    train_set = open_dataset(args.data, "train", **data)
+    val_set = open_dataset(args.data, "val", **data)
+    result = run_search(supermodel, train_set, val_set, config, run_dir,
+                        resume=bool(args.resume), progress=not args.no_progress)
+    if dist_info()[0] == 0:
+        print(policy_table(supermodel, result.policy), end="")
+        print(f"wrote {run_dir / 'policy.json'}, {run_dir / 'policy.txt'}, {run_dir / 'last.pt'}")
+    return 0

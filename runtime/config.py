@@ -1,0 +1,115 @@
+"""Hyper-parameters of search and training, with defaults that work on the built-in `shapes`
+data with `resnet_tiny.mtl`; overridable from a TOML file and from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtsc.errors import MtscError
+
+
+@dataclass
+class SearchConfig:
+    seed: int = 0
+    batch_size: int = 16
+    # stage lengths, in optimizer steps
+    warmup_steps: int = 400
+    search_steps: int = 400
+    # policy search: one policy step (Adam, held-out split) after every `policy_every`
+    # weight steps (SGD with momentum)
+    policy_every: int = 1
+    held_out: float = 0.2  # fraction of the training split kept for policy steps
+    weight_lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    policy_lr: float = 0.01
+    # Gumbel-softmax temperature: tau = max(tau_min, tau_init * tau_decay ** (step / 100))
+    tau_init: float = 5.0
+    tau_decay: float = 0.8
+    tau_min: float = 0.1
+    reg_weight: float = 0.01  # lambda_reg of the depth-weighted sharing regulariser
+    budget: float | None = None  # instead of reg_weight: a target size (fraction, 0..1]
+    budget_weight: float = 1.0
+    derive: str = "argmax"  # or "sample"
+    derive_seed: int = 0
+    eval_every: int = 200
+    eval_batches: int = 20  # validation batches per evaluation (0: the whole split)
+    checkpoint_every: int = 100
+    log_every: int = 10
+    num_workers: int = 0
+    amp: str | None = None  # "bf16" or "fp16" on GPU
+    data: dict[str, Any] = field(default_factory=dict)  # options for open_dataset
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    batch_size: int = 16
+    steps: int = 800
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    eval_every: int = 200
+    eval_batches: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    num_workers: int = 0
+    amp: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+QUICK = {
+    SearchConfig: {"warmup_steps": 30, "search_steps": 30, "eval_every": 30, "eval_batches": 4,
+                   "checkpoint_every": 20, "batch_size": 8},
+    TrainConfig: {"steps": 40, "eval_every": 40, "eval_batches": 4, "checkpoint_every": 20,
+                  "batch_size": 8},
+}
+
+
+def make_config(cls: type, toml_path: str | Path | None, overrides: dict[str, Any],
+                *, quick: bool = False) -> Any:
+    """Defaults, then `--quick`, then the TOML file, then command-line overrides."""
+    values: dict[str, Any] = dict(QUICK[cls]) if quick else {}
+    if toml_path is not None:
+        try:
+            values.update(tomllib.loads(Path(toml_path).read_text()))
+        except OSError as err:
+            raise MtscError(None, f"cannot read config {toml_path}: {err.strerror}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise MtscError(None, f"{toml_path}: invalid TOML: {err}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise MtscError(
+            None, f"unknown config keys: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    config = cls(**values)
+    _check(config)
+    return config
+
+
+def _check(config: Any) -> None:
+    problems = []
+    if config.batch_size < 1:
+        problems.append("batch_size must be at least 1")
+    if getattr(config, "budget", None) is not None and not 0 < config.budget <= 1:
+        problems.append("budget must be a fraction in (0, 1]")
+    if getattr(config, "derive", "argmax") not in ("argmax", "sample"):
+        problems.append("derive must be 'argmax' or 'sample'")
+    if config.amp not in (None, "bf16", "fp16"):
+        problems.append("amp must be bf16 or fp16")
+    if getattr(config, "held_out", 0.5) and not 0 < getattr(config, "held_out", 0.5) < 1:
+        problems.append("held_out must be a fraction in (0, 1)")
+    if problems:
+        raise MtscError(None, "bad config: " + "; ".join(problems))

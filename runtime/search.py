@@ -1,0 +1,334 @@
+"""The policy search of AutoMTL, as three stages over a generated `Supermodel`:
+
+1. `warmup`: train all weights with equal mixture weights;
+2. `policy_search`: alternate weight steps (SGD with momentum, training split) and policy
+   steps (Adam on the policy logits, held-out part of the training split), Gumbel-softmax
+   with an annealed temperature; loss = sum_t weight_t * L_t + the regulariser (depth-weighted
+   sharing, or a parameter budget);
+3. `derive_policy`: argmax, or a sample from the learned distribution.
+
+Retraining the pruned model is `mtsc.runtime.train`. Everything is resumable from the run
+folder's `last.pt` (written atomically), deterministic on CPU with a seed, and works under
+torchrun (DDP; rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from mtsc.errors import MtscError
+from mtsc.runtime.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    write_text_atomic,
+)
+from mtsc.runtime.config import SearchConfig
+from mtsc.runtime.policy_format import CHOICES
+from mtsc.runtime.trainer import (
+    BatchStream,
+    RunLogger,
+    TaskObjective,
+    autocast,
+    barrier,
+    check_finite,
+    dist_info,
+    evaluate,
+    init_distributed,
+    to_device,
+)
+
+STAGES = ("warmup", "search", "done")
+CHECKPOINT = "last.pt"
+
+
+@dataclass
+class SearchResult:
+    policy: dict
+    run_dir: Path
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    """Everything a stage needs, and everything a checkpoint saves."""
+
+    model: torch.nn.Module  # the Supermodel itself
+    forward: Callable  # the model, or its DDP wrapper
+    config: SearchConfig
+    objective: TaskObjective
+    weights: BatchStream
+    held_out: BatchStream
+    weight_opt: torch.optim.Optimizer
+    policy_opt: torch.optim.Optimizer
+    device: torch.device
+    logger: RunLogger
+    run_dir: Path
+    val_set: Any
+    stage: str = "warmup"
+    step: int = 0  # steps done in the current stage
+    last_metrics: dict = field(default_factory=dict)
+
+
+def tau_at(config: SearchConfig, step: int) -> float:
+    return max(config.tau_min, config.tau_init * config.tau_decay ** (step / 100))
+
+
+def search(
+    model: torch.nn.Module,
+    train_set,
+    val_set,
+    config: SearchConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> SearchResult:
+    """Run (or resume) the whole search; returns the derived policy (also in policy.json)."""
+    run_dir = Path(run_dir)
+    device = init_distributed()
+    rank, world = dist_info()
+    seed_everything(config.seed)
+    model.to(device)
+    objective = TaskObjective(model.TASK_SPECS, train_set.info)
+    weight_idx, policy_idx = split_held_out(len(train_set), config.held_out, config.seed)
+    forward = model
+    if world > 1:
+        forward = DistributedDataParallel(model, find_unused_parameters=True)
+    run = _Run(
+        model=model,
+        forward=forward,
+        config=config,
+        objective=objective,
+        weights=BatchStream(train_set, weight_idx, config.batch_size, config.seed,
+                            num_workers=config.num_workers, rank=rank, world=world),
+        held_out=BatchStream(train_set, policy_idx, config.batch_size, config.seed + 1,
+                             num_workers=config.num_workers, rank=rank, world=world),
+        weight_opt=torch.optim.SGD(model.weight_parameters(), lr=config.weight_lr,
+                                   momentum=config.momentum, weight_decay=config.weight_decay),
+        policy_opt=torch.optim.Adam(model.policy_parameters(), lr=config.policy_lr),
+        device=device,
+        logger=RunLogger(run_dir, enabled=rank == 0),
+        run_dir=run_dir,
+        val_set=val_set,
+    )
+    if resume:
+        _restore(run, run_dir / CHECKPOINT)
+    elif rank == 0 and (run_dir / CHECKPOINT).exists():
+        raise MtscError(None, f"{run_dir} already holds a run; use --resume to continue it")
+    try:
+        if run.stage == "warmup":
+            warmup(run, progress=progress)
+            run.stage, run.step = "search", 0
+            _checkpoint(run)
+        if run.stage == "search":
+            policy_search(run, progress=progress)
+            run.stage, run.step = "done", 0
+            _checkpoint(run)
+    finally:
+        run.logger.close()
+    policy = derive_policy(model, config.derive, config.derive_seed)
+    if rank == 0:
+        write_policy(run_dir, model, policy)
+        _checkpoint(run, policy=policy)
+    barrier()
+    return SearchResult(policy, run_dir, run.last_metrics)
+
+
+def split_held_out(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A fixed split of the training indices: weights train on one part, the policy on the other."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    cut = max(1, int(round(n * fraction)))
+    return sorted(order[cut:]), sorted(order[:cut])
+
+
+# ---------------------------------------------------------------------- stages
+
+
+def warmup(run: _Run, *, progress: bool = True) -> None:
+    """Stage 1: all weights with equal mixture weights."""
+    run.model.set_mode("warmup")
+    _loop(run, run.config.warmup_steps, progress, _weight_step)
+
+
+def policy_search(run: _Run, *, progress: bool = True) -> None:
+    """Stage 2: weight steps and policy steps alternate; tau anneals."""
+    run.model.set_mode("search")
+
+    def step(r: _Run) -> dict[str, float]:
+        r.model.tau = tau_at(r.config, r.step)
+        logs = _weight_step(r)
+        if (r.step + 1) % r.config.policy_every == 0:
+            logs.update(_policy_step(r))
+        logs["tau"] = r.model.tau
+        return logs
+
+    _loop(run, run.config.search_steps, progress, step)
+
+
+def _loop(run: _Run, total: int, progress: bool, step_fn: Callable[[_Run], dict]) -> None:
+    rank, _ = dist_info()
+    bar = tqdm(total=total, initial=run.step, desc=run.stage, disable=not progress or rank != 0,
+               dynamic_ncols=True, leave=True)
+    start, samples = time.perf_counter(), 0
+    while run.step < total:
+        logs = step_fn(run)
+        run.step += 1
+        samples += run.config.batch_size
+        bar.update(1)
+        rate = samples / max(1e-9, time.perf_counter() - start)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("loss", "tau")}
+                        | {"img/s": f"{rate:.0f}"})
+        if run.step % run.config.log_every == 0 or run.step == total:
+            run.logger.log(run.step, run.stage, {**logs, "images_per_s": rate})
+        if run.config.eval_every and (run.step % run.config.eval_every == 0 or run.step == total):
+            run.last_metrics = evaluate(
+                run.model, run.val_set, run.objective, batch_size=run.config.batch_size,
+                device=run.device, max_batches=run.config.eval_batches, forward=run.forward,
+            )
+            run.logger.log(run.step, run.stage, {"val": run.last_metrics})
+            bar.write(f"[{run.stage} {run.step}] " + _metrics_line(run.last_metrics))
+        if run.step % run.config.checkpoint_every == 0 and run.step < total:
+            _checkpoint(run)
+    bar.close()
+
+
+def _weight_step(run: _Run) -> dict[str, float]:
+    images, targets = to_device(run.weights.next(), run.device)
+    run.model.train()
+    with autocast(run.config.amp, run.device):
+        outputs = run.forward(images)
+    losses = run.objective.task_losses(outputs, targets)
+    check_finite(losses, run.step)
+    loss = run.objective.total(losses)
+    run.weight_opt.zero_grad(set_to_none=True)
+    run.policy_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    run.weight_opt.step()
+    return {"loss": float(loss.detach()), **{f"loss_{t}": float(v.detach()) for t, v in losses.items()}}
+
+
+def _policy_step(run: _Run) -> dict[str, float]:
+    images, targets = to_device(run.held_out.next(), run.device)
+    with autocast(run.config.amp, run.device):
+        outputs = run.forward(images)
+    losses = run.objective.task_losses(outputs, targets)
+    check_finite(losses, run.step)
+    if run.config.budget is not None:
+        reg = run.config.budget_weight * run.model.budget_regularizer(run.config.budget)
+    else:
+        reg = run.config.reg_weight * run.model.policy_regularizer()
+    loss = run.objective.total(losses) + reg
+    run.weight_opt.zero_grad(set_to_none=True)
+    run.policy_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    run.policy_opt.step()
+    return {"policy_loss": float(loss.detach()), "regularizer": float(reg.detach())}
+
+
+def _metrics_line(metrics: dict[str, dict[str, float]]) -> str:
+    parts = []
+    for task, values in metrics.items():
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in list(values.items())[:3])
+        parts.append(f"{task}: {shown}")
+    return " | ".join(parts)
+
+
+# ---------------------------------------------------------------------- derive
+
+
+def derive_policy(model: torch.nn.Module, how: str = "argmax", seed: int = 0) -> dict:
+    """Stage 3: the discrete policy, by argmax of the logits or sampled from their softmax."""
+    if how == "argmax":
+        return model.export_policy()
+    if how != "sample":
+        raise ValueError(f"derive must be 'argmax' or 'sample', got {how!r}")
+    g = torch.Generator().manual_seed(seed)
+    choices = {}
+    for name, _, _ in model.ROUTED:
+        probs = torch.softmax(model.policy_logits(name).detach().float().cpu(), dim=1)
+        picks = torch.multinomial(probs, 1, generator=g).squeeze(1).tolist()
+        choices[name] = {t: CHOICES[c] for t, c in zip(model.TASKS, picks, strict=True)}
+    return {"model": model.MODEL, "tasks": list(model.TASKS), "choices": choices}
+
+
+def policy_table(model: torch.nn.Module, policy: dict) -> str:
+    """op x task -> choice, with the probability the search gave it."""
+    probs = model.policy_probabilities()
+    width = max([len(n) for n, _, _ in model.ROUTED] + [2])
+    head = f"{'op':<{width}}  " + "  ".join(f"{t:>18}" for t in model.TASKS)
+    lines = [head, "-" * len(head)]
+    for name, _, _ in model.ROUTED:
+        cells = []
+        for task in model.TASKS:
+            choice = policy["choices"][name][task]
+            cells.append(f"{choice:>12} {probs[name][task][choice]:5.2f}")
+        lines.append(f"{name:<{width}}  " + "  ".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def write_policy(run_dir: Path, model: torch.nn.Module, policy: dict) -> None:
+    write_text_atomic(run_dir / "policy.json", json.dumps(policy, indent=2) + "\n")
+    write_text_atomic(run_dir / "policy.txt", policy_table(model, policy))
+
+
+# ---------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint(run: _Run, *, policy: dict | None = None) -> None:
+    rank, _ = dist_info()
+    if rank == 0:
+        state = {
+            "model": run.model.state_dict(),
+            "policy": policy or run.model.export_policy(),
+            "model_name": run.model.MODEL,
+            "tasks": list(run.model.TASKS),
+            "weight_opt": run.weight_opt.state_dict(),
+            "policy_opt": run.policy_opt.state_dict(),
+            "tau": float(run.model.tau),
+            "stage": run.stage,
+            "step": run.step,
+            "streams": {"weights": run.weights.state(), "held_out": run.held_out.state()},
+            "rng": rng_state(),
+            "config": run.config.to_dict(),
+            "metrics": run.last_metrics,
+        }
+        save_checkpoint(run.run_dir / CHECKPOINT, state)
+    barrier()
+
+
+def _restore(run: _Run, path: Path) -> None:
+    if not path.exists():
+        raise MtscError(None, f"nothing to resume: {path} does not exist")
+    state = load_checkpoint(path)
+    if state.get("model_name") != run.model.MODEL or state.get("tasks") != list(run.model.TASKS):
+        raise MtscError(
+            None,
+            f"{path} is a run of model {state.get('model_name')!r} with tasks "
+            f"{state.get('tasks')}, not of {run.model.MODEL!r} with {list(run.model.TASKS)}",
+        )
+    ours = run.model.state_dict()
+    if set(state["model"]) != set(ours) or any(
+        state["model"][k].shape != v.shape for k, v in ours.items()
+    ):
+        raise MtscError(None, f"{path} holds weights of a different network than this model")
+    run.model.load_state_dict(state["model"])
+    run.weight_opt.load_state_dict(state["weight_opt"])
+    run.policy_opt.load_state_dict(state["policy_opt"])
+    run.model.tau = state["tau"]
+    run.stage, run.step = state["stage"], state["step"]
+    run.weights.restore(state["streams"]["weights"])
+    run.held_out.restore(state["streams"]["held_out"])
+    run.last_metrics = state.get("metrics", {})
+    set_rng_state(state["rng"])

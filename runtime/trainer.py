@@ -1,0 +1,272 @@
+"""The machinery shared by search and retraining: task objectives, resumable batch streams,
+evaluation, logging, distributed set-up and mixed precision."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from mtsc.errors import MtscError
+from mtsc.runtime.losses import make_loss
+from mtsc.runtime.metrics import Metric, make_metric
+
+# ---------------------------------------------------------------------- tasks
+
+
+class TaskObjective:
+    """Losses, loss weights and metrics of each task, built from the model's TASK_SPECS."""
+
+    def __init__(self, task_specs: Mapping[str, Mapping[str, Any]], dataset_info: Any) -> None:
+        self.tasks = tuple(task_specs)
+        missing = [t for t in self.tasks if t not in dataset_info.tasks]
+        if missing:
+            raise MtscError(
+                None,
+                f"the data has no targets for task(s) {', '.join(missing)}: it provides "
+                f"{', '.join(dataset_info.tasks)}; the model's tasks are {', '.join(self.tasks)}",
+            )
+        self.losses = {}
+        self.weights = {}
+        self.metric_specs = {}
+        for task, spec in task_specs.items():
+            loss = spec.get("loss") or (_DEFAULT_LOSS.get(task), {})
+            if loss[0] is None:
+                raise MtscError(None, f"task {task!r} has no loss= in the tasks section")
+            try:
+                self.losses[task] = make_loss(loss[0], **loss[1])
+            except ValueError as err:
+                raise MtscError(None, f"task {task!r}: {err}") from None
+            self.weights[task] = float(spec.get("weight", 1.0))
+            metric = spec.get("metric") or (_DEFAULT_METRIC.get(task), {})
+            if metric[0] is not None:
+                options = dict(metric[1])
+                if metric[0] in ("miou", "segmentation") and "num_classes" not in options:
+                    options["num_classes"] = spec["head"][1].get("classes", dataset_info.num_classes)
+                    options.setdefault("ignore", dataset_info.ignore_index)
+                self.metric_specs[task] = (metric[0], options)
+
+    def task_losses(self, outputs: Mapping[str, torch.Tensor], targets: Mapping) -> dict:
+        valid = targets.get("valid", {})
+        return {
+            t: self.losses[t](outputs[t].float(), targets[t], valid.get(t)) for t in self.tasks
+        }
+
+    def total(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return sum(self.weights[t] * losses[t] for t in self.tasks)
+
+    def make_metrics(self) -> dict[str, Metric]:
+        return {t: make_metric(name, **opts) for t, (name, opts) in self.metric_specs.items()}
+
+
+_DEFAULT_LOSS = {"segment": "cross_entropy", "depth": "l1", "normal": "cosine"}
+_DEFAULT_METRIC = {"segment": "miou", "depth": "depth", "normal": "normal"}
+
+
+def check_finite(losses: Mapping[str, torch.Tensor], step: int) -> None:
+    bad = [t for t, v in losses.items() if not math.isfinite(float(v.detach()))]
+    if bad:
+        raise MtscError(
+            None,
+            f"the loss of task(s) {', '.join(bad)} is not finite at step {step}; stopped, the "
+            "last good checkpoint is kept (lower the learning rate or check the data)",
+        )
+
+
+# ---------------------------------------------------------------------- data
+
+
+def collate(items: list) -> tuple[torch.Tensor, dict]:
+    return torch.utils.data.default_collate(items)
+
+
+class BatchStream:
+    """An endless, resumable stream of batches: epoch `e` visits the samples in the order of
+    a permutation seeded by (seed, e); under DDP each rank takes its share of every batch."""
+
+    def __init__(self, dataset, indices: list[int], batch_size: int, seed: int,
+                 *, num_workers: int = 0, rank: int = 0, world: int = 1) -> None:
+        if len(indices) < batch_size * world:
+            raise MtscError(
+                None,
+                f"{len(indices)} samples are too few for batches of {batch_size} on {world} "
+                "process(es); use a smaller batch_size or more data",
+            )
+        self.dataset = dataset
+        self.indices = indices
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.rank, self.world = rank, world
+        self.epoch = 0
+        self.position = 0  # batches already taken from the current epoch
+        self._iter: Iterator | None = None
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = [self.indices[i] for i in torch.randperm(len(self.indices), generator=g)]
+        size = self.batch_size * self.world
+        return [
+            order[i : i + size][self.rank :: self.world]
+            for i in range(0, len(order) - size + 1, size)
+        ]
+
+    def _start(self) -> None:
+        batches = self._batches(self.epoch)[self.position :]
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=collate
+        )
+        self._iter = iter(loader)
+
+    def next(self) -> tuple[torch.Tensor, dict]:
+        while True:
+            if self._iter is None:
+                self._start()
+            try:
+                batch = next(self._iter)
+                self.position += 1
+                return batch
+            except StopIteration:
+                self.epoch += 1
+                self.position = 0
+                self._iter = None
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def restore(self, state: Mapping[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._iter = None
+
+
+def to_device(batch: tuple, device: torch.device) -> tuple[torch.Tensor, dict]:
+    images, targets = batch
+
+    def move(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: move(x) for k, x in v.items()}
+        return v.to(device, non_blocking=True)
+
+    return images.to(device, non_blocking=True), move(targets)
+
+
+# ---------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model, dataset, objective: TaskObjective, *, batch_size: int, device,
+             max_batches: int = 0, forward=None) -> dict[str, dict[str, float]]:
+    """Metrics of every task over the split (its first `max_batches` batches, if set),
+    all-reduced across processes under DDP."""
+    forward = forward or model
+    was_training = model.training
+    model.eval()
+    metrics = objective.make_metrics()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    rank, world = dist_info()
+    for i, batch in enumerate(loader):
+        if max_batches and i >= max_batches:
+            break
+        if i % world != rank:
+            continue
+        images, targets = to_device(batch, device)
+        outputs = forward(images)
+        valid = targets.get("valid", {})
+        for task, metric in metrics.items():
+            metric.update(outputs[task].float(), targets[task], valid.get(task))
+    results = {}
+    for task, metric in metrics.items():
+        metric.sync()
+        results[task] = metric.compute()
+    model.train(was_training)
+    return results
+
+
+# ---------------------------------------------------------------------- distributed
+
+
+def dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> torch.device:
+    """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def autocast(amp: str | None, device: torch.device):
+    """Mixed precision on GPU (bf16 or fp16); a no-op elsewhere."""
+    if amp is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+# ---------------------------------------------------------------------- logging
+
+
+@dataclass
+class RunLogger:
+    """Metrics as JSON lines in the run folder (and TensorBoard events when installed),
+    written by rank 0 only."""
+
+    run_dir: Path
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        self._tb = None
+        if not self.enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def log(self, step: int, stage: str, values: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), "stage": stage, "step": step, **values}
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        if self._tb is not None:
+            for key, value in _flatten(values).items():
+                self._tb.add_scalar(f"{stage}/{key}", value, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
