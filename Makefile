@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MTSC := $(VENV)/bin/mtsc
 EXAMPLES := $(filter-out examples/resnet_blocks.mtl,$(wildcard examples/*.mtl))
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo examples test bench lint clean
 
 setup: $(VENV)/.setup-done
 
@@ -13,6 +13,9 @@ $(VENV)/.setup-done: pyproject.toml scripts/setup.sh
 	VENV=$(VENV) ./scripts/setup.sh
 
 demo: setup
+	$(MTSC) demo --out runs/demo
+
+examples: setup
 	@for model in $(EXAMPLES); do \
 		echo "== mtsc build $$model"; \
 		$(MTSC) build $$model -o out/$$(basename $$model .mtl) || exit 1; \

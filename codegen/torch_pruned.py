@@ -10,6 +10,7 @@ from mtsc.codegen.names import sanitize
 from mtsc.codegen.pyliteral import py_literal
 from mtsc.codegen.torch_backbone import GeneratedSource, emit_init
 from mtsc.codegen.torch_common import emit_forward, imports_used, op_expression, shape_text
+from mtsc.codegen.torch_supermodel import task_spec
 from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Graph
 from mtsc.ir.stats import summarize
@@ -24,6 +25,11 @@ def emit_pruned(g: Graph, *, source_name: str, policy_name: str) -> GeneratedSou
         body.line('One task: `model.forward_task(x, task)` runs only that task\'s path."""')
         body.blank()
         body.line(f"TASKS = {py_literal(tasks)}")
+        body.line("TASK_SPECS = {")
+        with body.indent():
+            for task in g.tasks:
+                body.line(f"{py_literal(task.name)}: {py_literal(task_spec(task))},")
+        body.line("}")
         body.blank()
         attrs = emit_init(body, g)
         order = g.topo_order()

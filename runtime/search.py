@@ -15,7 +15,6 @@ torchrun (DDP; rank 0 writes).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,6 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from mtsc.errors import MtscError
 from mtsc.runtime.checkpoint import (
@@ -44,8 +42,8 @@ from mtsc.runtime.trainer import (
     barrier,
     check_finite,
     dist_info,
-    evaluate,
     init_distributed,
+    run_steps,
     to_device,
 )
 
@@ -159,7 +157,7 @@ def split_held_out(n: int, fraction: float, seed: int) -> tuple[list[int], list[
 def warmup(run: _Run, *, progress: bool = True) -> None:
     """Stage 1: all weights with equal mixture weights."""
     run.model.set_mode("warmup")
-    _loop(run, run.config.warmup_steps, progress, _weight_step)
+    run_steps(run, run.config.warmup_steps, _weight_step, _checkpoint, progress=progress)
 
 
 def policy_search(run: _Run, *, progress: bool = True) -> None:
@@ -174,34 +172,7 @@ def policy_search(run: _Run, *, progress: bool = True) -> None:
         logs["tau"] = r.model.tau
         return logs
 
-    _loop(run, run.config.search_steps, progress, step)
-
-
-def _loop(run: _Run, total: int, progress: bool, step_fn: Callable[[_Run], dict]) -> None:
-    rank, _ = dist_info()
-    bar = tqdm(total=total, initial=run.step, desc=run.stage, disable=not progress or rank != 0,
-               dynamic_ncols=True, leave=True)
-    start, samples = time.perf_counter(), 0
-    while run.step < total:
-        logs = step_fn(run)
-        run.step += 1
-        samples += run.config.batch_size
-        bar.update(1)
-        rate = samples / max(1e-9, time.perf_counter() - start)
-        bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("loss", "tau")}
-                        | {"img/s": f"{rate:.0f}"})
-        if run.step % run.config.log_every == 0 or run.step == total:
-            run.logger.log(run.step, run.stage, {**logs, "images_per_s": rate})
-        if run.config.eval_every and (run.step % run.config.eval_every == 0 or run.step == total):
-            run.last_metrics = evaluate(
-                run.model, run.val_set, run.objective, batch_size=run.config.batch_size,
-                device=run.device, max_batches=run.config.eval_batches, forward=run.forward,
-            )
-            run.logger.log(run.step, run.stage, {"val": run.last_metrics})
-            bar.write(f"[{run.stage} {run.step}] " + _metrics_line(run.last_metrics))
-        if run.step % run.config.checkpoint_every == 0 and run.step < total:
-            _checkpoint(run)
-    bar.close()
+    run_steps(run, run.config.search_steps, step, _checkpoint, progress=progress)
 
 
 def _weight_step(run: _Run) -> dict[str, float]:
@@ -235,14 +206,6 @@ def _policy_step(run: _Run) -> dict[str, float]:
     loss.backward()
     run.policy_opt.step()
     return {"policy_loss": float(loss.detach()), "regularizer": float(reg.detach())}
-
-
-def _metrics_line(metrics: dict[str, dict[str, float]]) -> str:
-    parts = []
-    for task, values in metrics.items():
-        shown = ", ".join(f"{k} {v:.3f}" for k, v in list(values.items())[:3])
-        parts.append(f"{task}: {shown}")
-    return " | ".join(parts)
 
 
 # ---------------------------------------------------------------------- derive

@@ -8,13 +8,14 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from mtsc.errors import MtscError
 from mtsc.runtime.losses import make_loss
@@ -189,6 +190,49 @@ def evaluate(model, dataset, objective: TaskObjective, *, batch_size: int, devic
         results[task] = metric.compute()
     model.train(was_training)
     return results
+
+
+# ---------------------------------------------------------------------- the loop
+
+
+def run_steps(run: Any, total: int, step_fn: Callable[[Any], dict], checkpoint: Callable[[Any], None],
+              *, progress: bool = True) -> None:
+    """Steps `run.step` up to `total`: a progress bar with loss, tau and throughput, the
+    metrics log, validation every `eval_every` steps and checkpoints every
+    `checkpoint_every` steps. `run` carries model, forward, config, objective, device,
+    logger, val_set, stage, step and last_metrics."""
+    rank, _ = dist_info()
+    bar = tqdm(total=total, initial=run.step, desc=run.stage, disable=not progress or rank != 0,
+               dynamic_ncols=True, leave=True)
+    start, samples = time.perf_counter(), 0
+    while run.step < total:
+        logs = step_fn(run)
+        run.step += 1
+        samples += run.config.batch_size
+        bar.update(1)
+        rate = samples / max(1e-9, time.perf_counter() - start)
+        shown = {k: f"{v:.3g}" for k, v in logs.items() if k in ("loss", "tau")}
+        bar.set_postfix({**shown, "img/s": f"{rate:.0f}"})
+        if run.step % run.config.log_every == 0 or run.step == total:
+            run.logger.log(run.step, run.stage, {**logs, "images_per_s": rate})
+        if run.config.eval_every and (run.step % run.config.eval_every == 0 or run.step == total):
+            run.last_metrics = evaluate(
+                run.model, run.val_set, run.objective, batch_size=run.config.batch_size,
+                device=run.device, max_batches=run.config.eval_batches, forward=run.forward,
+            )
+            run.logger.log(run.step, run.stage, {"val": run.last_metrics})
+            bar.write(f"[{run.stage} {run.step}] " + metrics_line(run.last_metrics))
+        if run.step % run.config.checkpoint_every == 0 and run.step < total:
+            checkpoint(run)
+    bar.close()
+
+
+def metrics_line(metrics: Mapping[str, Mapping[str, float]]) -> str:
+    parts = []
+    for task, values in metrics.items():
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in list(values.items())[:3])
+        parts.append(f"{task}: {shown}")
+    return " | ".join(parts)
 
 
 # ---------------------------------------------------------------------- distributed

@@ -1,0 +1,85 @@
+"""`mtsc train MODEL --policy P --data SPEC --out DIR`: (re)train the pruned model a policy
+gives — from fresh weights, or from the supermodel's with `--weights last.pt`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mtsc.commands.search import add_set_option, parse_sets
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the pruned multi-task model of a policy")
+    p.add_argument("model", help="a .mtl (or .prototxt) model with a tasks section")
+    p.add_argument("--policy", required=True, help="policy.json, or `shared` / `specific`")
+    p.add_argument("--data", default="shapes", help="shapes | nyuv2:PATH | cityscapes:PATH")
+    p.add_argument("--out", help="run folder (model.py, model.pt, last.pt, metrics.jsonl)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
+    p.add_argument("--weights", help="start from this supermodel checkpoint's weights")
+    p.add_argument("--config", help="TOML file of TrainConfig values")
+    p.add_argument("--quick", action="store_true", help="a short run, for smoke tests")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision on GPU")
+    p.add_argument("--share-bn", action="store_true", help="the supermodel shares batchnorm")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_set_option(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtsc.errors import MtscError
+    from mtsc.runtime.config import TrainConfig, make_config
+
+    run_dir = Path(args.resume or args.out or "")
+    if not (args.resume or args.out):
+        raise MtscError(None, "give the run folder: --out DIR (or --resume DIR)")
+    config = make_config(TrainConfig, args.config,
+                         {"seed": args.seed, "amp": args.amp, **parse_sets(args.set)},
+                         quick=args.quick)
+    result = train_pruned(args.model, args.policy, args.data, run_dir, config,
+                          weights=args.weights, share_bn=args.share_bn,
+                          resume=bool(args.resume), progress=not args.no_progress)
+    from mtsc.runtime.trainer import metrics_line
+
+    print(f"validation: {metrics_line(result['metrics'])}")
+    print(f"wrote {run_dir / 'model.py'}, {run_dir / 'model.pt'}, {run_dir / 'last.pt'}")
+    return 0
+
+
+def train_pruned(model_path, policy, data: str, run_dir: Path, config, *, weights=None,
+                 share_bn: bool = False, resume: bool = False, progress: bool = True) -> dict:
+    """Prune, write model.py, train, write model.pt and eval.json; returns metrics and sizes."""
+    import io
+    import json
+
+    import torch
+
+    from mtsc.api import import_generated
+    from mtsc.codegen.torch_pruned import emit_pruned
+    from mtsc.deploy import carry_weights, prune_model, read_checkpoint, size_report
+    from mtsc.fsutil import write_atomic
+    from mtsc.ir.passes.insert_routing import RoutingOptions
+    from mtsc.runtime.data import open_dataset
+    from mtsc.runtime.train import train
+
+    pruned = prune_model(model_path, policy, routing=RoutingOptions(share_bn=share_bn))
+    name = policy if isinstance(policy, str) else "policy.json"
+    source = emit_pruned(pruned.model, source_name=str(model_path), policy_name=str(name)).text
+    write_atomic(run_dir / "model.py", source)
+    write_atomic(run_dir / "policy.json", json.dumps(pruned.policy, indent=2) + "\n")
+    module = import_generated(run_dir / "model.py", f"mtsc_pruned_{abs(hash(str(run_dir)))}")
+    net = module.MultiTaskModel()
+    if weights is not None and not resume:
+        net.load_state_dict(carry_weights(pruned, read_checkpoint(weights)))
+    data_options = dict(config.data)
+    train_set = open_dataset(data, "train", **data_options)
+    val_set = open_dataset(data, "val", **data_options)
+    result = train(net, train_set, val_set, config, run_dir, resume=resume, progress=progress)
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    write_atomic(run_dir / "model.pt", buffer.getvalue())
+    report = size_report(pruned.model)
+    summary = {"metrics": result.metrics, "params": report.total_params,
+               "macs": report.total_macs, "task_params": report.task_params}
+    write_atomic(run_dir / "eval.json", json.dumps(summary, indent=2) + "\n")
+    return {**summary, "net": net, "pruned": pruned}

@@ -1,0 +1,151 @@
+"""Training a deployed (pruned) multi-task model: all tasks' losses, SGD with momentum and a
+cosine learning-rate schedule, the same resumable checkpoints and logs as the search."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from mtsc.errors import MtscError
+from mtsc.runtime.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from mtsc.runtime.config import TrainConfig
+from mtsc.runtime.trainer import (
+    BatchStream,
+    RunLogger,
+    TaskObjective,
+    autocast,
+    barrier,
+    check_finite,
+    dist_info,
+    evaluate,
+    init_distributed,
+    run_steps,
+    to_device,
+)
+
+CHECKPOINT = "last.pt"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class _Train:
+    model: torch.nn.Module
+    forward: Any
+    config: TrainConfig
+    objective: TaskObjective
+    stream: BatchStream
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    logger: RunLogger
+    run_dir: Path
+    val_set: Any
+    stage: str = "train"
+    step: int = 0
+    last_metrics: dict = field(default_factory=dict)
+
+
+def train(model: torch.nn.Module, train_set, val_set, config: TrainConfig, run_dir: str | Path,
+          *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train every weight of `model` (a generated MultiTaskModel) on all its tasks."""
+    run_dir = Path(run_dir)
+    device = init_distributed()
+    rank, world = dist_info()
+    seed_everything(config.seed)
+    model.to(device)
+    forward = DistributedDataParallel(model) if world > 1 else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    steps = max(1, config.steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    run = _Train(
+        model, forward, config, TaskObjective(model.TASK_SPECS, train_set.info),
+        BatchStream(train_set, list(range(len(train_set))), config.batch_size, config.seed,
+                    num_workers=config.num_workers, rank=rank, world=world),
+        optimizer, schedule, device, RunLogger(run_dir, enabled=rank == 0), run_dir, val_set,
+    )
+    if resume:
+        _restore(run, run_dir / CHECKPOINT)
+    elif rank == 0 and (run_dir / CHECKPOINT).exists():
+        raise MtscError(None, f"{run_dir} already holds a run; use --resume to continue it")
+    try:
+        run_steps(run, config.steps, _step, _checkpoint, progress=progress)
+    finally:
+        run.logger.close()
+    run.stage = "done"
+    _checkpoint(run)
+    return TrainResult(run_dir, run.last_metrics)
+
+
+def _step(run: _Train) -> dict[str, float]:
+    images, targets = to_device(run.stream.next(), run.device)
+    run.model.train()
+    with autocast(run.config.amp, run.device):
+        outputs = run.forward(images)
+    losses = run.objective.task_losses(outputs, targets)
+    check_finite(losses, run.step)
+    loss = run.objective.total(losses)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.schedule.step()
+    return {"loss": float(loss.detach()), "lr": run.schedule.get_last_lr()[0],
+            **{f"loss_{t}": float(v.detach()) for t, v in losses.items()}}
+
+
+def evaluate_split(model, test_set, config: TrainConfig, device=None) -> dict:
+    """Metrics over a whole split (for the final report)."""
+    objective = TaskObjective(model.TASK_SPECS, test_set.info)
+    return evaluate(model, test_set, objective, batch_size=config.batch_size,
+                    device=device or next(model.parameters()).device)
+
+
+def _checkpoint(run: _Train) -> None:
+    if dist_info()[0] == 0:
+        save_checkpoint(run.run_dir / CHECKPOINT, {
+            "model": run.model.state_dict(),
+            "tasks": list(run.model.TASKS),
+            "optimizer": run.optimizer.state_dict(),
+            "schedule": run.schedule.state_dict(),
+            "stage": run.stage,
+            "step": run.step,
+            "stream": run.stream.state(),
+            "rng": rng_state(),
+            "config": run.config.to_dict(),
+            "metrics": run.last_metrics,
+        })
+    barrier()
+
+
+def _restore(run: _Train, path: Path) -> None:
+    if not path.exists():
+        raise MtscError(None, f"nothing to resume: {path} does not exist")
+    state = load_checkpoint(path)
+    ours = run.model.state_dict()
+    if state.get("tasks") != list(run.model.TASKS) or set(state["model"]) != set(ours):
+        raise MtscError(None, f"{path} is a run of a different model")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.schedule.load_state_dict(state["schedule"])
+    run.step = state["step"]
+    run.stream.restore(state["stream"])
+    run.last_metrics = state.get("metrics", {})
+    set_rng_state(state["rng"])
