@@ -94,6 +94,9 @@ class Graph:
         self.outputs: dict[str, int] = {}
         self._nx = nx.MultiDiGraph()
         self._next_id = 0
+        # Derived views, rebuilt on demand after any change (passes ask for them often).
+        self._inputs: dict[int, list[int]] = {}
+        self._topo: list[int] | None = None
 
     # -- building ------------------------------------------------------------------------
 
@@ -105,6 +108,8 @@ class Graph:
             if src not in self._nx:
                 raise InternalError(f"input {src} of {node.name} is not in the graph")
             self._nx.add_edge(src, nid, key=port, port=port)
+        self._inputs[nid] = list(inputs)
+        self._topo = None
         return nid
 
     def replace(self, nid: int, node: Node) -> None:
@@ -119,6 +124,8 @@ class Graph:
         self._nx.remove_edges_from(list(self._nx.in_edges(nid, keys=True)))
         for port, src in enumerate(inputs):
             self._nx.add_edge(src, nid, key=port, port=port)
+        self._inputs[nid] = list(inputs)
+        self._topo = None
 
     def redirect_users(self, old: int, new: int) -> None:
         """Make every reader of `old` read `new` instead (outputs included)."""
@@ -129,7 +136,11 @@ class Graph:
                 self.outputs[key] = new
 
     def remove(self, nid: int) -> None:
+        for user in self._nx.successors(nid):
+            self._inputs[user] = [i for i in self._inputs[user] if i != nid]
         self._nx.remove_node(nid)
+        del self._inputs[nid]
+        self._topo = None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -146,8 +157,7 @@ class Graph:
         return iter(sorted(self._nx.nodes))
 
     def inputs(self, nid: int) -> list[int]:
-        edges = sorted(self._nx.in_edges(nid, data="port"), key=lambda e: e[2])
-        return [src for src, _, _ in edges]
+        return list(self._inputs[nid])
 
     def input_ports(self, nid: int) -> list[int]:
         return sorted(port for _, _, port in self._nx.in_edges(nid, data="port"))
@@ -156,7 +166,9 @@ class Graph:
         return sorted(set(self._nx.successors(nid)))
 
     def topo_order(self) -> list[int]:
-        return list(nx.lexicographical_topological_sort(self._nx))
+        if self._topo is None:
+            self._topo = list(nx.lexicographical_topological_sort(self._nx))
+        return list(self._topo)
 
     def is_acyclic(self) -> bool:
         return nx.is_directed_acyclic_graph(self._nx)
@@ -192,4 +204,5 @@ class Graph:
         other.outputs = dict(self.outputs)
         other._nx = self._nx.copy()
         other._next_id = self._next_id
+        other._inputs = {n: list(i) for n, i in self._inputs.items()}
         return other
