@@ -51,7 +51,7 @@ def identifier(name: str) -> str:
 def emit_mtl(g: Graph, *, header: Sequence[str] = ()) -> MtlSource:
     """The .mtl text of `g`'s backbone (and tasks); `header` lines open it as comments."""
     out_id = g.outputs["backbone"]
-    backbone = g.ancestors(out_id) | {out_id}
+    backbone = g.ancestors(out_id) | {out_id} | set(g.input_ids())
     order = [n for n in g.topo_order() if n in backbone]
     labels = _labels(g, order)
     w = SourceWriter()

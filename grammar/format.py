@@ -138,16 +138,16 @@ class _Printer:
         self.lines.append(INDENT * depth + text + trailing)
 
     def close(self, end: ast.Span | None, depth: int) -> None:
-        """Comments left inside a braced body, then its closing brace."""
-        if end is not None:
-            for c in self._pending(end.line + 1 if self._brace_alone(end) else end.line):
-                self.lines.append(INDENT * (depth + 1) + c.text)
-        self.lines.append(INDENT * depth + "}")
+        """Comments left inside a braced body, then its closing brace.
 
-    def _brace_alone(self, end: ast.Span) -> bool:
-        if not 1 <= end.line <= len(self.source_lines):
-            return False
-        return self.source_lines[end.line - 1].strip().startswith("}")
+        A comment on the brace's own line comes after the brace, so it stays there.
+        """
+        if end is None:
+            self.lines.append(INDENT * depth + "}")
+            return
+        for c in self._pending(end.line):
+            self.lines.append(INDENT * (depth + 1) + c.text)
+        self.emit("}", depth, end.line)
 
     # -- items -----------------------------------------------------------------------------
 

@@ -97,6 +97,7 @@ class Lowerer:
         self.node_spans: dict[str, Span] = {}
         self.created: list[int] = []
         self.loaded: set[Path] = set()
+        self.file_consts: dict[Path, dict[str, Any]] = {}  # of each imported file, once loaded
         self.prelude_loaded = False
 
     # ------------------------------------------------------------------ files and imports
@@ -126,7 +127,8 @@ class Lowerer:
             cycle = " -> ".join(p.name for p in (*chain[chain.index(path) :], path))
             raise MtscError(item.span, f"import cycle: {cycle}")
         if path in self.loaded:
-            return {}
+            # Imported before by another file: its constants are visible here too.
+            return self.file_consts[path]
         try:
             text = self.read_file(path)
         except OSError as err:
@@ -139,7 +141,9 @@ class Lowerer:
                     other.span,
                     "an imported file may hold only blocks, constants and imports",
                 )
-        return self.load_module(imported, (*chain, path))
+        consts = self.load_module(imported, (*chain, path))
+        self.file_consts[path] = consts
+        return consts
 
     def _define_block(self, defn: ast.BlockDef, consts: dict[str, Any]) -> None:
         if defn.name in self.blocks:

@@ -80,7 +80,9 @@ def parse(text: str, file: str) -> ast.Module:
 
 
 def _describe_expected(expected: set[str]) -> str:
-    names = sorted({_TERMINAL_NAMES.get(t, f"'{t.lower()}'") for t in expected})
+    names = {_TERMINAL_NAMES.get(t, f"'{t.lower()}'") for t in expected}
+    # Kinds of token ("a name") first, then the literal ones ("'('", "'repeat'").
+    names = sorted(names, key=lambda n: (n.startswith("'"), n))
     if len(names) > 6:
         names = names[:6] + ["..."]
     return ", ".join(names)
@@ -102,8 +104,10 @@ def _syntax_error(err: lark.UnexpectedInput, text: str, file: str) -> MtscError:
             what = "unexpected end of file"
         else:
             what = f"unexpected {tok.value!r}"
-        message = f"{what}; expected {_describe_expected(set(err.expected))}"
-        if tok.type == "EQUAL" and "COMP_OP" in err.expected:
+        # `accepts` (what the parser would take here) is exact; `expected` can miss terminals.
+        expected = set(err.accepts or err.expected)
+        message = f"{what}; expected {_describe_expected(expected)}"
+        if tok.type == "EQUAL" and "COMP_OP" in expected:
             message = "unexpected '='; use '==' to compare"
         end = column + max(1, len(str(tok.value))) if tok.type != "$END" else column + 1
         return MtscError(Span(file, line, column, line, end, text), message)

@@ -754,7 +754,6 @@ _register(
         ),
         shape=_channels("lrn"),
         torch=TorchModule("nn.LocalResponseNorm", _lrn_args),
-        positional=("size",),
         doc="local response normalisation across `size` neighbouring channels (GoogLeNet)",
     )
 )

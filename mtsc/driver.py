@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,11 +43,25 @@ def run_pipeline(g: Graph, pipeline: tuple[Pass, ...]) -> Graph:
 def _load_mtl(path: Path, options: dict) -> Graph:
     from mtsc.grammar.lower import lower_file
 
+    if options.get("output"):
+        raise MtscError(
+            None, f"{path}: --output cuts .prototxt networks; a .mtl backbone ends at its return"
+        )
     return lower_file(path)
+
+
+def _load_prototxt(path: Path, options: dict) -> Graph:
+    from mtsc.grammar.prototxt import import_prototxt
+
+    imported = import_prototxt(path, output=options.get("output"))
+    for warning in imported.warnings:
+        print(warning.render(), file=sys.stderr)
+    return imported.graph
 
 
 FRONTENDS: dict[str, Callable[[Path, dict], Graph]] = {
     ".mtl": _load_mtl,
+    ".prototxt": _load_prototxt,
 }
 
 
@@ -90,10 +105,12 @@ def build(
     *,
     render: bool = True,
     routing: RoutingOptions = RoutingOptions(),
+    output: str | None = None,
 ) -> BuildResult:
     """Compile a model. With `out_dir`, write backbone.py/.dot/.svg and, when the model has
-    tasks, supermodel.py/.dot/.svg. Every file is written whole or not at all."""
-    model = load(path)
+    tasks, supermodel.py/.dot/.svg. Every file is written whole or not at all. `output` cuts
+    a prototxt network at that blob."""
+    model = load(path, output=output)
     backbone = run_pipeline(model.copy(), BACKBONE_PIPELINE)
     result = BuildResult(backbone, summarize(backbone))
     if model.tasks:

@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="a .mtl (or .prototxt) model file")
     p.add_argument("-o", "--out", default="out", help="output folder (default: out)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument(
+        "--output", metavar="BLOB", help="end a .prototxt backbone at this blob (drop the rest)"
+    )
     p.add_argument("--no-svg", action="store_true", help="do not render the .svg graphs")
     p.add_argument(
         "--share-bn", action="store_true", help="share batchnorm across tasks in the supermodel"
@@ -23,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     routing = RoutingOptions(share_bn=args.share_bn)
-    result = build(args.model, args.out, render=not args.no_svg, routing=routing)
+    result = build(
+        args.model, args.out, render=not args.no_svg, routing=routing, output=args.output
+    )
     written = [str(p) for p in result.written]
     extra = {} if result.supermodel is None else {"supermodel": supermodel_info(result.supermodel)}
     if args.json:

@@ -1,0 +1,334 @@
+"""Caffe layer types -> IR ops: one converter per supported type, in one table.
+
+A converter reads a layer's parameters and its inputs' shapes and returns the IR steps that
+compute it (usually one op; InnerProduct on a feature map is flatten + linear). It raises
+`MtscError` at the field at fault for what mtsc cannot express; the importer adds the
+nodes, and the op registry checks attributes and shapes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import Message
+
+from mtsc.grammar.prototxt_scan import Block
+from mtsc.ir.errors import MtscError
+from mtsc.ir.ops import Op, Shape
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    index: int
+    name: str
+    type: str  # Caffe's type name; V1 enum names are mapped to it
+    bottoms: tuple[str, ...]
+    tops: tuple[str, ...]
+    param: Message  # the LayerParameter (or V1LayerParameter)
+    block: Block
+
+    def error(self, message: str, field: str | None = None, index: int = 0) -> MtscError:
+        span = self.block.field_span(field, index) if field else self.block.span
+        return MtscError(span, f"layer {self.name!r} ({self.type}): {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One IR op of a converted layer; `suffix` extends the layer name for helper ops."""
+
+    op: Op
+    attrs: dict[str, Any] = field(default_factory=dict)
+    suffix: str = ""
+
+
+Converter = Callable[[Layer, Sequence[Shape]], list[Step]]
+
+
+def f32(value: float) -> float:
+    """The shortest decimal that is the same 32-bit float: 1e-05, not 9.999999747378752e-06."""
+    for digits in range(1, 10):
+        short = float(f"{value:.{digits}g}")
+        if struct.unpack("f", struct.pack("f", short))[0] == value:
+            return short
+    return value
+
+
+def _pair(
+    layer: Layer,
+    param: Message,
+    base: str,
+    *,
+    h: str | None = None,
+    w: str | None = None,
+    default: int | None = None,
+) -> tuple[int, int]:
+    """Caffe's spatial settings: `base` once (both), twice (h, w), or as `h` and `w` fields."""
+    where = _param_field(layer)
+    raw = getattr(param, base)
+    if isinstance(raw, int):
+        values = [raw] if param.HasField(base) else []
+    else:
+        values = list(raw)
+    has_h = h is not None and param.HasField(h)
+    has_w = w is not None and param.HasField(w)
+    if has_h or has_w:
+        if not (has_h and has_w):
+            raise layer.error(f"{h} and {w} must be given together", where)
+        if values:
+            raise layer.error(f"give {base} or {h} and {w}, not both", where)
+        return getattr(param, h), getattr(param, w)
+    if not values:
+        if default is None:
+            raise layer.error(f"needs {base}", where)
+        return default, default
+    if len(values) == 1:
+        return values[0], values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise layer.error(f"{base} has {len(values)} values; a 2-D layer takes 1 or 2", where)
+
+
+_PARAM_FIELDS = {
+    "BatchNorm": "batch_norm_param",
+    "Concat": "concat_param",
+    "Convolution": "convolution_param",
+    "Dropout": "dropout_param",
+    "Eltwise": "eltwise_param",
+    "Flatten": "flatten_param",
+    "InnerProduct": "inner_product_param",
+    "LRN": "lrn_param",
+    "Pooling": "pooling_param",
+    "ReLU": "relu_param",
+    "Scale": "scale_param",
+}
+
+
+def _param_field(layer: Layer) -> str:
+    return _PARAM_FIELDS[layer.type]
+
+
+def _params(layer: Layer) -> Message:
+    return getattr(layer.param, _param_field(layer))
+
+
+def _axis(layer: Layer, axis: int, shape: Shape, what: str) -> None:
+    """Caffe axes count the batch: 1 is channels (features); negative counts from the end."""
+    rank = len(shape) + 1
+    if (axis + rank if axis < 0 else axis) != 1:
+        raise layer.error(
+            f"only {what} along the channel axis (1) is supported, not {axis}", _param_field(layer)
+        )
+
+
+# ----------------------------------------------------------------------------- converters
+
+
+def convolution(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    p = _params(layer)
+    where = _param_field(layer)
+    if not p.num_output:
+        raise layer.error("needs num_output", where)
+    _axis(layer, p.axis, ins[0], "convolution")
+    attrs = {
+        "out": p.num_output,
+        "kernel": _pair(layer, p, "kernel_size", h="kernel_h", w="kernel_w"),
+        "stride": _pair(layer, p, "stride", h="stride_h", w="stride_w", default=1),
+        "padding": _pair(layer, p, "pad", h="pad_h", w="pad_w", default=0),
+        "dilation": _pair(layer, p, "dilation", default=1),
+        "groups": p.group,
+        "bias": p.bias_term,
+    }
+    return [Step(Op.CONV2D, attrs)]
+
+
+def batch_norm(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    """Caffe's BatchNorm only normalises (a Scale layer adds the affine part); AutoMTL's
+    files, recognisable by PyTorch's field names, mean PyTorch's BatchNorm2d."""
+    p = _params(layer)
+    attrs: dict[str, Any] = {"eps": f32(p.eps)}
+    if any(p.HasField(f) for f in ("affine", "momentum", "track_running_stats")):
+        attrs["affine"] = p.affine
+        attrs["momentum"] = f32(p.momentum)
+    else:
+        attrs["affine"] = False
+        if p.HasField("moving_average_fraction"):
+            attrs["momentum"] = round(1.0 - f32(p.moving_average_fraction), 12)
+    return [Step(Op.BATCHNORM, attrs)]
+
+
+def scale(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    p = _params(layer)
+    if p.axis != 1 or p.num_axes != 1:
+        raise layer.error(
+            "only a per-channel scale (axis: 1, num_axes: 1) is supported", "scale_param"
+        )
+    return [Step(Op.SCALE, {"bias": p.bias_term})]
+
+
+def relu(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    slope = f32(layer.param.relu_param.negative_slope)
+    return [Step(Op.LEAKY_RELU, {"slope": slope})] if slope else [Step(Op.RELU)]
+
+
+def _simple(op: Op) -> Converter:
+    def convert(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+        return [Step(op)]
+
+    return convert
+
+
+def pooling(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    p = _params(layer)
+    where = _param_field(layer)
+    kinds = {p.MAX: Op.MAXPOOL, p.AVE: Op.AVGPOOL}
+    if p.pool not in kinds:
+        raise layer.error("only MAX and AVE pooling are supported", where)
+    op = kinds[p.pool]
+    stride = _pair(layer, p, "stride", h="stride_h", w="stride_w", default=1)
+    pad = _pair(layer, p, "pad", h="pad_h", w="pad_w", default=0)
+    if p.global_pooling:
+        if p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w"):
+            raise layer.error("global_pooling takes no kernel size", where)
+        if pad != (0, 0) or stride != (1, 1):
+            raise layer.error("global_pooling needs pad 0 and stride 1", where)
+        return [Step(op, {"global": True})]
+    kernel = _pair(layer, p, "kernel_size", h="kernel_h", w="kernel_w")
+    ceil = p.round_mode == p.CEIL
+    _check_caffe_rounding(layer, ins[0], kernel, stride, pad, ceil)
+    return [Step(op, {"kernel": kernel, "stride": stride, "padding": pad, "ceil": ceil})]
+
+
+def pooled_size(size: int, k: int, s: int, p: int, *, ceil: bool, clip: bool) -> int:
+    """Caffe's and PyTorch's pooled size: rounded up or down; with `clip`, a last window that
+    would start in the right padding is dropped (PyTorch always clips, Caffe only when padded)."""
+    span = size + 2 * p - k
+    out = (-(-span // s) if ceil else span // s) + 1
+    if clip and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _check_caffe_rounding(
+    layer: Layer,
+    shape: Shape,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    pad: tuple[int, int],
+    ceil: bool,
+) -> None:
+    if len(shape) != 3 or not ceil:
+        return  # flat inputs fail in the op registry; floor rounding agrees everywhere
+    padded = pad != (0, 0)
+    for size, k, s, p in zip(shape[1:], kernel, stride, pad, strict=True):
+        if size + 2 * p < k:
+            return  # the op registry reports the kernel being too large
+        caffe = pooled_size(size, k, s, p, ceil=True, clip=padded)
+        torch = pooled_size(size, k, s, p, ceil=True, clip=True)
+        if caffe != torch:
+            raise layer.error(
+                f"Caffe's rounding gives {caffe} windows over {size} pixels here, the last one "
+                f"starting outside the input (stride {s} > kernel {k}, no padding); PyTorch "
+                "drops that window. Use round_mode: FLOOR, or a stride no larger than the kernel",
+                "pooling_param",
+            )
+
+
+def eltwise(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    p = _params(layer)
+    coeffs = [f32(c) for c in p.coeff]
+    if p.operation != p.SUM:
+        if coeffs:
+            raise layer.error("coefficients apply only to operation: SUM", "eltwise_param")
+        return [Step(Op.MUL if p.operation == p.PROD else Op.MAX)]
+    if coeffs and len(coeffs) != len(ins):
+        raise layer.error(f"{len(coeffs)} coefficients for {len(ins)} bottoms", "eltwise_param")
+    if all(c == 1.0 for c in coeffs):
+        return [Step(Op.ADD)]
+    return [Step(Op.ADD, {"coeffs": tuple(coeffs)})]
+
+
+def concat(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    p = _params(layer)
+    axis = p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim
+    _axis(layer, axis, ins[0], "concatenation")
+    return [Step(Op.CONCAT)]
+
+
+def inner_product(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    p = _params(layer)
+    if not p.num_output:
+        raise layer.error("needs num_output", _param_field(layer))
+    _axis(layer, p.axis, ins[0], "an inner product")
+    # `transpose` only changes how Caffe stores the weights, which the IR does not hold.
+    linear = Step(Op.LINEAR, {"out": p.num_output, "bias": p.bias_term})
+    # Caffe flattens C x H x W implicitly; the IR says so with an op of its own.
+    return [Step(Op.FLATTEN, suffix=".flatten"), linear] if len(ins[0]) > 1 else [linear]
+
+
+def flatten(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    if "flatten_param" not in layer.param.DESCRIPTOR.fields_by_name:
+        return [Step(Op.FLATTEN)]  # Caffe's first format has no flatten settings
+    p = _params(layer)
+    rank = len(ins[0]) + 1
+    end = p.end_axis + rank if p.end_axis < 0 else p.end_axis
+    if p.axis != 1 or end != rank - 1:
+        raise layer.error(
+            "only flattening everything after the batch axis is supported", "flatten_param"
+        )
+    return [Step(Op.FLATTEN)]
+
+
+def dropout(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    return [Step(Op.DROPOUT, {"p": f32(layer.param.dropout_param.dropout_ratio)})]
+
+
+def lrn(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    p = _params(layer)
+    if p.norm_region != p.ACROSS_CHANNELS:
+        raise layer.error("only norm_region: ACROSS_CHANNELS is supported", "lrn_param")
+    if p.local_size % 2 == 0:
+        raise layer.error(f"local_size must be odd, got {p.local_size}", "lrn_param")
+    attrs = {"size": p.local_size, "alpha": f32(p.alpha), "beta": f32(p.beta), "k": f32(p.k)}
+    return [Step(Op.LRN, attrs)]
+
+
+# The types the importer converts; Input and Softmax are handled by the importer itself.
+CONVERTERS: dict[str, Converter] = {
+    "BatchNorm": batch_norm,
+    "Concat": concat,
+    "Convolution": convolution,
+    "Dropout": dropout,
+    "Eltwise": eltwise,
+    "Flatten": flatten,
+    "InnerProduct": inner_product,
+    "LRN": lrn,
+    "Pooling": pooling,
+    "ReLU": relu,
+    "ReLU6": _simple(Op.RELU6),
+    "Scale": scale,
+    "Sigmoid": _simple(Op.SIGMOID),
+    "TanH": _simple(Op.TANH),
+}
+SUPPORTED_TYPES = tuple(sorted({*CONVERTERS, "Input", "Softmax"}))
+
+# How many bottoms each type takes: (at least, at most); None is "any number".
+BOTTOMS: dict[str, tuple[int, int | None]] = {"Eltwise": (2, None), "Concat": (2, None)}
+
+# Caffe's first format names types with an enum; these are the supported ones.
+V1_TYPES = {
+    "CONCAT": "Concat",
+    "CONVOLUTION": "Convolution",
+    "DROPOUT": "Dropout",
+    "ELTWISE": "Eltwise",
+    "FLATTEN": "Flatten",
+    "INNER_PRODUCT": "InnerProduct",
+    "LRN": "LRN",
+    "POOLING": "Pooling",
+    "RELU": "ReLU",
+    "SIGMOID": "Sigmoid",
+    "SOFTMAX": "Softmax",
+    "TANH": "TanH",
+}

@@ -1,0 +1,427 @@
+"""The prototxt frontend: a Caffe network description (protobuf text format) -> the IR.
+
+1. Parse the text against our schema, grammar/caffe.proto (unknown fields are skipped).
+2. Scan the text for where each layer and field is, for error spans and node locations.
+3. Declare the inputs (`input` + `input_dim`, `input` + `input_shape`, or `Input` layers).
+4. Trace what each bottom reads: a blob name means the value its latest writer produced, so
+   in-place layers and layers writing a top again need nothing special.
+5. Choose the backbone output: `output` (a blob name) if given, else the one blob no layer
+   reads, a final Softmax dropped.
+6. Convert the layers that output needs, in file order, fusing BatchNorm + Scale pairs; what
+   it does not need is left out and listed in the notes.
+
+Node names are layer names (input nodes are named after their blob); every node's `loc` is its
+layer's line, and `meta["var"]` its top blob, which generated code uses as variable name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+from google.protobuf.message import Message
+
+from mtsc.grammar.caffe_layers import (
+    BOTTOMS,
+    CONVERTERS,
+    SUPPORTED_TYPES,
+    V1_TYPES,
+    Layer,
+)
+from mtsc.grammar.proto_schema import message_class
+from mtsc.grammar.prototxt_scan import Block, Layout, scan
+from mtsc.ir.errors import InternalError, MtscError, Span
+from mtsc.ir.graph import Graph, Node
+from mtsc.ir.ops import Op, OpError, Shape, did_you_mean, infer_shape, spec_of
+
+SCHEMA = Path(__file__).with_name("caffe.proto")
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """A warning: the import went on, but the user should know what was assumed."""
+
+    span: Span | None
+    message: str
+
+    def render(self) -> str:
+        # Same layout as an error (location, source line, caret), labelled as a warning.
+        return MtscError(self.span, self.message).render().replace("error: ", "warning: ", 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    graph: Graph
+    notes: tuple[str, ...] = ()  # what was left out, for the header of an emitted .mtl
+    warnings: tuple[Diagnostic, ...] = ()
+
+
+def import_prototxt(path: str | Path, *, output: str | None = None) -> Imported:
+    """Import a `.prototxt` file; `output` cuts the backbone at that blob."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise MtscError(None, f"cannot read {path}: {err.strerror}") from None
+    return import_text(text, str(path), output=output)
+
+
+def import_text(text: str, file: str, *, output: str | None = None) -> Imported:
+    """Import prototxt source text; `file` names it in spans and messages."""
+    net = _parse(text, file)
+    layout = scan(text, file)
+    layers = _layers(net, layout)
+    inputs = _declared_inputs(net, layout)
+    flow = _trace(layers, inputs)
+    out = _choose_output(layers, flow, output)
+    needed = _needed(flow, out)
+    graph = _Builder(file, layers, flow, out, needed).build()
+    notes = _dropped_notes(layers, flow, out, needed)
+    return Imported(graph, notes, tuple(flow.warnings))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _parse(text: str, file: str) -> Message:
+    net = message_class(SCHEMA, "caffe.NetParameter")()
+    try:
+        text_format.Parse(text, net, allow_unknown_field=True)
+    except text_format.ParseError as err:
+        line, column = err.GetLine() or 1, err.GetColumn() or 1
+        message = str(err).split(" : ", 1)[-1]
+        lines = text.splitlines()
+        quoted = f"'{lines[line - 1]}': " if line <= len(lines) else ""
+        message = message.removeprefix(quoted)
+        span = Span(file, line, column, source=text)
+        raise MtscError(span, f"not a valid prototxt: {message}") from None
+    return net
+
+
+def _layers(net: Message, layout: Layout) -> list[Layer]:
+    if net.layer and net.layers:
+        raise MtscError(
+            layout.blocks["layers"][0].span,
+            "the file mixes `layer` blocks with Caffe's old `layers` blocks; use one kind",
+        )
+    v1 = bool(net.layers)
+    params = net.layers if v1 else net.layer
+    blocks: tuple[Block, ...] = layout.blocks.get("layers" if v1 else "layer", ())
+    if len(blocks) != len(params):
+        raise InternalError(
+            f"prototxt scan found {len(blocks)} layer blocks, protobuf {len(params)}"
+        )
+    layers = []
+    for i, (p, block) in enumerate(zip(params, blocks, strict=True)):
+        if v1:
+            v1_name = p.DESCRIPTOR.fields_by_name["type"].enum_type.values_by_number[p.type].name
+            type_ = V1_TYPES.get(v1_name, v1_name)
+        else:
+            type_ = p.type
+        name = p.name or f"layer{i + 1}"
+        layers.append(Layer(i, name, type_, tuple(p.bottom), tuple(p.top), p, block))
+    return layers
+
+
+@dataclass(frozen=True, slots=True)
+class _Input:
+    name: str
+    shape: Shape  # C x H x W
+    span: Span | None
+
+
+def _feature_shape(dims: tuple[int, ...], span: Span | None, what: str) -> Shape:
+    if len(dims) != 4 or any(d <= 0 for d in dims):
+        shown = "x".join(map(str, dims)) or "empty"
+        raise MtscError(span, f"{what} has shape {shown}; mtsc needs N x C x H x W, all positive")
+    return tuple(dims[1:])
+
+
+def _declared_inputs(net: Message, layout: Layout) -> list[_Input]:
+    names = list(net.input)
+    if net.input_shape and net.input_dim:
+        raise MtscError(
+            layout.top_span("input_dim"), "give the inputs input_shape or input_dim, not both"
+        )
+    if net.input_shape:
+        if len(net.input_shape) != len(names):
+            raise MtscError(
+                layout.top_span("input_shape"),
+                f"{len(names)} input(s) but {len(net.input_shape)} input_shape(s); "
+                "give one per input",
+            )
+        dims = [tuple(s.dim) for s in net.input_shape]
+    elif net.input_dim:
+        if len(net.input_dim) != 4 * len(names):
+            raise MtscError(
+                layout.top_span("input_dim"),
+                f"input_dim needs 4 values (N, C, H, W) per input: {len(names)} input(s), "
+                f"{len(net.input_dim)} values",
+            )
+        dims = [tuple(net.input_dim[4 * i : 4 * i + 4]) for i in range(len(names))]
+    elif names:
+        raise MtscError(
+            layout.top_span("input"),
+            f"input {names[0]!r} has no shape: add input_shape {{ dim: 1 dim: 3 dim: 224 "
+            "dim: 224 }, or four input_dim values",
+        )
+    spans = [layout.top_span("input", i) for i in range(len(names))]
+    return [
+        _Input(name, _feature_shape(dims[i], spans[i], f"input {name!r}"), spans[i])
+        for i, name in enumerate(names)
+    ]
+
+
+def _input_layer_shapes(layer: Layer) -> list[Shape]:
+    shapes = layer.param.input_param.shape if layer.param.HasField("input_param") else []
+    if len(shapes) not in (1, len(layer.tops)):
+        raise layer.error(
+            f"needs one input_param shape, or one per top ({len(layer.tops)}); got {len(shapes)}",
+            "input_param" if shapes else None,
+        )
+    where = layer.block.field_span("input_param")
+    return [
+        _feature_shape(tuple(shapes[min(t, len(shapes) - 1)].dim), where, f"input {top!r}")
+        for t, top in enumerate(layer.tops)
+    ]
+
+
+# ----------------------------------------------------------------------------- data flow
+
+
+@dataclass(frozen=True, slots=True)
+class _Value:
+    blob: str
+    layer: int | None  # the layer that writes it; None for an `input:` declaration
+    input: _Input | None = None  # set for network inputs
+
+
+@dataclass(slots=True)
+class _Flow:
+    values: list[_Value] = field(default_factory=list)
+    reads: list[list[int]] = field(default_factory=list)  # per layer: values of its bottoms
+    writes: list[list[int]] = field(default_factory=list)  # per layer: values of its tops
+    final: dict[str, int] = field(default_factory=dict)  # blob name -> its last value
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+    def new(self, value: _Value) -> int:
+        self.values.append(value)
+        self.final[value.blob] = len(self.values) - 1
+        return len(self.values) - 1
+
+
+def _trace(layers: list[Layer], inputs: list[_Input]) -> _Flow:
+    flow = _Flow()
+    for decl in inputs:
+        flow.new(_Value(decl.name, None, decl))
+    first_reader = True
+    for layer in layers:
+        reads = []
+        for k, blob in enumerate(layer.bottoms):
+            v = flow.final.get(blob)
+            if v is None and first_reader and len(inputs) == 1:
+                # AutoMTL's files declare `blob1` and start reading `data`.
+                v = flow.final[blob] = flow.final[inputs[0].name]
+                flow.warnings.append(
+                    Diagnostic(
+                        layer.block.field_span("bottom", k),
+                        f"layer {layer.name!r} reads blob {blob!r}, which is never declared; "
+                        f"using the only input, {inputs[0].name!r}",
+                    )
+                )
+            if v is None:
+                raise layer.error(
+                    f"bottom {blob!r} is neither an input nor the top of an earlier layer"
+                    + did_you_mean(blob, sorted(flow.final)),
+                    "bottom",
+                    k,
+                )
+            reads.append(v)
+        first_reader = first_reader and not layer.bottoms
+        shapes = _input_layer_shapes(layer) if layer.type == "Input" else None
+        writes = []
+        for t, blob in enumerate(layer.tops):
+            decl = _Input(blob, shapes[t], layer.block.span) if shapes else None
+            writes.append(flow.new(_Value(blob, layer.index, decl)))
+        flow.reads.append(reads)
+        flow.writes.append(writes)
+    return flow
+
+
+def _choose_output(layers: list[Layer], flow: _Flow, output: str | None) -> int:
+    if output is not None:
+        out = flow.final.get(output)
+        if out is None:
+            raise MtscError(
+                None,
+                f"--output {output!r}: the network has no blob of that name"
+                + did_you_mean(output, sorted(flow.final)),
+            )
+    else:
+        read = {v for reads in flow.reads for v in reads}
+        ends = []
+        for v in sorted(set(flow.final.values()) - read):
+            producer = flow.values[v].layer
+            # A final Softmax turns scores into probabilities: the backbone ends before it.
+            if producer is not None and layers[producer].type == "Softmax" and flow.reads[producer]:
+                v = flow.reads[producer][0]
+            if flow.values[v].input is None and v not in ends:
+                ends.append(v)
+        if not ends:
+            raise MtscError(None, "the network has no layers to import")
+        if len(ends) > 1:
+            blobs = ", ".join(repr(flow.values[v].blob) for v in ends)
+            raise MtscError(
+                layers[flow.values[ends[1]].layer].block.span,
+                f"the network has {len(ends)} outputs ({blobs}); choose the backbone's "
+                "with --output BLOB",
+            )
+        out = ends[0]
+    if flow.values[out].input is not None:
+        raise MtscError(None, f"the output {flow.values[out].blob!r} is an input of the network")
+    return out
+
+
+def _needed(flow: _Flow, out: int) -> set[int]:
+    """The values the output depends on, itself included."""
+    needed: set[int] = set()
+    stack = [out]
+    while stack:
+        v = stack.pop()
+        if v in needed:
+            continue
+        needed.add(v)
+        producer = flow.values[v].layer
+        if producer is not None:
+            stack.extend(flow.reads[producer])
+    return needed
+
+
+def _dropped_notes(layers: list[Layer], flow: _Flow, out: int, needed: set[int]) -> tuple[str, ...]:
+    used = {flow.values[v].layer for v in needed}
+    dropped = [f"{layer.name} ({layer.type})" for layer in layers if layer.index not in used]
+    unused = [
+        flow.values[v].blob
+        for v in range(len(flow.values))
+        if flow.values[v].layer is None and v not in needed
+    ]
+    notes = []
+    if dropped:
+        notes.append(
+            f"Not imported: the backbone ends at blob {flow.values[out].blob!r}, "
+            f"which does not need {', '.join(dropped)}."
+        )
+    if unused:
+        notes.append(f"Not imported: the unused input(s) {', '.join(map(repr, unused))}.")
+    return tuple(notes)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+class _Builder:
+    def __init__(
+        self, file: str, layers: list[Layer], flow: _Flow, out: int, needed: set[int]
+    ) -> None:
+        self.graph = Graph(Path(file).stem, source=file)
+        self.layers = layers
+        self.flow = flow
+        self.out = out
+        self.needed = needed
+        self.node_of: dict[int, int] = {}  # value -> the node computing it
+        self.names: dict[str, Span | None] = {}
+        self.readers: dict[int, list[int]] = {}  # value -> the needed layers reading it
+        for i, reads in enumerate(flow.reads):
+            if any(w in needed for w in flow.writes[i]):
+                for v in reads:
+                    self.readers.setdefault(v, []).append(i)
+
+    def build(self) -> Graph:
+        for v, value in enumerate(self.flow.values):
+            if value.layer is None and v in self.needed:
+                self._add_input(v, value.input)
+        used = sorted({self.flow.values[v].layer for v in self.needed} - {None})
+        for i in used:
+            self._convert(self.layers[i])
+        self.graph.outputs["backbone"] = self.node_of[self.out]
+        return self.graph
+
+    def _claim(self, name: str, span: Span | None) -> None:
+        if name in self.names:
+            first = self.names[name]
+            where = f" (first at line {first.line})" if first else ""
+            raise MtscError(span, f"the name {name!r} is used twice{where}")
+        self.names[name] = span
+
+    def _add_input(self, v: int, decl: _Input) -> None:
+        self._claim(decl.name, decl.span)
+        node = Node(Op.INPUT, decl.name, {"shape": decl.shape}, decl.shape, decl.span)
+        self.node_of[v] = self.graph.add(node)
+
+    def _convert(self, layer: Layer) -> None:
+        writes = self.flow.writes[layer.index]
+        if layer.type == "Input":
+            for v in writes:
+                if v in self.needed:
+                    self._add_input(v, self.flow.values[v].input)
+            return
+        self._check_supported(layer)
+        ins = [self.node_of[v] for v in self.flow.reads[layer.index]]
+        fused = self._fuse_scale(layer, ins)
+        if fused is not None:
+            self.node_of[writes[0]] = fused
+            return
+        shapes = [self.graph.node(n).shape for n in ins]
+        for step in CONVERTERS[layer.type](layer, shapes):
+            name = layer.name + step.suffix
+            try:
+                attrs = spec_of(step.op).normalize(step.attrs)
+                shape = infer_shape(step.op, attrs, shapes)
+            except OpError as err:
+                raise layer.error(str(err)) from None
+            self._claim(name, layer.block.field_span("name"))
+            meta = {"var": layer.tops[0]}
+            node = Node(step.op, name, attrs, shape, layer.block.span, meta=meta)
+            ins, shapes = [self.graph.add(node, ins)], [shape]
+        self.node_of[writes[0]] = ins[0]
+
+    def _check_supported(self, layer: Layer) -> None:
+        if layer.type == "Softmax":
+            raise layer.error(
+                "a Softmax is supported only at the end of the network, where it is dropped",
+                "type",
+            )
+        if layer.type not in CONVERTERS:
+            raise layer.error(
+                f"unsupported layer type {layer.type!r}; mtsc supports "
+                f"{', '.join(SUPPORTED_TYPES)} (to import the network up to a blob before "
+                "this layer, use --output BLOB)",
+                "type",
+            )
+        if len(layer.tops) != 1:
+            raise layer.error(f"has {len(layer.tops)} tops; mtsc needs exactly one", "top")
+        low, high = BOTTOMS.get(layer.type, (1, 1))
+        n = len(layer.bottoms)
+        if n < low or (high is not None and n > high):
+            want = str(low) if low == high else f"at least {low}"
+            raise layer.error(f"takes {want} bottom(s), got {n}", "bottom" if n else None)
+
+    def _fuse_scale(self, layer: Layer, ins: list[int]) -> int | None:
+        """A Scale with bias right after a BatchNorm is that batchnorm's affine part."""
+        if layer.type != "Scale":
+            return None
+        p = layer.param.scale_param
+        if not p.bias_term or p.axis != 1 or p.num_axes != 1:
+            return None
+        v = self.flow.reads[layer.index][0]
+        producer = self.flow.values[v].layer
+        if producer is None or self.layers[producer].type != "BatchNorm":
+            return None
+        node = self.graph.node(ins[0])
+        if node.attrs["affine"] or v == self.out or self.readers.get(v) != [layer.index]:
+            return None
+        note = f"{node.name} + {layer.name}: BatchNorm and Scale fused into one affine batchnorm"
+        attrs = {**node.attrs, "affine": True}
+        self.graph.update(ins[0], attrs=attrs, meta={"var": layer.tops[0], "note": note})
+        return ins[0]

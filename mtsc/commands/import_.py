@@ -1,0 +1,46 @@
+"""`mtsc import MODEL.prototxt -o MODEL.mtl`: turn a Caffe network into a readable .mtl file.
+
+Building the written file gives the same backbone as building the prototxt itself.
+(The module name ends in `_` because `import` is a Python keyword.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mtsc.errors import MtscError
+from mtsc.fsutil import write_atomic
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import", help="convert a Caffe .prototxt network to a .mtl model")
+    p.add_argument("model", help="a .prototxt file")
+    p.add_argument("-o", "--out", help="the .mtl file to write (default: print it)")
+    p.add_argument(
+        "--output", metavar="BLOB", help="end the backbone at this blob, dropping what follows"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtsc.codegen.mtl_emit import emit_mtl
+    from mtsc.grammar.prototxt import import_prototxt
+
+    path = Path(args.model)
+    if path.suffix != ".prototxt":
+        raise MtscError(None, f"{path}: mtsc import reads .prototxt files")
+    imported = import_prototxt(path, output=args.output)
+    for warning in imported.warnings:
+        print(warning.render(), file=sys.stderr)
+    header = (
+        f"{imported.graph.name}: imported by `mtsc import` from {path.name}.",
+        *imported.notes,
+    )
+    text = emit_mtl(imported.graph, header=header).text
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        write_atomic(Path(args.out), text)
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,924 @@
+"""The prototxt frontend: schema loading, import of every dialect feature, Caffe's shapes, the
+generated backbone against hand-written references, `mtsc import` round trips, and every error.
+
+Expected shapes are computed by hand with Caffe's rules (in the comments and the fixtures),
+never by the code under test.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mtsc.cli import main
+from mtsc.codegen.mtl_emit import emit_mtl, identifier
+from mtsc.driver import build
+from mtsc.grammar.caffe_layers import f32, pooled_size
+from mtsc.grammar.format import format_source
+from mtsc.grammar.lower import lower_file
+from mtsc.grammar.proto_schema import message_class, parse_proto
+from mtsc.grammar.prototxt import SCHEMA, import_prototxt, import_text
+from mtsc.ir.errors import InternalError, MtscError
+from mtsc.ir.graph import Graph
+from mtsc.ir.ops import Op
+from mtsc.ir.verify import verify
+
+FIXTURES = Path(__file__).parent / "fixtures" / "prototxt"
+
+# Fixture -> (input shape, backbone output shape), by hand from each fixture's layers.
+FIXTURE_SHAPES = {
+    # 64 -> conv 7/2 p3: 32 -> max 3/2 rounded up: ceil(29/2) + 1 = 16 -> stride 2: 8
+    # -> average 8/1: 1 -> fc 10.
+    "resnet_bottleneck": ((3, 64, 64), (10,)),
+    # Input layer 49 -> conv 3/2: 24 -> max 3/2: ceil(21/2) + 1 = 12 -> global average.
+    "squeezenet_fire": ((3, 49, 49), (10, 1, 1)),
+    # input_shape 32 -> conv 3/2 p1: 16 -> dw 3/2 p1: 8 -> ... -> global average -> 1x1 conv.
+    "mobilenet_dw": ((3, 32, 32), (10, 1, 1)),
+    # 32 -> max 2/2: 16 -> max 2/2: 8 -> fc6 on 16 * 8 * 8 -> fc7 -> fc8 10.
+    "vgg_v1": ((3, 32, 32), (10,)),
+    # 40 -> conv 7/2 p3: 20 -> max 3/2: ceil(17/2) + 1 = 10 -> inception (20 channels)
+    # -> average 10/1: 1 -> classifier 10.
+    "googlenet_names": ((3, 40, 40), (10,)),
+    # 33 -> conv 3/2 p1: 17 -> max 2/2 CEIL: ceil(15/2) + 1 = 9 -> max 2/2 FLOOR: 7 // 2 + 1 = 4.
+    "automtl_quirk": ((3, 33, 33), (16, 4, 4)),
+    # See the comments in the fixture: 13x11 -> 7x6 -> 4x4 -> 3x3 -> 2x2 -> fc 5.
+    "small_numeric": ((3, 13, 11), (5,)),
+}
+# Shapes of named inner layers, by hand: they pin the rounding of each pooling layer.
+INNER_SHAPES = {
+    "resnet_bottleneck": {"pool1": (16, 16, 16), "res2a": (32, 16, 16), "res3a": (64, 8, 8)},
+    "squeezenet_fire": {"pool1": (16, 12, 12), "fire2/concat": (16, 12, 12)},
+    "mobilenet_dw": {"conv2_2/dw": (16, 8, 8), "conv_asym": (16, 4, 8), "conv_dilated": (16, 4, 8)},
+    "vgg_v1": {"pool2": (16, 8, 8), "flatten": (1024,), "fc6": (32,)},
+    "googlenet_names": {"pool1/3x3_s2": (8, 10, 10), "inception_3a/output": (20, 10, 10)},
+    "automtl_quirk": {"max_pool1": (8, 9, 9), "add1": (8, 9, 9), "conv4": (16, 4, 4)},
+    "small_numeric": {"pool1": (8, 4, 4), "pool2": (16, 3, 3), "pool3": (16, 2, 2)},
+}
+
+
+def fixture(name: str) -> Path:
+    return FIXTURES / f"{name}.prototxt"
+
+
+def nodes_by_name(g: Graph) -> dict:
+    return {g.node(n).name: g.node(n) for n in g.node_ids()}
+
+
+def line_of(text: str, snippet: str) -> int:
+    return text[: text.index(snippet)].count("\n") + 1
+
+
+# ----------------------------------------------------------------------------- the schema
+
+
+def test_parse_proto_builds_nested_types_defaults_and_packed_fields():
+    fdp = parse_proto(
+        """
+        syntax = "proto2";  // a comment
+        package demo;
+        enum Top { A = 0; B = 1; }
+        message Outer {
+          /* nested types resolve from the innermost scope outward */
+          message Inner { optional Mode mode = 1 [default = FAST]; }
+          enum Mode { SLOW = 0; FAST = 1; }
+          optional Inner inner = 1;
+          repeated int64 dims = 2 [packed = true];
+          optional float ratio = 3 [default = .5];
+          optional string label = 4 [default = 'x'];
+          optional Top top = 5 [default = B];
+        }
+        """,
+        "demo.proto",
+    )
+    outer = fdp.message_type[0]
+    fields = {f.name: f for f in outer.field}
+    assert fields["inner"].type_name == ".demo.Outer.Inner"
+    assert fields["top"].type_name == ".demo.Top"
+    assert outer.nested_type[0].field[0].type_name == ".demo.Outer.Mode"
+    assert outer.nested_type[0].field[0].default_value == "FAST"
+    assert fields["dims"].options.packed
+    assert fields["ratio"].default_value == "0.5"
+    assert fields["label"].default_value == "x"
+
+
+def test_parse_proto_reports_schema_mistakes_as_internal_errors():
+    with pytest.raises(InternalError, match="unknown type 'Missing'"):
+        parse_proto("message A { optional Missing m = 1; }", "bad.proto")
+    with pytest.raises(InternalError, match=r"bad.proto:1: only proto2"):
+        parse_proto('syntax = "proto3";', "bad.proto")
+    with pytest.raises(InternalError, match=r"bad.proto:2: unexpected '\?'"):
+        parse_proto("message A {\n ? }", "bad.proto")
+
+
+def test_caffe_schema_keeps_caffe_field_numbers_and_defaults():
+    net_class = message_class(SCHEMA, "caffe.NetParameter")
+    net = net_class()
+    layer = net.DESCRIPTOR.fields_by_name["layer"].message_type
+    v1 = net.DESCRIPTOR.fields_by_name["layers"].message_type
+    # Numbers from BVLC caffe.proto.
+    assert net.DESCRIPTOR.fields_by_name["layer"].number == 100
+    assert layer.fields_by_name["convolution_param"].number == 106
+    assert layer.fields_by_name["pooling_param"].number == 121
+    assert v1.fields_by_name["pooling_param"].number == 19
+    pool = layer.fields_by_name["pooling_param"].message_type
+    assert pool.fields_by_name["round_mode"].default_value == 0  # CEIL: Caffe always rounded up
+    new_layer = net.layer.add()
+    assert new_layer.convolution_param.bias_term is True
+    assert new_layer.pooling_param.stride == 1
+    assert new_layer.scale_param.bias_term is False
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE_SHAPES))
+def test_fixture_imports_with_caffe_shapes(name):
+    g = import_prototxt(fixture(name)).graph
+    verify(g)
+    in_shape, out_shape = FIXTURE_SHAPES[name]
+    assert [g.node(n).shape for n in g.input_ids()] == [in_shape]
+    assert g.node(g.outputs["backbone"]).shape == out_shape
+    named = nodes_by_name(g)
+    for layer, shape in INNER_SHAPES[name].items():
+        assert named[layer].shape == shape, layer
+
+
+def test_resnet_fixture_fuses_batchnorm_and_scale_and_drops_the_softmax():
+    imported = import_prototxt(fixture("resnet_bottleneck"))
+    g = imported.graph
+    named = nodes_by_name(g)
+    ops = [g.node(n).op for n in g.topo_order()]
+    assert ops.count(Op.BATCHNORM) == 9 and Op.SCALE not in ops
+    assert all(named[n].attrs["affine"] for n in ("bn_conv1", "bn2a_branch1", "bn3a_branch2c"))
+    assert named["bn_conv1"].meta["note"].startswith("bn_conv1 + scale_conv1: BatchNorm and Scale")
+    assert named["conv1"].attrs["bias"] is True and named["res2a_branch1"].attrs["bias"] is False
+    assert named["pool1"].attrs["ceil"] is True
+    assert "prob" not in named
+    assert imported.notes == (
+        "Not imported: the backbone ends at blob 'fc10', which does not need prob (Softmax).",
+    )
+    # Each node points at its layer block; the in-place ReLU reads the fused batchnorm.
+    text = fixture("resnet_bottleneck").read_text()
+    relu = next(n for n in g.node_ids() if g.node(n).name == "conv1_relu")
+    assert g.node(relu).loc.line == line_of(text, 'top: "conv1"\n  name: "conv1_relu"') - 2
+    assert g.node(g.inputs(relu)[0]).name == "bn_conv1"
+
+
+@pytest.mark.parametrize(
+    ("blob", "shape", "dropped"),
+    [
+        ("res3a", (64, 8, 8), "pool5 (Pooling), fc10 (InnerProduct), prob (Softmax)"),
+        ("res2a", (32, 16, 16), "res3a_branch1 (Convolution)"),
+    ],
+)
+def test_output_cuts_the_trunk_at_a_blob(blob, shape, dropped):
+    imported = import_prototxt(fixture("resnet_bottleneck"), output=blob)
+    verify(imported.graph)
+    assert imported.graph.node(imported.graph.outputs["backbone"]).shape == shape
+    assert dropped in imported.notes[0]
+    assert f"ends at blob {blob!r}" in imported.notes[0]
+
+
+def test_output_of_an_in_place_blob_is_its_last_value():
+    g = import_prototxt(fixture("resnet_bottleneck"), output="res2a").graph
+    assert g.node(g.outputs["backbone"]).name == "res2a_relu"
+
+
+def test_automtl_dialect_binds_data_to_blob1_and_keeps_pytorch_batchnorm():
+    imported = import_prototxt(fixture("automtl_quirk"))
+    g = imported.graph
+    named = nodes_by_name(g)
+    assert [g.node(n).name for n in g.input_ids()] == ["blob1"]
+    assert g.node(g.inputs(g.by_name()["conv1"])[0]).name == "blob1"
+    (warning,) = imported.warnings
+    assert "reads blob 'data', which is never declared; using the only input, 'blob1'" in (
+        warning.message
+    )
+    text = fixture("automtl_quirk").read_text()
+    rendered = warning.render().splitlines()
+    line = line_of(text, 'bottom: "data"')
+    assert rendered[0].startswith(f"{fixture('automtl_quirk')}:{line}:3: warning: layer 'conv1'")
+    assert rendered[1].strip() == 'bottom: "data"' and rendered[2].strip() == "^" * 14
+    assert named["batch_norm1"].attrs == {"eps": 1e-05, "momentum": 0.1, "affine": True}
+    assert named["batch_norm2"].attrs["momentum"] == 0.01
+    assert named["max_pool1"].attrs["ceil"] is True and named["max_pool2"].attrs["ceil"] is False
+    # `feat` is written by conv3, then again by conv4 (from feat2), then in place by relu4.
+    assert g.node(g.inputs(g.by_name()["relu4"])[0]).name == "conv4"
+    assert g.node(g.outputs["backbone"]).name == "relu4"
+
+
+def test_caffe_batchnorm_alone_is_not_affine_and_reads_its_moving_average():
+    named = nodes_by_name(import_prototxt(fixture("mobilenet_dw")).graph)
+    assert named["conv1/bn"].attrs == {"eps": 0.001, "momentum": 0.01, "affine": True}
+    assert named["relu2_1/sep"].op is Op.RELU6
+    assert named["conv2_1/dw"].attrs["groups"] == 8
+    assert named["conv_asym"].attrs["kernel"] == (1, 3)
+    assert named["conv_asym"].attrs["stride"] == (2, 1)
+    assert named["conv_asym"].attrs["padding"] == (0, 1)
+    assert named["conv_dilated"].attrs["dilation"] == (2, 2)
+    small = nodes_by_name(import_prototxt(fixture("small_numeric")).graph)
+    assert small["bn_t"].attrs == {"eps": 1e-05, "momentum": 0.1, "affine": False}
+    assert small["scale_alone"].op is Op.SCALE and small["scale_alone"].attrs == {"bias": True}
+    assert small["sum"].attrs == {"coeffs": (0.5, -2.0)}
+    assert small["leaky"].attrs == {"slope": 0.1}
+
+
+def test_v1_layers_map_enum_types():
+    g = import_prototxt(fixture("vgg_v1")).graph
+    named = nodes_by_name(g)
+    assert named["relu1_1"].op is Op.RELU and named["pool1"].op is Op.MAXPOOL
+    assert named["flatten"].op is Op.FLATTEN and "fc6.flatten" not in named
+    assert g.node(g.inputs(g.by_name()["fc6"])[0]).name == "flatten"
+    assert named["drop6"].attrs == {"p": 0.5}
+
+
+def test_names_with_slashes_lrn_and_the_implicit_flatten_of_inner_product():
+    g = import_prototxt(fixture("googlenet_names")).graph
+    named = nodes_by_name(g)
+    assert named["pool1/norm1"].attrs == {"size": 5, "alpha": 0.0001, "beta": 0.75, "k": 1.0}
+    # Caffe's InnerProduct flattens C x H x W itself; the IR spells it out.
+    assert named["loss3/classifier.flatten"].op is Op.FLATTEN
+    assert named["loss3/classifier.flatten"].shape == (20,)
+    classifier = g.by_name()["loss3/classifier"]
+    assert g.node(g.inputs(classifier)[0]).name == "loss3/classifier.flatten"
+    assert named["pool5/drop_10x10_s1"].attrs == {"p": 0.4}
+
+
+# ----------------------------------------------------------------------------- generated code
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, load_generated):
+    """Build every fixture once with the driver and import its backbone.py."""
+    out = {}
+    for name in FIXTURE_SHAPES:
+        folder = tmp_path_factory.mktemp(name)
+        build(fixture(name), folder, render=False)
+        out[name] = load_generated(folder / "backbone.py")
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE_SHAPES))
+def test_generated_backbone_gives_the_caffe_output_shape(built, name):
+    import torch
+
+    in_shape, out_shape = FIXTURE_SHAPES[name]
+    model = built[name].Backbone().eval()
+    with torch.no_grad():
+        y = model(torch.randn(2, *in_shape))
+    assert tuple(y.shape) == (2, *out_shape)
+
+
+def caffe_pool(x: np.ndarray, k: int, s: int, p: int, mode: str) -> np.ndarray:
+    """Caffe's pooling forward pass, written from its definition: rounded-up output size, a
+    last window starting in the padding dropped, averages over the window clipped to the
+    padded input."""
+    n, c, h, w = x.shape
+
+    def size(length: int) -> int:
+        out = math.ceil((length + 2 * p - k) / s) + 1
+        return out - 1 if p and (out - 1) * s >= length + p else out
+
+    out = np.empty((n, c, size(h), size(w)))
+    for i in range(size(h)):
+        for j in range(size(w)):
+            h0, w0 = i * s - p, j * s - p
+            h1, w1 = min(h0 + k, h + p), min(w0 + k, w + p)
+            window = x[:, :, max(h0, 0) : min(h1, h), max(w0, 0) : min(w1, w)]
+            if mode == "max":
+                out[:, :, i, j] = window.max(axis=(2, 3))
+            else:
+                out[:, :, i, j] = window.sum(axis=(2, 3)) / ((h1 - h0) * (w1 - w0))
+    return out
+
+
+def caffe_lrn(x: np.ndarray, size: int, alpha: float, beta: float, k: float) -> np.ndarray:
+    """Across channels: x / (k + alpha / size * sum of squares over `size` channels)^beta."""
+    half = (size - 1) // 2
+    squares = np.zeros_like(x)
+    for c in range(x.shape[1]):
+        lo, hi = max(0, c - half), min(x.shape[1], c + half + 1)
+        squares[:, c] = (x[:, lo:hi] ** 2).sum(axis=1)
+    return x / (k + alpha / size * squares) ** beta
+
+
+def small_numeric_reference(p: dict, x):
+    """The small_numeric network written by hand (float64), pooling and LRN in numpy."""
+    import torch
+    import torch.nn.functional as F
+
+    def ch(v):
+        return v.view(1, -1, 1, 1)
+
+    def bn(name, y, eps, affine):
+        y = (y - ch(p[f"{name}.running_mean"])) / torch.sqrt(ch(p[f"{name}.running_var"]) + eps)
+        return y * ch(p[f"{name}.weight"]) + ch(p[f"{name}.bias"]) if affine else y
+
+    def numpy(fn, y, *args):
+        return torch.from_numpy(fn(y.numpy(), *args))
+
+    y = F.conv2d(x, p["conv1.weight"], p["conv1.bias"], stride=2, padding=1)
+    y = torch.relu(bn("bn1", y, 1e-3, affine=True))
+    pool1 = numpy(caffe_pool, y, 3, 2, 1, "max")
+    dw = F.conv2d(pool1, p["dw.weight"], None, padding=(1, 0), groups=8)
+    dw = dw * ch(p["scale_alone.weight"].flatten()) + ch(p["scale_alone.bias"])
+    dw = torch.where(dw > 0, dw, 0.1 * dw)
+    gate = torch.sigmoid(F.conv2d(pool1, p["gate.weight"], p["gate.bias"]))
+    t = bn("bn_t", torch.tanh(pool1), 1e-5, affine=False)
+    mixed = 0.5 * torch.maximum(dw * gate, t) - 2.0 * pool1
+    cat = numpy(caffe_lrn, torch.cat([mixed, pool1], dim=1), 3, 0.5, 0.75, 2.0)
+    pooled = numpy(caffe_pool, numpy(caffe_pool, cat, 3, 2, 1, "ave"), 2, 2, 1, "max")
+    return pooled.flatten(1) @ p["fc.weight"].T + p["fc.bias"]
+
+
+def test_generated_backbone_matches_a_hand_written_reference(built):
+    import torch
+
+    model = built["small_numeric"].Backbone().double().eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for key, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.randn(tensor.shape, generator=generator, dtype=torch.float64))
+            if key.endswith("running_var"):
+                tensor.abs_().add_(0.5)
+        params = dict(model.state_dict())
+        x = torch.randn(2, 3, 13, 11, generator=generator, dtype=torch.float64)
+        out = model(x)
+        expected = small_numeric_reference(params, x)
+    assert out.shape == (2, 5)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- .mtl round trip
+
+
+def assert_same_ir(original: Graph, lowered: Graph, labels: dict[int, str]) -> None:
+    """Same ops, attributes, shapes and edges, node by node in topological order; names equal
+    up to the documented renaming (`labels`)."""
+    first, second = original.topo_order(), lowered.topo_order()
+    assert len(first) == len(second)
+    pos_a = {n: i for i, n in enumerate(first)}
+    pos_b = {n: i for i, n in enumerate(second)}
+    for a, b in zip(first, second, strict=True):
+        na, nb = original.node(a), lowered.node(b)
+        assert (na.op, na.attrs, na.shape) == (nb.op, nb.attrs, nb.shape), (na.name, nb.name)
+        assert labels[a] == nb.name
+        assert [pos_a[i] for i in original.inputs(a)] == [pos_b[i] for i in lowered.inputs(b)]
+    assert pos_a[original.outputs["backbone"]] == pos_b[lowered.outputs["backbone"]]
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE_SHAPES))
+def test_emitted_mtl_builds_the_same_ir(name, tmp_path):
+    imported = import_prototxt(fixture(name))
+    source = emit_mtl(imported.graph, header=imported.notes)
+    path = tmp_path / f"{name}.mtl"
+    path.write_text(source.text)
+    assert_same_ir(imported.graph, lower_file(path), source.labels)
+    assert format_source(source.text, str(path)) == source.text
+    for nid, label in source.labels.items():
+        original = imported.graph.node(nid).name
+        if label != original:
+            assert re.search(rf"^\s*{label}: .*  # {re.escape(original)}$", source.text, re.M)
+
+
+def test_emitted_mtl_reads_like_the_prototxt():
+    imported = import_prototxt(fixture("googlenet_names"))
+    text = emit_mtl(imported.graph, header=imported.notes).text
+    assert text.startswith("# Not imported: the backbone ends at blob 'loss3/classifier'")
+    assert "input data: 3x40x40\n" in text
+    assert (
+        "    conv1_7x7_s2: conv1_7x7_s2 = conv(data, 8, k=7, s=2, p=3, bias=true)"
+        "  # conv1/7x7_s2\n" in text
+    )
+    assert "conv1_relu_7x7: conv1_7x7_s2 = relu(conv1_7x7_s2)  # conv1/relu_7x7\n" in text
+    assert "pool1_norm1: pool1_norm1 = lrn(pool1_3x3_s2, size=5)  # pool1/norm1\n" in text
+    assert "= maxpool(pool1_norm1, k=3, s=1, p=1, ceil=true)  # inception_3a/pool\n" in text
+    # A name that starts with a task option word is escaped (see mtl_emit.identifier).
+    assert "    return _loss3_classifier\n}\n" in text
+    fused = emit_mtl(import_prototxt(fixture("resnet_bottleneck")).graph).text
+    assert (
+        "    # bn_conv1 + scale_conv1: BatchNorm and Scale fused into one affine batchnorm\n"
+        "    bn_conv1: conv1 = bn(conv1)\n" in fused
+    )
+    assert "res2a: res2a = res2a_branch1 + res2a_branch2c\n" in fused
+
+
+def test_emitted_mtl_keeps_coefficients_and_elementwise_forms(tmp_path):
+    text = emit_mtl(import_prototxt(fixture("small_numeric")).graph).text
+    assert "sum: sum = add(max, pool1, coeffs=[0.5, -2.0])\n" in text
+    assert "prod: prod = dw * gate\n" in text
+    assert "max: max = max(prod, t)\n" in text
+    assert "bn_t: t = bn(t, affine=false)\n" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "ident"),
+    [
+        ("conv1/7x7_s2", "conv1_7x7_s2"),
+        ("fc6.flatten", "fc6_flatten"),
+        ("3x3", "v3x3"),
+        ("return", "return_"),
+        ("input", "input_"),
+        ("loss3/x", "_loss3_x"),
+        ("weights", "_weights"),
+        ("/", "v"),
+        ("conv-1 a", "conv_1_a"),
+    ],
+)
+def test_identifier_makes_legal_mtl_names(name, ident):
+    assert identifier(name) == ident
+
+
+def test_labels_stay_unique_after_renaming(tmp_path):
+    text = """input: "data"  input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }
+    layer { name: "a/b" type: "ReLU" bottom: "data" top: "x" }
+    layer { name: "a_b" type: "Sigmoid" bottom: "x" top: "x" }
+    layer { name: "return" type: "TanH" bottom: "x" top: "x" }"""
+    imported = import_text(text, "n.prototxt")
+    source = emit_mtl(imported.graph)
+    assert sorted(source.labels.values()) == ["a_b", "a_b_1", "data", "return_"]
+    path = tmp_path / "n.mtl"
+    path.write_text(source.text)
+    assert_same_ir(imported.graph, lower_file(path), source.labels)
+
+
+def backbone_only(g: Graph) -> Graph:
+    """A copy of `g` without its task heads: the backbone output and what it depends on."""
+    out = g.outputs["backbone"]
+    keep = g.ancestors(out) | {out}
+    part = g.copy()
+    part.outputs = {"backbone": out}
+    for nid in list(part.node_ids()):
+        if nid not in keep:
+            part.remove(nid)
+    return part
+
+
+def test_mtl_round_trip_of_a_dsl_model_keeps_sharing_and_tasks(tmp_path, examples_dir):
+    model = lower_file(examples_dir / "resnet_tiny.mtl")
+    source = emit_mtl(model, header=["resnet_tiny, printed back"])
+    text = source.text
+    assert "    @shared\n    stem_conv1: x = conv(image, 16, k=3, s=2, p=1)  # stem.conv1\n" in text
+    assert (
+        "    segment: fcn(classes=7, width=32) loss=cross_entropy(ignore=255) metric=miou\n" in text
+    )
+    path = tmp_path / "printed.mtl"
+    path.write_text(text)
+    again = lower_file(path)
+    first, second = backbone_only(model), backbone_only(again)
+    assert_same_ir(first, second, source.labels)
+    pairs = zip(first.topo_order(), second.topo_order(), strict=True)
+    assert all(first.node(a).sharing == second.node(b).sharing for a, b in pairs)
+    assert [(t.name, str(t.head), str(t.loss), str(t.metric)) for t in again.tasks] == [
+        (t.name, str(t.head), str(t.loss), str(t.metric)) for t in model.tasks
+    ]
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def test_mtsc_build_and_import_commands(tmp_path, run_mtsc):
+    built = run_mtsc(
+        "build",
+        fixture("resnet_bottleneck"),
+        "--output",
+        "res3a",
+        "-o",
+        tmp_path / "out",
+        "--no-svg",
+    )
+    assert built.returncode == 0, built.stderr
+    assert "output backbone: 64x8x8" in built.stdout
+    assert (tmp_path / "out" / "backbone.py").is_file()
+    imported = run_mtsc("import", fixture("squeezenet_fire"), "-o", tmp_path / "fire.mtl")
+    assert imported.returncode == 0, imported.stderr
+    checked = run_mtsc("check", tmp_path / "fire.mtl")
+    assert checked.returncode == 0, checked.stderr
+    assert "output backbone: 10x1x1" in checked.stdout
+    quirk = run_mtsc("import", fixture("automtl_quirk"))
+    assert quirk.returncode == 0 and quirk.stdout.startswith("# automtl_quirk: imported by")
+    assert "warning: layer 'conv1' reads blob 'data'" in quirk.stderr
+
+
+def test_cli_errors_exit_2_with_a_located_message(tmp_path, capsys):
+    assert main(["check", str(fixture("resnet_bottleneck")), "--output", "res3b"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --output 'res3b': the network has no blob of that name (did you mean 'res3a'?)"
+    )
+    assert main(["import", str(FIXTURES.parent.parent / "test_prototxt.py")]) == 2
+    assert "mtsc import reads .prototxt files" in capsys.readouterr().err
+    mtl = tmp_path / "m.mtl"
+    mtl.write_text("input image: 3x8x8\nbackbone {\n    return relu(image)\n}\n")
+    assert main(["check", str(mtl), "--output", "x"]) == 2
+    assert "--output cuts .prototxt networks" in capsys.readouterr().err
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text(
+        'input: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 8\ninput_dim: 8\n'
+        'layer { name: "n" type: "PReLU" bottom: "data" top: "n" }\n'
+    )
+    assert main(["build", str(bad), "-o", str(tmp_path / "o"), "--no-svg"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"{bad}:6:19: error: layer 'n' (PReLU): unsupported layer type")
+    assert err[2].strip() == "^" * len('type: "PReLU"')
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def test_f32_gives_the_shortest_decimal_of_a_caffe_float():
+    as_float32 = struct.unpack("f", struct.pack("f", 1e-5))[0]
+    assert as_float32 != 1e-5 and f32(as_float32) == 1e-5
+    assert f32(struct.unpack("f", struct.pack("f", 0.999))[0]) == 0.999
+
+
+@given(st.floats(width=32, allow_nan=False, allow_infinity=False))
+def test_f32_is_the_same_float32(value):
+    short = f32(value)
+    assert struct.unpack("f", struct.pack("f", short))[0] == value
+    assert float(f"{short:.9g}") == short  # never more digits than a float32 needs
+
+
+@pytest.mark.parametrize(
+    ("args", "caffe", "torch"),
+    [
+        ((32, 3, 2, 0), 16, 16),  # ceil(29 / 2) + 1, no clipping needed
+        ((3, 2, 2, 1), 2, 2),  # ceil(3 / 2) + 1 = 3, the third window starts in the padding
+        ((5, 1, 2, 0), 3, 3),  # no padding: ceil(4 / 2) + 1 = 3 starts at 4 < 5
+        ((6, 1, 3, 0), 3, 2),  # ceil(5 / 3) + 1 = 3 starts at 6: outside; only PyTorch drops it
+    ],
+)
+def test_pooled_size_follows_caffe_and_pytorch(args, caffe, torch):
+    size, k, s, p = args
+    assert pooled_size(size, k, s, p, ceil=True, clip=p > 0) == caffe
+    assert pooled_size(size, k, s, p, ceil=True, clip=True) == torch
+
+
+# ----------------------------------------------------------------------------- errors
+
+INPUT = 'input: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+
+
+def layer(name: str, type_: str, *bottoms: str, top: str | None = None, body: str = "") -> str:
+    lines = [f'  name: "{name}"', f'  type: "{type_}"']
+    lines += [f'  bottom: "{b}"' for b in bottoms]
+    lines += [f'  top: "{top or name}"']
+    if body:
+        lines.append(f"  {body}")
+    return "layer {\n" + "\n".join(lines) + "\n}\n"
+
+
+def conv(name: str, bottom: str = "data", params: str = "num_output: 4 kernel_size: 3") -> str:
+    return layer(name, "Convolution", bottom, body=f"convolution_param {{ {params} }}")
+
+
+def pool(name: str, params: str, bottom: str = "data") -> str:
+    return layer(name, "Pooling", bottom, body=f"pooling_param {{ {params} }}")
+
+
+# (text, --output, message, the text that the error's line holds)
+ERRORS = {
+    "syntax": (
+        INPUT + "layer { name: 'a' type: 'ReLU' bottom: 'data' top: 'a' ",
+        None,
+        'not a valid prototxt: Expected "}".',
+        "layer { name",
+    ),
+    "unknown enum value": (
+        INPUT + pool("p", "pool: MEDIAN kernel_size: 2"),
+        None,
+        'not a valid prototxt: Enum type "caffe.PoolingParameter.PoolMethod" has no value '
+        "named MEDIAN.",
+        "pool: MEDIAN",
+    ),
+    "unsupported type": (
+        INPUT + layer("s", "Slice", "data"),
+        None,
+        "layer 's' (Slice): unsupported layer type 'Slice'; mtsc supports BatchNorm, Concat, "
+        "Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, LRN, Pooling, ReLU, ReLU6, "
+        "Scale, Sigmoid, Softmax, TanH (to import the network up to a blob before this layer, "
+        "use --output BLOB)",
+        'type: "Slice"',
+    ),
+    "unsupported V1 type": (
+        INPUT + 'layers { name: "l" type: SPLIT bottom: "data" top: "l" }',
+        None,
+        "layer 'l' (SPLIT): unsupported layer type 'SPLIT'; mtsc supports BatchNorm, Concat, "
+        "Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, LRN, Pooling, ReLU, ReLU6, "
+        "Scale, Sigmoid, Softmax, TanH (to import the network up to a blob before this layer, "
+        "use --output BLOB)",
+        "type: SPLIT",
+    ),
+    "softmax inside": (
+        INPUT + layer("sm", "Softmax", "data") + layer("r", "ReLU", "sm"),
+        None,
+        "layer 'sm' (Softmax): a Softmax is supported only at the end of the network, "
+        "where it is dropped",
+        'type: "Softmax"',
+    ),
+    "mixed formats": (
+        INPUT + layer("r", "ReLU", "data") + 'layers { name: "l" type: RELU bottom: "r" top: "l" }',
+        None,
+        "the file mixes `layer` blocks with Caffe's old `layers` blocks; use one kind",
+        "layers {",
+    ),
+    "undefined bottom": (
+        INPUT + conv("conv1") + layer("r", "ReLU", "conv2"),
+        None,
+        "layer 'r' (ReLU): bottom 'conv2' is neither an input nor the top of an earlier layer "
+        "(did you mean 'conv1'?)",
+        'bottom: "conv2"',
+    ),
+    "undefined first bottom, two inputs": (
+        'input: "a"\ninput: "b"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 8\ninput_dim: 8\n'
+        "input_dim: 1\ninput_dim: 3\ninput_dim: 8\ninput_dim: 8\n" + layer("r", "ReLU", "data"),
+        None,
+        "layer 'r' (ReLU): bottom 'data' is neither an input nor the top of an earlier layer",
+        'bottom: "data"',
+    ),
+    "unknown output": (
+        INPUT + conv("conv1"),
+        "conv9",
+        "--output 'conv9': the network has no blob of that name (did you mean 'conv1'?)",
+        None,
+    ),
+    "output is an input": (
+        INPUT + conv("c1"),
+        "data",
+        "the output 'data' is an input of the network",
+        None,
+    ),
+    "two outputs": (
+        INPUT + conv("c1") + conv("c2"),
+        None,
+        "the network has 2 outputs ('c1', 'c2'); choose the backbone's with --output BLOB",
+        'layer {\n  name: "c2"',
+    ),
+    "no layers": (INPUT, None, "the network has no layers to import", None),
+    "input without shape": (
+        'input: "data"\n' + conv("c1"),
+        None,
+        "input 'data' has no shape: add input_shape { dim: 1 dim: 3 dim: 224 dim: 224 }, or "
+        "four input_dim values",
+        'input: "data"',
+    ),
+    "input_dim count": (
+        'input: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 8\n' + conv("c1"),
+        None,
+        "input_dim needs 4 values (N, C, H, W) per input: 1 input(s), 3 values",
+        "input_dim: 1",
+    ),
+    "input_shape count": (
+        'input: "a"\ninput: "b"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n' + conv("c1", "a"),
+        None,
+        "2 input(s) but 1 input_shape(s); give one per input",
+        "input_shape {",
+    ),
+    "input_shape and input_dim": (
+        INPUT + "input_dim: 1\n" + conv("c1"),
+        None,
+        "give the inputs input_shape or input_dim, not both",
+        "input_dim: 1",
+    ),
+    "input not 4-D": (
+        'input: "data"\ninput_shape { dim: 1 dim: 64 }\n' + conv("c1"),
+        None,
+        "input 'data' has shape 1x64; mtsc needs N x C x H x W, all positive",
+        'input: "data"',
+    ),
+    "Input layer without shape": (
+        'layer { name: "in" type: "Input" top: "data" }\n' + conv("c1"),
+        None,
+        "layer 'in' (Input): needs one input_param shape, or one per top (1); got 0",
+        "layer {",
+    ),
+    "duplicate layer name": (
+        INPUT + conv("c1") + layer("c1", "ReLU", "c1", top="r"),
+        None,
+        "the name 'c1' is used twice (first at line 4)",
+        'name: "c1"\n  type: "ReLU"',
+    ),
+    "two tops": (
+        INPUT
+        + 'layer { name: "r" type: "ReLU" bottom: "data" top: "a" top: "b" }\n'
+        + layer("cat", "Concat", "a", "b"),
+        None,
+        "layer 'r' (ReLU): has 2 tops; mtsc needs exactly one",
+        'top: "a"',
+    ),
+    "bottom count": (
+        INPUT + conv("c1") + layer("r", "ReLU", "data", "c1"),
+        None,
+        "layer 'r' (ReLU): takes 1 bottom(s), got 2",
+        'bottom: "data"\n  bottom: "c1"',
+    ),
+    "eltwise with one bottom": (
+        INPUT + layer("e", "Eltwise", "data"),
+        None,
+        "layer 'e' (Eltwise): takes at least 2 bottom(s), got 1",
+        'bottom: "data"',
+    ),
+    "conv without num_output": (
+        INPUT + conv("c", params="kernel_size: 3"),
+        None,
+        "layer 'c' (Convolution): needs num_output",
+        "convolution_param",
+    ),
+    "conv without kernel": (
+        INPUT + conv("c", params="num_output: 4"),
+        None,
+        "layer 'c' (Convolution): needs kernel_size",
+        "convolution_param",
+    ),
+    "kernel_h alone": (
+        INPUT + conv("c", params="num_output: 4 kernel_h: 3"),
+        None,
+        "layer 'c' (Convolution): kernel_h and kernel_w must be given together",
+        "convolution_param",
+    ),
+    "kernel_size and kernel_h": (
+        INPUT + conv("c", params="num_output: 4 kernel_size: 3 kernel_h: 3 kernel_w: 3"),
+        None,
+        "layer 'c' (Convolution): give kernel_size or kernel_h and kernel_w, not both",
+        "convolution_param",
+    ),
+    "three kernel sizes": (
+        INPUT + conv("c", params="num_output: 4 kernel_size: 3 kernel_size: 3 kernel_size: 3"),
+        None,
+        "layer 'c' (Convolution): kernel_size has 3 values; a 2-D layer takes 1 or 2",
+        "convolution_param",
+    ),
+    "conv axis": (
+        INPUT + conv("c", params="num_output: 4 kernel_size: 3 axis: 2"),
+        None,
+        "layer 'c' (Convolution): only convolution along the channel axis (1) is supported, not 2",
+        "convolution_param",
+    ),
+    "conv groups": (
+        INPUT + conv("c", params="num_output: 4 kernel_size: 3 group: 2"),
+        None,
+        "layer 'c' (Convolution): conv2d: 3 input channels not divisible by groups=2",
+        "layer {",
+    ),
+    "stochastic pooling": (
+        INPUT + pool("p", "pool: STOCHASTIC kernel_size: 2"),
+        None,
+        "layer 'p' (Pooling): only MAX and AVE pooling are supported",
+        "pooling_param",
+    ),
+    "global pooling with kernel": (
+        INPUT + pool("p", "global_pooling: true kernel_size: 2"),
+        None,
+        "layer 'p' (Pooling): global_pooling takes no kernel size",
+        "pooling_param",
+    ),
+    "global pooling with stride": (
+        INPUT + pool("p", "global_pooling: true stride: 2"),
+        None,
+        "layer 'p' (Pooling): global_pooling needs pad 0 and stride 1",
+        "pooling_param",
+    ),
+    "pooling without kernel": (
+        INPUT + pool("p", "pool: MAX"),
+        None,
+        "layer 'p' (Pooling): needs kernel_size",
+        "pooling_param",
+    ),
+    # 8 pixels, kernel 1, stride 3: Caffe makes ceil(7 / 3) + 1 = 4 windows, the last at 9.
+    "pooling window outside the input": (
+        INPUT + pool("p", "kernel_size: 1 stride: 3"),
+        None,
+        "layer 'p' (Pooling): Caffe's rounding gives 4 windows over 8 pixels here, the last one "
+        "starting outside the input (stride 3 > kernel 1, no padding); PyTorch drops that "
+        "window. Use round_mode: FLOOR, or a stride no larger than the kernel",
+        "pooling_param",
+    ),
+    "pooling padding too large for PyTorch": (
+        INPUT + pool("p", "kernel_size: 3 pad: 2"),
+        None,
+        "layer 'p' (Pooling): maxpool: padding 2 must be at most half the kernel size 3",
+        "layer {",
+    ),
+    "eltwise coefficients count": (
+        INPUT
+        + conv("a", params="num_output: 3 kernel_size: 1")
+        + layer("e", "Eltwise", "data", "a", body="eltwise_param { coeff: 1 }"),
+        None,
+        "layer 'e' (Eltwise): 1 coefficients for 2 bottoms",
+        "eltwise_param",
+    ),
+    "eltwise coefficients with PROD": (
+        INPUT
+        + conv("a", params="num_output: 3 kernel_size: 1")
+        + layer("e", "Eltwise", "data", "a", body="eltwise_param { operation: PROD coeff: 1 }"),
+        None,
+        "layer 'e' (Eltwise): coefficients apply only to operation: SUM",
+        "eltwise_param",
+    ),
+    "eltwise channels": (
+        INPUT + conv("a") + layer("e", "Eltwise", "data", "a"),
+        None,
+        "layer 'e' (Eltwise): add: 3 vs 4 channels",
+        'layer {\n  name: "e"',
+    ),
+    "concat axis": (
+        INPUT + layer("cat", "Concat", "data", "data", body="concat_param { axis: 2 }"),
+        None,
+        "layer 'cat' (Concat): only concatenation along the channel axis (1) is supported, not 2",
+        "concat_param",
+    ),
+    "concat sizes": (
+        INPUT + conv("a") + layer("cat", "Concat", "data", "a"),
+        None,
+        "layer 'cat' (Concat): concat: spatial size 8x8 vs 6x6",
+        'layer {\n  name: "cat"',
+    ),
+    "inner product without num_output": (
+        INPUT + layer("fc", "InnerProduct", "data"),
+        None,
+        "layer 'fc' (InnerProduct): needs num_output",
+        'layer {\n  name: "fc"',
+    ),
+    "flatten axis": (
+        INPUT + layer("f", "Flatten", "data", body="flatten_param { axis: 2 }"),
+        None,
+        "layer 'f' (Flatten): only flattening everything after the batch axis is supported",
+        "flatten_param",
+    ),
+    "lrn within channel": (
+        INPUT + layer("n", "LRN", "data", body="lrn_param { norm_region: WITHIN_CHANNEL }"),
+        None,
+        "layer 'n' (LRN): only norm_region: ACROSS_CHANNELS is supported",
+        "lrn_param",
+    ),
+    "lrn even size": (
+        INPUT + layer("n", "LRN", "data", body="lrn_param { local_size: 4 }"),
+        None,
+        "layer 'n' (LRN): local_size must be odd, got 4",
+        "lrn_param",
+    ),
+    "scale axis": (
+        INPUT + layer("s", "Scale", "data", body="scale_param { axis: 0 }"),
+        None,
+        "layer 's' (Scale): only a per-channel scale (axis: 1, num_axes: 1) is supported",
+        "scale_param",
+    ),
+    "dropout ratio": (
+        INPUT + layer("d", "Dropout", "data", body="dropout_param { dropout_ratio: 1 }"),
+        None,
+        "layer 'd' (Dropout): dropout: p must be below 1, got 1.0",
+        'layer {\n  name: "d"',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERRORS))
+def test_import_error(case):
+    text, output, message, where = ERRORS[case]
+    with pytest.raises(MtscError) as info:
+        import_text(text, "net.prototxt", output=output)
+    assert info.value.message == message
+    if where is None:
+        assert info.value.span is None
+    else:
+        assert info.value.span.file == "net.prototxt"
+        assert info.value.span.line == line_of(text, where)
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(MtscError, match=r"cannot read .*nope.prototxt: No such file"):
+        import_prototxt(tmp_path / "nope.prototxt")
+
+
+def test_unknown_fields_are_skipped():
+    text = INPUT + layer(
+        "c",
+        "Convolution",
+        "data",
+        body="param { lr_mult: 1 } convolution_param { num_output: 4 kernel_size: 1 "
+        'weight_filler { type: "gaussian" std: 0.01 } engine: CAFFE } made_up_param { x: [1, 2] }',
+    )
+    g = import_text("state { phase: TEST }\n" + text, "n.prototxt").graph
+    assert g.node(g.outputs["backbone"]).attrs["kernel"] == (1, 1)
+
+
+def test_fusion_needs_a_bias_and_a_batchnorm_read_only_by_the_scale():
+    bn = layer("bn", "BatchNorm", "data")
+    scale_no_bias = layer("s", "Scale", "bn")
+    named = nodes_by_name(import_text(INPUT + bn + scale_no_bias, "n.prototxt").graph)
+    assert named["bn"].attrs["affine"] is False and named["s"].attrs == {"bias": False}
+    # The un-scaled batchnorm output is read again: fusing would change that reader's input.
+    scale = layer("s", "Scale", "bn", body="scale_param { bias_term: true }")
+    text = INPUT + bn + scale + layer("e", "Eltwise", "bn", "s")
+    named = nodes_by_name(import_text(text, "n.prototxt").graph)
+    assert named["bn"].attrs["affine"] is False and named["s"].op is Op.SCALE
+    # Cut at the batchnorm: the Scale is not imported, nothing is fused.
+    cut = import_text(INPUT + bn + scale, "n.prototxt", output="bn").graph
+    assert cut.node(cut.outputs["backbone"]).attrs["affine"] is False
