@@ -9,6 +9,19 @@ from pathlib import Path
 from mtsc.errors import MtscError
 
 
+def _file_mode(path: Path) -> int:
+    """The mode the written file gets: the old file's, else what `open` would give (0666 - umask).
+
+    Needed because `mkstemp` creates its file as 0600, which `os.replace` would keep.
+    """
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write to a temporary file in the same folder, then rename it into place."""
     path = Path(path)
@@ -18,9 +31,13 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     except OSError as err:
         raise MtscError(None, f"cannot write {path}: {err.strerror}") from None
     try:
+        os.fchmod(fd, _file_mode(path))
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, say: a message, not a traceback
+        Path(tmp).unlink(missing_ok=True)
+        raise MtscError(None, f"cannot write {path}: {err.strerror}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -1,0 +1,137 @@
+"""Shared fixtures: the repository's folders, compiling `.mtl` text, importing generated code,
+running the `mtsc` command, and the `--accept` flag that refreshes golden files."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+_module_ids = itertools.count()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--accept",
+        action="store_true",
+        help="rewrite the golden files under tests/golden/ from the current output",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `@pytest.mark.gpu` tests without CUDA (torch is imported only if there are any)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    return REPO / "examples"
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    return REPO / "tests" / "models"
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    return REPO / "tests" / "golden"
+
+
+@pytest.fixture
+def accept(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--accept"))
+
+
+@pytest.fixture
+def write_model(tmp_path: Path) -> Callable[..., Path]:
+    """`write_model(text, name="model.mtl")` writes a model file into the test's tmp folder."""
+
+    def write(text: str, name: str = "model.mtl") -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def compile_text(write_model: Callable[..., Path]):
+    """`compile_text(text)` runs the frontend and the backbone pipeline; returns the Graph."""
+    from mtsc.driver import load
+
+    def compile_(text: str, name: str = "model.mtl"):
+        return load(write_model(text, name))
+
+    return compile_
+
+
+def import_path(path: Path) -> ModuleType:
+    """Import a Python file under a fresh module name (generated files all share a name)."""
+    spec = importlib.util.spec_from_file_location(f"mtsc_generated_{next(_module_ids)}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_generated() -> Callable[[Path], ModuleType]:
+    return import_path
+
+
+def signature(g) -> list[tuple]:
+    """A graph's nodes in topological order by what they compute and are called (no spans),
+    then its outputs and tasks: equal signatures mean the same model."""
+    rows = []
+    for nid, node in g.nodes():
+        inputs = tuple(g.node(i).name for i in g.inputs(nid))
+        rows.append((node.op, node.name, node.attrs, node.shape, inputs, node.sharing, node.task))
+    outputs = {key: g.node(nid).name for key, nid in g.outputs.items()}
+    tasks = [(t.name, str(t.head), str(t.loss), str(t.metric), t.weight) for t in g.tasks]
+    return [*rows, ("outputs", outputs), ("tasks", tasks)]
+
+
+@pytest.fixture(scope="session")
+def graph_signature():
+    return signature
+
+
+@pytest.fixture(scope="session")
+def run_mtsc() -> Callable[..., subprocess.CompletedProcess]:
+    """`run_mtsc(*args, cwd=None, env=None)`: `python -m mtsc ARGS` as a subprocess."""
+
+    def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None):
+        return subprocess.run(
+            [sys.executable, "-m", "mtsc", *map(str, args)],
+            capture_output=True,
+            text=True,
+            cwd=cwd or REPO,
+            env={**os.environ, **(env or {})},
+            timeout=120,
+        )
+
+    return run

@@ -1,0 +1,999 @@
+"""Every class of user error: its message, its `file:line:col`, the quoted source line and the
+caret under the right text; then the same through the `mtsc` command (exit status 2, no
+traceback, nothing written)."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass, field
+
+import pytest
+
+from mtsc.driver import build, load
+from mtsc.errors import MtscError
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    source: str  # model.mtl, dedented
+    message: str  # a substring of the message, usually all of it
+    line: int
+    column: int
+    marked: str  # the source text the carets underline
+    files: dict[str, str] = field(default_factory=dict)  # other files next to model.mtl
+    where: str = "model.mtl"  # the file the error points into
+
+
+def case(id, source, message, at, marked, files=None, where="model.mtl") -> Case:
+    """`at` is the (line, column) the error points at; `marked`, the text under the carets."""
+    source = textwrap.dedent(source).lstrip("\n")
+    files = {k: textwrap.dedent(v).lstrip("\n") for k, v in (files or {}).items()}
+    return Case(id, source, message, *at, marked, files, where)
+
+
+HEAD = "input image: 3x32x32\n"
+
+SYNTAX = [
+    case(
+        "missing_comma",
+        """
+        input image: 3x32x32
+        backbone {
+            x = conv(image, 8 k=3)
+            return x
+        }
+        """,
+        "unexpected 'k'; expected ')', ','",
+        (3, 23),
+        "k",
+    ),
+    case(
+        "end_of_file",
+        """
+        input image: 3x32x32
+        backbone {
+            x = conv(image, 8, k=3)
+        """,
+        "unexpected end of file; expected a name, '@', 'assert', 'for', 'if', 'return', ...",
+        (3, 28),
+        "",
+    ),
+    case(
+        "single_equals_in_condition",
+        """
+        input image: 3x32x32
+        backbone {
+            if channels(image) = 3 {
+                image = relu(image)
+            }
+            return image
+        }
+        """,
+        "unexpected '='; use '==' to compare",
+        (3, 24),
+        "=",
+    ),
+    case(
+        "bad_character",
+        """
+        input image: 3x32x32
+        backbone {
+            x = image $ 2
+            return x
+        }
+        """,
+        "unexpected character '$'; expected",
+        (3, 15),
+        "$",
+    ),
+    case(
+        "input_without_shape",
+        """
+        input image: 3
+        backbone {
+            return image
+        }
+        """,
+        "unexpected '3'; expected a shape like 3x224x224",
+        (1, 14),
+        "3",
+    ),
+    case(
+        "block_without_name",
+        """
+        block (x) {
+            return x
+        }
+        """,
+        "unexpected '('; expected a name",
+        (1, 7),
+        "(",
+    ),
+    case(
+        "unterminated_string",
+        """
+        input image: 3x32x32
+        backbone {
+            return upsample(image, scale=2, mode="nearest)
+        }
+        """,
+        "unexpected character '\"'",
+        (3, 42),
+        '"',
+    ),
+]
+
+NAMES = [
+    case(
+        "undefined_name_with_suggestion",
+        """
+        input image: 3x32x32
+        backbone {
+            x = conv(imag, 8, k=3)
+            return x
+        }
+        """,
+        "undefined name 'imag' (did you mean 'image'?)",
+        (3, 14),
+        "imag",
+    ),
+    case(
+        "block_cannot_see_backbone_variables",
+        """
+        input image: 3x32x32
+        block b(x) {
+            return x + image
+        }
+        backbone {
+            return b(image)
+        }
+        """,
+        "undefined name 'image'",
+        (3, 16),
+        "image",
+    ),
+    case(
+        "unknown_op_with_suggestion",
+        """
+        input image: 3x32x32
+        backbone {
+            return conv(image, 8, k=3) | rellu
+        }
+        """,
+        "unknown op or block 'rellu' (did you mean 'relu'?)",
+        (3, 34),
+        "rellu",
+    ),
+    case(
+        "unknown_attribute_with_suggestion",
+        """
+        input image: 3x32x32
+        backbone {
+            return conv(image, 8, kernal=3)
+        }
+        """,
+        "conv2d has no attribute 'kernal' (did you mean 'kernel'?)",
+        (3, 27),
+        "kernal=3",
+    ),
+    case(
+        "unknown_decorator",
+        """
+        input image: 3x32x32
+        @sharde
+        backbone {
+            return image
+        }
+        """,
+        "unknown decorator '@sharde'; use @shared or @specific (did you mean 'shared'?)",
+        (2, 1),
+        "@sharde",
+    ),
+]
+
+BLOCK = "block b(x, c, s=1) {\n    return conv(x, c, k=1, s=s)\n}\n"
+
+ARGUMENTS = [
+    case(
+        "too_many_arguments",
+        HEAD + BLOCK + "backbone {\n    return b(image, 8, 1, 2)\n}\n",
+        "b() takes 2 to 3 argument(s) (x, c, s=...), got 4",
+        (6, 12),
+        "b(image, 8, 1, 2)",
+    ),
+    case(
+        "missing_argument",
+        HEAD + BLOCK + "backbone {\n    return b(image)\n}\n",
+        "b() is missing argument 'c'",
+        (6, 12),
+        "b(image)",
+    ),
+    case(
+        "unknown_keyword_argument",
+        HEAD + BLOCK + "backbone {\n    return b(image, 8, stride=2)\n}\n",
+        "b() has no parameter 'stride'",
+        (6, 12),
+        "b(image, 8, stride=2)",
+    ),
+    case(
+        "keyword_argument_suggestion",
+        HEAD + BLOCK + "backbone {\n    return b(image, cc=8)\n}\n",
+        "b() has no parameter 'cc' (did you mean 'c'?)",
+        (6, 12),
+        "b(image, cc=8)",
+    ),
+    case(
+        "argument_by_position_and_name",
+        HEAD + BLOCK + "backbone {\n    return b(image, 8, c=8)\n}\n",
+        "b() got 'c' twice",
+        (6, 12),
+        "b(image, 8, c=8)",
+    ),
+    case(
+        "keyword_given_twice",
+        HEAD + BLOCK + "backbone {\n    return b(image, c=8, c=9)\n}\n",
+        "argument 'c' given twice",
+        (6, 26),
+        "c=9",
+    ),
+    case(
+        "positional_after_keyword",
+        HEAD + BLOCK + "backbone {\n    return b(image, c=8, 2)\n}\n",
+        "a positional argument follows a keyword argument",
+        (6, 26),
+        "2",
+    ),
+    case(
+        "op_without_input",
+        HEAD + "backbone {\n    return conv(8, k=3)\n}\n",
+        "conv: needs an input tensor",
+        (3, 12),
+        "conv(8, k=3)",
+    ),
+    case(
+        "op_with_too_many_positional_attributes",
+        HEAD + "backbone {\n    return conv(image, 8, 3)\n}\n",
+        "conv: too many positional attributes after the inputs: at most 1 (out)",
+        (3, 12),
+        "conv(image, 8, 3)",
+    ),
+    case(
+        "op_without_positional_attributes",
+        HEAD + "backbone {\n    return maxpool(image, 2)\n}\n",
+        "maxpool: too many positional attributes after the inputs: none; name them, e.g. k=3",
+        (3, 12),
+        "maxpool(image, 2)",
+    ),
+    case(
+        "op_attribute_given_twice",
+        HEAD + "backbone {\n    return conv(image, 8, k=3, kernel=3)\n}\n",
+        "conv: 'kernel' given twice",
+        (3, 32),
+        "kernel=3",
+    ),
+    case(
+        "tensor_as_attribute",
+        HEAD + "backbone {\n    return conv(image, 8, k=image)\n}\n",
+        "conv: attribute 'k' cannot be a tensor",
+        (3, 27),
+        "k=image",
+    ),
+    case(
+        "inputs_after_attributes",
+        HEAD + "backbone {\n    return max(3, image)\n}\n",
+        "max: inputs must come before attributes",
+        (3, 12),
+        "max(3, image)",
+    ),
+    case(
+        "bad_attribute_value",
+        HEAD + "backbone {\n    return conv(image, 8, k=3, s=0)\n}\n",
+        "stride must be at least 1, got 0",
+        (3, 12),
+        "conv(image, 8, k=3, s=0)",
+    ),
+    case(
+        "infinite_attribute",
+        HEAD + "backbone {\n    return leaky_relu(image, slope=1e400)\n}\n",
+        "slope must be a finite number, got inf",
+        (3, 12),
+        "leaky_relu(image, slope=1e400)",
+    ),
+]
+
+SHAPES = [
+    case(
+        "add_channels",
+        """
+        input image: 3x32x32
+        backbone {
+            x = conv(image, 64, k=1)
+            y = conv(image, 128, k=1)
+            return x + y
+        }
+        """,
+        "add: 64 vs 128 channels",
+        (5, 12),
+        "x + y",
+    ),
+    case(
+        "kernel_larger_than_input",
+        """
+        input image: 3x4x4
+        backbone {
+            return conv(image, 8, k=7)
+        }
+        """,
+        "conv2d: kernel 7x7 larger than the padded input 4x4",
+        (3, 12),
+        "conv(image, 8, k=7)",
+    ),
+    case(
+        "channels_not_divisible_by_groups",
+        """
+        input image: 3x32x32
+        backbone {
+            return conv(image, 8, k=3, g=2)
+        }
+        """,
+        "conv2d: 3 input channels not divisible by groups=2",
+        (3, 12),
+        "conv(image, 8, k=3, g=2)",
+    ),
+    case(
+        "shape_error_inside_imported_block",
+        """
+        import "blocks.mtl"
+        input image: 3x32x32
+        backbone {
+            return grow(image)
+        }
+        """,
+        "add: 3 vs 6 channels",
+        (2, 12),
+        "x + conv(x, 6, k=1)",
+        files={"blocks.mtl": "block grow(x) {\n    return x + conv(x, 6, k=1)\n}\n"},
+        where="blocks.mtl",
+    ),
+    case(
+        "linear_needs_flat_input",
+        HEAD + "backbone {\n    return linear(image, 10)\n}\n",
+        "linear: needs a flat input (use flatten first), got 3x32x32",
+        (3, 12),
+        "linear(image, 10)",
+    ),
+    case(
+        "upsample_to_nothing",
+        HEAD + "backbone {\n    return upsample(image, scale=0.01)\n}\n",
+        "upsample: scale=0.01 makes 32x32 empty (0x0)",
+        (3, 12),
+        "upsample(image, scale=0.01)",
+    ),
+]
+
+CYCLES = [
+    case(
+        "import_cycle",
+        'import "a.mtl"\n' + HEAD + "backbone {\n    return image\n}\n",
+        "import cycle: a.mtl -> b.mtl -> a.mtl",
+        (1, 1),
+        'import "a.mtl"',
+        files={"a.mtl": 'import "b.mtl"\n', "b.mtl": 'import "a.mtl"\n'},
+        where="b.mtl",
+    ),
+    case(
+        "self_import",
+        'import "model.mtl"\n' + HEAD + "backbone {\n    return image\n}\n",
+        "import cycle: model.mtl -> model.mtl",
+        (1, 1),
+        'import "model.mtl"',
+    ),
+    case(
+        "missing_import",
+        'import "nope.mtl"\n' + HEAD + "backbone {\n    return image\n}\n",
+        "cannot import 'nope.mtl': No such file or directory",
+        (1, 1),
+        'import "nope.mtl"',
+    ),
+    case(
+        "imported_file_with_a_backbone",
+        'import "other.mtl"\n' + HEAD + "backbone {\n    return image\n}\n",
+        "an imported file may hold only blocks, constants and imports",
+        (1, 1),
+        "b",
+        files={"other.mtl": "backbone {\n    return image\n}\n"},
+        where="other.mtl",
+    ),
+    case(
+        "recursion",
+        HEAD + "block a(x) {\n    return a(x)\n}\nbackbone {\n    return a(image)\n}\n",
+        "recursion in block 'a': a -> a",
+        (3, 12),
+        "a(x)",
+    ),
+    case(
+        "mutual_recursion",
+        HEAD
+        + "block a(x) {\n    return b(x)\n}\n"
+        + "block b(x) {\n    return relu(x) | a\n}\n"
+        + "backbone {\n    return a(image)\n}\n",
+        "recursion in block 'a': a -> b -> a",
+        (6, 22),
+        "a",
+    ),
+    case(
+        "nesting_too_deep",
+        HEAD
+        + "".join(f"block b{i}(x) {{ return b{i + 1}(x) }}\n" for i in range(70))
+        + "block b70(x) { return relu(x) }\n"
+        + "backbone {\n    return b0(image)\n}\n",
+        "blocks nested deeper than 64 levels",
+        (65, 23),
+        "b64(x)",
+    ),
+]
+
+DUPLICATES = [
+    case(
+        "duplicate_block",
+        HEAD
+        + "block a(x) { return x }\nblock a(x) { return x }\nbackbone {\n    return a(image)\n}\n",
+        "block 'a' is already defined at ",
+        (3, 7),
+        "a",
+    ),
+    case(
+        "duplicate_block_across_import",
+        'import "lib.mtl"\n'
+        + HEAD
+        + "block a(x) { return x }\nbackbone {\n    return a(image)\n}\n",
+        "block 'a' is already defined at ",
+        (3, 7),
+        "a",
+        files={"lib.mtl": "block a(x) { return relu(x) }\n"},
+    ),
+    case(
+        "block_named_like_an_op",
+        HEAD + "block relu(x) { return x }\nbackbone {\n    return image\n}\n",
+        "block name 'relu' is the name of an op",
+        (2, 7),
+        "relu",
+    ),
+    case(
+        "duplicate_parameter",
+        HEAD + "block a(x, x) { return x }\nbackbone {\n    return image\n}\n",
+        "duplicate parameter 'x'",
+        (2, 12),
+        "x",
+    ),
+    case(
+        "duplicate_label",
+        HEAD + "backbone {\n    s: x = conv(image, 8, k=1)\n    s: x = conv(x, 8, k=1)\n"
+        "    return x\n}\n",
+        "duplicate label 's' in this scope",
+        (4, 5),
+        "s",
+    ),
+    case(
+        "duplicate_node_name",
+        HEAD + "backbone {\n    conv1: x = relu(image)\n    x = conv(x, 8, k=1)\n    return x\n}\n",
+        "duplicate name 'conv1' (first used at ",
+        (4, 9),
+        "conv(x, 8, k=1)",
+    ),
+    case(
+        "duplicate_input",
+        HEAD + HEAD + "backbone {\n    return image\n}\n",
+        "'image' is already defined",
+        (2, 1),
+        "input image: 3x32x32",
+    ),
+    case(
+        "duplicate_task",
+        HEAD
+        + "backbone {\n    return image\n}\n"
+        + "tasks {\n    a: fcn(classes=2)\n    a: fcn(classes=3)\n}\n",
+        "duplicate task 'a'",
+        (7, 5),
+        "a: fcn(classes=3)",
+    ),
+]
+
+TASKS_HEAD = HEAD + "backbone {\n    return conv(image, 8, k=1)\n}\n"
+
+TASKS = [
+    case(
+        "unknown_head",
+        TASKS_HEAD + "tasks {\n    seg: fcnn(classes=2)\n}\n",
+        "unknown head 'fcnn' (did you mean 'fcn'?)",
+        (6, 10),
+        "fcnn(classes=2)",
+    ),
+    case(
+        "unknown_head_option",
+        TASKS_HEAD + "tasks {\n    seg: fcn(clases=2)\n}\n",
+        "head 'fcn' has no option 'clases' (did you mean 'classes'?)",
+        (6, 10),
+        "fcn(clases=2)",
+    ),
+    case(
+        "missing_head_option",
+        TASKS_HEAD + "tasks {\n    seg: fcn(width=8)\n}\n",
+        "head 'fcn' needs classes=",
+        (6, 10),
+        "fcn(width=8)",
+    ),
+    case(
+        "head_option_by_position",
+        TASKS_HEAD + "tasks {\n    seg: fcn(2)\n}\n",
+        "head arguments are given by name: key=value",
+        (6, 14),
+        "2",
+    ),
+    case(
+        "head_not_a_call",
+        TASKS_HEAD + "tasks {\n    seg: 3\n}\n",
+        "a head is a name or a call like name(key=value)",
+        (6, 10),
+        "3",
+    ),
+    case(
+        "task_option_twice",
+        TASKS_HEAD + "tasks {\n    seg: fcn(classes=2) loss=l1 loss=l2\n}\n",
+        "loss= given twice",
+        (6, 33),
+        "loss=l2",
+    ),
+    case(
+        "task_weight_not_a_number",
+        TASKS_HEAD + 'tasks {\n    seg: fcn(classes=2) weight="high"\n}\n',
+        "weight= must be a number",
+        (6, 25),
+        'weight="high"',
+    ),
+    case(
+        "unknown_task_option",
+        TASKS_HEAD + "tasks {\n    seg: fcn(classes=2) los=l1\n}\n",
+        "unexpected '='; expected ':'",
+        (6, 28),
+        "=",
+    ),
+    case(
+        "empty_tasks",
+        TASKS_HEAD + "tasks {\n}\n",
+        "the tasks section is empty",
+        (5, 1),
+        "t",
+    ),
+    case(
+        "two_tasks_sections",
+        TASKS_HEAD + "tasks {\n    a: fcn(classes=2)\n}\ntasks {\n    b: fcn(classes=2)\n}\n",
+        "a model has at most one tasks section",
+        (8, 1),
+        "t",
+    ),
+    case(
+        "head_block_with_one_parameter",
+        TASKS_HEAD + "block h(x) { return x }\ntasks {\n    seg: h\n}\n",
+        "head block 'h' must take (features, input, ...) parameters",
+        (7, 10),
+        "h",
+    ),
+    case(
+        "head_computing_nothing",
+        TASKS_HEAD + "block h(x, input) { return x }\ntasks {\n    seg: h\n}\n",
+        "head 'h' must compute something",
+        (7, 10),
+        "h",
+    ),
+    case(
+        "head_returning_a_number",
+        TASKS_HEAD + "block h(x, input) { return 3 }\ntasks {\n    seg: h\n}\n",
+        "head 'h' must return a tensor",
+        (7, 10),
+        "h",
+    ),
+]
+
+CONDITIONS = [
+    case(
+        "assertion_with_message",
+        HEAD
+        + 'backbone {\n    assert channels(image) == 4, "need 4 channels"\n    return image\n}\n',
+        "assertion failed: need 4 channels",
+        (3, 5),
+        'assert channels(image) == 4, "need 4 channels"',
+    ),
+    case(
+        "assertion_without_message",
+        HEAD + "backbone {\n    assert height(image) > 64\n    return image\n}\n",
+        "assertion failed: condition is false",
+        (3, 5),
+        "assert height(image) > 64",
+    ),
+    case(
+        "assertion_not_bool",
+        HEAD + "backbone {\n    assert channels(image)\n    return image\n}\n",
+        "a condition must be true or false, got 3",
+        (3, 12),
+        "channels(image)",
+    ),
+    case(
+        "if_not_bool",
+        HEAD + "backbone {\n    if 3 {\n        image = relu(image)\n    }\n    return image\n}\n",
+        "a condition must be true or false, got 3",
+        (3, 8),
+        "3",
+    ),
+    case(
+        "elif_not_bool",
+        HEAD + 'backbone {\n    if false {\n    } elif "yes" {\n    }\n    return image\n}\n',
+        'a condition must be true or false, got "yes"',
+        (4, 12),
+        '"yes"',
+    ),
+    case(
+        "not_on_number",
+        HEAD + "backbone {\n    if not 3 {\n    }\n    return image\n}\n",
+        "'not' needs true or false, got 3",
+        (3, 8),
+        "not 3",
+    ),
+    case(
+        "and_on_number",
+        HEAD + "backbone {\n    if true and 1 {\n    }\n    return image\n}\n",
+        "'and' needs true or false, got 1",
+        (3, 17),
+        "1",
+    ),
+    case(
+        "condition_on_tensor",
+        HEAD + "backbone {\n    if image {\n    }\n    return image\n}\n",
+        "a condition must be true or false, got tensor 3x32x32",
+        (3, 8),
+        "image",
+    ),
+]
+
+STRUCTURE = [
+    case("no_backbone", HEAD, "the model has no `backbone { ... }` section", (1, 1), "i"),
+    case(
+        "two_backbones",
+        HEAD + "backbone {\n    return image\n}\nbackbone {\n    return image\n}\n",
+        "a model has exactly one backbone section",
+        (5, 1),
+        "b",
+    ),
+    case(
+        "no_input",
+        "backbone {\n    return 1\n}\n",
+        "the model declares no input (`input image: 3x224x224`)",
+        (1, 1),
+        "b",
+    ),
+    case(
+        "input_not_three_dimensional",
+        "input image: 3x32\nbackbone {\n    return image\n}\n",
+        "an input shape is channels x height x width, e.g. 3x224x224",
+        (1, 1),
+        "input image: 3x32",
+    ),
+    case(
+        "input_with_zero_size",
+        "input image: 3x0x32\nbackbone {\n    return image\n}\n",
+        "an input shape has no zero sizes",
+        (1, 1),
+        "input image: 3x0x32",
+    ),
+    case(
+        "backbone_returns_a_number",
+        HEAD + "backbone {\n    return channels(image)\n}\n",
+        "the backbone must return a tensor, not 3",
+        (2, 1),
+        "b",
+    ),
+    case(
+        "backbone_without_return",
+        HEAD + "backbone {\n    x = relu(image)\n}\n",
+        "the backbone ends without `return`",
+        (2, 1),
+        "b",
+    ),
+    case(
+        "block_without_return",
+        HEAD + "block b(x) {\n    y = relu(x)\n}\nbackbone {\n    return b(image)\n}\n",
+        "block 'b' ends without `return`",
+        (2, 1),
+        "b",
+    ),
+]
+
+VALUES = [
+    case(
+        "loop_over_number",
+        HEAD + "backbone {\n    for i in 3 {\n    }\n    return image\n}\n",
+        "cannot loop over 3; use a list or range()",
+        (3, 14),
+        "3",
+    ),
+    case(
+        "unpack_mismatch",
+        HEAD + "backbone {\n    for a, b, c in [(1, 2)] {\n    }\n    return image\n}\n",
+        "cannot unpack (1, 2) into 3 names",
+        (3, 20),
+        "[(1, 2)]",
+    ),
+    case(
+        "index_a_number",
+        HEAD + "backbone {\n    x = 3[0]\n    return image\n}\n",
+        "cannot index 3",
+        (3, 9),
+        "3",
+    ),
+    case(
+        "index_not_an_integer",
+        HEAD + "backbone {\n    x = (1, 2)[true]\n    return image\n}\n",
+        "an index must be an integer, got true",
+        (3, 16),
+        "true",
+    ),
+    case(
+        "index_out_of_range",
+        HEAD + "backbone {\n    x = (1, 2)[5]\n    return image\n}\n",
+        "index 5 out of range for 2 items",
+        (3, 16),
+        "5",
+    ),
+    case(
+        "division_by_zero",
+        HEAD + "C = 0\nbackbone {\n    x = 4 // C\n    return image\n}\n",
+        "division by zero",
+        (4, 9),
+        "4 // C",
+    ),
+    case(
+        "number_plus_string",
+        HEAD + 'backbone {\n    x = 1 + "a"\n    return image\n}\n',
+        "cannot apply '+' to 1 and \"a\"",
+        (3, 9),
+        '1 + "a"',
+    ),
+    case(
+        "tensor_minus_tensor",
+        HEAD + "backbone {\n    return image - image\n}\n",
+        "'-' is not defined for tensors (use + or *)",
+        (3, 12),
+        "image - image",
+    ),
+    case(
+        "tensor_plus_number",
+        HEAD + "backbone {\n    return image + 1\n}\n",
+        "cannot apply '+' to tensor 3x32x32 and 1",
+        (3, 12),
+        "image + 1",
+    ),
+    case(
+        "negate_a_string",
+        HEAD + 'backbone {\n    x = -"a"\n    return image\n}\n',
+        'cannot negate "a"',
+        (3, 9),
+        '-"a"',
+    ),
+    case(
+        "channels_of_a_number",
+        HEAD + "backbone {\n    x = channels(3)\n    return image\n}\n",
+        "channels(): needs a tensor, got 3",
+        (3, 9),
+        "channels(3)",
+    ),
+    case(
+        "height_of_a_vector",
+        HEAD + "backbone {\n    x = height(flatten(image))\n    return image\n}\n",
+        "height(): needs a feature map, got a flat vector",
+        (3, 9),
+        "height(flatten(image))",
+    ),
+    case(
+        "range_of_a_float",
+        HEAD + "backbone {\n    x = range(1.5)\n    return image\n}\n",
+        "range(): needs integers, got 1.5",
+        (3, 9),
+        "range(1.5)",
+    ),
+    case(
+        "min_of_nothing",
+        HEAD + "backbone {\n    x = min([])\n    return image\n}\n",
+        "min(): needs at least one value",
+        (3, 9),
+        "min([])",
+    ),
+    case(
+        "len_of_a_number",
+        HEAD + "backbone {\n    x = len(3)\n    return image\n}\n",
+        "len(): needs a list, got 3",
+        (3, 9),
+        "len(3)",
+    ),
+    case(
+        "builtin_with_keywords",
+        HEAD + "backbone {\n    x = channels(x=image)\n    return image\n}\n",
+        "channels() takes no keyword arguments",
+        (3, 9),
+        "channels(x=image)",
+    ),
+    case(
+        "builtin_with_wrong_arity",
+        HEAD + "backbone {\n    x = height(image, 1)\n    return image\n}\n",
+        "height() cannot take (tensor 3x32x32, 1)",
+        (3, 9),
+        "height(image, 1)",
+    ),
+    case(
+        "int_of_infinity",
+        HEAD + "backbone {\n    x = int(1e400)\n    return image\n}\n",
+        "int(): cannot convert float infinity to integer",
+        (3, 9),
+        "int(1e400)",
+    ),
+    case(
+        "negative_repeat",
+        HEAD + "backbone {\n    return repeat (-1) relu(image)\n}\n",
+        "repeat needs a count >= 0, got -1",
+        (3, 20),
+        "-1",
+    ),
+    case(
+        "repeat_without_input",
+        HEAD + "backbone {\n    return repeat 2 relu()\n}\n",
+        "repeat needs the input as the first argument",
+        (3, 21),
+        "relu()",
+    ),
+]
+
+ALL = (
+    SYNTAX
+    + NAMES
+    + ARGUMENTS
+    + SHAPES
+    + CYCLES
+    + DUPLICATES
+    + TASKS
+    + CONDITIONS
+    + STRUCTURE
+    + VALUES
+)
+
+
+@pytest.mark.parametrize("c", ALL, ids=[c.id for c in ALL])
+def test_error_message_location_and_caret(c: Case, tmp_path) -> None:
+    for name, text in c.files.items():
+        (tmp_path / name).write_text(text)
+    path = tmp_path / "model.mtl"
+    path.write_text(c.source)
+    with pytest.raises(MtscError) as info:
+        load(path)
+    err = info.value
+    where = tmp_path / c.where
+    lines = err.render().splitlines()
+    assert c.message in err.message
+    assert err.span is not None
+    assert (err.span.line, err.span.column) == (c.line, c.column), lines[0]
+    assert lines[0] == f"{where}:{c.line}:{c.column}: error: {err.message}"
+    source_line = where.read_text().splitlines()[c.line - 1]
+    assert lines[1] == "    " + source_line.rstrip()
+    caret = lines[2].removeprefix("    ")
+    assert caret.strip(" ") and set(caret.strip(" ")) == {"^"}, lines[2]
+    start = len(caret) - len(caret.lstrip(" "))
+    assert start == c.column - 1
+    marked = source_line[start : len(caret)]
+    assert marked == c.marked or (c.marked == "" and marked == "" and start >= len(source_line))
+    assert len(lines) == 3  # message, source, caret: nothing else
+
+
+def test_error_without_a_location_renders_one_line(tmp_path) -> None:
+    with pytest.raises(MtscError) as info:
+        load(tmp_path / "missing.mtl")
+    assert info.value.render() == f"error: {tmp_path / 'missing.mtl'}: no such file"
+    (tmp_path / "model.txt").write_text("")
+    with pytest.raises(MtscError, match=r"unknown model file type '\.txt' \(expected .*\.mtl"):
+        load(tmp_path / "model.txt")
+
+
+def test_syntax_error_names_what_was_expected_for_a_broken_tasks_line(tmp_path) -> None:
+    path = tmp_path / "model.mtl"
+    path.write_text(TASKS_HEAD + "tasks {\n    seg: fcn(classes=2) loss=\n}\n")
+    with pytest.raises(MtscError) as info:
+        load(path)
+    assert info.value.message.startswith("unexpected '}'; expected ")
+    assert "a name" in info.value.message and "a number" in info.value.message
+
+
+# ---------------------------------------------------------------- through the command
+
+
+SHAPE_ERROR = HEAD + "backbone {\n    x = conv(image, 8, k=3)\n    return x + image\n}\n"
+
+
+@pytest.mark.parametrize(
+    ("source", "first_line"),
+    [
+        (SHAPE_ERROR, "model.mtl:4:12: error: add: 8 vs 3 channels"),
+        (
+            HEAD + "backbone {\n    return conv(image 8)\n}\n",
+            "model.mtl:3:23: error: unexpected '8'",
+        ),
+    ],
+    ids=["shape", "syntax"],
+)
+def test_cli_reports_errors_in_three_lines_and_writes_nothing(
+    source, first_line, tmp_path, run_mtsc
+) -> None:
+    (tmp_path / "model.mtl").write_text(source)
+    fresh, existing = tmp_path / "fresh", tmp_path / "existing"
+    existing.mkdir()
+    (existing / "backbone.py").write_text("# an earlier build\n")
+    for out in (fresh, existing):
+        proc = run_mtsc("build", "model.mtl", "-o", out, cwd=tmp_path)
+        assert proc.returncode == 2
+        assert proc.stdout == ""
+        assert "Traceback" not in proc.stderr
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 3, proc.stderr
+        assert lines[0].startswith(first_line)
+        assert (
+            lines[1].startswith("    ") and lines[2].strip(" ") and set(lines[2].strip()) == {"^"}
+        )
+    assert not fresh.exists()
+    assert [p.name for p in existing.iterdir()] == ["backbone.py"]
+    assert (existing / "backbone.py").read_text() == "# an earlier build\n"
+
+
+def test_cli_check_and_fmt_report_errors_with_status_2(tmp_path, run_mtsc) -> None:
+    (tmp_path / "model.mtl").write_text(SHAPE_ERROR)
+    (tmp_path / "broken.mtl").write_text("backbone {\n")
+    check = run_mtsc("check", "model.mtl", cwd=tmp_path)
+    fmt = run_mtsc("fmt", "broken.mtl", cwd=tmp_path)
+    missing = run_mtsc("build", "missing.mtl", "-o", tmp_path / "out", cwd=tmp_path)
+    fmt_missing = run_mtsc("fmt", "missing.mtl", cwd=tmp_path)
+    for proc in (check, fmt, missing, fmt_missing):
+        assert proc.returncode == 2
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert check.stderr.startswith("model.mtl:4:12: error: add: 8 vs 3 channels\n")
+    assert fmt.stderr.startswith("broken.mtl:1:11: error: unexpected end of file")
+    assert missing.stderr == "error: missing.mtl: no such file\n"
+    assert fmt_missing.stderr == "error: cannot read missing.mtl: No such file or directory\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.mtl", "model.mtl"]
+
+
+def test_a_failed_build_leaves_no_partial_files(tmp_path, monkeypatch) -> None:
+    """A write that fails halfway leaves neither the file nor its temporary behind."""
+    import mtsc.fsutil
+
+    real_replace = mtsc.fsutil.os.replace
+
+    def failing_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    path = tmp_path / "model.mtl"
+    path.write_text(HEAD + "backbone {\n    return relu(image)\n}\n")
+    monkeypatch.setattr(mtsc.fsutil.os, "replace", failing_replace)
+    with pytest.raises(MtscError) as info:
+        build(path, tmp_path / "out", render=False)
+    assert info.value.render() == (
+        f"error: cannot write {tmp_path / 'out' / 'backbone.py'}: No space left on device"
+    )
+    monkeypatch.setattr(mtsc.fsutil.os, "replace", real_replace)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_output_folder_that_cannot_be_made(tmp_path) -> None:
+    path = tmp_path / "model.mtl"
+    path.write_text(HEAD + "backbone {\n    return relu(image)\n}\n")
+    (tmp_path / "taken").write_text("a file, not a folder\n")
+    with pytest.raises(MtscError) as info:
+        build(path, tmp_path / "taken" / "out", render=False)
+    assert info.value.render() == (
+        f"error: cannot write {tmp_path / 'taken' / 'out' / 'backbone.py'}: Not a directory"
+    )

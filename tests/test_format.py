@@ -1,0 +1,182 @@
+"""The canonical formatter (`mtsc fmt`): its layout, comments, idempotence, and that formatting
+never changes what a model means (the IR of a file equals the IR of its formatted text)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mtsc.grammar.format import format_expr, format_source
+from mtsc.grammar.lower import lower_file
+from mtsc.grammar.parser import parse
+
+MESSY = """\
+# A model written carelessly.
+import   "lib.mtl"
+input image :3x32x32
+
+
+W=((8))   # width
+@specific block b( x,c , s = 1 ,) {   y=conv(x,c,k=3,s=s,p=1)|bn|relu
+  if s!=1 or channels( x )!=c { x = conv(x, c, k=1, s=s) } elif s == 1 { x = x } else {
+    # nothing
+  }
+    return relu(x+y)   # sum
+}
+backbone {
+  @shared stem: x = conv(image, W * (2 + 1), k = 3) | repeat (2) b(W*3)
+  for i,j in [(1,2), (3,4,),] { assert i<j, "ordered" }
+  return (-x[0] ** 2)    if 1 == 1 {}
+}
+tasks { seg: fcn( classes = 2 ) loss=l1
+  depth:conv1x1(classes=1)   metric = depth weight=0.5
+  # last
+}
+# end
+"""
+
+CANONICAL = """\
+# A model written carelessly.
+import "lib.mtl"
+input image: 3x32x32
+
+W = 8  # width
+@specific
+block b(x, c, s=1) {
+    y = conv(x, c, k=3, s=s, p=1) | bn | relu
+    if s != 1 or channels(x) != c {
+        x = conv(x, c, k=1, s=s)
+    } elif s == 1 {
+        x = x
+    } else {
+        # nothing
+    }
+    return relu(x + y)  # sum
+}
+backbone {
+    @shared
+    stem: x = conv(image, W * (2 + 1), k=3) | repeat 2 b(W * 3)
+    for i, j in [(1, 2), (3, 4)] {
+        assert i < j, "ordered"
+    }
+    return -x[0] ** 2
+    if 1 == 1 {
+    }
+}
+tasks {
+    seg:   fcn(classes=2) loss=l1
+    depth: conv1x1(classes=1) metric=depth weight=0.5
+    # last
+}
+# end
+"""
+
+
+def test_formatting_a_messy_file() -> None:
+    assert format_source(MESSY, "messy.mtl") == CANONICAL
+    assert format_source(CANONICAL, "messy.mtl") == CANONICAL
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("((a + b)) * (c)", "(a + b) * c"),
+        ("a - (b - c)", "a - (b - c)"),
+        ("(a - b) - c", "a - b - c"),
+        ("(2 ** 3) ** 2", "(2 ** 3) ** 2"),
+        ("2 ** (3 ** 2)", "2 ** 3 ** 2"),
+        ("(-2) ** 2", "(-2) ** 2"),
+        ("-(2 ** 2)", "-2 ** 2"),
+        ("2 ** (-1)", "2 ** (-1)"),
+        ("(not a) == b", "(not a) == b"),
+        ("not (a == b)", "not a == b"),
+        ("(a or b) and c", "(a or b) and c"),
+        ("a or (b and c)", "a or b and c"),
+        ("(1 < 2) == true", "(1 < 2) == true"),
+        ("(x + y) | relu", "x + y | relu"),
+        ("(x == y) | relu", "(x == y) | relu"),
+        ("(x | f) | g", "x | f | g"),
+        ("(a + b)[0]", "(a + b)[0]"),
+        ("repeat (n) f(x)", "repeat n f(x)"),
+        ("repeat (n - 1) f(x)", "repeat (n - 1) f(x)"),
+        ("repeat (2.5) f(x)", "repeat (2.5) f(x)"),
+        ("(1,)", "(1,)"),
+        ("[ ]", "[]"),
+        ("f(a,b=1,)", "f(a, b=1)"),
+        ("1.50e-3", "1.50e-3"),
+        ('"a b"', '"a b"'),
+    ],
+)
+def test_expressions_get_minimal_parentheses(text: str, canonical: str) -> None:
+    (const,) = parse(f"v = {text}\n", "t.mtl").items
+    assert format_expr(const.value) == canonical
+
+
+def test_comments_and_blank_lines() -> None:
+    text = (
+        "# one\n\n\n\n# two\nblock b(x) {  # opens\n    # first\n\n\n    y = x  # trailing\n"
+        "    # before the brace\n}   # closes\n\n\n# last\n"
+    )
+    assert format_source(text, "c.mtl") == (
+        "# one\n\n# two\nblock b(x) {  # opens\n    # first\n\n    y = x  # trailing\n"
+        "    # before the brace\n}  # closes\n\n# last\n"
+    )
+
+
+def test_a_comment_inside_a_long_call_is_kept() -> None:
+    text = "backbone {\n    x = conv(image,  # the input\n             8, k=3)\n    return x\n}\n"
+    formatted = format_source(text, "c.mtl")
+    assert "# the input" in formatted
+    assert format_source(formatted, "c.mtl") == formatted
+    assert [c.text for c in parse(formatted, "c.mtl").comments] == ["# the input"]
+
+
+def _model_files(examples_dir: Path, repo: Path) -> list[Path]:
+    return [
+        *sorted(examples_dir.glob("*.mtl")),
+        repo / "grammar" / "heads.mtl",
+        *sorted((repo / "tests" / "models").rglob("*.mtl")),
+    ]
+
+
+def test_formatting_is_idempotent_on_every_shipped_file(examples_dir, repo) -> None:
+    for path in _model_files(examples_dir, repo):
+        once = format_source(path.read_text(), str(path))
+        assert format_source(once, str(path)) == once, path
+        original, formatted = parse(path.read_text(), "a"), parse(once, "a")
+        assert [c.text for c in original.comments] == [c.text for c in formatted.comments]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "examples/resnet18.mtl",
+        "examples/resnet34.mtl",
+        "examples/resnet_blocks.mtl",
+        "examples/resnet_tiny.mtl",
+        "grammar/heads.mtl",
+        "tests/models/tiny.mtl",
+        "tests/models/parts/mixers.mtl",
+    ],
+)
+def test_files_already_in_canonical_form(name: str, repo) -> None:
+    path = repo / name
+    assert format_source(path.read_text(), str(path)) == path.read_text()
+
+
+@pytest.mark.parametrize(
+    "name", ["mnasnet.mtl", "mobilenetv2.mtl", "resnet18.mtl", "resnet34.mtl", "resnet_tiny.mtl"]
+)
+def test_lowering_is_invariant_under_formatting(
+    name: str, examples_dir, tmp_path, graph_signature
+) -> None:
+    for path in examples_dir.glob("*.mtl"):
+        # Every file formatted, imports included, next to each other.
+        shutil.copy(path, tmp_path / path.name)
+        (tmp_path / path.name).write_text(format_source(path.read_text(), str(path)))
+    original = lower_file(examples_dir / name)
+    formatted = lower_file(tmp_path / name)
+    assert graph_signature(formatted) == graph_signature(original)
+    assert len(graph_signature(original)) > 50
