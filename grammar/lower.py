@@ -33,6 +33,9 @@ OP_ALIASES: dict[str, Op] = {
 }
 
 MAX_CALL_DEPTH = 64
+# Bounds on compile-time work, so a typo cannot hang the compiler.
+MAX_INT = 2**63
+MAX_ITEMS = 100_000
 PRELUDE = Path(__file__).with_name("heads.mtl")
 
 
@@ -484,6 +487,8 @@ class Lowerer:
             return _ARITH[op](left, right)
         except ZeroDivisionError:
             raise MtscError(expr.span, "division by zero") from None
+        except _LimitError as err:
+            raise MtscError(expr.span, str(err)) from None
         except (TypeError, ValueError, OverflowError):
             raise MtscError(
                 expr.span, f"cannot apply '{op}' to {_describe(left)} and {_describe(right)}"
@@ -549,6 +554,8 @@ class Lowerer:
         count = self.eval(rep.count, env, scope)
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise MtscError(rep.count.span, f"repeat needs a count >= 0, got {_describe(count)}")
+        if count > MAX_ITEMS:
+            raise MtscError(rep.count.span, f"repeat count {count} is over the limit {MAX_ITEMS}")
         if piped is None:
             if not rep.call.args or rep.call.args[0].name is not None:
                 raise MtscError(rep.call.span, "repeat needs the input as the first argument")
@@ -742,7 +749,10 @@ def _range(*args: Any) -> tuple[int, ...]:
     for a in args:
         if isinstance(a, bool) or not isinstance(a, int):
             raise _BuiltinError(f"needs integers, got {_describe(a)}")
-    return tuple(range(*args))
+    items = range(*args)
+    if len(items) > MAX_ITEMS:
+        raise _BuiltinError(f"{len(items)} items are over the limit {MAX_ITEMS}")
+    return tuple(items)
 
 
 def _to_int(x: Any) -> int:
@@ -783,6 +793,32 @@ def _arith_checked(fn: Callable[[Any, Any], Any], *, numeric: bool = True) -> Ca
     return apply
 
 
+class _LimitError(Exception):
+    pass
+
+
+def _bounded(symbol: str, fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """Integer results beyond 64 bits are almost surely mistakes (and can be slow)."""
+
+    def apply(a: Any, b: Any) -> Any:
+        result = fn(a, b)
+        if isinstance(result, int) and abs(result) >= MAX_INT:
+            raise _LimitError(
+                f"{_describe(a)} {symbol} {_describe(b)} is too large (integers have 64 bits)"
+            )
+        if isinstance(result, tuple) and len(result) > MAX_ITEMS:
+            raise _LimitError(f"a list of {len(result)} items is over the limit {MAX_ITEMS}")
+        return result
+
+    return apply
+
+
+def _power(a: Any, b: Any) -> Any:
+    if isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b > 64:
+        raise _LimitError(f"{a} ** {b} is too large")
+    return a**b
+
+
 def _add(a: Any, b: Any) -> Any:
     if isinstance(a, bool) or isinstance(b, bool) or type(a) is not type(b):
         if not (isinstance(a, (int, float)) and isinstance(b, (int, float))):
@@ -801,13 +837,13 @@ def _compare(fn: Callable[[Any, Any], bool]) -> Callable:
 
 
 _ARITH: dict[str, Callable[[Any, Any], Any]] = {
-    "+": _add,
-    "-": _arith_checked(lambda a, b: a - b),
-    "*": _arith_checked(lambda a, b: a * b),
+    "+": _bounded("+", _add),
+    "-": _bounded("-", _arith_checked(lambda a, b: a - b)),
+    "*": _bounded("*", _arith_checked(lambda a, b: a * b)),
     "/": _arith_checked(lambda a, b: a / b),
     "//": _arith_checked(lambda a, b: a // b),
     "%": _arith_checked(lambda a, b: a % b),
-    "**": _arith_checked(lambda a, b: a**b),
+    "**": _bounded("**", _arith_checked(_power)),
     "==": lambda a, b: a == b,
     "!=": lambda a, b: a != b,
     "<": _compare(lambda a, b: a < b),

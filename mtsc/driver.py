@@ -140,6 +140,7 @@ def build(
         if proc is not None:
             finish_render(proc, out_dir / f"{stem}.svg")
             result.written.append(out_dir / f"{stem}.svg")
-    if render and any(p is None for p in renders.values()):
-        result.notes.append(how_to_render(out_dir / "backbone.dot"))
+    unrendered = [out_dir / f"{stem}.dot" for stem, p in renders.items() if p is None]
+    if render and unrendered:
+        result.notes.append(how_to_render(*unrendered))
     return result

@@ -16,10 +16,13 @@ def dot_available() -> bool:
     return shutil.which("dot") is not None
 
 
-def how_to_render(dot_path: Path, fmt: str = "svg") -> str:
+def how_to_render(*dot_paths: Path, fmt: str = "svg") -> str:
+    """One line: which .dot files were written instead of pictures, and how to render them."""
+    first = dot_paths[0]
+    written = ", ".join(str(p) for p in dot_paths)
     return (
-        f"graphviz's `dot` is not installed; wrote {dot_path} only. Render it with "
-        f"`dot -T{fmt} {dot_path} -o {dot_path.with_suffix('.' + fmt)}` "
+        f"graphviz's `dot` is not installed; wrote {written} only. Render with "
+        f"`dot -T{fmt} {first} -o {first.with_suffix('.' + fmt)}` "
         "(apt-get install graphviz / brew install graphviz)"
     )
 

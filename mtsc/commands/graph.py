@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     elif not dot_available():
         dot_path = out.with_suffix(".dot")
         write_atomic(dot_path, text)
-        print(how_to_render(dot_path, out.suffix.lstrip(".") or "svg"))
+        print(how_to_render(dot_path, fmt=out.suffix.lstrip(".") or "svg"))
         return 0
     else:
         render(text, out)
