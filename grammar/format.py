@@ -10,6 +10,7 @@ from mtsc.grammar import ast
 from mtsc.grammar.parser import parse
 
 INDENT = "    "
+MAX_WIDTH = 100  # columns; longer list literals are written one item per line
 
 _PREC = {
     "or": 1,
@@ -137,6 +138,20 @@ class _Printer:
             self.next_comment += 1
         self.lines.append(INDENT * depth + text + trailing)
 
+    def emit_value(self, prefix: str, value: ast.Expr, suffix: str, depth: int, line: int) -> None:
+        """`prefix value suffix` on one line, or, when that passes MAX_WIDTH and the value is
+        a list or tuple literal, one item per line between its brackets."""
+        text = f"{prefix}{format_expr(value)}{suffix}"
+        wrappable = isinstance(value, ast.ListLit | ast.TupleLit) and len(value.items) > 1
+        if len(INDENT * depth + text) <= MAX_WIDTH or not wrappable:
+            self.emit(text, depth, line)
+            return
+        opening, closing = ("[", "]") if isinstance(value, ast.ListLit) else ("(", ")")
+        self.emit(f"{prefix}{opening}", depth, line)
+        for item in value.items:
+            self.lines.append(INDENT * (depth + 1) + format_expr(item) + ",")
+        self.lines.append(INDENT * depth + f"{closing}{suffix}")
+
     def close(self, end: ast.Span | None, depth: int) -> None:
         """Comments left inside a braced body, then its closing brace.
 
@@ -169,7 +184,7 @@ class _Printer:
             dims = "x".join(map(str, item.shape))
             self.emit(f"input {item.name}: {dims}", 0, item.span.line)
         elif isinstance(item, ast.Const):
-            self.emit(f"{item.name} = {format_expr(item.value)}", 0, item.span.end_line)
+            self.emit_value(f"{item.name} = ", item.value, "", 0, item.span.end_line)
         elif isinstance(item, ast.BlockDef):
             self.decorators(item.decorators, 0)
             params = ", ".join(
@@ -210,7 +225,7 @@ class _Printer:
         label = f"{stmt.label}: " if stmt.label else ""
         head_line = stmt.label_span.line if stmt.label_span else _stmt_head_line(stmt)
         if isinstance(stmt, ast.Assign):
-            self.emit(f"{label}{stmt.target} = {format_expr(stmt.value)}", depth, stmt.span.end_line)
+            self.emit_value(f"{label}{stmt.target} = ", stmt.value, "", depth, stmt.span.end_line)
         elif isinstance(stmt, ast.Return):
             self.emit(f"{label}return {format_expr(stmt.value)}", depth, stmt.span.end_line)
         elif isinstance(stmt, ast.Assert):
@@ -218,9 +233,7 @@ class _Printer:
             self.emit(f"{label}assert {format_expr(stmt.test)}{msg}", depth, stmt.span.end_line)
         elif isinstance(stmt, ast.For):
             targets = ", ".join(stmt.targets)
-            self.emit(
-                f"{label}for {targets} in {format_expr(stmt.iterable)} {{", depth, head_line
-            )
+            self.emit_value(f"{label}for {targets} in ", stmt.iterable, " {", depth, head_line)
             self.body(stmt.body, depth + 1)
             self.close(stmt.end_span, depth)
         elif isinstance(stmt, ast.If):
