@@ -9,11 +9,17 @@ from __future__ import annotations
 from mtsc.codegen.names import sanitize
 from mtsc.codegen.pyliteral import py_literal
 from mtsc.codegen.torch_backbone import GeneratedSource, emit_init
-from mtsc.codegen.torch_common import emit_forward, imports_used, op_expression, shape_text
+from mtsc.codegen.torch_common import (
+    emit_forward,
+    imports_used,
+    module_names,
+    op_expression,
+    shape_text,
+)
 from mtsc.codegen.torch_supermodel import task_spec
 from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Graph
-from mtsc.ir.stats import summarize
+from mtsc.ir.stats import node_params, summarize
 
 
 def emit_pruned(g: Graph, *, source_name: str, policy_name: str) -> GeneratedSource:
@@ -25,7 +31,7 @@ def emit_pruned(g: Graph, *, source_name: str, policy_name: str) -> GeneratedSou
         body.line('One task: `model.forward_task(x, task)` runs only that task\'s path."""')
         body.blank()
         body.line(f"TASKS = {py_literal(tasks)}")
-        body.line("TASK_SPECS = {")
+        body.line("TASK_SPECS: ClassVar[dict[str, dict]] = {")
         with body.indent():
             for task in g.tasks:
                 body.line(f"{py_literal(task.name)}: {py_literal(task_spec(task))},")
@@ -54,10 +60,13 @@ def emit_pruned(g: Graph, *, source_name: str, policy_name: str) -> GeneratedSou
     inputs = ", ".join(f"{k} {shape_text(v)}" for k, v in summary.inputs.items())
     w.line(
         f"# {g.name}: input {inputs}; tasks {', '.join(tasks)}; "
-        f"{summary.params:,} parameters, {summary.macs:,} MACs."
+        f"{unique_params(g):,} parameters, {summary.macs:,} MACs."
     )
     w.line(f'"""The pruned {g.name} multi-task model, compiled by mtsc."""')
     w.blank()
+    # ClassVar: linters flag a mutable class attribute that is not marked as one (RUF012).
+    w.line("from typing import ClassVar")
+    w.line()
     for imp in imports_used(body.text()):
         w.line(imp)
     w.line()
@@ -65,6 +74,11 @@ def emit_pruned(g: Graph, *, source_name: str, policy_name: str) -> GeneratedSou
     w.line("class MultiTaskModel(nn.Module):")
     w.extend(body)
     return GeneratedSource(w.text(), w.line_nodes)
+
+
+def unique_params(g: Graph) -> int:
+    """Parameters of the emitted module: ops that share weights share one module."""
+    return sum({attr: node_params(g, nid) for nid, attr in module_names(g).items()}.values())
 
 
 def _emit_forward(

@@ -129,7 +129,7 @@ def _emit_class_attrs(w: SourceWriter, g: Graph, plan: _Plan, tasks: tuple[str, 
             w.line(f"({py_literal(a['op'])}, {a['skip']}, {a['depth']}),", node=r)
     w.line(")")
     w.line("# parameters of each candidate: (shared op, one task's copy, one task's skip)")
-    w.line("CHOICE_PARAMS = {")
+    w.line("CHOICE_PARAMS: typing.ClassVar[dict[str, tuple[int, int, int]]] = {")
     with w.indent():
         for r in plan.routes:
             cost = g.node(r).meta["cost"]
@@ -139,7 +139,7 @@ def _emit_class_attrs(w: SourceWriter, g: Graph, plan: _Plan, tasks: tuple[str, 
             )
     w.line("}")
     w.line("# what the tasks section says: head, loss, metric and loss weight of each task")
-    w.line("TASK_SPECS = {")
+    w.line("TASK_SPECS: typing.ClassVar[dict[str, dict]] = {")
     with w.indent():
         for task in g.tasks:
             w.line(f"{py_literal(task.name)}: {py_literal(task_spec(task))},")

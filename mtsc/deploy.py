@@ -7,6 +7,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtsc.codegen.torch_common import weight_key
 from mtsc.driver import Pass, load, run_pipeline, supermodel_pipeline
 from mtsc.errors import MtscError
 from mtsc.ir.graph import Graph
@@ -16,7 +17,6 @@ from mtsc.ir.passes.fold_batchnorm import fold_batchnorm
 from mtsc.ir.passes.insert_routing import RoutingOptions
 from mtsc.ir.passes.merge_identical import merge_identical
 from mtsc.ir.passes.prune import prune
-from mtsc.codegen.torch_common import weight_key
 from mtsc.ir.stats import node_macs, node_params
 from mtsc.policy import read_policy, routed_ops
 from mtsc.runtime.policy_format import uniform_policy
@@ -156,6 +156,7 @@ def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
         if name not in sm_names:
             raise MtscError(None, f"no supermodel module for {name}")
         nid, attr = sm_names[name]
+        op, channels = sm.node(nid).op, sm.node(nid).shape[0]
         picked = {}
         for key, value in sm_state.items():
             if not key.startswith(attr + "."):
@@ -163,11 +164,20 @@ def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
             suffix = key[len(attr) + 1 :]
             if "." in suffix:
                 continue
+            if not isinstance(value, torch.Tensor):
+                raise MtscError(None, f"the checkpoint's {key} is not a tensor")
+            # A checkpoint of another model, or built with(out) --share-bn, has other shapes:
+            # say so rather than fail in a reshape or carry a wrong slice.
+            rows = tasks if op is Op.LINEAR else tasks * channels
             if task is not None and value.dim() > 0:
-                if sm.node(nid).op is Op.LINEAR:
+                if value.shape[0] != rows:
+                    raise MtscError(None, _misfit(key, value, name))
+                if op is Op.LINEAR:
                     value = value[task]
                 else:
                     value = value.reshape(tasks, -1, *value.shape[1:])[task]
+            if value.dim() > 0 and value.shape[0] != channels:
+                raise MtscError(None, _misfit(key, value, name))
             picked[suffix] = value
         if not picked:
             raise MtscError(None, f"the checkpoint has no weights for {attr} ({name})")
@@ -194,3 +204,10 @@ def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
         for suffix, value in weights.items():
             state[f"{attr}.{suffix}"] = value.clone()
     return state
+
+
+def _misfit(key: str, value, name: str) -> str:
+    return (
+        f"the checkpoint's {key} has shape {list(value.shape)}, which does not fit {name}: "
+        "is it a checkpoint of this model, built with the same --share-bn?"
+    )

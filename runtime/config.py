@@ -4,10 +4,13 @@ data with `resnet_tiny.mtl`; overridable from a TOML file and from the command l
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from mtsc.errors import MtscError
 
@@ -94,15 +97,34 @@ def make_config(cls: type, toml_path: str | Path | None, overrides: dict[str, An
         raise MtscError(
             None, f"unknown config keys: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
+    _check_types(cls, values)
     config = cls(**values)
     _check(config)
     return config
 
 
+def _check_types(cls: type, values: dict[str, Any]) -> None:
+    """TOML and --set give typed values; a wrong type is a user's mistake, not a traceback."""
+    hints = typing.get_type_hints(cls)
+    problems = []
+    for name, value in values.items():
+        hint = hints[name]
+        allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        allowed = tuple(typing.get_origin(a) or a for a in allowed)  # dict[str, Any] -> dict
+        if float in allowed and type(value) is int:
+            values[name] = float(value)  # TOML writes 1 for 1.0
+        elif (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            wanted = " or ".join("none" if a is type(None) else a.__name__ for a in allowed)
+            problems.append(f"{name} must be {wanted}, got {value!r}")
+    if problems:
+        raise MtscError(None, "bad config: " + "; ".join(problems))
+
+
 def _check(config: Any) -> None:
     problems = []
-    if config.batch_size < 1:
-        problems.append("batch_size must be at least 1")
+    for name in ("batch_size", "checkpoint_every", "log_every", "policy_every"):
+        if getattr(config, name, 1) < 1:  # all of them divide or count steps
+            problems.append(f"{name} must be at least 1")
     if getattr(config, "budget", None) is not None and not 0 < config.budget <= 1:
         problems.append("budget must be a fraction in (0, 1]")
     if getattr(config, "derive", "argmax") not in ("argmax", "sample"):

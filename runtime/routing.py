@@ -623,7 +623,11 @@ def mix3_reference(
             value = torch.where(weight != 0, value, 0.0)
         term = weight * value
         y = term if y is None else y + term
-    return y.to(like.dtype).contiguous()
+    y = y.to(like.dtype)
+    if keep_layout and _dense_strides(like) is not None:
+        # Element-wise results follow their inputs' layout; copy only if it is not `like`'s.
+        return y if y.stride() == like.stride() else torch.empty_like(like).copy_(y)
+    return y.contiguous()
 
 
 def mix3(

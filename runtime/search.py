@@ -139,8 +139,7 @@ def search(
     policy = derive_policy(model, config.derive, config.derive_seed)
     if rank == 0:
         write_policy(run_dir, model, policy)
-        _checkpoint(run, policy=policy)
-    barrier()
+    _checkpoint(run, policy=policy)  # every rank: it ends in a barrier that all must join
     return SearchResult(policy, run_dir, run.last_metrics)
 
 

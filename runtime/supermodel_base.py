@@ -12,6 +12,7 @@ generator hoists to the top of the generated file (dropping those of mtsc itself
 """
 
 import math
+import typing
 
 import torch
 import torch.nn.functional as F
@@ -78,8 +79,8 @@ class SupermodelBase(nn.Module):
     MODEL = ""
     TASKS = ()
     ROUTED = ()
-    CHOICE_PARAMS = {}
-    TASK_SPECS = {}
+    CHOICE_PARAMS: typing.ClassVar[dict[str, tuple[int, int, int]]] = {}
+    TASK_SPECS: typing.ClassVar[dict[str, dict]] = {}
 
     def __init__(self):
         super().__init__()

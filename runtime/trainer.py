@@ -112,8 +112,11 @@ class BatchStream:
         self.position = 0  # batches already taken from the current epoch
         self._iter: Iterator | None = None
 
+    def _epoch_generator(self, epoch: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+
     def _batches(self, epoch: int) -> list[list[int]]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        g = self._epoch_generator(epoch)
         order = [self.indices[i] for i in torch.randperm(len(self.indices), generator=g)]
         size = self.batch_size * self.world
         return [
@@ -123,8 +126,11 @@ class BatchStream:
 
     def _start(self) -> None:
         batches = self._batches(self.epoch)[self.position :]
+        # A private generator: a loader draws its workers' base seed when it starts, and from
+        # the global RNG that would shift the Gumbel noise of a resumed run (it starts anew).
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=collate
+            self.dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=collate,
+            generator=self._epoch_generator(self.epoch),
         )
         self._iter = iter(loader)
 
@@ -165,10 +171,10 @@ def to_device(batch: tuple, device: torch.device) -> tuple[torch.Tensor, dict]:
 
 @torch.no_grad()
 def evaluate(model, dataset, objective: TaskObjective, *, batch_size: int, device,
-             max_batches: int = 0, forward=None) -> dict[str, dict[str, float]]:
+             max_batches: int = 0) -> dict[str, dict[str, float]]:
     """Metrics of every task over the split (its first `max_batches` batches, if set),
-    all-reduced across processes under DDP."""
-    forward = forward or model
+    all-reduced across processes under DDP. Runs `model` itself, never its DDP wrapper: the
+    ranks may get different numbers of batches, and a wrapper's forward may be a collective."""
     was_training = model.training
     model.eval()
     metrics = objective.make_metrics()
@@ -180,7 +186,7 @@ def evaluate(model, dataset, objective: TaskObjective, *, batch_size: int, devic
         if i % world != rank:
             continue
         images, targets = to_device(batch, device)
-        outputs = forward(images)
+        outputs = model(images)
         valid = targets.get("valid", {})
         for task, metric in metrics.items():
             metric.update(outputs[task].float(), targets[task], valid.get(task))
@@ -218,10 +224,11 @@ def run_steps(run: Any, total: int, step_fn: Callable[[Any], dict], checkpoint: 
         if run.config.eval_every and (run.step % run.config.eval_every == 0 or run.step == total):
             run.last_metrics = evaluate(
                 run.model, run.val_set, run.objective, batch_size=run.config.batch_size,
-                device=run.device, max_batches=run.config.eval_batches, forward=run.forward,
+                device=run.device, max_batches=run.config.eval_batches,
             )
             run.logger.log(run.step, run.stage, {"val": run.last_metrics})
-            bar.write(f"[{run.stage} {run.step}] " + metrics_line(run.last_metrics))
+            if rank == 0:
+                bar.write(f"[{run.stage} {run.step}] " + metrics_line(run.last_metrics))
         if run.step % run.config.checkpoint_every == 0 and run.step < total:
             checkpoint(run)
     bar.close()

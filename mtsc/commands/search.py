@@ -54,11 +54,12 @@ def parse_sets(items: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     from mtsc.api import import_generated, write_supermodel
     from mtsc.errors import MtscError
+    from mtsc.runtime.checkpoint import seed_everything
     from mtsc.runtime.config import SearchConfig, make_config
     from mtsc.runtime.data import open_dataset
-    from mtsc.runtime.search import policy_table
+    from mtsc.runtime.search import CHECKPOINT, policy_table
     from mtsc.runtime.search import search as run_search
-    from mtsc.runtime.trainer import dist_info
+    from mtsc.runtime.trainer import barrier, dist_info, init_distributed
 
     run_dir = Path(args.resume or args.out or "")
     if not (args.resume or args.out):
@@ -66,13 +67,17 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"seed": args.seed, "budget": args.budget, "derive": args.derive,
                  "amp": args.amp, **parse_sets(args.set)}
     config = make_config(SearchConfig, args.config, overrides, quick=args.quick)
-    rank, _ = dist_info()
-    path = write_supermodel(args.model, run_dir, share_bn=args.share_bn,
-                            check_existing=bool(args.resume)) if rank == 0 else run_dir / "supermodel.py"
-    from mtsc.runtime.trainer import barrier, init_distributed
-
     init_distributed()
+    rank, _ = dist_info()
+    if rank == 0 and not args.resume and (run_dir / CHECKPOINT).exists():
+        # before supermodel.py is written: the run already there must stay resumable
+        raise MtscError(None, f"{run_dir} already holds a run; use --resume to continue it")
+    path = run_dir / "supermodel.py"
+    if rank == 0:
+        path = write_supermodel(args.model, run_dir, share_bn=args.share_bn,
+                                check_existing=bool(args.resume))
     barrier()
+    seed_everything(config.seed)  # torch's default seed is random: the initial weights need one
     supermodel = import_generated(path, "mtsc_run_supermodel").Supermodel()
     data = dict(config.data)
     train_set = open_dataset(args.data, "train", **data)

@@ -59,6 +59,7 @@ def train_pruned(model_path, policy, data: str, run_dir: Path, config, *, weight
     from mtsc.deploy import carry_weights, prune_model, read_checkpoint, size_report
     from mtsc.fsutil import write_atomic
     from mtsc.ir.passes.insert_routing import RoutingOptions
+    from mtsc.runtime.checkpoint import seed_everything
     from mtsc.runtime.data import open_dataset
     from mtsc.runtime.train import train
 
@@ -68,6 +69,7 @@ def train_pruned(model_path, policy, data: str, run_dir: Path, config, *, weight
     write_atomic(run_dir / "model.py", source)
     write_atomic(run_dir / "policy.json", json.dumps(pruned.policy, indent=2) + "\n")
     module = import_generated(run_dir / "model.py", f"mtsc_pruned_{abs(hash(str(run_dir)))}")
+    seed_everything(config.seed)  # torch's default seed is random: the initial weights need one
     net = module.MultiTaskModel()
     if weights is not None and not resume:
         net.load_state_dict(carry_weights(pruned, read_checkpoint(weights)))

@@ -1,0 +1,172 @@
+"""Search and training configuration: defaults, `--quick`, TOML files and `--set` overrides in
+that order of precedence, and a message (never a traceback) for every bad key, type or value."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from mtsc.cli import main
+from mtsc.commands.search import parse_sets
+from mtsc.errors import MtscError
+from mtsc.runtime.config import QUICK, SearchConfig, TrainConfig, make_config
+
+
+def test_defaults_without_file_or_overrides():
+    assert make_config(SearchConfig, None, {}) == SearchConfig()
+    assert make_config(TrainConfig, None, {}) == TrainConfig()
+
+
+@pytest.mark.parametrize("cls", [SearchConfig, TrainConfig])
+def test_quick_sets_its_values_and_keeps_the_other_defaults(cls):
+    config = make_config(cls, None, {}, quick=True)
+    for field in dataclasses.fields(cls):
+        expected = QUICK[cls].get(field.name, getattr(cls(), field.name))
+        assert getattr(config, field.name) == expected, field.name
+
+
+def test_precedence_is_defaults_quick_toml_then_overrides(tmp_path):
+    toml = tmp_path / "search.toml"
+    toml.write_text(
+        "batch_size = 4\nsearch_steps = 7\nweight_lr = 1\n[data]\nsize = 16\nn_train = 64\n"
+    )
+    config = make_config(
+        SearchConfig, toml, {"search_steps": 9, "seed": None, "budget": 0.25}, quick=True
+    )
+    assert config.warmup_steps == QUICK[SearchConfig]["warmup_steps"]  # from --quick
+    assert config.batch_size == 4  # the file beats --quick
+    assert config.search_steps == 9  # an override beats the file
+    assert config.seed == SearchConfig().seed  # None means "not given"
+    assert config.budget == 0.25
+    assert config.weight_lr == 1.0 and isinstance(config.weight_lr, float)  # TOML's 1 is a float
+    assert config.data == {"size": 16, "n_train": 64}
+
+
+def test_config_round_trips_through_to_dict():
+    config = make_config(SearchConfig, None, {"budget": 0.5, "data": {"size": 16}})
+    assert SearchConfig(**config.to_dict()) == config
+
+
+def _message(cls, overrides, toml=None) -> str:
+    with pytest.raises(MtscError) as err:
+        make_config(cls, toml, overrides)
+    return err.value.message
+
+
+def test_unknown_keys_are_named_with_the_known_ones():
+    message = _message(SearchConfig, {"warmup": 3, "lr": 0.1})
+    assert message.startswith("unknown config keys: lr, warmup; known: ")
+    assert "warmup_steps" in message and "weight_lr" in message
+    # `lr` is a TrainConfig key, not a SearchConfig one
+    assert make_config(TrainConfig, None, {"lr": 0.1}).lr == 0.1
+    assert "unknown config keys: policy_lr" in _message(TrainConfig, {"policy_lr": 0.1})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"checkpoint_every": 0}, "checkpoint_every must be at least 1"),
+        ({"log_every": -1}, "log_every must be at least 1"),
+        ({"policy_every": 0}, "policy_every must be at least 1"),
+        ({"budget": 0.0}, "budget must be a fraction in (0, 1]"),
+        ({"budget": 1.5}, "budget must be a fraction in (0, 1]"),
+        ({"derive": "best"}, "derive must be 'argmax' or 'sample'"),
+        ({"amp": "fp8"}, "amp must be bf16 or fp16"),
+        ({"held_out": 1.0}, "held_out must be a fraction in (0, 1)"),
+        ({"batch_size": "abc"}, "batch_size must be int, got 'abc'"),
+        ({"eval_every": True}, "eval_every must be int, got True"),
+        ({"weight_lr": "fast"}, "weight_lr must be float, got 'fast'"),
+        ({"budget": "half"}, "budget must be float or none, got 'half'"),
+        ({"derive": 3}, "derive must be str, got 3"),
+        ({"data": 5}, "data must be dict, got 5"),
+    ],
+)
+def test_bad_values_are_reported(overrides, problem):
+    assert _message(SearchConfig, overrides) == f"bad config: {problem}"
+
+
+def test_every_problem_is_reported_at_once():
+    message = _message(TrainConfig, {"batch_size": 0, "amp": "fp8"})
+    assert message == "bad config: batch_size must be at least 1; amp must be bf16 or fp16"
+
+
+def test_bad_toml_names_the_file_and_the_place(tmp_path):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("warmup_steps = 10\nbatch_size = \n")
+    message = _message(SearchConfig, {}, toml)
+    assert message.startswith(f"{toml}: invalid TOML: ")
+    assert "line 2" in message
+
+
+def test_missing_toml_file(tmp_path):
+    missing = tmp_path / "none.toml"
+    assert _message(SearchConfig, {}, missing) == (
+        f"cannot read config {missing}: No such file or directory"
+    )
+
+
+def test_set_values_are_parsed_as_toml_values():
+    values = parse_sets(
+        [
+            "warmup_steps=12",
+            " weight_lr = 0.5",
+            "budget=1e-1",
+            "amp=bf16",  # not TOML: kept as the plain string
+            'derive="sample"',
+            "data={size=16, n_train=64, tasks=['segment', 'depth']}",
+            "eval_every=0",
+            "held_out=",
+        ]
+    )
+    assert values == {
+        "warmup_steps": 12,
+        "weight_lr": 0.5,
+        "budget": 0.1,
+        "amp": "bf16",
+        "derive": "sample",
+        "data": {"size": 16, "n_train": 64, "tasks": ["segment", "depth"]},
+        "eval_every": 0,
+        "held_out": "",
+    }
+
+
+def test_set_without_equals_sign():
+    with pytest.raises(MtscError) as err:
+        parse_sets(["warmup_steps"])
+    assert err.value.message == "--set needs KEY=VALUE, got 'warmup_steps'"
+
+
+def test_set_values_are_checked_like_the_others():
+    message = _message(SearchConfig, parse_sets(["held_out="]))
+    assert message == "bad config: held_out must be float, got ''"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "warmup_steps"], "error: --set needs KEY=VALUE, got 'warmup_steps'"),
+        (["--set", "nonsense=1"], "error: unknown config keys: nonsense; known: "),
+        (["--set", "batch_size=abc"], "error: bad config: batch_size must be int, got 'abc'"),
+        (["--budget", "2"], "error: bad config: budget must be a fraction in (0, 1]"),
+    ],
+)
+def test_command_line_config_errors_exit_with_status_2(
+    examples_dir, tmp_path, capsys, args, message
+):
+    out = tmp_path / "run"
+    code = main(["search", str(examples_dir / "resnet_tiny.mtl"), "--out", str(out), *args])
+    assert code == 2
+    assert capsys.readouterr().err.startswith(message)
+    assert not out.exists()  # refused before anything was written
+
+
+def test_command_line_bad_toml(examples_dir, tmp_path, capsys):
+    toml = tmp_path / "c.toml"
+    toml.write_text("[data\n")
+    model = str(examples_dir / "resnet_tiny.mtl")
+    out = str(tmp_path / "run")
+    code = main(["train", model, "--policy", "shared", "--config", str(toml), "--out", out])
+    assert code == 2
+    assert capsys.readouterr().err.startswith(f"error: {toml}: invalid TOML: ")

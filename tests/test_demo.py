@@ -1,0 +1,151 @@
+"""`mtsc demo`: the whole pipeline with tiny stage lengths and tiny data (a smoke test of
+the wiring, not of accuracy), and the report's Δm against an independent computation."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtsc.demo import MODEL, SHOWN, report, run_demo
+from mtsc.deploy import baselines, prune_model, size_report
+
+# Whether a larger value of a metric is better: the usual convention of each metric.
+HIGHER_IS_BETTER = {
+    "miou": True, "pixel_acc": True,
+    "abs_err": False, "rel_err": False, "delta1": True, "delta2": True, "delta3": True,
+    "mean_angle": False, "median_angle": False,
+    "within_11_25": True, "within_22_5": True, "within_30": True,
+}  # fmt: skip
+VARIANTS = ("searched", "all-shared", "all-specific")
+
+
+def expected_delta_m(metrics: dict, single_task: dict) -> float:
+    """Mean over tasks of the mean over metrics of the signed relative change, in percent;
+    metrics the single-task networks score 0 on are left out (no relative change from 0)."""
+    per_task = []
+    for task, scores in single_task.items():
+        changes = [
+            (metrics[task][m] - base) / base * (1 if HIGHER_IS_BETTER[m] else -1)
+            for m, base in scores.items()
+            if base != 0
+        ]
+        if changes:
+            per_task.append(sum(changes) / len(changes))
+    return 100 * sum(per_task) / len(per_task)
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split() for line in text.splitlines() if line.split()
+            and line.split()[0] in VARIANTS}  # fmt: skip
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of a PNG, after checking its signature and that its pixel data
+    inflates to exactly that many RGB rows."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    assert (depth, colour) == (8, 2)  # 8-bit RGB
+    pos, idat = 8, b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    assert len(zlib.decompress(idat)) == height * (1 + 3 * width)
+    return width, height
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("demo")
+    data = {"size": 32, "n_train": 16, "n_val": 8, "n_test": 4, "cache_dir": str(folder / "cache")}
+    short = {"batch_size": 2, "eval_every": 2, "eval_batches": 1, "checkpoint_every": 2}
+    stages = {
+        "search": {"warmup_steps": 2, "search_steps": 2, **short, "data": data},
+        "train": {"steps": 2, **short, "data": data},
+    }
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # two cores shared with other test processes
+    try:
+        summary = run_demo(folder / "out", stages=stages, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    return folder / "out", summary
+
+
+def test_demo_writes_the_report(demo):
+    out, summary = demo
+    saved = json.loads((out / "report.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    assert list(saved["rows"]) == list(VARIANTS)
+    assert set(saved["seconds"]) == {"build", "search", "retrain", "total"}
+    for row in saved["rows"].values():
+        for task, metrics in SHOWN.items():
+            assert all(math.isfinite(row["metrics"][task][m]) for m in metrics)
+    assert json.loads((out / "search" / "policy.json").read_text()) == saved["policy"]
+    for name in ("build/supermodel.py", "deploy/model.dot", "deploy/policy.dot"):
+        assert (out / name).is_file(), name
+    for variant in VARIANTS:
+        assert (out / "train" / variant / "model.pt").is_file()
+
+
+def test_demo_parameter_counts(demo):
+    _, summary = demo
+    rows = summary["rows"]
+    extremes = baselines(MODEL)
+    assert rows["all-shared"]["params"] == extremes["shared"].total_params
+    assert rows["all-specific"]["params"] == extremes["specific"].total_params
+    searched = size_report(prune_model(MODEL, summary["policy"]).model)
+    assert rows["searched"]["params"] == searched.total_params
+    assert rows["searched"]["params"] <= rows["all-specific"]["params"]
+
+
+def test_demo_table_has_delta_m_against_single_task(demo):
+    out, summary = demo
+    markdown = (out / "report.md").read_text()
+    rows = table_rows(markdown)
+    assert list(rows) == list(VARIANTS)
+    single = summary["rows"]["all-specific"]["metrics"]
+    assert rows["all-specific"][-1] == "0.00"
+    for name in ("searched", "all-shared"):
+        want = expected_delta_m(summary["rows"][name]["metrics"], single)
+        assert float(rows[name][-1]) == pytest.approx(want, abs=0.006)
+
+
+def test_demo_predictions_picture(demo):
+    out, _ = demo
+    width, height = png_size((out / "predictions.png").read_bytes())
+    # Four test images (32x32, shown twice as large), ground truth above prediction.
+    assert width >= 4 * 64 and height >= 2 * 4 * 64
+
+
+def test_report_leaves_out_metrics_the_baseline_scores_zero():
+    single = {
+        "segment": {"miou": 0.5, "pixel_acc": 0.8},
+        "depth": {"abs_err": 2.0, "rel_err": 0.5, "delta1": 0.0},
+        "normal": {"mean_angle": 40.0, "within_11_25": 0.1},
+    }
+    searched = {
+        "segment": {"miou": 0.6, "pixel_acc": 0.4},
+        "depth": {"abs_err": 1.0, "rel_err": 0.25, "delta1": 0.3},
+        "normal": {"mean_angle": 30.0, "within_11_25": 0.2},
+    }
+    rows = {
+        "searched": {"params": 1000, "metrics": searched},
+        "all-specific": {"params": 3000, "metrics": single},
+    }
+    text = report(rows)
+    # segment: (+20% - 50%) / 2; depth: (+50% + 50%) / 2, delta1 left out;
+    # normal: (+25% + 100%) / 2
+    want = (-15.0 + 50.0 + 62.5) / 3
+    assert expected_delta_m(searched, single) == pytest.approx(want)
+    assert float(table_rows(text)["searched"][-1]) == pytest.approx(want, abs=0.006)
+    assert table_rows(text)["all-specific"][-1] == "0.00"
+    assert text.splitlines()[-1] == "Δm leaves out depth.delta1: the single-task networks score 0"

@@ -1,0 +1,704 @@
+"""The generated supermodel (`supermodel.py`) against references written here.
+
+The references never run the generated forward: hard-parameter sharing is the generated
+backbone plus heads written below; T independent networks are T backbones loaded with each
+task's slice of the per-task weights; every other check runs one task's path through the
+routed IR with plain torch functions (`run_task`), reading the supermodel's parameters (task
+t's rows of a per-task layer) so that gradients land on the same tensors.
+
+Layout of the per-task layers: a TaskConv2d weight is `[T * out, in / groups, k, k]` with task
+t's filters at rows `t * out ... (t + 1) * out`, a TaskBatchNorm2d has `T * C` channels
+(task-major), a TaskLinear weight is `[T, out, in]`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtsc.codegen.inline import runtime_source, split_inline
+from mtsc.codegen.torch_supermodel import RUNTIME_FILES, emit_supermodel
+from mtsc.driver import build, load_supermodel
+from mtsc.ir.graph import Graph, Node, Role
+from mtsc.ir.ops import Op
+from mtsc.ir.passes.insert_routing import RoutingOptions
+from mtsc.runtime.policy_format import CHOICES, uniform_policy
+
+MINI = "mini_tasks.mtl"
+MINI_INPUT = (2, 3, 12, 12)
+TINY_INPUT = (2, 3, 32, 32)  # resnet_tiny, far below its declared 64x64
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+GRAD_TOL = {"rtol": 1e-4, "atol": 1e-5}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster, and much faster when other processes load the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@dataclass
+class Built:
+    graph: Graph  # the routed IR
+    supermodel: ModuleType
+    backbone: ModuleType
+    folder: Path  # where supermodel.py and backbone.py are
+
+
+def build_model(path: Path, out_dir: Path, load_generated, *, share_bn: bool = False) -> Built:
+    result = build(path, out_dir, render=False, routing=RoutingOptions(share_bn=share_bn))
+    assert result.supermodel is not None
+    return Built(
+        result.supermodel,
+        load_generated(out_dir / "supermodel.py"),
+        load_generated(out_dir / "backbone.py"),
+        out_dir,
+    )
+
+
+def mini_text(models_dir: Path, tasks: int) -> str:
+    """mini_tasks.mtl with `tasks` readout tasks instead of its two."""
+    text = (models_dir / MINI).read_text()
+    section = "\n".join(f"    task{i}: readout(classes={2 + i % 3})" for i in range(tasks))
+    return text[: text.index("tasks {")] + "tasks {\n" + section + "\n}\n"
+
+
+@pytest.fixture(scope="module")
+def mini(models_dir, tmp_path_factory, load_generated) -> Built:
+    return build_model(models_dir / MINI, tmp_path_factory.mktemp("mini"), load_generated)
+
+
+@pytest.fixture(scope="module")
+def mini_shared_bn(models_dir, tmp_path_factory, load_generated) -> Built:
+    out = tmp_path_factory.mktemp("mini_bn")
+    return build_model(models_dir / MINI, out, load_generated, share_bn=True)
+
+
+@pytest.fixture(scope="module")
+def tiny(examples_dir, tmp_path_factory, load_generated) -> Built:
+    return build_model(
+        examples_dir / "resnet_tiny.mtl", tmp_path_factory.mktemp("tiny"), load_generated
+    )
+
+
+def random_model(built: Built, seed: int = 0) -> nn.Module:
+    """A supermodel with random weights, batchnorm statistics and policy logits, in eval mode."""
+    torch.manual_seed(seed)
+    model = built.supermodel.Supermodel()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+        for logits in model.policy_parameters():
+            logits.normal_()
+    return model.eval()
+
+
+def random_policy(model: nn.Module, seed: int) -> dict:
+    rng = random.Random(seed)
+    choices = {
+        name: {task: rng.choice(CHOICES if skip else CHOICES[:2]) for task in model.TASKS}
+        for name, skip, _ in model.ROUTED
+    }
+    return {"model": model.MODEL, "tasks": list(model.TASKS), "choices": choices}
+
+
+def routed_names(model: nn.Module) -> list[str]:
+    return [name for name, _, _ in model.ROUTED]
+
+
+# ---------------------------------------------------------------- the per-task reference
+
+Mixer = Callable[[str, int, list[torch.Tensor]], torch.Tensor]
+SKIP_LAYER = {"conv": 0, "bn": 1, "linear": 0}
+
+
+def attr_name(name: str) -> str:
+    return name.replace(".", "_")
+
+
+def module_of(model: nn.Module, node: Node) -> nn.Module:
+    """The supermodel's module of an IR node; a skip projection is `<op>_skip[i]`."""
+    if node.role is Role.SKIP:
+        op, layer = node.name.rsplit(".skip.", 1)
+        return getattr(model, attr_name(op) + "_skip")[SKIP_LAYER[layer]]
+    return getattr(model, attr_name(node.name))
+
+
+def task_part(value: torch.Tensor | None, node: Node, t: int, tasks: int):
+    """Task t's part of a parameter or statistic of a per-task layer (the whole otherwise)."""
+    if value is None or node.role not in (Role.SPECIFIC, Role.SKIP):
+        return value
+    if node.op is Op.LINEAR:
+        return value[t]
+    rows = value.shape[0] // tasks
+    return value[t * rows : (t + 1) * rows]
+
+
+def apply_parametric(
+    model: nn.Module, node: Node, t: int, x: torch.Tensor, bn_training: bool
+) -> torch.Tensor:
+    module = module_of(model, node)
+    tasks = len(model.TASKS)
+
+    def part(name: str) -> torch.Tensor | None:
+        return task_part(getattr(module, name), node, t, tasks)
+
+    a = node.attrs
+    if node.op is Op.CONV2D:
+        return F.conv2d(
+            x, part("weight"), part("bias"), a["stride"], a["padding"], a["dilation"], a["groups"]
+        )
+    if node.op is Op.BATCHNORM:
+        # Batch statistics must not update the supermodel's buffers a second time.
+        mean, var = part("running_mean").clone(), part("running_var").clone()
+        return F.batch_norm(
+            x, mean, var, part("weight"), part("bias"), bn_training, a["momentum"], a["eps"]
+        )
+    if node.op is Op.LINEAR:
+        return F.linear(x, part("weight"), part("bias"))
+    raise AssertionError(f"the reference has no parametric op {node.op.value}")
+
+
+def apply_plain(node: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+    a = node.attrs
+    if node.op in (Op.TASK_STACK, Op.TASK_SLICE, Op.DROPOUT):
+        return xs[0]  # one task's path needs no stacking; dropout: eval mode only
+    if node.op is Op.RELU:
+        return torch.relu(xs[0])
+    if node.op is Op.RELU6:
+        return xs[0].clamp(0.0, 6.0)
+    if node.op is Op.ADD:
+        assert a["coeffs"] is None
+        return sum(xs[1:], xs[0])
+    if node.op is Op.CONCAT:
+        return torch.cat(xs, dim=1)
+    if node.op is Op.FLATTEN:
+        return xs[0].flatten(1)
+    if node.op is Op.AVGPOOL and a["global"]:
+        return xs[0].mean(dim=(2, 3), keepdim=True)
+    if node.op is Op.UPSAMPLE and len(xs) == 2:
+        corners = False if a["mode"] == "bilinear" else None
+        return F.interpolate(xs[0], size=xs[1].shape[-2:], mode=a["mode"], align_corners=corners)
+    raise AssertionError(f"the reference has no op {node.op.value}")
+
+
+def run_task(
+    g: Graph,
+    model: nn.Module,
+    task: str,
+    x: torch.Tensor,
+    mix: Mixer,
+    *,
+    bn_training: bool = False,
+) -> torch.Tensor:
+    """Task `task`'s output: its path alone, each route's candidates mixed by `mix`."""
+    t = model.TASKS.index(task)
+    values: dict[int, torch.Tensor] = {}
+    for nid in g.topo_order():
+        node = g.node(nid)
+        if node.task not in (None, task):
+            continue  # another task's head
+        xs = [values[i] for i in g.inputs(nid)]
+        if node.op is Op.INPUT:
+            values[nid] = x
+        elif node.op is Op.ROUTE:
+            values[nid] = mix(node.attrs["op"], t, xs)
+        elif node.op in (Op.CONV2D, Op.BATCHNORM, Op.LINEAR):
+            values[nid] = apply_parametric(model, node, t, xs[0], bn_training)
+        else:
+            values[nid] = apply_plain(node, xs)
+    return values[g.outputs[task]]
+
+
+def hard_mixer(policy: dict, tasks: tuple[str, ...]) -> Mixer:
+    def mix(op: str, t: int, candidates: list[torch.Tensor]) -> torch.Tensor:
+        return candidates[CHOICES.index(policy["choices"][op][tasks[t]])]
+
+    return mix
+
+
+def weighted_mixer(weights: dict[str, torch.Tensor]) -> Mixer:
+    """`weights[op]` is [T, 3]; an op without skip has two candidates."""
+
+    def mix(op: str, t: int, candidates: list[torch.Tensor]) -> torch.Tensor:
+        return sum(weights[op][t, j] * c for j, c in enumerate(candidates))
+
+    return mix
+
+
+def gumbel_weights(model: nn.Module, noise: dict, tau: float) -> dict[str, torch.Tensor]:
+    """w = softmax((logits + noise) / tau) over the choices an op has, per task."""
+    weights = {}
+    for name, has_skip, _ in model.ROUTED:
+        n = 3 if has_skip else 2
+        logits = model.policy[attr_name(name)] + noise[name]
+        weights[name] = F.pad(torch.softmax(logits[:, :n] / tau, dim=1), (0, 3 - n))
+    return weights
+
+
+def equal_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    tasks = len(model.TASKS)
+    return {
+        name: torch.tensor([1 / 3] * 3 if skip else [0.5, 0.5, 0.0]).expand(tasks, 3)
+        for name, skip, _ in model.ROUTED
+    }
+
+
+def fixed_noise(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    uniform = {n: torch.rand(len(model.TASKS), 3, generator=gen) for n in routed_names(model)}
+    return {n: -torch.log(-torch.log(u.clamp(1e-6, 1 - 1e-6))) for n, u in uniform.items()}
+
+
+def check_against_reference(built: Built, model: nn.Module, x: torch.Tensor, mix: Mixer) -> None:
+    out = model(x)
+    assert list(out) == list(model.TASKS)
+    for task in model.TASKS:
+        expected = run_task(built.graph, model, task, x, mix)
+        torch.testing.assert_close(out[task], expected, **TOL)
+
+
+# ---------------------------------------------------------------- hard sharing, independent nets
+
+
+class Readout(nn.Module):
+    """The `readout` head of mini_tasks.mtl."""
+
+    def __init__(self, features: int, classes: int) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(features, classes)
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return self.linear1(x)
+
+
+class Fcn(nn.Module):
+    """The built-in `fcn` head: conv-bn-relu, a 1x1 classifier, bilinear upsampling."""
+
+    def __init__(self, features: int, classes: int, width: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(features, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, classes, 1)
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        y = self.conv2(torch.relu(self.bn1(self.conv1(x))))
+        return F.interpolate(y, size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def reference_head(model: nn.Module, task: str, features: int) -> nn.Module:
+    name, kwargs = model.TASK_SPECS[task]["head"]
+    head = Readout(features, **kwargs) if name == "readout" else Fcn(features, **kwargs)
+    state = model.state_dict()
+    head.load_state_dict({k: state[f"heads_{task}_{k}"] for k in head.state_dict()})
+    return head.eval()
+
+
+def slice_like(value: torch.Tensor, like: torch.Tensor, t: int, tasks: int) -> torch.Tensor:
+    """Task t's part of a supermodel tensor for a single-task layer's tensor `like`."""
+    if value.shape == like.shape:
+        return value
+    if value.dim() == like.dim() + 1:  # TaskLinear: [T, out, in]
+        return value[t]
+    rows = like.shape[0]
+    assert value.shape[0] == tasks * rows
+    return value[t * rows : (t + 1) * rows]
+
+
+def task_network(built: Built, model: nn.Module, t: int, choice: str) -> nn.Module:
+    """The generated backbone holding task t's weights: the shared op everywhere ("shared"),
+    or task t's copy of every routed op ("specific"); per-task batchnorm gives its slice."""
+    backbone = built.backbone.Backbone()
+    state = model.state_dict()
+    tasks = len(model.TASKS)
+    loaded = {}
+    for key, like in backbone.state_dict().items():
+        prefix, leaf = key.rsplit(".", 1)
+        source = f"{prefix}.{leaf}"
+        if choice == "specific" and f"{prefix}_specific.{leaf}" in state:
+            source = f"{prefix}_specific.{leaf}"
+        loaded[key] = slice_like(state[source], like, t, tasks)
+    backbone.load_state_dict(loaded)
+    return backbone.eval()
+
+
+def check_uniform_policy(built: Built, choice: str, shape: tuple[int, ...]) -> None:
+    model = random_model(built, seed=1)
+    model.load_policy(uniform_policy(model.MODEL, model.TASKS, routed_names(model), choice))
+    model.set_mode("hard")
+    x = torch.randn(shape)
+    out = model(x)
+    for t, task in enumerate(model.TASKS):
+        features = task_network(built, model, t, choice)(x)
+        head = reference_head(model, task, features.shape[1])
+        torch.testing.assert_close(out[task], head(features, x), **TOL)
+
+
+@pytest.mark.parametrize("choice", ["shared", "specific"])
+@pytest.mark.parametrize("bn", ["per-task bn", "shared bn"])
+def test_uniform_policy_equals_backbone_and_heads(choice, bn, mini, mini_shared_bn) -> None:
+    """All shared: one backbone + heads (hard parameter sharing). All specific: T networks."""
+    check_uniform_policy(mini_shared_bn if bn == "shared bn" else mini, choice, MINI_INPUT)
+
+
+@pytest.mark.parametrize("choice", ["shared", "specific"])
+def test_uniform_policy_on_resnet_tiny(choice, tiny) -> None:
+    check_uniform_policy(tiny, choice, TINY_INPUT)
+
+
+def test_hard_mode_runs_only_chosen_candidates(mini) -> None:
+    """All shared in hard mode never calls a task-specific copy or a skip projection."""
+    model = random_model(mini)
+    model.load_policy(uniform_policy(model.MODEL, model.TASKS, routed_names(model), "shared"))
+    model.set_mode("hard")
+    called = []
+    for name in routed_names(model):
+        for suffix in ("_specific", "_skip"):
+            module = getattr(model, attr_name(name) + suffix, None)
+            if module is not None:
+                module.register_forward_hook(lambda m, i, o, key=name + suffix: called.append(key))
+    model(torch.randn(MINI_INPUT))
+    assert called == []
+
+
+# ---------------------------------------------------------------- mixed policies, search mode
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mixed_policy_equals_each_tasks_path(seed, mini) -> None:
+    model = random_model(mini, seed)
+    policy = random_policy(model, seed)
+    model.load_policy(policy).set_mode("hard")
+    check_against_reference(mini, model, torch.randn(MINI_INPUT), hard_mixer(policy, model.TASKS))
+
+
+def test_mixed_policy_on_resnet_tiny(tiny) -> None:
+    model = random_model(tiny, 3)
+    policy = random_policy(model, 3)
+    model.load_policy(policy).set_mode("hard")
+    check_against_reference(tiny, model, torch.randn(TINY_INPUT), hard_mixer(policy, model.TASKS))
+
+
+def test_warmup_mixes_with_equal_weights(mini) -> None:
+    model = random_model(mini).set_mode("warmup")
+    check_against_reference(
+        mini, model, torch.randn(MINI_INPUT), weighted_mixer(equal_weights(model))
+    )
+
+
+def grads_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_search_mode_outputs_and_gradients(train, mini) -> None:
+    """Fixed Gumbel noise: outputs, and gradients of every weight and every policy logit."""
+    model = random_model(mini, 4).set_mode("search").train(train)
+    model.tau = 0.7
+    model.gumbel_noise = fixed_noise(model, 4)
+    x = torch.randn(MINI_INPUT)
+    probes = {
+        t: torch.randn(MINI_INPUT[0], classes) for t, classes in (("segment", 3), ("depth", 2))
+    }
+
+    out = model(x)
+    sum((out[t] * probes[t]).sum() for t in model.TASKS).backward()
+    got = grads_of(model)
+
+    mix = weighted_mixer(gumbel_weights(model, model.gumbel_noise, model.tau))
+    expected_out = {
+        t: run_task(mini.graph, model, t, x, mix, bn_training=train) for t in model.TASKS
+    }
+    sum((expected_out[t] * probes[t]).sum() for t in model.TASKS).backward()
+    expected = grads_of(model)
+
+    for task in model.TASKS:
+        torch.testing.assert_close(out[task], expected_out[task].detach(), **TOL)
+    assert got.keys() == expected.keys()
+    assert {f"policy.{attr_name(n)}" for n in routed_names(model)} <= got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], **GRAD_TOL, msg=name)
+
+
+def test_search_mode_samples_noise_without_fixed_noise(mini) -> None:
+    """Without fixed noise, two forwards draw different Gumbel noise, and so differ."""
+    model = random_model(mini).set_mode("search")
+    x = torch.randn(MINI_INPUT)
+    torch.manual_seed(0)
+    first = model(x)["depth"]
+    torch.manual_seed(1)
+    assert not torch.allclose(first, model(x)["depth"])
+
+
+def test_gradcheck_search_mode_float64(mini) -> None:
+    model = random_model(mini, 5).double().set_mode("search")
+    model.tau = 0.9
+    model.gumbel_noise = {n: v.double() for n, v in fixed_noise(model, 5).items()}
+    names = [
+        "policy.body_conv1",
+        "policy.down_conv1",
+        "policy.valid_conv1",
+        "policy.linear1",
+        "fc_linear1_specific.weight",
+        "body_conv1.bias",
+    ]
+    params = dict(model.named_parameters())
+    inputs = [params[n].detach().clone().requires_grad_() for n in names]
+    x = torch.randn(1, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+
+    def outputs(x: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        out = torch.func.functional_call(model, dict(zip(names, values, strict=True)), (x,))
+        return torch.cat([o.flatten() for o in out.values()])
+
+    assert torch.autograd.gradcheck(outputs, (x, *inputs), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_route_through_torch_mixture(mini, monkeypatch) -> None:
+    """One route with MTSC_ROUTING=torch, on the task-stacked layout the forward uses."""
+    monkeypatch.setenv("MTSC_ROUTING", "torch")
+    model = random_model(mini, 6).set_mode("search")
+    model.tau = 1.5
+    model.gumbel_noise = fixed_noise(model, 6)
+    tasks = len(model.TASKS)
+    x = torch.randn(3 * tasks, 16, 6, 6)  # [B * T, C, H, W], batch-major
+    skip = model.down_conv1_skip
+    y = model.route("down.conv1", x, model.down_conv1, model.down_conv1_specific, skip)
+    w = gumbel_weights(model, model.gumbel_noise, model.tau)["down.conv1"]
+    candidates = [model.down_conv1(x), model.down_conv1_specific(x), skip(x)]
+    for t in range(tasks):
+        rows = slice(t, None, tasks)
+        expected = sum(w[t, j] * c[rows] for j, c in enumerate(candidates))
+        torch.testing.assert_close(y[rows], expected, **TOL)
+
+
+def test_route_mixture_keeps_the_stacked_layout(mini, monkeypatch) -> None:
+    """mix3 (torch path) gets the per-task views `[T, B, ...]` of batch-major tensors; with
+    keep_layout its result keeps that layout, so the route hands on a view, not a copy."""
+    monkeypatch.setenv("MTSC_ROUTING", "torch")
+    mix3 = mini.supermodel.mix3
+    tasks, batch = 3, 2
+    stacked = [torch.randn(batch * tasks, 4, 5, 5) for _ in range(3)]
+    views = [v.view(batch, tasks, 4, 5, 5).transpose(0, 1) for v in stacked]
+    w = torch.softmax(torch.randn(tasks, 3), dim=1)
+    y = mix3(*views, w, keep_layout=True)
+    assert y.stride() == views[0].stride()
+    assert y.transpose(0, 1).is_contiguous()
+    expected = sum(w[:, j].reshape(tasks, 1, 1, 1, 1) * views[j] for j in range(3))
+    torch.testing.assert_close(y, expected, **TOL)
+    assert mix3(*views, w).is_contiguous()  # without keep_layout: contiguous, as documented
+
+
+# ---------------------------------------------------------------- coverage
+
+
+@pytest.mark.parametrize("tasks", [1, 2, 3, 10])
+def test_task_counts(tasks, models_dir, tmp_path, write_model, load_generated) -> None:
+    path = write_model(mini_text(models_dir, tasks))
+    built = build_model(path, tmp_path / "out", load_generated)
+    model = random_model(built, tasks)
+    assert model.TASKS == tuple(f"task{i}" for i in range(tasks))
+    x = torch.randn(MINI_INPUT)
+    model.set_mode("warmup")
+    check_against_reference(built, model, x, weighted_mixer(equal_weights(model)))
+    policy = random_policy(model, tasks)
+    model.load_policy(policy).set_mode("hard")
+    check_against_reference(built, model, x, hard_mixer(policy, model.TASKS))
+
+
+def test_routed_ops_and_pins(mini) -> None:
+    """Convs and linears are routed except the pinned ones; per-task forms where expected."""
+    model = mini.supermodel.Supermodel()
+    assert model.ROUTED == (
+        ("body.conv1", True, 1),  # keeps the shape: identity skip
+        ("dw.conv1", True, 2),  # depthwise
+        ("down.conv1", True, 3),  # strided: 1x1 projection skip
+        ("valid.conv1", False, 4),  # 6x6 -> 4x4: no 1x1 projection gives that
+        ("fc.linear1", True, 5),
+        ("linear1", True, 6),  # 8 -> 6 features: linear projection skip
+    )
+    kinds = {name: type(module).__name__ for name, module in model.named_children()}
+    assert kinds["stem_conv1"] == "Conv2d" and "stem_conv1_specific" not in kinds
+    assert kinds["pinned_conv1"] == "TaskConv2d" and "pinned_conv1_specific" not in kinds
+    assert kinds["dw_conv1_specific"] == "TaskConv2d"
+    assert model.dw_conv1_specific.groups == 8 * len(model.TASKS)
+    assert kinds["fc_linear1_specific"] == "TaskLinear"
+    assert [type(m).__name__ for m in model.down_conv1_skip] == ["TaskConv2d", "TaskBatchNorm2d"]
+    assert model.down_conv1_skip[0].stride == (2, 2)
+    assert [type(m).__name__ for m in model.linear1_skip] == ["TaskLinear"]
+    assert kinds["body_bn1"] == "TaskBatchNorm2d" and kinds["stem_bn1"] == "BatchNorm2d"
+
+
+def test_shared_bn_build_has_no_per_task_batchnorm(mini_shared_bn) -> None:
+    model = mini_shared_bn.supermodel.Supermodel()
+    kinds = {name: type(module).__name__ for name, module in model.named_children()}
+    assert kinds["body_bn1"] == "BatchNorm2d"
+    assert kinds["pinned_bn1"] == "TaskBatchNorm2d"  # pinned specific stays per task
+    assert kinds["down_conv1_skip"] == "Sequential"
+    assert type(model.down_conv1_skip[1]).__name__ == "TaskBatchNorm2d"  # skips are per task
+
+
+def test_dict_input_equals_stacking(mini) -> None:
+    model = random_model(mini, 7)
+    policy = random_policy(model, 7)
+    model.load_policy(policy).set_mode("hard")
+    x = torch.randn(MINI_INPUT)
+    same = model({task: x for task in model.TASKS})
+    for task, value in model(x).items():
+        torch.testing.assert_close(same[task], value, rtol=0, atol=0)
+    per_task = {task: torch.randn(MINI_INPUT) for task in model.TASKS}
+    out = model(per_task)
+    mix = hard_mixer(policy, model.TASKS)
+    for task in model.TASKS:
+        expected = run_task(mini.graph, model, task, per_task[task], mix)
+        torch.testing.assert_close(out[task], expected, **TOL)
+
+
+def test_input_errors(mini) -> None:
+    model = random_model(mini)
+    with pytest.raises(ValueError, match=r"input dict lacks tasks \['depth'\]; expected"):
+        model({"segment": torch.randn(MINI_INPUT)})
+    with pytest.raises(ValueError, match="mode must be one of .*'warmup'.*got 'soft'"):
+        model.set_mode("soft")
+
+
+def examples_with_backbone(examples_dir: Path) -> list[Path]:
+    """Every example model (block libraries such as resnet_blocks.mtl have no backbone)."""
+    return [p for p in sorted(examples_dir.glob("*.mtl")) if "\nbackbone {" in p.read_text()]
+
+
+def test_every_example_builds_a_supermodel(examples_dir, tmp_path) -> None:
+    examples = examples_with_backbone(examples_dir)
+    assert len(examples) >= 5
+    for path in examples:
+        out = tmp_path / path.stem
+        result = build(path, out, render=False)
+        source = (out / "supermodel.py").read_text()
+        compile(source, str(out / "supermodel.py"), "exec")
+        routes = [
+            n for n in result.supermodel.node_ids() if result.supermodel.node(n).op is Op.ROUTE
+        ]
+        assert source.count('self.route("') == len(routes) > 0, path.name
+
+
+def test_resnet_tiny_warmup_forward(tiny) -> None:
+    model = tiny.supermodel.Supermodel().set_mode("warmup")
+    out = model(torch.randn(TINY_INPUT))
+    classes = {"segment": 7, "depth": 1, "normal": 3}
+    assert {t: tuple(v.shape) for t, v in out.items()} == {
+        t: (2, c, 32, 32) for t, c in classes.items()
+    }
+    assert all(torch.isfinite(v).all() for v in out.values())
+
+
+# ---------------------------------------------------------------- generated source
+
+GOLDEN = "mini_supermodel.py"
+REFRESH = "pytest tests/test_supermodel.py --accept"
+
+
+def test_golden_source(models_dir, golden_dir, accept) -> None:
+    g = load_supermodel(models_dir / MINI)
+    actual = emit_supermodel(g, source_name=f"tests/models/{MINI}").text
+    golden = golden_dir / GOLDEN
+    if accept:
+        golden.write_text(actual)
+        return
+    assert golden.exists(), f"{golden} is missing: create it with `{REFRESH}`"
+    expected = golden.read_text()
+    if actual != expected:
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(keepends=True),
+                actual.splitlines(keepends=True),
+                fromfile=str(golden),
+                tofile="generated",
+            )
+        )
+        pytest.fail(
+            f"the generated supermodel differs from {GOLDEN}. If the change is intended, run "
+            f"`{REFRESH}` and review the diff.\n{diff[:4000]}"
+        )
+
+
+def test_source_is_deterministic_and_copies_the_runtime(models_dir) -> None:
+    g1 = load_supermodel(models_dir / MINI)
+    g2 = load_supermodel(models_dir / MINI)
+    text = emit_supermodel(g1, source_name=MINI).text
+    assert text == emit_supermodel(g2, source_name=MINI).text
+    compile(text, MINI, "exec")
+    for filename in RUNTIME_FILES:
+        assert split_inline(runtime_source(filename)).body in text, filename
+
+
+def test_source_passes_ruff(mini, examples_dir, tmp_path) -> None:
+    ruff = Path(sys.executable).with_name("ruff")
+    ruff = str(ruff) if ruff.exists() else shutil.which("ruff")
+    assert ruff, "ruff is a dev dependency"
+    build(examples_dir / "resnet_tiny.mtl", tmp_path, render=False)
+    files = [tmp_path / "supermodel.py", mini.folder / "supermodel.py"]
+    proc = subprocess.run(
+        [ruff, "check", "--isolated", *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+_RUN_WITHOUT_MTSC = textwrap.dedent(
+    """
+    import importlib.abc, importlib.util, sys
+
+    class NoMtsc(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "mtsc" or name.startswith("mtsc."):
+                raise ImportError("supermodel.py must not need mtsc")
+
+    sys.meta_path.insert(0, NoMtsc())
+    import torch
+    spec = importlib.util.spec_from_file_location("supermodel", "supermodel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.Supermodel().set_mode("search")
+    out = model(torch.randn(2, 3, 12, 12))
+    sum(v.sum() for v in out.values()).backward()
+    print({t: tuple(v.shape) for t, v in out.items()})
+    print(all(p.grad is not None for p in model.policy_parameters()), "mtsc" in sys.modules)
+    """
+)
+
+
+def test_source_runs_without_mtsc(mini, tmp_path) -> None:
+    shutil.copy(mini.folder / "supermodel.py", tmp_path / "supermodel.py")
+    # -I: no PYTHONPATH, no user site, no script folder; the finder blocks the installed mtsc.
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", _RUN_WITHOUT_MTSC],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["{'segment': (2, 3), 'depth': (2, 2)}", "True False"]

@@ -1,0 +1,215 @@
+"""Retraining the pruned model: `mtsc train` writes model.py, model.pt and eval.json; with
+`--weights` it starts exactly where the searched supermodel is; runs are reproducible; user
+mistakes get messages."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtsc.api import load_supermodel, search
+from mtsc.cli import main
+from mtsc.runtime.data import open_dataset
+
+TINY = """\
+input image: 3x16x16
+
+backbone {
+    @shared
+    stem: x = conv(image, 8, k=3, p=1) | bn | relu
+    a: x = conv(x, 8, k=3, p=1) | bn | relu
+    b: x = conv(x, 16, k=3, s=2, p=1) | bn | relu
+    return x
+}
+
+tasks {
+    segment: conv1x1(classes=7) loss=cross_entropy(ignore=255) metric=miou
+    depth:   conv1x1(classes=1) loss=l1 metric=depth
+}
+"""
+TASKS = ["segment", "depth"]
+# TrainConfig's defaults and the --quick values
+LR, QUICK_STEPS = 0.05, 40
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions gain nothing from threads, and busy cores make them spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("train")
+
+
+@pytest.fixture(scope="module")
+def model_file(workdir) -> Path:
+    path = workdir / "tiny.mtl"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_options(workdir) -> dict:
+    options = {"size": 16, "n_train": 64, "n_val": 16, "n_test": 16, "tasks": TASKS,
+               "cache_dir": str(workdir / "shapes")}  # fmt: skip
+    for split in ("train", "val"):  # render once, before any subprocess reads the cache
+        open_dataset("shapes", split, **options)
+    return options
+
+
+@pytest.fixture(scope="module")
+def config_file(workdir, data_options) -> Path:
+    path = workdir / "train.toml"
+    lines = ["[data]"] + [f"{k} = {json.dumps(v)}" for k, v in data_options.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def searched(workdir, model_file, data_options) -> Path:
+    """A short search: its run folder has supermodel.py and last.pt."""
+    run = workdir / "search"
+    splits = [open_dataset("shapes", s, **data_options) for s in ("train", "val")]
+    torch.manual_seed(0)
+    model = load_supermodel(model_file, out_dir=run)
+    search(model, *splits, run, progress=False, warmup_steps=8, search_steps=4, batch_size=4,
+           eval_every=0, checkpoint_every=100)  # fmt: skip
+    return run
+
+
+def test_quick_train_command_writes_model_weights_and_report(
+    workdir, model_file, config_file, load_generated
+):
+    out = workdir / "quick"
+    done = subprocess.run(
+        [sys.executable, "-m", "mtsc", "train", str(model_file), "--policy", "shared", "--quick",
+         "--config", str(config_file), "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {out / 'model.py'}, {out / 'model.pt'}, {out / 'last.pt'}" in done.stdout
+
+    source = (out / "model.py").read_text()
+    assert "mtsc" not in "".join(line for line in source.splitlines() if "import" in line)
+    net = load_generated(out / "model.py").MultiTaskModel()
+    weights = load(out / "model.pt")
+    net.load_state_dict(weights)  # strict: exactly the model's tensors
+    net.eval()
+    outputs = net(torch.zeros(2, 3, 16, 16))
+    assert outputs["segment"].shape == (2, 7, 16, 16) and outputs["depth"].shape == (2, 1, 16, 16)
+
+    logged = records(out / "metrics.jsonl")
+    steps = [r for r in logged if "loss" in r]
+    assert [r["step"] for r in steps] == [10, 20, 30, 40]
+    for r in steps:  # the cosine schedule, from the learning rate down to 0
+        expected = LR * 0.5 * (1 + math.cos(math.pi * r["step"] / QUICK_STEPS))
+        assert math.isclose(r["lr"], expected, rel_tol=1e-6, abs_tol=1e-12)
+    state = load(out / "last.pt")
+    assert (state["stage"], state["step"]) == ("done", QUICK_STEPS)
+    for key, value in weights.items():
+        assert torch.equal(state["model"][key], value)
+
+    report = json.loads((out / "eval.json").read_text())
+    assert report["metrics"] == next(r["val"] for r in reversed(logged) if "val" in r)
+    params = {name: p.numel() for name, p in net.named_parameters()}
+    assert report["params"] == sum(params.values())
+    for task in TASKS:  # all shared: the trunk, plus the task's own batchnorms and head
+        own = [n for n in params if any(t in n for t in TASKS)]
+        expected = sum(v for n, v in params.items() if n not in own or task in n)
+        assert report["task_params"][task] == expected
+
+
+MIXED = {
+    "model": "tiny",
+    "tasks": TASKS,
+    "choices": {
+        "a.conv1": {"segment": "specific", "depth": "shared"},
+        "b.conv1": {"segment": "skip", "depth": "specific"},
+    },
+}
+
+
+def test_weights_from_the_search_start_where_the_supermodel_is(
+    searched, tmp_path, model_file, config_file, load_generated
+):
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(json.dumps(MIXED))  # every kind of candidate
+    out = tmp_path / "run"
+    code = main(["train", str(model_file), "--policy", str(policy_file), "--weights",
+                 str(searched / "last.pt"), "--config", str(config_file), "--out", str(out),
+                 "--set", "steps=0", "--no-progress"])  # fmt: skip
+    assert code == 0
+    net = load_generated(out / "model.py").MultiTaskModel()
+    net.load_state_dict(load(out / "model.pt"))
+    supermodel = load_generated(searched / "supermodel.py").Supermodel()
+    supermodel.load_state_dict(load(searched / "last.pt")["model"])
+    supermodel.load_policy(MIXED).set_mode("hard")
+    images = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = supermodel.eval()(images)
+        got = net.eval()(images)
+        fresh = load_generated(out / "model.py").MultiTaskModel().eval()(images)
+    for task in TASKS:
+        torch.testing.assert_close(got[task], expected[task], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(fresh[task], expected[task], atol=1e-3)  # the check has teeth
+
+
+def test_training_is_reproducible_with_a_seed(tmp_path, model_file, config_file):
+    outs = [tmp_path / name for name in ("one", "two")]
+    for out in outs:
+        code = main(["train", str(model_file), "--policy", "specific", "--config",
+                     str(config_file), "--out", str(out), "--seed", "4", "--set", "steps=3",
+                     "--set", "batch_size=4", "--no-progress"])  # fmt: skip
+        assert code == 0
+    first, second = (load(out / "model.pt") for out in outs)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--weights", "{tmp}/none.pt"], "error: no such checkpoint: {tmp}/none.pt"),
+        (["--policy", "{tmp}/bad.json"], "error: {tmp}/bad.json: the policy does not match "),
+        ([], "error: give the run folder: --out DIR (or --resume DIR)"),
+        (["--resume", "{tmp}"], "error: nothing to resume: {tmp}/last.pt does not exist"),
+    ],
+)
+def test_train_command_errors(tmp_path, model_file, config_file, capsys, extra, message):
+    (tmp_path / "bad.json").write_text(json.dumps({**MIXED, "model": "other"}))
+    extra = [a.format(tmp=tmp_path) for a in extra]
+    args = ["train", str(model_file), "--policy", "shared", "--config", str(config_file), *extra]
+    if "--resume" not in extra and extra:
+        args += ["--out", str(tmp_path / "run"), "--set", "steps=0"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith(message.format(tmp=tmp_path))
+
+
+def test_train_refuses_an_existing_run_without_resume(tmp_path, model_file, config_file, capsys):
+    args = ["train", str(model_file), "--policy", "shared", "--config", str(config_file),
+            "--out", str(tmp_path), "--set", "steps=0", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path} already holds a run; use --resume to continue it\n"
+    )
