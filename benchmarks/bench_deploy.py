@@ -7,10 +7,11 @@ weights in all three: the median time of one all-task inference of
 - the generated supermodel in hard mode with that policy (task-stacked batch, routing),
 - the emitted model run task by task (`forward_task(x, t)` for each task: no sharing),
 
-and the ratios of the last two to the first, with parameter counts. Before timing, the
-three are checked to agree (1e-4). CPU by default, at a CPU-friendly input size.
+and the ratios of the last two to the first, with parameter counts (the deployed model's
+and the whole supermodel's). Before timing, the three are checked to agree (1e-4). CPU by
+default, at a CPU-friendly input size; the three take turns, so a busy machine slows all.
 
-Run: `python benchmarks/bench_deploy.py [--repeats 5] [--threads N] [--device cuda]`.
+Run: `python benchmarks/bench_deploy.py [--repeats 9] [--threads N] [--device cuda]`.
 """
 
 from __future__ import annotations
@@ -71,16 +72,20 @@ def randomize_batchnorm(net: nn.Module, seed: int) -> None:
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
 
 
-def median_seconds(fn, repeats: int, sync) -> float:
-    fn()  # warm-up
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_seconds(fns: dict, repeats: int, sync) -> dict[str, float]:
+    """Median time of each function; the functions take turns, so that a slow spell of a
+    shared machine hits them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up
         fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def numel(net: nn.Module) -> int:
@@ -117,17 +122,15 @@ def bench_case(path: Path, size: int, batch: int, policy, folder: Path, args) ->
         if error > TOLERANCE:
             raise RuntimeError(f"{path.stem}: outputs differ by {error:.2e}; not timing")
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        times = {
-            "model": median_seconds(lambda: model(x), args.repeats, sync),
-            "supermodel": median_seconds(lambda: supermodel(x), args.repeats, sync),
-            "per_task": median_seconds(per_task, args.repeats, sync),
-        }
-    return {"params": numel(model), "error": error, **times}
+        fns = {"model": lambda: model(x), "supermodel": lambda: supermodel(x), "per_task": per_task}
+        times = median_seconds(fns, args.repeats, sync)
+    sm_params = sum(p.numel() for p in supermodel.weight_parameters())
+    return {"params": numel(model), "sm_params": sm_params, "error": error, **times}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
+    parser.add_argument("--repeats", type=int, default=9, help="timed runs per measurement")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--only", help="run only the model whose file stem is this")
@@ -135,11 +138,11 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
-        f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-        f"median of {args.repeats} runs after one warm-up; same weights in all three"
+        f"device {args.device}, threads {torch.get_num_threads()}, torch {torch.__version__}; "
+        f"median of {args.repeats} interleaved runs after a warm-up; same weights in all three"
     )
     head = (
-        f"{'model':<12}{'input':>12}{'policy':>14}{'params':>12}{'model.py':>11}"
+        f"{'model':<12}{'input':>12}{'policy':>14}{'params':>13}{'sm params':>13}{'model.py':>11}"
         f"{'supermodel':>12}{'per task':>11}{'sm/model':>10}{'tasks/model':>13}"
     )
     print(head)
@@ -156,7 +159,7 @@ def main() -> int:
                 r = bench_case(path, size, batch, policy, Path(tmp), args)
                 print(
                     f"{path.stem:<12}{f'{batch}x3x{size}x{size}':>12}{name:>14}"
-                    f"{r['params']:>12,}{r['model'] * 1e3:>9.1f}ms"
+                    f"{r['params']:>13,}{r['sm_params']:>13,}{r['model'] * 1e3:>9.1f}ms"
                     f"{r['supermodel'] * 1e3:>10.1f}ms{r['per_task'] * 1e3:>9.1f}ms"
                     f"{r['supermodel'] / r['model']:>9.2f}x{r['per_task'] / r['model']:>12.2f}x",
                     flush=True,

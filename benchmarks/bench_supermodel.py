@@ -194,7 +194,8 @@ def make_task_by_task(graph, supermodel, *, release: bool = False):
                 return xs[0]
             if step.op is Op.ROUTE:
                 w = self.mixture_weights(step.attrs["op"], t)
-                return sum(w[j] * c for j, c in enumerate(xs))
+                terms = [w[j] * c for j, c in enumerate(xs)]
+                return sum(terms[1:], terms[0])
             if step.op is Op.ADD and step.attrs["coeffs"] is None:
                 return sum(xs[1:], xs[0])
             if step.op is Op.CONCAT:

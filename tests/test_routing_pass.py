@@ -422,3 +422,18 @@ def test_graph_command_rejects_a_bad_policy(content, messages, models_dir, tmp_p
     for message in messages:
         assert message in proc.stderr
     assert not out.exists()
+
+
+def test_graph_command_errors(models_dir, tmp_path, write_model, run_mtsc) -> None:
+    out = tmp_path / "g.dot"
+    proc = run_mtsc(
+        "graph", models_dir / MINI, "--stage", "backbone", "--policy", "shared", "-o", out
+    )
+    assert proc.returncode == 2
+    assert "--policy applies to the supermodel stage" in proc.stderr
+    text = (models_dir / MINI).read_text()
+    headless = write_model(text[: text.index("tasks {")], name="headless.mtl")
+    proc = run_mtsc("graph", headless, "-o", out)
+    assert proc.returncode == 2
+    assert "headless.mtl: no tasks section, so no supermodel to draw" in proc.stderr
+    assert not out.exists()
