@@ -55,10 +55,15 @@ def _body(text: str) -> str:
 
 
 def load_supermodel(model_path: str | Path, *, out_dir: str | Path | None = None,
-                    share_bn: bool = False):
-    """A fresh `Supermodel` instance compiled from a .mtl / .prototxt file."""
+                    share_bn: bool = False, seed: int | None = 0):
+    """A fresh `Supermodel` instance compiled from a .mtl / .prototxt file, its weights
+    initialised from `seed` (None: from torch's current random state)."""
     import tempfile
 
+    import torch
+
+    if seed is not None:
+        torch.manual_seed(seed)
     folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="mtsc-"))
     path = write_supermodel(model_path, folder, share_bn=share_bn)
     return import_generated(path, f"mtsc_generated_{abs(hash(str(path.resolve())))}").Supermodel()

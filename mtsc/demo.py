@@ -55,6 +55,9 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, progress: bool = 
     say("== 2/4 search the sharing policy on shapes")
     search_cfg = make_config(SearchConfig, None, {**stages["search"], "seed": seed})
     sm_path = write_supermodel(model_path, out / "search")
+    import torch
+
+    torch.manual_seed(seed)  # the initial weights, so a demo run is repeatable
     supermodel = import_generated(sm_path, "mtsc_demo_supermodel").Supermodel()
     train_set = open_dataset(DATA, "train", **search_cfg.data)
     val_set = open_dataset(DATA, "val", **search_cfg.data)

@@ -79,7 +79,7 @@ def check_finite(losses: Mapping[str, torch.Tensor], step: int) -> None:
         raise MtscError(
             None,
             f"the loss of task(s) {', '.join(bad)} is not finite at step {step}; stopped, the "
-            "last good checkpoint is kept (lower the learning rate or check the data)",
+            "last checkpoint written, if any, is kept (lower the learning rate or check the data)",
         )
 
 
