@@ -151,7 +151,7 @@ def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
     tasks = len(sm.tasks)
     sm_names = {sm.node(n).name: (n, a) for n, a in supermodel_module_names(sm).items()}
 
-    def source(weights: tuple[str, int | None], prefix_ok: bool = True) -> dict:
+    def source(weights: tuple[str, int | None]) -> dict:
         name, task = weights
         if name not in sm_names:
             raise MtscError(None, f"no supermodel module for {name}")
