@@ -73,20 +73,26 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         python_start = median_seconds([sys.executable, "-c", "pass"], args.runs)
-        print(f"whole-process `mtsc build` (median of {args.runs}); python start-up alone: "
-              f"{python_start * 1000:.0f} ms")
+        print(
+            f"whole-process `mtsc build` (median of {args.runs}); python start-up alone: "
+            f"{python_start * 1000:.0f} ms"
+        )
         print(f"{'model':<14} {'time':>9} {'vs start-up':>12}  goal")
         for model in EXAMPLES:
             cmd = [*mtsc, "build", str(model), "-o", str(tmp / model.stem)]
             seconds = median_seconds(cmd, args.runs)
             goal = f"< {GOAL_S} s: {'met' if seconds < GOAL_S else 'MISSED'}"
-            print(f"{model.stem:<14} {seconds * 1000:7.0f} ms {seconds / python_start:11.1f}x"
-                  f"  {goal if model.stem == 'resnet34' else ''}")
+            print(
+                f"{model.stem:<14} {seconds * 1000:7.0f} ms {seconds / python_start:11.1f}x"
+                f"  {goal if model.stem == 'resnet34' else ''}"
+            )
         print()
         print("in-process compile (parse, lower, passes, backbone.py + .dot, no svg)")
         print(f"{'ops':>7} {'time':>10} {'per op':>10}")
         for n_blocks in (20, 200, 2000):
-            seconds, ops = in_process_seconds(synthetic_model(n_blocks), tmp, max(3, args.runs // 2))
+            seconds, ops = in_process_seconds(
+                synthetic_model(n_blocks), tmp, max(3, args.runs // 2)
+            )
             print(f"{ops:>7} {seconds * 1000:8.1f} ms {seconds / ops * 1e6:8.1f} us")
     return 0
 

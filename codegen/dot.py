@@ -55,10 +55,7 @@ def op_label(node: Node) -> str:
 
 
 def node_attrs(node: Node, label: str, fill: str) -> str:
-    return (
-        f"label={quote(label)}, fillcolor={quote(fill)}, "
-        f"tooltip={quote(node.name)}"
-    )
+    return f"label={quote(label)}, fillcolor={quote(fill)}, tooltip={quote(node.name)}"
 
 
 def emit_clusters(
@@ -84,7 +81,7 @@ def emit_clusters(
         for key in sorted((k for k in level if k is not None), key=_natural):
             w.line(f"subgraph {quote('cluster_' + key)} {{")
             with w.indent():
-                w.line(f"label={quote(key)}; style=rounded; color=\"#999999\";")
+                w.line(f'label={quote(key)}; style=rounded; color="#999999";')
                 write(level[key])
             w.line("}")
 
@@ -100,8 +97,8 @@ def emit_dot(g: Graph, *, title: str) -> str:
     w.line(f"digraph {quote(g.name)} {{")
     with w.indent():
         w.line(f"label={quote(title)}; labelloc=t; fontname=Helvetica; rankdir=TB;")
-        w.line("node [shape=box, style=\"rounded,filled\", fontname=Helvetica, fontsize=10];")
-        w.line("edge [fontname=Helvetica, fontsize=8, color=\"#555555\"];")
+        w.line('node [shape=box, style="rounded,filled", fontname=Helvetica, fontsize=10];')
+        w.line('edge [fontname=Helvetica, fontsize=8, color="#555555"];')
         order = g.topo_order()
 
         def line_for(nid: int) -> str:
@@ -112,7 +109,7 @@ def emit_dot(g: Graph, *, title: str) -> str:
 
         emit_clusters(w, order, g, line_for)
         for key, nid in sorted(g.outputs.items()):
-            w.line(f"out_{key} [label={quote(key)}, shape=oval, fillcolor=\"#ffffff\"];")
+            w.line(f'out_{key} [label={quote(key)}, shape=oval, fillcolor="#ffffff"];')
             w.line(f"n{nid} -> out_{key};")
         for nid in order:
             for src in g.inputs(nid):
@@ -124,8 +121,16 @@ def emit_dot(g: Graph, *, title: str) -> str:
 # ---------------------------------------------------------------- the supermodel
 
 TASK_COLOURS = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
 )
 CHOICE_MARKS = {"shared": "S", "specific": "T", "skip": "K"}
 
@@ -194,7 +199,7 @@ def emit_supermodel_dot(g: Graph, *, title: str, policy: dict | None = None) -> 
         )
         w.line(
             'legend [shape=plaintext, style="", label=<<TABLE BORDER="0" CELLSPACING="2">'
-            f"<TR>{legend}</TR><TR><TD COLSPAN=\"{len(tasks)}\">S shared, T task-specific, "
+            f'<TR>{legend}</TR><TR><TD COLSPAN="{len(tasks)}">S shared, T task-specific, '
             "K skip</TD></TR></TABLE>>];"
         )
 
@@ -226,11 +231,13 @@ def emit_supermodel_dot(g: Graph, *, title: str, policy: dict | None = None) -> 
         emit_clusters(w, order, g, line_for, cluster_name)
         for i, task in enumerate(tasks):
             colour = task_colour(i)
-            w.line(f'out_{i} [label={quote(task)}, shape=oval, fillcolor={quote(colour)}, '
-                   'fontcolor="white"];')
+            w.line(
+                f"out_{i} [label={quote(task)}, shape=oval, fillcolor={quote(colour)}, "
+                'fontcolor="white"];'
+            )
             w.line(f"n{g.outputs[task]} -> out_{i} [color={quote(colour)}];")
         for nid in order:
-            for src in (g.inputs(nid) if g.node(nid).op is not Op.ROUTE else [source_of(nid)]):
+            for src in g.inputs(nid) if g.node(nid).op is not Op.ROUTE else [source_of(nid)]:
                 w.line(f"n{src} -> n{nid};")
     w.line("}")
     return w.text()
@@ -262,8 +269,9 @@ def emit_pruned_dot(g: Graph, *, title: str) -> str:
         emit_clusters(w, order, g, line_for)
         for i, task in enumerate(tasks):
             colour = quote(task_colour(i))
-            w.line(f'out_{i} [label={quote(task)}, shape=oval, fillcolor={colour}, '
-                   'fontcolor="white"];')
+            w.line(
+                f'out_{i} [label={quote(task)}, shape=oval, fillcolor={colour}, fontcolor="white"];'
+            )
             w.line(f"n{g.outputs[task]} -> out_{i} [color={colour}];")
         for nid in order:
             for src in g.inputs(nid):

@@ -50,8 +50,10 @@ def split_inline(text: str) -> InlineSource:
 
 
 def _is_docstring(stmt: ast.stmt) -> bool:
-    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(
-        stmt.value.value, str
+    return (
+        isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Constant)
+        and isinstance(stmt.value.value, str)
     )
 
 
@@ -59,9 +61,11 @@ def _is_import_stmt(stmt: ast.stmt) -> bool:
     if isinstance(stmt, (ast.Import, ast.ImportFrom)):
         return True
     # A guarded optional import: try: import triton ... except ImportError: ...
-    return isinstance(stmt, ast.Try) and all(
-        isinstance(s, (ast.Import, ast.ImportFrom, ast.Assign)) for s in stmt.body
-    ) and any(isinstance(s, (ast.Import, ast.ImportFrom)) for s in stmt.body)
+    return (
+        isinstance(stmt, ast.Try)
+        and all(isinstance(s, (ast.Import, ast.ImportFrom, ast.Assign)) for s in stmt.body)
+        and any(isinstance(s, (ast.Import, ast.ImportFrom)) for s in stmt.body)
+    )
 
 
 def _imports_mtsc(stmt: ast.stmt) -> bool:

@@ -82,7 +82,8 @@ def _emit_forward(
         inputs_of=g.inputs,
         rhs_of=rhs,
         outputs={"backbone": out_id},
-        signature=lambda ps: f"def forward(self, {', '.join(p + ': torch.Tensor' for p in ps)})"
-        " -> torch.Tensor:",
+        signature=lambda ps: (
+            f"def forward(self, {', '.join(p + ': torch.Tensor' for p in ps)}) -> torch.Tensor:"
+        ),
         returns=lambda outs: f"return {outs['backbone']}",
     )

@@ -46,7 +46,11 @@ def emit_pruned(g: Graph, *, source_name: str, policy_name: str) -> GeneratedSou
             path = set(g.ancestors(out)) | {out}
             body.blank()
             _emit_forward(
-                body, g, [n for n in order if n in path], attrs, {task: out},
+                body,
+                g,
+                [n for n in order if n in path],
+                attrs,
+                {task: out},
                 f"forward_{sanitize(task)}",
             )
         body.blank()
@@ -106,8 +110,14 @@ def _emit_forward(
         return "return {" + ", ".join(f"{py_literal(t)}: {v}" for t, v in outs.items()) + "}"
 
     emit_forward(
-        w, g, order, inputs_of=g.inputs, rhs_of=rhs, outputs=outputs,
-        signature=signature, returns=returns,
+        w,
+        g,
+        order,
+        inputs_of=g.inputs,
+        rhs_of=rhs,
+        outputs=outputs,
+        signature=signature,
+        returns=returns,
     )
 
 

@@ -115,8 +115,8 @@ def emit_supermodel(g: Graph, *, source_name: str) -> GeneratedSource:
 
 def _emit_class_attrs(w: SourceWriter, g: Graph, plan: _Plan, tasks: tuple[str, ...]) -> None:
     w.line('"""All tasks in one forward: `model(x)` -> {task: output}, for one input batch shared')
-    w.line("by all tasks or a dict task -> batch. `set_mode(\"warmup\" | \"search\" | \"hard\")`,")
-    w.line('`tau`, `policy_parameters()`, `weight_parameters()`, `export_policy()`,')
+    w.line('by all tasks or a dict task -> batch. `set_mode("warmup" | "search" | "hard")`,')
+    w.line("`tau`, `policy_parameters()`, `weight_parameters()`, `export_policy()`,")
     w.line('`load_policy(policy)`, `policy_regularizer()`: see SupermodelBase."""')
     w.blank()
     w.line(f"MODEL = {py_literal(g.name)}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from mtsc.ir.errors import Span
 
@@ -100,7 +99,7 @@ class Pipe:
     span: Span
 
 
-Expr = Union[Num, Str, Bool, Name, TupleLit, ListLit, BinOp, UnaryOp, Call, Repeat, Index, Pipe]
+Expr = Num | Str | Bool | Name | TupleLit | ListLit | BinOp | UnaryOp | Call | Repeat | Index | Pipe
 
 # ---------------------------------------------------------------- statements
 
@@ -153,7 +152,7 @@ class Assert(StmtBase):
     message: str | None
 
 
-Stmt = Union[Assign, Return, If, For, Assert]
+Stmt = Assign | Return | If | For | Assert
 
 # ---------------------------------------------------------------- top level
 
@@ -226,7 +225,7 @@ class Tasks:
     end_span: Span | None = None
 
 
-Item = Union[Import, InputDecl, Const, BlockDef, Backbone, Tasks]
+Item = Import | InputDecl | Const | BlockDef | Backbone | Tasks
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,19 @@ _PREC = {
     "or": 1,
     "and": 2,
     "not": 3,
-    "==": 4, "!=": 4, "<": 4, "<=": 4, ">": 4, ">=": 4,
+    "==": 4,
+    "!=": 4,
+    "<": 4,
+    "<=": 4,
+    ">": 4,
+    ">=": 4,
     "|": 5,
-    "+": 6, "-": 6,
-    "*": 7, "/": 7, "//": 7, "%": 7,
+    "+": 6,
+    "-": 6,
+    "*": 7,
+    "/": 7,
+    "//": 7,
+    "%": 7,
     "neg": 8,
     "**": 9,
 }
@@ -130,10 +139,7 @@ class _Printer:
     def emit(self, text: str, depth: int, line: int) -> None:
         """One output line; a comment trailing source line `line` is kept at its end."""
         trailing = ""
-        if (
-            self.next_comment < len(self.comments)
-            and self.comments[self.next_comment].line == line
-        ):
+        if self.next_comment < len(self.comments) and self.comments[self.next_comment].line == line:
             trailing = "  " + self.comments[self.next_comment].text
             self.next_comment += 1
         self.lines.append(INDENT * depth + text + trailing)
@@ -196,7 +202,9 @@ class _Printer:
             self.close(item.end_span, 0)
         elif isinstance(item, ast.Backbone):
             self.decorators(item.decorators, 0)
-            self.emit("backbone {", 0, item.span.line if not item.decorators else _after_decorators(item))
+            self.emit(
+                "backbone {", 0, item.span.line if not item.decorators else _after_decorators(item)
+            )
             self.body(item.body, 1)
             self.close(item.end_span, 0)
         elif isinstance(item, ast.Tasks):

@@ -151,9 +151,7 @@ class Lowerer:
     def _define_block(self, defn: ast.BlockDef, consts: dict[str, Any]) -> None:
         if defn.name in self.blocks:
             first = self.blocks[defn.name].defn.name_span
-            raise MtscError(
-                defn.name_span, f"block {defn.name!r} is already defined at {first}"
-            )
+            raise MtscError(defn.name_span, f"block {defn.name!r} is already defined at {first}")
         if op_by_name(defn.name) or defn.name in OP_ALIASES or defn.name in BUILTINS:
             raise MtscError(defn.name_span, f"block name {defn.name!r} is the name of an op")
         seen: set[str] = set()
@@ -190,7 +188,9 @@ class Lowerer:
             if isinstance(item, ast.InputDecl):
                 self._declare_input(item, env)
         if not self.graph.input_ids():
-            raise MtscError(backbones[0].span, "the model declares no input (`input image: 3x224x224`)")
+            raise MtscError(
+                backbones[0].span, "the model declares no input (`input image: 3x224x224`)"
+            )
         out = self._run_backbone(backbones[0], env)
         self.graph.outputs["backbone"] = out.nid
         tasks = [i for i in module.items if isinstance(i, ast.Tasks)]
@@ -226,7 +226,9 @@ class Lowerer:
         if decl.name in env:
             raise MtscError(decl.span, f"{decl.name!r} is already defined")
         if len(decl.shape) != 3:
-            raise MtscError(decl.span, "an input shape is channels x height x width, e.g. 3x224x224")
+            raise MtscError(
+                decl.span, "an input shape is channels x height x width, e.g. 3x224x224"
+            )
         if 0 in decl.shape:
             raise MtscError(decl.span, "an input shape has no zero sizes")
         node = Node(Op.INPUT, decl.name, {"shape": decl.shape}, decl.shape, decl.span)
@@ -321,8 +323,12 @@ class Lowerer:
     def exec_stmt(self, stmt: ast.Stmt, env: dict[str, Any], scope: _Scope) -> None:
         sharing = self._decorator_sharing(stmt.decorators) or scope.sharing
         if stmt.label is None:
-            inner = scope if sharing is scope.sharing else _Scope(
-                scope.prefix, sharing, scope.labelled, scope.counters, scope.direct_calls
+            inner = (
+                scope
+                if sharing is scope.sharing
+                else _Scope(
+                    scope.prefix, sharing, scope.labelled, scope.counters, scope.direct_calls
+                )
             )
             self._exec_plain(stmt, env, inner)
             return
@@ -374,14 +380,17 @@ class Lowerer:
             items = self.eval(stmt.iterable, env, scope)
             if not isinstance(items, tuple):
                 raise MtscError(
-                    stmt.iterable.span, f"cannot loop over {_describe(items)}; use a list or range()"
+                    stmt.iterable.span,
+                    f"cannot loop over {_describe(items)}; use a list or range()",
                 )
             for item in items:
                 self._bind_targets(stmt, item, env)
                 self.exec_body(stmt.body, env, scope)
         elif isinstance(stmt, ast.Assert):
             if not self._condition(stmt.test, env, scope):
-                raise MtscError(stmt.span, f"assertion failed: {stmt.message or 'condition is false'}")
+                raise MtscError(
+                    stmt.span, f"assertion failed: {stmt.message or 'condition is false'}"
+                )
         else:
             raise AssertionError(stmt)
 
@@ -394,7 +403,7 @@ class Lowerer:
                 stmt.iterable.span,
                 f"cannot unpack {_describe(item)} into {len(stmt.targets)} names",
             )
-        env.update(zip(stmt.targets, item))
+        env.update(zip(stmt.targets, item, strict=True))
 
     def _condition(self, expr: ast.Expr, env: dict[str, Any], scope: _Scope) -> bool:
         value = self.eval(expr, env, scope)
@@ -473,12 +482,16 @@ class Lowerer:
         left = self.eval(expr.left, env, scope)
         if op in ("and", "or"):
             if not isinstance(left, bool):
-                raise MtscError(expr.left.span, f"'{op}' needs true or false, got {_describe(left)}")
+                raise MtscError(
+                    expr.left.span, f"'{op}' needs true or false, got {_describe(left)}"
+                )
             if (op == "and" and not left) or (op == "or" and left):
                 return left
             right = self.eval(expr.right, env, scope)
             if not isinstance(right, bool):
-                raise MtscError(expr.right.span, f"'{op}' needs true or false, got {_describe(right)}")
+                raise MtscError(
+                    expr.right.span, f"'{op}' needs true or false, got {_describe(right)}"
+                )
             return right
         right = self.eval(expr.right, env, scope)
         if isinstance(left, Tensor) or isinstance(right, Tensor):
@@ -507,9 +520,7 @@ class Lowerer:
 
     # ------------------------------------------------------------------ calls
 
-    def call(
-        self, call: ast.Call, piped: list[Any], env: dict[str, Any], scope: _Scope
-    ) -> Any:
+    def call(self, call: ast.Call, piped: list[Any], env: dict[str, Any], scope: _Scope) -> Any:
         positional = list(piped)
         kwargs: dict[str, Any] = {}
         kw_spans: dict[str, Span] = {}
@@ -546,9 +557,7 @@ class Lowerer:
                 args = ", ".join(_describe(v) for v in positional)
                 raise MtscError(call.span, f"{name}() cannot take ({args})") from None
         known = sorted({*self.blocks, *OP_ALIASES, *(o.value for o in Op), *BUILTINS} - {"input"})
-        raise MtscError(
-            call.func_span, f"unknown op or block {name!r}" + did_you_mean(name, known)
-        )
+        raise MtscError(call.func_span, f"unknown op or block {name!r}" + did_you_mean(name, known))
 
     def repeat(self, rep: ast.Repeat, piped: Any, env: dict[str, Any], scope: _Scope) -> Any:
         count = self.eval(rep.count, env, scope)
@@ -585,7 +594,7 @@ class Lowerer:
                 f"got {len(positional)}",
             )
         local: dict[str, Any] = dict(block.globals)
-        for param, value in zip(params, positional):
+        for param, value in zip(params, positional, strict=False):
             local[param.name] = value
         names = [p.name for p in params]
         for key, value in kwargs.items():
@@ -600,9 +609,7 @@ class Lowerer:
         for param in params:
             if param.name not in given:
                 if param.default is None:
-                    raise MtscError(
-                        call.span, f"{defn.name}() is missing argument {param.name!r}"
-                    )
+                    raise MtscError(call.span, f"{defn.name}() is missing argument {param.name!r}")
                 local[param.name] = self.eval(param.default, local, scope)
         base = defn.name
         inner = _Scope(
@@ -654,7 +661,7 @@ class Lowerer:
                 call.span,
                 f"{written}: too many positional attributes after the inputs: {allowed}",
             )
-        attrs = dict(zip(spec.positional, rest))
+        attrs = dict(zip(spec.positional, rest, strict=False))
         for key, value in kwargs.items():
             if isinstance(value, Tensor):
                 raise MtscError(kw_spans[key], f"{written}: attribute {key!r} cannot be a tensor")

@@ -113,7 +113,9 @@ class Attr:
                 raise OpError(f"{self.name} must be one of {', '.join(map(repr, self.choices))}")
             return value
         if kind is Kind.PAIR:
-            pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+            pair = (
+                (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+            )
             if (
                 not isinstance(pair, tuple)
                 or len(pair) != 2
@@ -190,8 +192,7 @@ class OpSpec:
         attr = self._by_alias.get(key)
         if attr is None:
             raise OpError(
-                f"{self.op.value} has no attribute {key!r}"
-                + did_you_mean(key, self.attr_names())
+                f"{self.op.value} has no attribute {key!r}" + did_you_mean(key, self.attr_names())
             )
         return attr
 
@@ -470,8 +471,9 @@ def _same_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
 
 def _activation(op: Op, cls: str, doc: str) -> None:
     _register(
-        OpSpec(op, attrs=(), shape=_same_shape, torch=TorchModule(cls, lambda a, i: ((), {})),
-               doc=doc)
+        OpSpec(
+            op, attrs=(), shape=_same_shape, torch=TorchModule(cls, lambda a, i: ((), {})), doc=doc
+        )
     )
 
 
@@ -503,7 +505,7 @@ def _pool_finish(op: str) -> Callable[[dict[str, Any]], None]:
             raise OpError(f"{op}: needs a kernel size (k=...) or global=true")
         if a["stride"] is None:
             a["stride"] = a["kernel"]
-        for p, k in zip(a["padding"], a["kernel"]):
+        for p, k in zip(a["padding"], a["kernel"], strict=True):
             if 2 * p > k:
                 raise OpError(f"{op}: padding {p} must be at most half the kernel size {k}")
 
@@ -599,7 +601,7 @@ def _add_expr(a: Mapping[str, Any], xs: Sequence[str]) -> str:
         return " + ".join(xs)
     if len(coeffs) != len(xs):
         raise OpError(f"add: {len(coeffs)} coefficients for {len(xs)} inputs")
-    return " + ".join(f"{c!r} * {x}" if c != 1.0 else x for c, x in zip(coeffs, xs))
+    return " + ".join(f"{c!r} * {x}" if c != 1.0 else x for c, x in zip(coeffs, xs, strict=True))
 
 
 def _add_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
@@ -662,9 +664,7 @@ def _concat_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
     for s in ins[1:]:
         _spatial("concat", s)
         if s[1:] != first[1:]:
-            raise OpError(
-                f"concat: spatial size {first[1]}x{first[2]} vs {s[1]}x{s[2]}"
-            )
+            raise OpError(f"concat: spatial size {first[1]}x{first[2]} vs {s[1]}x{s[2]}")
     return (sum(s[0] for s in ins), first[1], first[2])
 
 
@@ -700,7 +700,8 @@ _register(
         ),
         shape=_linear_shape,
         torch=TorchModule(
-            "nn.Linear", lambda a, ins: ((ins[0][0], a["out"]), {} if a["bias"] else {"bias": False})
+            "nn.Linear",
+            lambda a, ins: ((ins[0][0], a["out"]), {} if a["bias"] else {"bias": False}),
         ),
         positional=("out",),
         params=lambda a, ins, out: ins[0][0] * a["out"] + (a["out"] if a["bias"] else 0),
@@ -725,7 +726,9 @@ _register(
         attrs=(Attr("p", Kind.FLOAT, 0.5, minimum=0),),
         shape=_same_shape,
         torch=TorchModule("nn.Dropout", lambda a, i: ((a["p"],), {})),
-        finish=lambda a: None if a["p"] < 1 else _raise(f"dropout: p must be below 1, got {a['p']}"),
+        finish=lambda a: (
+            None if a["p"] < 1 else _raise(f"dropout: p must be below 1, got {a['p']}")
+        ),
         doc="dropout (identity in eval mode)",
     )
 )

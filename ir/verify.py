@@ -27,7 +27,9 @@ def verify(g: Graph, *, after: str = "") -> None:
             fail(f"{node.name}: input ports {ports} are not 0..n-1")
         spec = spec_of(node.op)
         if set(node.attrs) != {a.name for a in spec.attrs}:
-            fail(f"{node.name}: attributes {sorted(node.attrs)} do not match the {node.op.value} op")
+            fail(
+                f"{node.name}: attributes {sorted(node.attrs)} do not match the {node.op.value} op"
+            )
         try:
             expected = infer_shape(node.op, node.attrs, g.in_shapes(nid))
         except OpError as err:

@@ -33,8 +33,13 @@ def import_generated(path: Path, module_name: str) -> Any:
     return module
 
 
-def write_supermodel(model_path: str | Path, out_dir: str | Path, *, share_bn: bool = False,
-                     check_existing: bool = False) -> Path:
+def write_supermodel(
+    model_path: str | Path,
+    out_dir: str | Path,
+    *,
+    share_bn: bool = False,
+    check_existing: bool = False,
+) -> Path:
     """Generate `out_dir/supermodel.py`; with `check_existing`, insist that a file already
     there is the same model (a run folder belongs to one model)."""
     g = load_supermodel_graph(model_path, RoutingOptions(share_bn=share_bn))
@@ -43,9 +48,7 @@ def write_supermodel(model_path: str | Path, out_dir: str | Path, *, share_bn: b
     text = emit_supermodel(g, source_name=str(model_path)).text
     path = Path(out_dir) / "supermodel.py"
     if check_existing and path.exists() and _body(path.read_text()) != _body(text):
-        raise MtscError(
-            None, f"{out_dir} holds a run of another model (its supermodel.py differs)"
-        )
+        raise MtscError(None, f"{out_dir} holds a run of another model (its supermodel.py differs)")
     write_atomic(path, text)
     return path
 
@@ -54,8 +57,13 @@ def _body(text: str) -> str:
     return text.split("\n", 1)[1]  # the first line names the source path, which may move
 
 
-def load_supermodel(model_path: str | Path, *, out_dir: str | Path | None = None,
-                    share_bn: bool = False, seed: int | None = 0):
+def load_supermodel(
+    model_path: str | Path,
+    *,
+    out_dir: str | Path | None = None,
+    share_bn: bool = False,
+    seed: int | None = 0,
+):
     """A fresh `Supermodel` instance compiled from a .mtl / .prototxt file, its weights
     initialised from `seed` (None: from torch's current random state)."""
     import tempfile
@@ -69,8 +77,16 @@ def load_supermodel(model_path: str | Path, *, out_dir: str | Path | None = None
     return import_generated(path, f"mtsc_generated_{abs(hash(str(path.resolve())))}").Supermodel()
 
 
-def search(model, train_set, val_set, run_dir: str | Path, *, resume: bool = False,
-           progress: bool = True, **config: Any):
+def search(
+    model,
+    train_set,
+    val_set,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    **config: Any,
+):
     """Run the three-stage policy search; keyword arguments override `SearchConfig`."""
     from mtsc.runtime.config import SearchConfig, make_config
     from mtsc.runtime.search import search as run_search

@@ -11,7 +11,19 @@ from mtsc.errors import MtscError
 
 # Each subcommand is a module in mtsc/commands/ with `register(subparsers)` and `run(args) -> int`.
 # Modules are imported lazily by name so that `mtsc build` never pays for torch.
-COMMANDS = ("build", "check", "fmt", "import", "graph", "search", "prune", "train", "stats", "data", "demo")
+COMMANDS = (
+    "build",
+    "check",
+    "fmt",
+    "import",
+    "graph",
+    "search",
+    "prune",
+    "train",
+    "stats",
+    "data",
+    "demo",
+)
 
 EXIT_USER_ERROR = 2
 

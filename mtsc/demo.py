@@ -15,21 +15,57 @@ from mtsc.fsutil import write_atomic
 MODEL = Path(__file__).resolve().parent.parent / "examples" / "resnet_tiny.mtl"
 DATA = "shapes"
 # Stage lengths: the full demo stays under 15 minutes on 2 cores, --quick under 3.
-FULL = {"search": {"warmup_steps": 300, "search_steps": 300, "batch_size": 16,
-                   "eval_every": 300, "eval_batches": 8, "checkpoint_every": 100},
-        "train": {"steps": 500, "batch_size": 16, "eval_every": 500, "eval_batches": 8,
-                  "checkpoint_every": 250}}
-QUICK = {"search": {"warmup_steps": 40, "search_steps": 40, "batch_size": 8,
-                    "eval_every": 40, "eval_batches": 4, "checkpoint_every": 40},
-         "train": {"steps": 60, "batch_size": 8, "eval_every": 60, "eval_batches": 4,
-                   "checkpoint_every": 60}}
+FULL = {
+    "search": {
+        "warmup_steps": 300,
+        "search_steps": 300,
+        "batch_size": 16,
+        "eval_every": 300,
+        "eval_batches": 8,
+        "checkpoint_every": 100,
+    },
+    "train": {
+        "steps": 500,
+        "batch_size": 16,
+        "eval_every": 500,
+        "eval_batches": 8,
+        "checkpoint_every": 250,
+    },
+}
+QUICK = {
+    "search": {
+        "warmup_steps": 40,
+        "search_steps": 40,
+        "batch_size": 8,
+        "eval_every": 40,
+        "eval_batches": 4,
+        "checkpoint_every": 40,
+    },
+    "train": {
+        "steps": 60,
+        "batch_size": 8,
+        "eval_every": 60,
+        "eval_batches": 4,
+        "checkpoint_every": 60,
+    },
+}
 VARIANTS = (("searched", None), ("all-shared", "shared"), ("all-specific", "specific"))
-SHOWN = {"segment": ("miou", "pixel_acc"), "depth": ("abs_err", "rel_err"),
-         "normal": ("mean_angle", "within_11_25")}
+SHOWN = {
+    "segment": ("miou", "pixel_acc"),
+    "depth": ("abs_err", "rel_err"),
+    "normal": ("mean_angle", "within_11_25"),
+}
 
 
-def run_demo(out: Path, *, quick: bool = False, seed: int = 0, progress: bool = True,
-             model_path: Path = MODEL, stages: dict | None = None) -> dict:
+def run_demo(
+    out: Path,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    model_path: Path = MODEL,
+    stages: dict | None = None,
+) -> dict:
     """`stages` overrides the FULL / QUICK settings of each stage, e.g.
     `{"search": {"warmup_steps": 2}, "train": {"data": {"n_test": 8}}}` (a config's `data`
     options go to `open_dataset`)."""
@@ -61,8 +97,9 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, progress: bool = 
     supermodel = import_generated(sm_path, "mtsc_demo_supermodel").Supermodel()
     train_set = open_dataset(DATA, "train", **search_cfg.data)
     val_set = open_dataset(DATA, "val", **search_cfg.data)
-    result = run_search(supermodel, train_set, val_set, search_cfg, out / "search",
-                        progress=progress)
+    result = run_search(
+        supermodel, train_set, val_set, search_cfg, out / "search", progress=progress
+    )
     say(policy_table(supermodel, result.policy), end="")
     timings["search"] = time.perf_counter() - started - sum(timings.values())
 
@@ -73,8 +110,9 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, progress: bool = 
     for name, policy in VARIANTS:
         say(f"-- {name}")
         spec = result.policy if policy is None else policy
-        trained = train_pruned(model_path, spec, DATA, out / "train" / name, train_cfg,
-                               progress=progress)
+        trained = train_pruned(
+            model_path, spec, DATA, out / "train" / name, train_cfg, progress=progress
+        )
         metrics = evaluate_split(trained["net"], test_set, train_cfg)
         rows[name] = {"params": trained["params"], "macs": trained["macs"], "metrics": metrics}
         if name == "searched":
@@ -111,8 +149,11 @@ def report(rows: dict) -> str:
         values = [row["metrics"][t][m] for t, ms in SHOWN.items() for m in ms]
         mine = {t: {m: row["metrics"][t][m] for m in ms} for t, ms in scored.items()}
         dm = delta_m(mine, scored) if scored else float("nan")
-        lines.append(f"{name:<14}{human(row['params']):>10}"
-                     + "".join(f"{v:>22.4f}" for v in values) + f"{dm:>9.2f}")
+        lines.append(
+            f"{name:<14}{human(row['params']):>10}"
+            + "".join(f"{v:>22.4f}" for v in values)
+            + f"{dm:>9.2f}"
+        )
     if left_out:
         lines.append(f"Δm leaves out {', '.join(left_out)}: the single-task networks score 0")
     return "\n".join(lines)
@@ -164,10 +205,20 @@ def _write_predictions(net, test_set, path: Path, count: int = 4) -> None:
             # The preview helpers take channels-last pictures and [H, W] depth.
             picture = denormalize_image(image).permute(1, 2, 0).numpy()
             normal = torch.nn.functional.normalize(out["normal"][0], dim=0)
-            rows.append(sample_panels(picture, targets["segment"].numpy(),
-                                      targets["depth"][0].numpy(),
-                                      targets["normal"].permute(1, 2, 0).numpy()))
-            rows.append(sample_panels(picture, out["segment"][0].argmax(0).numpy(),
-                                      out["depth"][0, 0].clamp(min=1e-3).numpy(),
-                                      normal.permute(1, 2, 0).numpy()))
+            rows.append(
+                sample_panels(
+                    picture,
+                    targets["segment"].numpy(),
+                    targets["depth"][0].numpy(),
+                    targets["normal"].permute(1, 2, 0).numpy(),
+                )
+            )
+            rows.append(
+                sample_panels(
+                    picture,
+                    out["segment"][0].argmax(0).numpy(),
+                    out["depth"][0, 0].clamp(min=1e-3).numpy(),
+                    normal.permute(1, 2, 0).numpy(),
+                )
+            )
     write_atomic(path, encode_png(grid(rows, zoom=2).astype(np.uint8)))

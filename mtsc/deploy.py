@@ -74,8 +74,9 @@ def size_report(g: Graph) -> SizeReport:
     owner = {n: weight_key(g.node(n)) or n for n in ops}
     params = {owner[n]: node_params(g, n) for n in ops}
     paths = {t: g.ancestors(g.outputs[t]) | {g.outputs[t]} for t in tasks}
-    users = {w: {t for t in tasks if any(owner[n] == w for n in paths[t] if n in owner)}
-             for w in params}
+    users = {
+        w: {t for t in tasks if any(owner[n] == w for n in paths[t] if n in owner)} for w in params
+    }
     return SizeReport(
         tasks,
         sum(params.values()),

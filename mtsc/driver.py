@@ -24,9 +24,7 @@ from mtsc.render import finish_render, how_to_render, start_render
 Pass = Callable[[Graph], Graph]
 
 # The passes every model goes through after its frontend, in order.
-FRONTEND_PIPELINE: tuple[Pass, ...] = (
-    infer_shapes,
-)
+FRONTEND_PIPELINE: tuple[Pass, ...] = (infer_shapes,)
 # From the model (backbone + task heads) to the backbone alone.
 BACKBONE_PIPELINE: tuple[Pass, ...] = (
     extract_backbone,
@@ -86,8 +84,8 @@ def supermodel_pipeline(options: RoutingOptions) -> tuple[Pass, ...]:
     return (functools.partial(insert_routing, options=options),)
 
 
-def load_supermodel(path: str | Path, options: RoutingOptions = RoutingOptions()) -> Graph:
-    return run_pipeline(load(path), supermodel_pipeline(options))
+def load_supermodel(path: str | Path, options: RoutingOptions | None = None) -> Graph:
+    return run_pipeline(load(path), supermodel_pipeline(options or RoutingOptions()))
 
 
 @dataclass
@@ -104,7 +102,7 @@ def build(
     out_dir: str | Path | None,
     *,
     render: bool = True,
-    routing: RoutingOptions = RoutingOptions(),
+    routing: RoutingOptions | None = None,
     output: str | None = None,
 ) -> BuildResult:
     """Compile a model. With `out_dir`, write backbone.py/.dot/.svg and, when the model has
@@ -114,7 +112,7 @@ def build(
     backbone = run_pipeline(model.copy(), BACKBONE_PIPELINE)
     result = BuildResult(backbone, summarize(backbone))
     if model.tasks:
-        result.supermodel = run_pipeline(model, supermodel_pipeline(routing))
+        result.supermodel = run_pipeline(model, supermodel_pipeline(routing or RoutingOptions()))
     if out_dir is None:
         return result
     out_dir = Path(out_dir)
@@ -131,7 +129,9 @@ def build(
             emit_supermodel_dot(sm, title=f"{sm.name} supermodel"),
         )
     # Graphviz renders in the background while the sources are written.
-    renders = {stem: start_render(dot, "svg") if render else None for stem, (_, dot) in sources.items()}
+    renders = {
+        stem: start_render(dot, "svg") if render else None for stem, (_, dot) in sources.items()
+    }
     for stem, (py, dot) in sources.items():
         for name, text in ((f"{stem}.py", py), (f"{stem}.dot", dot)):
             write_atomic(out_dir / name, text)

@@ -56,5 +56,7 @@ def render(dot_text: str, out: Path) -> None:
         raise MtscError(None, f"cannot render to .{fmt}; use one of .dot, .svg, .png, .pdf")
     proc = start_render(dot_text, fmt)
     if proc is None:
-        raise MtscError(None, f"graphviz's `dot` is needed to write {out}; write a .dot file instead")
+        raise MtscError(
+            None, f"graphviz's `dot` is needed to write {out}; write a .dot file instead"
+        )
     finish_render(proc, out)

@@ -4,13 +4,12 @@ data with `resnet_tiny.mtl`; overridable from a TOML file and from the command l
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from mtsc.errors import MtscError
 
@@ -72,15 +71,27 @@ class TrainConfig:
 
 
 QUICK = {
-    SearchConfig: {"warmup_steps": 30, "search_steps": 30, "eval_every": 30, "eval_batches": 4,
-                   "checkpoint_every": 20, "batch_size": 8},
-    TrainConfig: {"steps": 40, "eval_every": 40, "eval_batches": 4, "checkpoint_every": 20,
-                  "batch_size": 8},
+    SearchConfig: {
+        "warmup_steps": 30,
+        "search_steps": 30,
+        "eval_every": 30,
+        "eval_batches": 4,
+        "checkpoint_every": 20,
+        "batch_size": 8,
+    },
+    TrainConfig: {
+        "steps": 40,
+        "eval_every": 40,
+        "eval_batches": 4,
+        "checkpoint_every": 20,
+        "batch_size": 8,
+    },
 }
 
 
-def make_config(cls: type, toml_path: str | Path | None, overrides: dict[str, Any],
-                *, quick: bool = False) -> Any:
+def make_config(
+    cls: type, toml_path: str | Path | None, overrides: dict[str, Any], *, quick: bool = False
+) -> Any:
     """Defaults, then `--quick`, then the TOML file, then command-line overrides."""
     values: dict[str, Any] = dict(QUICK[cls]) if quick else {}
     if toml_path is not None:

@@ -24,8 +24,9 @@ from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
-from mtsc.runtime.losses import IGNORE_INDEX, check_options, label_mask, target_map
 from torch import Tensor
+
+from mtsc.runtime.losses import IGNORE_INDEX, check_options, label_mask, target_map
 
 # The direction of every metric name any metric here reports: True when higher is better.
 HIGHER_IS_BETTER: Mapping[str, bool] = MappingProxyType(

@@ -32,9 +32,13 @@ def check_policy(policy, model, tasks, has_skip):
     missing = sorted(set(has_skip) - set(policy["choices"]))
     unknown = sorted(set(policy["choices"]) - set(has_skip))
     if missing:
-        problems.append(f"no choice for ops {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+        problems.append(
+            f"no choice for ops {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
+        )
     if unknown:
-        problems.append(f"unknown ops {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else ""))
+        problems.append(
+            f"unknown ops {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else "")
+        )
     for name, per_task in policy["choices"].items():
         if name not in has_skip:
             continue

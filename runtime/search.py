@@ -109,12 +109,30 @@ def search(
         forward=forward,
         config=config,
         objective=objective,
-        weights=BatchStream(train_set, weight_idx, config.batch_size, config.seed,
-                            num_workers=config.num_workers, rank=rank, world=world),
-        held_out=BatchStream(train_set, policy_idx, config.batch_size, config.seed + 1,
-                             num_workers=config.num_workers, rank=rank, world=world),
-        weight_opt=torch.optim.SGD(model.weight_parameters(), lr=config.weight_lr,
-                                   momentum=config.momentum, weight_decay=config.weight_decay),
+        weights=BatchStream(
+            train_set,
+            weight_idx,
+            config.batch_size,
+            config.seed,
+            num_workers=config.num_workers,
+            rank=rank,
+            world=world,
+        ),
+        held_out=BatchStream(
+            train_set,
+            policy_idx,
+            config.batch_size,
+            config.seed + 1,
+            num_workers=config.num_workers,
+            rank=rank,
+            world=world,
+        ),
+        weight_opt=torch.optim.SGD(
+            model.weight_parameters(),
+            lr=config.weight_lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        ),
         policy_opt=torch.optim.Adam(model.policy_parameters(), lr=config.policy_lr),
         device=device,
         logger=RunLogger(run_dir, enabled=rank == 0),
@@ -186,7 +204,10 @@ def _weight_step(run: _Run) -> dict[str, float]:
     run.policy_opt.zero_grad(set_to_none=True)
     loss.backward()
     run.weight_opt.step()
-    return {"loss": float(loss.detach()), **{f"loss_{t}": float(v.detach()) for t, v in losses.items()}}
+    return {
+        "loss": float(loss.detach()),
+        **{f"loss_{t}": float(v.detach()) for t, v in losses.items()},
+    }
 
 
 def _policy_step(run: _Run) -> dict[str, float]:

@@ -29,10 +29,28 @@ MODES = ("warmup", "search", "hard")
 class TaskConv2d(nn.Conv2d):
     """One conv per task, run as a single grouped conv over the task-stacked batch."""
 
-    def __init__(self, tasks, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 dilation=1, groups=1, bias=True):
-        super().__init__(tasks * in_channels, tasks * out_channels, kernel_size, stride=stride,
-                         padding=padding, dilation=dilation, groups=tasks * groups, bias=bias)
+    def __init__(
+        self,
+        tasks,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+    ):
+        super().__init__(
+            tasks * in_channels,
+            tasks * out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=tasks * groups,
+            bias=bias,
+        )
         self.tasks = tasks
 
     def forward(self, x):
@@ -59,8 +77,12 @@ class TaskLinear(nn.Module):
         super().__init__()
         self.tasks = tasks
         bound = 1 / math.sqrt(in_features)
-        self.weight = nn.Parameter(torch.empty(tasks, out_features, in_features).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(tasks, out_features).uniform_(-bound, bound)) if bias else None
+        self.weight = nn.Parameter(
+            torch.empty(tasks, out_features, in_features).uniform_(-bound, bound)
+        )
+        self.bias = (
+            nn.Parameter(torch.empty(tasks, out_features).uniform_(-bound, bound)) if bias else None
+        )
 
     def forward(self, x):
         y = torch.einsum("btf,tof->bto", x.reshape(-1, self.tasks, x.shape[-1]), self.weight)
@@ -89,10 +111,12 @@ class SupermodelBase(nn.Module):
         self.gumbel_noise = None  # {op name: [T, 3] tensor}: fixed noise instead of sampling
         self._hard = {}
         self._has_skip = {name: skip for name, skip, _ in self.ROUTED}
-        self.policy = nn.ParameterDict({
-            self.policy_key(name): nn.Parameter(torch.zeros(len(self.TASKS), 3))
-            for name, _, _ in self.ROUTED
-        })
+        self.policy = nn.ParameterDict(
+            {
+                self.policy_key(name): nn.Parameter(torch.zeros(len(self.TASKS), 3))
+                for name, _, _ in self.ROUTED
+            }
+        )
 
     @staticmethod
     def policy_key(name):
@@ -101,13 +125,15 @@ class SupermodelBase(nn.Module):
     # -- modes and parameters -----------------------------------------------------------------
 
     def set_mode(self, mode):
-        """"warmup": equal mixture weights; "search": Gumbel-softmax at temperature `tau`;
+        """ "warmup": equal mixture weights; "search": Gumbel-softmax at temperature `tau`;
         "hard": the argmax policy, computing only the candidates some task chose."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         if mode == "hard":
-            self._hard = {name: self.policy_logits(name).argmax(1).tolist() for name, _, _ in self.ROUTED}
+            self._hard = {
+                name: self.policy_logits(name).argmax(1).tolist() for name, _, _ in self.ROUTED
+            }
         return self
 
     def policy_parameters(self):
@@ -190,14 +216,15 @@ class SupermodelBase(nn.Module):
         table = {}
         for name, _, _ in self.ROUTED:
             probs = F.softmax(self.policy_logits(name).detach().float(), dim=1).tolist()
-            table[name] = {t: dict(zip(CHOICES, row)) for t, row in zip(self.TASKS, probs)}
+            rows = zip(self.TASKS, probs, strict=True)
+            table[name] = {t: dict(zip(CHOICES, row, strict=True)) for t, row in rows}
         return table
 
     def export_policy(self):
         choices = {}
         for name, _, _ in self.ROUTED:
             picks = self.policy_logits(name).detach().argmax(1).tolist()
-            choices[name] = {t: CHOICES[c] for t, c in zip(self.TASKS, picks)}
+            choices[name] = {t: CHOICES[c] for t, c in zip(self.TASKS, picks, strict=True)}
         return {"model": self.MODEL, "tasks": list(self.TASKS), "choices": choices}
 
     def load_policy(self, policy):

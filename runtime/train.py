@@ -61,8 +61,16 @@ class _Train:
     last_metrics: dict = field(default_factory=dict)
 
 
-def train(model: torch.nn.Module, train_set, val_set, config: TrainConfig, run_dir: str | Path,
-          *, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(
+    model: torch.nn.Module,
+    train_set,
+    val_set,
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
     """Train every weight of `model` (a generated MultiTaskModel) on all its tasks."""
     run_dir = Path(run_dir)
     device = init_distributed()
@@ -70,17 +78,33 @@ def train(model: torch.nn.Module, train_set, val_set, config: TrainConfig, run_d
     seed_everything(config.seed)
     model.to(device)
     forward = DistributedDataParallel(model) if world > 1 else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
     steps = max(1, config.steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
     run = _Train(
-        model, forward, config, TaskObjective(model.TASK_SPECS, train_set.info),
-        BatchStream(train_set, list(range(len(train_set))), config.batch_size, config.seed,
-                    num_workers=config.num_workers, rank=rank, world=world),
-        optimizer, schedule, device, RunLogger(run_dir, enabled=rank == 0), run_dir, val_set,
+        model,
+        forward,
+        config,
+        TaskObjective(model.TASK_SPECS, train_set.info),
+        BatchStream(
+            train_set,
+            list(range(len(train_set))),
+            config.batch_size,
+            config.seed,
+            num_workers=config.num_workers,
+            rank=rank,
+            world=world,
+        ),
+        optimizer,
+        schedule,
+        device,
+        RunLogger(run_dir, enabled=rank == 0),
+        run_dir,
+        val_set,
     )
     if resume:
         _restore(run, run_dir / CHECKPOINT)
@@ -107,31 +131,42 @@ def _step(run: _Train) -> dict[str, float]:
     loss.backward()
     run.optimizer.step()
     run.schedule.step()
-    return {"loss": float(loss.detach()), "lr": run.schedule.get_last_lr()[0],
-            **{f"loss_{t}": float(v.detach()) for t, v in losses.items()}}
+    return {
+        "loss": float(loss.detach()),
+        "lr": run.schedule.get_last_lr()[0],
+        **{f"loss_{t}": float(v.detach()) for t, v in losses.items()},
+    }
 
 
 def evaluate_split(model, test_set, config: TrainConfig, device=None) -> dict:
     """Metrics over a whole split (for the final report)."""
     objective = TaskObjective(model.TASK_SPECS, test_set.info)
-    return evaluate(model, test_set, objective, batch_size=config.batch_size,
-                    device=device or next(model.parameters()).device)
+    return evaluate(
+        model,
+        test_set,
+        objective,
+        batch_size=config.batch_size,
+        device=device or next(model.parameters()).device,
+    )
 
 
 def _checkpoint(run: _Train) -> None:
     if dist_info()[0] == 0:
-        save_checkpoint(run.run_dir / CHECKPOINT, {
-            "model": run.model.state_dict(),
-            "tasks": list(run.model.TASKS),
-            "optimizer": run.optimizer.state_dict(),
-            "schedule": run.schedule.state_dict(),
-            "stage": run.stage,
-            "step": run.step,
-            "stream": run.stream.state(),
-            "rng": rng_state(),
-            "config": run.config.to_dict(),
-            "metrics": run.last_metrics,
-        })
+        save_checkpoint(
+            run.run_dir / CHECKPOINT,
+            {
+                "model": run.model.state_dict(),
+                "tasks": list(run.model.TASKS),
+                "optimizer": run.optimizer.state_dict(),
+                "schedule": run.schedule.state_dict(),
+                "stage": run.stage,
+                "step": run.step,
+                "stream": run.stream.state(),
+                "rng": rng_state(),
+                "config": run.config.to_dict(),
+                "metrics": run.last_metrics,
+            },
+        )
     barrier()
 
 

@@ -52,15 +52,15 @@ class TaskObjective:
             if metric[0] is not None:
                 options = dict(metric[1])
                 if metric[0] in ("miou", "segmentation") and "num_classes" not in options:
-                    options["num_classes"] = spec["head"][1].get("classes", dataset_info.num_classes)
+                    options["num_classes"] = spec["head"][1].get(
+                        "classes", dataset_info.num_classes
+                    )
                     options.setdefault("ignore", dataset_info.ignore_index)
                 self.metric_specs[task] = (metric[0], options)
 
     def task_losses(self, outputs: Mapping[str, torch.Tensor], targets: Mapping) -> dict:
         valid = targets.get("valid", {})
-        return {
-            t: self.losses[t](outputs[t].float(), targets[t], valid.get(t)) for t in self.tasks
-        }
+        return {t: self.losses[t](outputs[t].float(), targets[t], valid.get(t)) for t in self.tasks}
 
     def total(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return sum(self.weights[t] * losses[t] for t in self.tasks)
@@ -94,8 +94,17 @@ class BatchStream:
     """An endless, resumable stream of batches: epoch `e` visits the samples in the order of
     a permutation seeded by (seed, e); under DDP each rank takes its share of every batch."""
 
-    def __init__(self, dataset, indices: list[int], batch_size: int, seed: int,
-                 *, num_workers: int = 0, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self,
+        dataset,
+        indices: list[int],
+        batch_size: int,
+        seed: int,
+        *,
+        num_workers: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         if len(indices) < batch_size * world:
             raise MtscError(
                 None,
@@ -129,7 +138,10 @@ class BatchStream:
         # A private generator: a loader draws its workers' base seed when it starts, and from
         # the global RNG that would shift the Gumbel noise of a resumed run (it starts anew).
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=collate,
+            self.dataset,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            collate_fn=collate,
             generator=self._epoch_generator(self.epoch),
         )
         self._iter = iter(loader)
@@ -170,8 +182,9 @@ def to_device(batch: tuple, device: torch.device) -> tuple[torch.Tensor, dict]:
 
 
 @torch.no_grad()
-def evaluate(model, dataset, objective: TaskObjective, *, batch_size: int, device,
-             max_batches: int = 0) -> dict[str, dict[str, float]]:
+def evaluate(
+    model, dataset, objective: TaskObjective, *, batch_size: int, device, max_batches: int = 0
+) -> dict[str, dict[str, float]]:
     """Metrics of every task over the split (its first `max_batches` batches, if set),
     all-reduced across processes under DDP. Runs `model` itself, never its DDP wrapper: the
     ranks may get different numbers of batches, and a wrapper's forward may be a collective."""
@@ -201,15 +214,27 @@ def evaluate(model, dataset, objective: TaskObjective, *, batch_size: int, devic
 # ---------------------------------------------------------------------- the loop
 
 
-def run_steps(run: Any, total: int, step_fn: Callable[[Any], dict], checkpoint: Callable[[Any], None],
-              *, progress: bool = True) -> None:
+def run_steps(
+    run: Any,
+    total: int,
+    step_fn: Callable[[Any], dict],
+    checkpoint: Callable[[Any], None],
+    *,
+    progress: bool = True,
+) -> None:
     """Steps `run.step` up to `total`: a progress bar with loss, tau and throughput, the
     metrics log, validation every `eval_every` steps and checkpoints every
     `checkpoint_every` steps. `run` carries model, forward, config, objective, device,
     logger, val_set, stage, step and last_metrics."""
     rank, _ = dist_info()
-    bar = tqdm(total=total, initial=run.step, desc=run.stage, disable=not progress or rank != 0,
-               dynamic_ncols=True, leave=True)
+    bar = tqdm(
+        total=total,
+        initial=run.step,
+        desc=run.stage,
+        disable=not progress or rank != 0,
+        dynamic_ncols=True,
+        leave=True,
+    )
     start, samples = time.perf_counter(), 0
     while run.step < total:
         logs = step_fn(run)
@@ -223,8 +248,12 @@ def run_steps(run: Any, total: int, step_fn: Callable[[Any], dict], checkpoint: 
             run.logger.log(run.step, run.stage, {**logs, "images_per_s": rate})
         if run.config.eval_every and (run.step % run.config.eval_every == 0 or run.step == total):
             run.last_metrics = evaluate(
-                run.model, run.val_set, run.objective, batch_size=run.config.batch_size,
-                device=run.device, max_batches=run.config.eval_batches,
+                run.model,
+                run.val_set,
+                run.objective,
+                batch_size=run.config.batch_size,
+                device=run.device,
+                max_batches=run.config.eval_batches,
             )
             run.logger.log(run.step, run.stage, {"val": run.last_metrics})
             if rank == 0:
@@ -253,7 +282,11 @@ def dist_info() -> tuple[int, int]:
 
 def init_distributed() -> torch.device:
     """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
-    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+    if (
+        "WORLD_SIZE" in os.environ
+        and int(os.environ["WORLD_SIZE"]) > 1
+        and not dist.is_initialized()
+    ):
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
     if torch.cuda.is_available():

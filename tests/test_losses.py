@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from mtsc.runtime.losses import (
     combine_task_losses,
     cosine_loss,

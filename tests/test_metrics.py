@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+
 from mtsc.runtime.metrics import (
     HIGHER_IS_BETTER,
     METRICS,

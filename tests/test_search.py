@@ -416,8 +416,8 @@ def test_non_finite_loss_stops_naming_the_task_and_keeps_the_last_checkpoint(
     with pytest.raises(MtscError) as err:
         api_search(model_file, (poisoned, val), tmp_path)
     assert err.value.message == (
-        "the loss of task(s) depth is not finite at step 5; stopped, the last good checkpoint "
-        "is kept (lower the learning rate or check the data)"
+        "the loss of task(s) depth is not finite at step 5; stopped, the last checkpoint "
+        "written, if any, is kept (lower the learning rate or check the data)"
     )
     state = load(tmp_path / "last.pt")
     assert (state["stage"], state["step"]) == ("warmup", 4)

@@ -46,9 +46,7 @@ def insert_routing(
     backbone = [n for n in g.topo_order() if g.node(n).task is None]
     _stack_inputs(g, backbone)
     _slice_for_heads(g, tasks)
-    routed = [
-        n for n in backbone if g.node(n).op in ROUTABLE and g.node(n).sharing is None
-    ]
+    routed = [n for n in backbone if g.node(n).op in ROUTABLE and g.node(n).sharing is None]
     for depth, nid in enumerate(routed, start=1):
         _route(g, nid, depth)
     for nid in backbone:
@@ -115,8 +113,15 @@ def _route(g: Graph, nid: int, depth: int) -> None:
     outputs = [k for k, v in g.outputs.items() if v == nid]
     g.update(nid, role=Role.SHARED, meta={**node.meta, "depth": depth})
     specific = g.add(
-        Node(node.op, f"{node.name}.specific", dict(node.attrs), node.shape, node.loc,
-             role=Role.SPECIFIC, meta=dict(node.meta)),
+        Node(
+            node.op,
+            f"{node.name}.specific",
+            dict(node.attrs),
+            node.shape,
+            node.loc,
+            role=Role.SPECIFIC,
+            meta=dict(node.meta),
+        ),
         [x],
     )
     candidates = [nid, specific]
@@ -162,8 +167,15 @@ def _skip_candidate(g: Graph, node: Node, x: int, in_shape: Shape) -> int | None
 
 
 def _skip_node(node: Node, op: Op, suffix: str, attrs: dict) -> Node:
-    return Node(op, f"{node.name}.{suffix}", attrs, node.shape, node.loc, role=Role.SKIP,
-                meta=dict(node.meta))
+    return Node(
+        op,
+        f"{node.name}.{suffix}",
+        attrs,
+        node.shape,
+        node.loc,
+        role=Role.SKIP,
+        meta=dict(node.meta),
+    )
 
 
 def choice_params(g: Graph, route: int) -> dict[str, int]:

@@ -23,7 +23,9 @@ def prune(g: Graph, policy: dict) -> Graph:
     shared_inputs: dict[int, int] = {}
     for nid in g.input_ids():
         node = g.node(nid)
-        shared_inputs[nid] = out.add(Node(Op.INPUT, node.name, dict(node.attrs), node.shape, node.loc))
+        shared_inputs[nid] = out.add(
+            Node(Op.INPUT, node.name, dict(node.attrs), node.shape, node.loc)
+        )
     for t_index, task in enumerate(tasks):
         value: dict[int, int] = dict(shared_inputs)
         for nid in g.topo_order():

@@ -1,9 +1,9 @@
 """`mtsc search MODEL --data SPEC --out DIR`: the three-stage policy search.
 
-    mtsc search examples/resnet_tiny.mtl --data shapes --out runs/tiny --quick
-    mtsc search examples/resnet34.mtl --data nyuv2:/data/nyuv2 --out runs/r34 --config s.toml
-    torchrun --nproc_per_node=4 -m mtsc search ... --out runs/r34
-    mtsc search ... --resume runs/r34
+mtsc search examples/resnet_tiny.mtl --data shapes --out runs/tiny --quick
+mtsc search examples/resnet34.mtl --data nyuv2:/data/nyuv2 --out runs/r34 --config s.toml
+torchrun --nproc_per_node=4 -m mtsc search ... --out runs/r34
+mtsc search ... --resume runs/r34
 """
 
 from __future__ import annotations
@@ -30,8 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_set_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config value, e.g. --set warmup_steps=100 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config value, e.g. --set warmup_steps=100 (repeatable)",
+    )
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -64,8 +69,13 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.resume or args.out or "")
     if not (args.resume or args.out):
         raise MtscError(None, "give the run folder: --out DIR (or --resume DIR)")
-    overrides = {"seed": args.seed, "budget": args.budget, "derive": args.derive,
-                 "amp": args.amp, **parse_sets(args.set)}
+    overrides = {
+        "seed": args.seed,
+        "budget": args.budget,
+        "derive": args.derive,
+        "amp": args.amp,
+        **parse_sets(args.set),
+    }
     config = make_config(SearchConfig, args.config, overrides, quick=args.quick)
     init_distributed()
     rank, _ = dist_info()
@@ -74,16 +84,24 @@ def run(args: argparse.Namespace) -> int:
         raise MtscError(None, f"{run_dir} already holds a run; use --resume to continue it")
     path = run_dir / "supermodel.py"
     if rank == 0:
-        path = write_supermodel(args.model, run_dir, share_bn=args.share_bn,
-                                check_existing=bool(args.resume))
+        path = write_supermodel(
+            args.model, run_dir, share_bn=args.share_bn, check_existing=bool(args.resume)
+        )
     barrier()
     seed_everything(config.seed)  # torch's default seed is random: the initial weights need one
     supermodel = import_generated(path, "mtsc_run_supermodel").Supermodel()
     data = dict(config.data)
     train_set = open_dataset(args.data, "train", **data)
     val_set = open_dataset(args.data, "val", **data)
-    result = run_search(supermodel, train_set, val_set, config, run_dir,
-                        resume=bool(args.resume), progress=not args.no_progress)
+    result = run_search(
+        supermodel,
+        train_set,
+        val_set,
+        config,
+        run_dir,
+        resume=bool(args.resume),
+        progress=not args.no_progress,
+    )
     if dist_info()[0] == 0:
         print(policy_table(supermodel, result.policy), end="")
         print(f"wrote {run_dir / 'policy.json'}, {run_dir / 'policy.txt'}, {run_dir / 'last.pt'}")

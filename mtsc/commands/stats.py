@@ -22,7 +22,12 @@ def run(args: argparse.Namespace) -> int:
     report = size_report(prune_model(args.model, args.policy, routing=routing).model)
     extremes = baselines(args.model, routing)
     if args.json:
-        print(json.dumps({**report.__dict__, "baselines": {k: v.__dict__ for k, v in extremes.items()}}, indent=2))
+        print(
+            json.dumps(
+                {**report.__dict__, "baselines": {k: v.__dict__ for k, v in extremes.items()}},
+                indent=2,
+            )
+        )
     else:
         print(report_table(report, extremes))
     return 0

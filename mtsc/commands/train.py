@@ -33,12 +33,23 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.resume or args.out or "")
     if not (args.resume or args.out):
         raise MtscError(None, "give the run folder: --out DIR (or --resume DIR)")
-    config = make_config(TrainConfig, args.config,
-                         {"seed": args.seed, "amp": args.amp, **parse_sets(args.set)},
-                         quick=args.quick)
-    result = train_pruned(args.model, args.policy, args.data, run_dir, config,
-                          weights=args.weights, share_bn=args.share_bn,
-                          resume=bool(args.resume), progress=not args.no_progress)
+    config = make_config(
+        TrainConfig,
+        args.config,
+        {"seed": args.seed, "amp": args.amp, **parse_sets(args.set)},
+        quick=args.quick,
+    )
+    result = train_pruned(
+        args.model,
+        args.policy,
+        args.data,
+        run_dir,
+        config,
+        weights=args.weights,
+        share_bn=args.share_bn,
+        resume=bool(args.resume),
+        progress=not args.no_progress,
+    )
     from mtsc.runtime.trainer import metrics_line
 
     print(f"validation: {metrics_line(result['metrics'])}")
@@ -46,8 +57,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_pruned(model_path, policy, data: str, run_dir: Path, config, *, weights=None,
-                 share_bn: bool = False, resume: bool = False, progress: bool = True) -> dict:
+def train_pruned(
+    model_path,
+    policy,
+    data: str,
+    run_dir: Path,
+    config,
+    *,
+    weights=None,
+    share_bn: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
     """Prune, write model.py, train, write model.pt and eval.json; returns metrics and sizes."""
     import io
     import json
@@ -84,7 +105,11 @@ def train_pruned(model_path, policy, data: str, run_dir: Path, config, *, weight
     torch.save(net.state_dict(), buffer)
     write_atomic(run_dir / "model.pt", buffer.getvalue())
     report = size_report(pruned.model)
-    summary = {"metrics": result.metrics, "params": report.total_params,
-               "macs": report.total_macs, "task_params": report.task_params}
+    summary = {
+        "metrics": result.metrics,
+        "params": report.total_params,
+        "macs": report.total_macs,
+        "task_params": report.task_params,
+    }
     write_atomic(run_dir / "eval.json", json.dumps(summary, indent=2) + "\n")
     return {**summary, "net": net, "pruned": pruned}
