@@ -69,7 +69,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="runs per measurement (median)")
     args = parser.parse_args()
-    mtsc = [sys.executable, "-m", "mtsc"]
+    script = Path(sys.executable).parent / "mtsc"  # the console script users run
+    mtsc = [str(script)] if script.exists() else [sys.executable, "-m", "mtsc"]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         python_start = median_seconds([sys.executable, "-c", "pass"], args.runs)

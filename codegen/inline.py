@@ -29,11 +29,13 @@ def runtime_source(filename: str) -> str:
 
 def split_inline(text: str) -> InlineSource:
     """Separate a runtime file's imports from the code to copy."""
-    tree = ast.parse(text)
     lines = text.splitlines()
+    marker = next((i for i, line in enumerate(lines) if line.strip() == MARKER), None)
+    # Only the part above the marker needs parsing (the whole file is slower to parse).
+    head = "\n".join(lines[:marker]) if marker is not None else text
     imports: list[str] = []
     body_start = len(lines)
-    for stmt in tree.body:
+    for stmt in ast.parse(head).body:
         if _is_docstring(stmt):
             continue
         if _is_import_stmt(stmt):
@@ -42,9 +44,8 @@ def split_inline(text: str) -> InlineSource:
             continue
         body_start = stmt.lineno - 1
         break
-    if MARKER in text:
-        marker_line = next(i for i, line in enumerate(lines) if line.strip() == MARKER)
-        body_start = marker_line + 1
+    if marker is not None:
+        body_start = marker + 1
     body = "\n".join(lines[body_start:]).strip("\n") + "\n"
     return InlineSource(tuple(imports), body)
 

@@ -116,24 +116,17 @@ def build(
     if out_dir is None:
         return result
     out_dir = Path(out_dir)
-    sources = {
-        "backbone": (
-            emit_backbone(backbone, source_name=str(path)).text,
-            emit_dot(backbone, title=f"{backbone.name} backbone"),
-        )
-    }
+    # The graphs first, so Graphviz renders them in the background while the sources are made.
+    graphs = {"backbone": emit_dot(backbone, title=f"{backbone.name} backbone")}
     if result.supermodel is not None:
         sm = result.supermodel
-        sources["supermodel"] = (
-            emit_supermodel(sm, source_name=str(path)).text,
-            emit_supermodel_dot(sm, title=f"{sm.name} supermodel"),
-        )
-    # Graphviz renders in the background while the sources are written.
-    renders = {
-        stem: start_render(dot, "svg") if render else None for stem, (_, dot) in sources.items()
-    }
-    for stem, (py, dot) in sources.items():
-        for name, text in ((f"{stem}.py", py), (f"{stem}.dot", dot)):
+        graphs["supermodel"] = emit_supermodel_dot(sm, title=f"{sm.name} supermodel")
+    renders = {stem: start_render(dot, "svg") if render else None for stem, dot in graphs.items()}
+    sources = {"backbone": emit_backbone(backbone, source_name=str(path)).text}
+    if result.supermodel is not None:
+        sources["supermodel"] = emit_supermodel(result.supermodel, source_name=str(path)).text
+    for stem, py in sources.items():
+        for name, text in ((f"{stem}.py", py), (f"{stem}.dot", graphs[stem])):
             write_atomic(out_dir / name, text)
             result.written.append(out_dir / name)
     for stem, proc in renders.items():

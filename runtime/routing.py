@@ -54,6 +54,8 @@ except ImportError as error:
 else:
     _TRITON_IMPORT_ERROR = ""
 
+# --- mtsc: inline below ---
+
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_RANK = 5
 _TILE_ELEMENTS = 4096
