@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from mtsc.codegen.torch_common import shape_text
 from mtsc.codegen.writer import SourceWriter
@@ -31,6 +32,26 @@ CLUSTER_DEPTH = 2  # nest clusters this many name levels deep: layer1 > layer1.0
 def quote(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{escaped}"'
+
+
+@contextmanager
+def digraph(w: SourceWriter, g: Graph, title: str) -> Iterator[None]:
+    """A `digraph` with mtsc's look: title on top, rounded filled boxes, grey edges."""
+    w.line(f"digraph {quote(g.name)} {{")
+    with w.indent():
+        w.line(f"label={quote(title)}; labelloc=t; fontname=Helvetica; rankdir=TB;")
+        w.line('node [shape=box, style="rounded,filled", fontname=Helvetica, fontsize=10];')
+        w.line('edge [fontname=Helvetica, fontsize=8, color="#555555"];')
+        yield
+    w.line("}")
+
+
+def task_outputs(w: SourceWriter, g: Graph, tasks: tuple[str, ...]) -> None:
+    """One oval per task in the task's colour, fed by the task's output op."""
+    for i, task in enumerate(tasks):
+        colour = quote(task_colour(i))
+        w.line(f'out_{i} [label={quote(task)}, shape=oval, fillcolor={colour}, fontcolor="white"];')
+        w.line(f"n{g.outputs[task]} -> out_{i} [color={colour}];")
 
 
 def op_label(node: Node) -> str:
@@ -94,11 +115,7 @@ def _natural(key: str) -> list:
 
 def emit_dot(g: Graph, *, title: str) -> str:
     w = SourceWriter()
-    w.line(f"digraph {quote(g.name)} {{")
-    with w.indent():
-        w.line(f"label={quote(title)}; labelloc=t; fontname=Helvetica; rankdir=TB;")
-        w.line('node [shape=box, style="rounded,filled", fontname=Helvetica, fontsize=10];')
-        w.line('edge [fontname=Helvetica, fontsize=8, color="#555555"];')
+    with digraph(w, g, title):
         order = g.topo_order()
 
         def line_for(nid: int) -> str:
@@ -114,7 +131,6 @@ def emit_dot(g: Graph, *, title: str) -> str:
         for nid in order:
             for src in g.inputs(nid):
                 w.line(f"n{src} -> n{nid};")
-    w.line("}")
     return w.text()
 
 
@@ -188,11 +204,7 @@ def emit_supermodel_dot(g: Graph, *, title: str, policy: dict | None = None) -> 
         return nid
 
     w = SourceWriter()
-    w.line(f"digraph {quote(g.name)} {{")
-    with w.indent():
-        w.line(f"label={quote(title)}; labelloc=t; fontname=Helvetica; rankdir=TB;")
-        w.line('node [shape=box, style="rounded,filled", fontname=Helvetica, fontsize=10];')
-        w.line('edge [fontname=Helvetica, fontsize=8, color="#555555"];')
+    with digraph(w, g, title):
         legend = " ".join(
             f'<TD BGCOLOR="{task_colour(i)}"><FONT COLOR="white">{_html(t)}</FONT></TD>'
             for i, t in enumerate(tasks)
@@ -229,17 +241,10 @@ def emit_supermodel_dot(g: Graph, *, title: str, policy: dict | None = None) -> 
             return node.name
 
         emit_clusters(w, order, g, line_for, cluster_name)
-        for i, task in enumerate(tasks):
-            colour = task_colour(i)
-            w.line(
-                f"out_{i} [label={quote(task)}, shape=oval, fillcolor={quote(colour)}, "
-                'fontcolor="white"];'
-            )
-            w.line(f"n{g.outputs[task]} -> out_{i} [color={quote(colour)}];")
+        task_outputs(w, g, tasks)
         for nid in order:
             for src in g.inputs(nid) if g.node(nid).op is not Op.ROUTE else [source_of(nid)]:
                 w.line(f"n{src} -> n{nid};")
-    w.line("}")
     return w.text()
 
 
@@ -248,11 +253,7 @@ def emit_pruned_dot(g: Graph, *, title: str) -> str:
     task's colour (ops used by some but not all tasks get the colour of the first)."""
     tasks = tuple(t.name for t in g.tasks)
     w = SourceWriter()
-    w.line(f"digraph {quote(g.name)} {{")
-    with w.indent():
-        w.line(f"label={quote(title)}; labelloc=t; fontname=Helvetica; rankdir=TB;")
-        w.line('node [shape=box, style="rounded,filled", fontname=Helvetica, fontsize=10];')
-        w.line('edge [fontname=Helvetica, fontsize=8, color="#555555"];')
+    with digraph(w, g, title):
         order = g.topo_order()
 
         def line_for(nid: int) -> str:
@@ -267,14 +268,8 @@ def emit_pruned_dot(g: Graph, *, title: str) -> str:
             return f"n{nid} [{node_attrs(node, label, fill)}];"
 
         emit_clusters(w, order, g, line_for)
-        for i, task in enumerate(tasks):
-            colour = quote(task_colour(i))
-            w.line(
-                f'out_{i} [label={quote(task)}, shape=oval, fillcolor={colour}, fontcolor="white"];'
-            )
-            w.line(f"n{g.outputs[task]} -> out_{i} [color={colour}];")
+        task_outputs(w, g, tasks)
         for nid in order:
             for src in g.inputs(nid):
                 w.line(f"n{src} -> n{nid};")
-    w.line("}")
     return w.text()
