@@ -79,6 +79,9 @@ def run_demo(
     from mtsc.runtime.train import evaluate_split
 
     base = QUICK if quick else FULL
+    kind = "quick (smoke-test lengths)" if quick else "full"
+    if stages:
+        kind = "custom stage lengths"
     stages = {name: {**base[name], **(stages or {}).get(name, {})} for name in base}
     started = time.perf_counter()
     timings = {}
@@ -125,7 +128,7 @@ def run_demo(
     timings["total"] = time.perf_counter() - started
     summary = {"rows": rows, "policy": result.policy, "seconds": timings, "quick": quick}
     write_atomic(out / "report.json", json.dumps(summary, indent=2) + "\n")
-    write_atomic(out / "report.md", _markdown(table, timings, quick))
+    write_atomic(out / "report.md", _markdown(table, timings, kind))
     say(table)
     say(f"report: {out / 'report.md'} ({timings['total']:.0f} s)")
     return summary
@@ -159,8 +162,7 @@ def report(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def _markdown(table: str, timings: dict, quick: bool) -> str:
-    kind = "quick (smoke-test lengths)" if quick else "full"
+def _markdown(table: str, timings: dict, kind: str) -> str:
     times = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
     return (
         f"# mtsc demo: resnet_tiny on shapes ({kind})\n\n```\n{table}\n```\n\n"
