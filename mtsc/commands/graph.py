@@ -1,4 +1,5 @@
-"""`mtsc graph MODEL [--stage backbone|supermodel] [--policy FILE] -o FILE.svg|.png|.pdf|.dot`."""
+"""`mtsc graph MODEL [--stage backbone|supermodel|pruned] [--policy FILE] -o FILE`: a model's
+graph as .svg, .png, .pdf or .dot."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from mtsc.errors import MtscError
 from mtsc.fsutil import write_atomic
 
-STAGES = ("backbone", "supermodel")
+STAGES = ("backbone", "supermodel", "pruned")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +37,17 @@ def run(args: argparse.Namespace) -> int:
             raise MtscError(None, "--policy applies to the supermodel stage")
         g = run_pipeline(model, BACKBONE_PIPELINE)
         text = emit_dot(g, title=f"{g.name} backbone")
+    elif args.stage == "pruned":
+        from mtsc.codegen.dot import emit_pruned_dot
+        from mtsc.deploy import prune_model
+
+        if not args.policy:
+            raise MtscError(
+                None, "--stage pruned needs --policy (a policy.json, shared or specific)"
+            )
+        routing = RoutingOptions(share_bn=args.share_bn)
+        g = prune_model(args.model, args.policy, routing=routing).model
+        text = emit_pruned_dot(g, title=f"{g.name} pruned ({Path(args.policy).name})")
     else:
         if not model.tasks:
             raise MtscError(None, f"{args.model}: no tasks section, so no supermodel to draw")
