@@ -22,7 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="a short but complete search")
     p.add_argument("--budget", type=float, help="target size, a fraction of all-specific")
     p.add_argument("--derive", choices=("argmax", "sample"), help="how to derive the policy")
-    p.add_argument("--seed", type=int, help="random seed, also of --derive sample (runs are deterministic on CPU)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="random seed, also of --derive sample (runs are deterministic on CPU)",
+    )
     p.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision on GPU")
     p.add_argument("--share-bn", action="store_true", help="share batchnorm across tasks")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
