@@ -27,28 +27,25 @@ from mtsc.errors import MtscError
 from mtsc.runtime.checkpoint import (
     load_checkpoint,
     rng_state,
-    save_checkpoint,
-    seed_everything,
     set_rng_state,
     write_text_atomic,
 )
 from mtsc.runtime.config import SearchConfig
 from mtsc.runtime.policy_format import CHOICES
 from mtsc.runtime.trainer import (
+    CHECKPOINT,
     BatchStream,
     RunLogger,
     TaskObjective,
-    autocast,
-    barrier,
-    check_finite,
-    dist_info,
-    init_distributed,
+    batch_loss,
+    loss_logs,
+    refuse_existing_run,
     run_steps,
-    to_device,
+    start_run,
+    write_checkpoint,
 )
 
 STAGES = ("warmup", "search", "done")
-CHECKPOINT = "last.pt"
 
 
 @dataclass
@@ -95,10 +92,7 @@ def search(
 ) -> SearchResult:
     """Run (or resume) the whole search; returns the derived policy (also in policy.json)."""
     run_dir = Path(run_dir)
-    device = init_distributed()
-    rank, world = dist_info()
-    seed_everything(config.seed)
-    model.to(device)
+    device, rank, world = start_run(model, config.seed)
     objective = TaskObjective(model.TASK_SPECS, train_set.info)
     weight_idx, policy_idx = split_held_out(len(train_set), config.held_out, config.seed)
     forward = model
@@ -139,10 +133,9 @@ def search(
         run_dir=run_dir,
         val_set=val_set,
     )
+    refuse_existing_run(run_dir, resume)
     if resume:
         _restore(run, run_dir / CHECKPOINT)
-    elif rank == 0 and (run_dir / CHECKPOINT).exists():
-        raise MtscError(None, f"{run_dir} already holds a run; use --resume to continue it")
     try:
         if run.stage == "warmup":
             warmup(run, progress=progress)
@@ -193,34 +186,22 @@ def policy_search(run: _Run, *, progress: bool = True) -> None:
 
 
 def _weight_step(run: _Run) -> dict[str, float]:
-    images, targets = to_device(run.weights.next(), run.device)
     run.model.train()
-    with autocast(run.config.amp, run.device):
-        outputs = run.forward(images)
-    losses = run.objective.task_losses(outputs, targets)
-    check_finite(losses, run.step)
-    loss = run.objective.total(losses)
+    loss, losses = batch_loss(run, run.weights)
     run.weight_opt.zero_grad(set_to_none=True)
     run.policy_opt.zero_grad(set_to_none=True)
     loss.backward()
     run.weight_opt.step()
-    return {
-        "loss": float(loss.detach()),
-        **{f"loss_{t}": float(v.detach()) for t, v in losses.items()},
-    }
+    return loss_logs(loss, losses)
 
 
 def _policy_step(run: _Run) -> dict[str, float]:
-    images, targets = to_device(run.held_out.next(), run.device)
-    with autocast(run.config.amp, run.device):
-        outputs = run.forward(images)
-    losses = run.objective.task_losses(outputs, targets)
-    check_finite(losses, run.step)
+    task_loss, _ = batch_loss(run, run.held_out)
     if run.config.budget is not None:
         reg = run.config.budget_weight * run.model.budget_regularizer(run.config.budget)
     else:
         reg = run.config.reg_weight * run.model.policy_regularizer()
-    loss = run.objective.total(losses) + reg
+    loss = task_loss + reg
     run.weight_opt.zero_grad(set_to_none=True)
     run.policy_opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -270,9 +251,9 @@ def write_policy(run_dir: Path, model: torch.nn.Module, policy: dict) -> None:
 
 
 def _checkpoint(run: _Run, *, policy: dict | None = None) -> None:
-    rank, _ = dist_info()
-    if rank == 0:
-        state = {
+    write_checkpoint(
+        run.run_dir,
+        lambda: {
             "model": run.model.state_dict(),
             "policy": policy or run.model.export_policy(),
             "model_name": run.model.MODEL,
@@ -286,9 +267,8 @@ def _checkpoint(run: _Run, *, policy: dict | None = None) -> None:
             "rng": rng_state(),
             "config": run.config.to_dict(),
             "metrics": run.last_metrics,
-        }
-        save_checkpoint(run.run_dir / CHECKPOINT, state)
-    barrier()
+        },
+    )
 
 
 def _restore(run: _Run, path: Path) -> None:

@@ -15,26 +15,22 @@ from mtsc.errors import MtscError
 from mtsc.runtime.checkpoint import (
     load_checkpoint,
     rng_state,
-    save_checkpoint,
-    seed_everything,
     set_rng_state,
 )
 from mtsc.runtime.config import TrainConfig
 from mtsc.runtime.trainer import (
+    CHECKPOINT,
     BatchStream,
     RunLogger,
     TaskObjective,
-    autocast,
-    barrier,
-    check_finite,
-    dist_info,
+    batch_loss,
     evaluate,
-    init_distributed,
+    loss_logs,
+    refuse_existing_run,
     run_steps,
-    to_device,
+    start_run,
+    write_checkpoint,
 )
-
-CHECKPOINT = "last.pt"
 
 
 @dataclass
@@ -73,10 +69,7 @@ def train(
 ) -> TrainResult:
     """Train every weight of `model` (a generated MultiTaskModel) on all its tasks."""
     run_dir = Path(run_dir)
-    device = init_distributed()
-    rank, world = dist_info()
-    seed_everything(config.seed)
-    model.to(device)
+    device, rank, world = start_run(model, config.seed)
     forward = DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -106,10 +99,9 @@ def train(
         run_dir,
         val_set,
     )
+    refuse_existing_run(run_dir, resume)
     if resume:
         _restore(run, run_dir / CHECKPOINT)
-    elif rank == 0 and (run_dir / CHECKPOINT).exists():
-        raise MtscError(None, f"{run_dir} already holds a run; use --resume to continue it")
     try:
         run_steps(run, config.steps, _step, _checkpoint, progress=progress)
     finally:
@@ -120,22 +112,13 @@ def train(
 
 
 def _step(run: _Train) -> dict[str, float]:
-    images, targets = to_device(run.stream.next(), run.device)
     run.model.train()
-    with autocast(run.config.amp, run.device):
-        outputs = run.forward(images)
-    losses = run.objective.task_losses(outputs, targets)
-    check_finite(losses, run.step)
-    loss = run.objective.total(losses)
+    loss, losses = batch_loss(run, run.stream)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
     run.schedule.step()
-    return {
-        "loss": float(loss.detach()),
-        "lr": run.schedule.get_last_lr()[0],
-        **{f"loss_{t}": float(v.detach()) for t, v in losses.items()},
-    }
+    return {**loss_logs(loss, losses), "lr": run.schedule.get_last_lr()[0]}
 
 
 def evaluate_split(model, test_set, config: TrainConfig, device=None) -> dict:
@@ -151,23 +134,21 @@ def evaluate_split(model, test_set, config: TrainConfig, device=None) -> dict:
 
 
 def _checkpoint(run: _Train) -> None:
-    if dist_info()[0] == 0:
-        save_checkpoint(
-            run.run_dir / CHECKPOINT,
-            {
-                "model": run.model.state_dict(),
-                "tasks": list(run.model.TASKS),
-                "optimizer": run.optimizer.state_dict(),
-                "schedule": run.schedule.state_dict(),
-                "stage": run.stage,
-                "step": run.step,
-                "stream": run.stream.state(),
-                "rng": rng_state(),
-                "config": run.config.to_dict(),
-                "metrics": run.last_metrics,
-            },
-        )
-    barrier()
+    write_checkpoint(
+        run.run_dir,
+        lambda: {
+            "model": run.model.state_dict(),
+            "tasks": list(run.model.TASKS),
+            "optimizer": run.optimizer.state_dict(),
+            "schedule": run.schedule.state_dict(),
+            "stage": run.stage,
+            "step": run.step,
+            "stream": run.stream.state(),
+            "rng": rng_state(),
+            "config": run.config.to_dict(),
+            "metrics": run.last_metrics,
+        },
+    )
 
 
 def _restore(run: _Train, path: Path) -> None:

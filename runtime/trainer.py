@@ -18,6 +18,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from mtsc.errors import MtscError
+from mtsc.runtime.checkpoint import save_checkpoint, seed_everything
 from mtsc.runtime.losses import make_loss
 from mtsc.runtime.metrics import Metric, make_metric
 
@@ -209,6 +210,51 @@ def evaluate(
         results[task] = metric.compute()
     model.train(was_training)
     return results
+
+
+# ---------------------------------------------------------------------- runs
+
+CHECKPOINT = "last.pt"
+
+
+def start_run(model: torch.nn.Module, seed: int) -> tuple[torch.device, int, int]:
+    """Join the process group (under torchrun), seed every stream, move the model to its
+    device; returns (device, rank, world size)."""
+    device = init_distributed()
+    seed_everything(seed)
+    model.to(device)
+    return (device, *dist_info())
+
+
+def refuse_existing_run(run_dir: Path, resume: bool) -> None:
+    """A run folder holds one run: continuing it takes --resume, never an overwrite."""
+    if not resume and dist_info()[0] == 0 and (Path(run_dir) / CHECKPOINT).exists():
+        raise MtscError(None, f"{run_dir} already holds a run; use --resume to continue it")
+
+
+def write_checkpoint(run_dir: Path, state: Callable[[], dict[str, Any]]) -> None:
+    """Rank 0 writes `state()` to the run's checkpoint; every rank waits for it."""
+    if dist_info()[0] == 0:
+        save_checkpoint(Path(run_dir) / CHECKPOINT, state())
+    barrier()
+
+
+def batch_loss(run: Any, stream: BatchStream) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward the next batch of `stream` through `run.forward`: the weighted total loss and
+    each task's loss, stopping on a non-finite one."""
+    images, targets = to_device(stream.next(), run.device)
+    with autocast(run.config.amp, run.device):
+        outputs = run.forward(images)
+    losses = run.objective.task_losses(outputs, targets)
+    check_finite(losses, run.step)
+    return run.objective.total(losses), losses
+
+
+def loss_logs(loss: torch.Tensor, losses: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    return {
+        "loss": float(loss.detach()),
+        **{f"loss_{t}": float(v.detach()) for t, v in losses.items()},
+    }
 
 
 # ---------------------------------------------------------------------- the loop

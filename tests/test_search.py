@@ -515,10 +515,11 @@ import sys
 import torch
 
 import mtsc.runtime.search as search_module
+import mtsc.runtime.trainer as trainer_module
 from mtsc.cli import main
 
 searched, saves = [], []
-real_search, real_save = search_module.search, search_module.save_checkpoint
+real_search, real_save = search_module.search, trainer_module.save_checkpoint
 
 
 def spy_search(model, *args, **kwargs):
@@ -532,7 +533,7 @@ def spy_save(path, state):
 
 
 search_module.search = spy_search
-search_module.save_checkpoint = spy_save
+trainer_module.save_checkpoint = spy_save
 code = main(sys.argv[1:])
 params = {k: v.detach().clone() for k, v in searched[0].named_parameters()}
 dump = os.path.join(os.environ["DUMP_DIR"], f"rank{os.environ['RANK']}.pt")

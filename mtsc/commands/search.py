@@ -66,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
     from mtsc.runtime.checkpoint import seed_everything
     from mtsc.runtime.config import SearchConfig, make_config
     from mtsc.runtime.data import open_dataset
-    from mtsc.runtime.search import CHECKPOINT, policy_table
+    from mtsc.runtime.search import policy_table
     from mtsc.runtime.search import search as run_search
-    from mtsc.runtime.trainer import barrier, dist_info, init_distributed
+    from mtsc.runtime.trainer import barrier, dist_info, init_distributed, refuse_existing_run
 
     run_dir = Path(args.resume or args.out or "")
     if not (args.resume or args.out):
@@ -85,9 +85,8 @@ def run(args: argparse.Namespace) -> int:
     config = make_config(SearchConfig, args.config, overrides, quick=args.quick)
     init_distributed()
     rank, _ = dist_info()
-    if rank == 0 and not args.resume and (run_dir / CHECKPOINT).exists():
-        # before supermodel.py is written: the run already there must stay resumable
-        raise MtscError(None, f"{run_dir} already holds a run; use --resume to continue it")
+    # before supermodel.py is written: the run already there must stay resumable
+    refuse_existing_run(run_dir, bool(args.resume))
     path = run_dir / "supermodel.py"
     if rank == 0:
         path = write_supermodel(

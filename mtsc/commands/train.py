@@ -78,18 +78,17 @@ def train_pruned(
     from mtsc.api import import_generated
     from mtsc.codegen.torch_pruned import emit_pruned
     from mtsc.deploy import carry_weights, prune_model, read_checkpoint, size_report
-    from mtsc.errors import MtscError
     from mtsc.fsutil import write_atomic
     from mtsc.ir.passes.insert_routing import RoutingOptions
     from mtsc.runtime.checkpoint import seed_everything
     from mtsc.runtime.data import open_dataset
     from mtsc.runtime.train import train
+    from mtsc.runtime.trainer import refuse_existing_run
 
     pruned = prune_model(model_path, policy, routing=RoutingOptions(share_bn=share_bn))
     name = policy if isinstance(policy, str) else "policy.json"
     source = emit_pruned(pruned.model, source_name=str(model_path), policy_name=str(name)).text
-    if not resume and (run_dir / "last.pt").exists():
-        raise MtscError(None, f"{run_dir} already holds a run; use --resume to continue it")
+    refuse_existing_run(run_dir, resume)  # before model.py is written over the run's
     write_atomic(run_dir / "model.py", source)
     write_atomic(run_dir / "policy.json", json.dumps(pruned.policy, indent=2) + "\n")
     module = import_generated(run_dir / "model.py", f"mtsc_pruned_{abs(hash(str(run_dir)))}")
