@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from pathlib import PurePath
 
 from mtsc.codegen.names import Namespace, sanitize
-from mtsc.codegen.pyliteral import call_args
+from mtsc.codegen.pyliteral import call_args, py_literal
 from mtsc.codegen.writer import SourceWriter
-from mtsc.ir.graph import Graph, Node
+from mtsc.ir.graph import Call, Graph, Node, TaskSpec
 from mtsc.ir.ops import Op, TorchExpr, TorchModule, spec_of, torch_class
 
 
@@ -166,3 +166,27 @@ def module_names(g: Graph) -> dict[int, str]:
                 shared[key] = ns.create(node.meta["weights"][0])
             names[nid] = shared[key]
     return names
+
+
+def task_spec(task: TaskSpec) -> dict:
+    """A task's entry as plain data for the runtime (losses and metrics are built from it)."""
+
+    def call(c: Call | None) -> tuple | None:
+        return None if c is None else (c.name, dict(c.kwargs))
+
+    return {
+        "head": call(task.head),
+        "loss": call(task.loss),
+        "metric": call(task.metric),
+        "weight": task.weight,
+    }
+
+
+def emit_task_specs(w: SourceWriter, g: Graph, *, class_var: str) -> None:
+    """The class attribute `TASK_SPECS` of a generated multi-task model (`class_var` is how
+    the file spells `typing.ClassVar`, depending on its imports)."""
+    w.line(f"TASK_SPECS: {class_var}[dict[str, dict]] = {{")
+    with w.indent():
+        for task in g.tasks:
+            w.line(f"{py_literal(task.name)}: {py_literal(task_spec(task))},")
+    w.line("}")

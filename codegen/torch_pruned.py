@@ -11,12 +11,12 @@ from mtsc.codegen.pyliteral import py_literal
 from mtsc.codegen.torch_backbone import GeneratedSource, emit_init
 from mtsc.codegen.torch_common import (
     emit_forward,
+    emit_task_specs,
     imports_used,
     module_names,
     op_expression,
     shape_text,
 )
-from mtsc.codegen.torch_supermodel import task_spec
 from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Graph
 from mtsc.ir.stats import node_params, summarize
@@ -31,11 +31,7 @@ def emit_pruned(g: Graph, *, source_name: str, policy_name: str) -> GeneratedSou
         body.line('One task: `model.forward_task(x, task)` runs only that task\'s path."""')
         body.blank()
         body.line(f"TASKS = {py_literal(tasks)}")
-        body.line("TASK_SPECS: ClassVar[dict[str, dict]] = {")
-        with body.indent():
-            for task in g.tasks:
-                body.line(f"{py_literal(task.name)}: {py_literal(task_spec(task))},")
-        body.line("}")
+        emit_task_specs(body, g, class_var="ClassVar")
         body.blank()
         attrs = emit_init(body, g)
         order = g.topo_order()

@@ -14,12 +14,13 @@ from mtsc.codegen.pyliteral import call_args, py_literal
 from mtsc.codegen.torch_backbone import GeneratedSource
 from mtsc.codegen.torch_common import (
     emit_forward,
+    emit_task_specs,
     is_module_op,
     op_expression,
     shape_text,
 )
 from mtsc.codegen.writer import SourceWriter
-from mtsc.ir.graph import Call, Graph, Role, TaskSpec
+from mtsc.ir.graph import Graph, Role
 from mtsc.ir.ops import Op, TorchModule, spec_of, torch_class
 from mtsc.ir.stats import summarize
 
@@ -139,26 +140,8 @@ def _emit_class_attrs(w: SourceWriter, g: Graph, plan: _Plan, tasks: tuple[str, 
             )
     w.line("}")
     w.line("# what the tasks section says: head, loss, metric and loss weight of each task")
-    w.line("TASK_SPECS: typing.ClassVar[dict[str, dict]] = {")
-    with w.indent():
-        for task in g.tasks:
-            w.line(f"{py_literal(task.name)}: {py_literal(task_spec(task))},")
-    w.line("}")
+    emit_task_specs(w, g, class_var="typing.ClassVar")
     w.blank()
-
-
-def task_spec(task: TaskSpec) -> dict:
-    """A task's entry as plain data for the runtime (losses and metrics are built from it)."""
-
-    def call(c: Call | None) -> tuple | None:
-        return None if c is None else (c.name, dict(c.kwargs))
-
-    return {
-        "head": call(task.head),
-        "loss": call(task.loss),
-        "metric": call(task.metric),
-        "weight": task.weight,
-    }
 
 
 def module_names(g: Graph) -> dict[int, str]:
