@@ -74,22 +74,25 @@ def size_report(g: Graph) -> SizeReport:
     owner = {n: weight_key(g.node(n)) or n for n in ops}
     params = {owner[n]: node_params(g, n) for n in ops}
     paths = {t: g.ancestors(g.outputs[t]) | {g.outputs[t]} for t in tasks}
-    users = {
-        w: {t for t in tasks if any(owner[n] == w for n in paths[t] if n in owner)} for w in params
-    }
+    owned = {t: {owner[n] for n in paths[t] if n in owner} for t in tasks}
     return SizeReport(
         tasks,
         sum(params.values()),
         sum(macs.values()),
-        sum(p for w, p in params.items() if len(users[w]) >= 2),
-        {t: sum(params[w] for w in {owner[n] for n in paths[t] if n in owner}) for t in tasks},
+        sum(p for w, p in params.items() if sum(w in owned[t] for t in tasks) >= 2),
+        {t: sum(params[w] for w in owned[t]) for t in tasks},
         {t: sum(macs.get(n, 0) for n in paths[t]) for t in tasks},
     )
 
 
 def baselines(path: str | Path, routing: RoutingOptions | None = None) -> dict[str, SizeReport]:
-    """The two extremes: all-shared (hard parameter sharing) and all-specific (T networks)."""
+    """The two extremes of a model file's supermodel (see `supermodel_baselines`)."""
     sm = run_pipeline(load(path), supermodel_pipeline(routing or RoutingOptions()))
+    return supermodel_baselines(sm)
+
+
+def supermodel_baselines(sm: Graph) -> dict[str, SizeReport]:
+    """The two extremes: all-shared (hard parameter sharing) and all-specific (T networks)."""
     tasks = [t.name for t in sm.tasks]
     out = {}
     for choice in ("shared", "specific"):

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mtsc.codegen.dot import emit_pruned_dot
     from mtsc.codegen.torch_pruned import emit_pruned
-    from mtsc.deploy import baselines, prune_model, report_table, size_report
+    from mtsc.deploy import prune_model, report_table, size_report, supermodel_baselines
     from mtsc.fsutil import write_atomic
     from mtsc.ir.passes.insert_routing import RoutingOptions
     from mtsc.render import finish_render, how_to_render, start_render
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     dot = emit_pruned_dot(g, title=f"{g.name} pruned ({policy_name})")
     proc = None if args.no_svg else start_render(dot, "svg")
     report = size_report(g)
-    extremes = baselines(args.model, routing)
+    extremes = supermodel_baselines(pruned.supermodel)
     state = None
     if args.weights:
         import io

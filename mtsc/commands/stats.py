@@ -15,12 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtsc.deploy import baselines, prune_model, report_table, size_report
+    from mtsc.deploy import prune_model, report_table, size_report, supermodel_baselines
     from mtsc.ir.passes.insert_routing import RoutingOptions
 
-    routing = RoutingOptions(share_bn=args.share_bn)
-    report = size_report(prune_model(args.model, args.policy, routing=routing).model)
-    extremes = baselines(args.model, routing)
+    pruned = prune_model(args.model, args.policy, routing=RoutingOptions(share_bn=args.share_bn))
+    report = size_report(pruned.model)
+    extremes = supermodel_baselines(pruned.supermodel)
     if args.json:
         print(
             json.dumps(
