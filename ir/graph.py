@@ -173,9 +173,6 @@ class Graph:
     def is_acyclic(self) -> bool:
         return nx.is_directed_acyclic_graph(self._nx)
 
-    def find_cycle(self) -> list[int]:
-        return [u for u, _, _ in nx.find_cycle(self._nx)]
-
     def input_ids(self) -> list[int]:
         return [n for n in self.node_ids() if self.node(n).op is Op.INPUT]
 

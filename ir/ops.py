@@ -51,8 +51,6 @@ class Op(enum.Enum):
 ROUTABLE = frozenset({Op.CONV2D, Op.LINEAR})
 # Ops with learned parameters or running statistics.
 PARAMETRIC = frozenset({Op.CONV2D, Op.BATCHNORM, Op.SCALE, Op.LINEAR})
-ELEMENTWISE = frozenset({Op.ADD, Op.MUL, Op.MAX})
-MULTITASK = frozenset({Op.TASK_STACK, Op.TASK_SLICE, Op.ROUTE})
 
 
 class OpError(Exception):

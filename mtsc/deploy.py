@@ -11,7 +11,7 @@ from mtsc.codegen.torch_common import weight_key
 from mtsc.driver import Pass, load, run_pipeline, supermodel_pipeline
 from mtsc.errors import MtscError
 from mtsc.ir.graph import Graph
-from mtsc.ir.ops import Op
+from mtsc.ir.ops import PARAMETRIC, Op
 from mtsc.ir.passes.eliminate_dead import eliminate_dead
 from mtsc.ir.passes.fold_batchnorm import fold_batchnorm
 from mtsc.ir.passes.insert_routing import RoutingOptions
@@ -190,7 +190,7 @@ def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
     state = {}
     for nid, attr in module_names(g).items():
         node = g.node(nid)
-        if node.op not in (Op.CONV2D, Op.BATCHNORM, Op.SCALE, Op.LINEAR):
+        if node.op not in PARAMETRIC:
             continue
         weights = source(node.meta.get("weights", (node.name, None)))
         fold = node.meta.get("fold_bn")
