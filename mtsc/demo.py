@@ -85,13 +85,12 @@ def run_demo(
     stages = {name: {**base[name], **(stages or {}).get(name, {})} for name in base}
     started = time.perf_counter()
     timings = {}
-    say = print if progress else (lambda *a, **k: None)
 
-    say(f"== 1/4 build {model_path.name}")
+    print(f"== 1/4 build {model_path.name}")
     build(model_path, out / "build")
     timings["build"] = time.perf_counter() - started
 
-    say("== 2/4 search the sharing policy on shapes")
+    print("== 2/4 search the sharing policy on shapes")
     search_cfg = make_config(SearchConfig, None, {**stages["search"], "seed": seed})
     sm_path = write_supermodel(model_path, out / "search")
     import torch
@@ -103,15 +102,15 @@ def run_demo(
     result = run_search(
         supermodel, train_set, val_set, search_cfg, out / "search", progress=progress
     )
-    say(policy_table(supermodel, result.policy), end="")
+    print(policy_table(supermodel, result.policy), end="")
     timings["search"] = time.perf_counter() - started - sum(timings.values())
 
-    say("== 3/4 prune and retrain the searched model and the two baselines")
+    print("== 3/4 prune and retrain the searched model and the two baselines")
     train_cfg = make_config(TrainConfig, None, {**stages["train"], "seed": seed})
     test_set = open_dataset(DATA, "test", **train_cfg.data)
     rows = {}
     for name, policy in VARIANTS:
-        say(f"-- {name}")
+        print(f"-- {name}")
         spec = result.policy if policy is None else policy
         trained = train_pruned(
             model_path, spec, DATA, out / "train" / name, train_cfg, progress=progress
@@ -122,15 +121,15 @@ def run_demo(
             _write_predictions(trained["net"], test_set, out / "predictions.png")
     timings["retrain"] = time.perf_counter() - started - sum(timings.values())
 
-    say("== 4/4 report")
+    print("== 4/4 report")
     _pictures(model_path, result.policy, out)
     table = report(rows)
     timings["total"] = time.perf_counter() - started
     summary = {"rows": rows, "policy": result.policy, "seconds": timings, "quick": quick}
     write_atomic(out / "report.json", json.dumps(summary, indent=2) + "\n")
     write_atomic(out / "report.md", _markdown(table, timings, kind))
-    say(table)
-    say(f"report: {out / 'report.md'} ({timings['total']:.0f} s)")
+    print(table)
+    print(f"report: {out / 'report.md'} ({timings['total']:.0f} s)")
     return summary
 
 
