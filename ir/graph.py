@@ -1,21 +1,27 @@
-"""The operator graph: immutable nodes in a networkx multigraph, behind a small typed API.
+"""The operator graph: immutable nodes and ordered input edges, behind a small typed API.
 
 Node ids are ints handed out in creation order; they double as the stable key for the
 deterministic topological order. Edges carry the input `port` (a multigraph, because
 `add(x, x)` reads one value twice).
+
+The graph keeps its own adjacency (the same dict-of-lists networkx would hold) because
+importing networkx costs `mtsc build` a third of its run time; `to_networkx()` hands the
+same graph to networkx for analysis, and the verifier cross-checks our order against it.
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from mtsc.ir.errors import InternalError, Span
 from mtsc.ir.ops import Op, Shape
+
+if TYPE_CHECKING:
+    import networkx
 
 
 class Role(enum.Enum):
@@ -92,28 +98,27 @@ class Graph:
         self.source = source  # the file the model came from, for headers and messages
         self.tasks: tuple[TaskSpec, ...] = ()
         self.outputs: dict[str, int] = {}
-        self._nx = nx.MultiDiGraph()
+        self._nodes: dict[int, Node] = {}
+        self._inputs: dict[int, list[int]] = {}  # node -> its inputs, by port
+        self._users: dict[int, dict[int, int]] = {}  # node -> {reader: number of edges}
         self._next_id = 0
-        # Derived views, rebuilt on demand after any change (passes ask for them often).
-        self._inputs: dict[int, list[int]] = {}
-        self._topo: list[int] | None = None
+        self._topo: list[int] | None = None  # rebuilt on demand after any change
 
     # -- building ------------------------------------------------------------------------
 
     def add(self, node: Node, inputs: Sequence[int] = ()) -> int:
+        for src in inputs:
+            if src not in self._nodes:
+                raise InternalError(f"input {src} of {node.name} is not in the graph")
         nid = self._next_id
         self._next_id += 1
-        self._nx.add_node(nid, node=node)
-        for port, src in enumerate(inputs):
-            if src not in self._nx:
-                raise InternalError(f"input {src} of {node.name} is not in the graph")
-            self._nx.add_edge(src, nid, key=port, port=port)
-        self._inputs[nid] = list(inputs)
-        self._topo = None
+        self._nodes[nid] = node
+        self._users[nid] = {}
+        self._link(nid, inputs)
         return nid
 
     def replace(self, nid: int, node: Node) -> None:
-        self._nx.nodes[nid]["node"] = node
+        self._nodes[nid] = node
 
     def update(self, nid: int, **changes: Any) -> Node:
         node = replace(self.node(nid), **changes)
@@ -121,10 +126,14 @@ class Graph:
         return node
 
     def set_inputs(self, nid: int, inputs: Sequence[int]) -> None:
-        self._nx.remove_edges_from(list(self._nx.in_edges(nid, keys=True)))
-        for port, src in enumerate(inputs):
-            self._nx.add_edge(src, nid, key=port, port=port)
+        for src in self._inputs[nid]:
+            self._users[src].pop(nid, None)
+        self._link(nid, inputs)
+
+    def _link(self, nid: int, inputs: Sequence[int]) -> None:
         self._inputs[nid] = list(inputs)
+        for src in inputs:
+            self._users[src][nid] = self._users[src].get(nid, 0) + 1
         self._topo = None
 
     def redirect_users(self, old: int, new: int) -> None:
@@ -136,48 +145,74 @@ class Graph:
                 self.outputs[key] = new
 
     def remove(self, nid: int) -> None:
-        for user in self._nx.successors(nid):
+        """Delete a node with its edges; its readers lose that input."""
+        for user in self._users.pop(nid):
             self._inputs[user] = [i for i in self._inputs[user] if i != nid]
-        self._nx.remove_node(nid)
-        del self._inputs[nid]
+        for src in self._inputs.pop(nid):
+            if src != nid:
+                self._users[src].pop(nid, None)
+        del self._nodes[nid]
         self._topo = None
 
     # -- reading -------------------------------------------------------------------------
 
     def node(self, nid: int) -> Node:
-        return self._nx.nodes[nid]["node"]
+        return self._nodes[nid]
 
     def __contains__(self, nid: int) -> bool:
-        return nid in self._nx
+        return nid in self._nodes
 
     def __len__(self) -> int:
-        return self._nx.number_of_nodes()
+        return len(self._nodes)
 
     def node_ids(self) -> Iterator[int]:
-        return iter(sorted(self._nx.nodes))
+        return iter(sorted(self._nodes))
 
     def inputs(self, nid: int) -> list[int]:
         return list(self._inputs[nid])
 
-    def input_ports(self, nid: int) -> list[int]:
-        return sorted(port for _, _, port in self._nx.in_edges(nid, data="port"))
-
     def users(self, nid: int) -> list[int]:
-        return sorted(set(self._nx.successors(nid)))
+        return sorted(self._users[nid])
 
     def topo_order(self) -> list[int]:
+        """Inputs before readers; among ready nodes the lowest id first (deterministic)."""
         if self._topo is None:
-            self._topo = list(nx.lexicographical_topological_sort(self._nx))
+            order = self._kahn_order()
+            if len(order) != len(self._nodes):
+                raise InternalError(f"{self.name}: the graph has a cycle")
+            self._topo = order
         return list(self._topo)
 
+    def _kahn_order(self) -> list[int]:
+        pending = {nid: len(set(srcs)) for nid, srcs in self._inputs.items()}
+        ready = [nid for nid, count in pending.items() if count == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            nid = heapq.heappop(ready)
+            order.append(nid)
+            for user in self._users[nid]:
+                pending[user] -= 1
+                if pending[user] == 0:
+                    heapq.heappush(ready, user)
+        return order
+
     def is_acyclic(self) -> bool:
-        return nx.is_directed_acyclic_graph(self._nx)
+        return len(self._kahn_order()) == len(self._nodes)
 
     def input_ids(self) -> list[int]:
         return [n for n in self.node_ids() if self.node(n).op is Op.INPUT]
 
     def ancestors(self, nid: int) -> set[int]:
-        return nx.ancestors(self._nx, nid)
+        """Every node `nid` depends on, itself excluded."""
+        seen: set[int] = set()
+        stack = list(self._inputs[nid])
+        while stack:
+            src = stack.pop()
+            if src not in seen:
+                seen.add(src)
+                stack.extend(self._inputs[src])
+        return seen
 
     def by_name(self) -> dict[str, int]:
         return {self.node(n).name: n for n in self.node_ids()}
@@ -199,7 +234,21 @@ class Graph:
         other = Graph(self.name, source=self.source)
         other.tasks = self.tasks
         other.outputs = dict(self.outputs)
-        other._nx = self._nx.copy()
-        other._next_id = self._next_id
+        other._nodes = dict(self._nodes)
         other._inputs = {n: list(i) for n, i in self._inputs.items()}
+        other._users = {n: dict(u) for n, u in self._users.items()}
+        other._next_id = self._next_id
         return other
+
+    def to_networkx(self) -> networkx.MultiDiGraph:
+        """The graph as a networkx multigraph: node attribute `node`, one edge per input
+        keyed by its port; graph attributes `name`, `outputs` and `tasks`."""
+        import networkx
+
+        out = networkx.MultiDiGraph(name=self.name, outputs=dict(self.outputs), tasks=self.tasks)
+        for nid, node in self._nodes.items():
+            out.add_node(nid, node=node)
+        for nid, srcs in self._inputs.items():
+            for port, src in enumerate(srcs):
+                out.add_edge(src, nid, key=port, port=port)
+        return out

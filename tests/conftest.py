@@ -3,7 +3,6 @@ running the `mtsc` command, and the `--accept` flag that refreshes golden files.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import os
 import subprocess
@@ -13,6 +12,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from mtsc.api import import_generated
 
 REPO = Path(__file__).resolve().parent.parent
 _module_ids = itertools.count()
@@ -91,11 +92,7 @@ def compile_text(write_model: Callable[..., Path]):
 
 def import_path(path: Path) -> ModuleType:
     """Import a Python file under a fresh module name (generated files all share a name)."""
-    spec = importlib.util.spec_from_file_location(f"mtsc_generated_{next(_module_ids)}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_generated(path, f"mtsc_generated_{next(_module_ids)}")
 
 
 @pytest.fixture(scope="session")

@@ -146,13 +146,14 @@ def test_generated_files_get_the_usual_mode(models_dir, tmp_path) -> None:
     assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {0o644}
 
 
-def test_build_does_not_import_torch(examples_dir, tmp_path) -> None:
+def test_build_imports_no_heavy_package(examples_dir, tmp_path) -> None:
+    # torch is not needed to compile; networkx alone would cost a third of a build.
     script = textwrap.dedent(
         f"""
         import sys
         from mtsc.cli import main
         code = main(["build", {str(examples_dir / "resnet34.mtl")!r}, "-o", {str(tmp_path)!r}])
-        heavy = sorted(m for m in ("torch", "triton") if m in sys.modules)
+        heavy = sorted(m for m in ("networkx", "torch", "triton") if m in sys.modules)
         print(code, heavy)
         """
     )
