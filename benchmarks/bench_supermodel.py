@@ -17,7 +17,9 @@ every output and the gradient of every parameter), one times them with their ste
 interleaved (so that other load on the machine hits both alike; the first step of each is
 a warm-up), and one per variant measures peak memory over two steps: on the CPU the peak
 resident set size (`ru_maxrss`) and its growth over the resident size before the steps, on
-CUDA `torch.cuda.max_memory_allocated` and its growth over what was allocated before.
+CUDA `torch.cuda.max_memory_allocated` and its growth over what was allocated before. On the
+CPU a third step counts the storages that ops create and free (a dispatch mode): the most the
+step's tensors hold at once, which RSS blurs with what the C allocator keeps or fragments.
 
 `--heads conv1x1` swaps the examples' heads (ASPP for ResNet-34, whose four dilated 1024-wide
 branches per task outweigh the backbone at small inputs) for 1x1 read-outs, so that the
@@ -340,6 +342,47 @@ def current_rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def tensor_peak_mib(runner, x) -> float:
+    """The most memory that tensors created during one step hold at once, counted storage by
+    storage as ops create and free them: what the step needs, whatever the allocator does
+    with it (RSS also counts the C library's free lists and fragmentation)."""
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class StorageCounter(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.live = self.peak = 0
+            self.counted: set[int] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for leaf in tree_leaves(out):
+                if isinstance(leaf, torch.Tensor):
+                    self.count(leaf.untyped_storage())
+            return out
+
+        def count(self, storage) -> None:
+            key, size = storage.data_ptr(), storage.nbytes()
+            if key and key not in self.counted:
+                self.counted.add(key)
+                self.live += size
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self.release, key, size)
+
+        def release(self, key: int, size: int) -> None:
+            self.counted.discard(key)
+            self.live -= size
+
+    runner.zero_grad(set_to_none=True)
+    with StorageCounter() as counter:
+        search_step(runner, x)
+    return counter.peak / 2**20
+
+
 def memory(args: argparse.Namespace) -> dict:
     """Peak memory of `MEMORY_STEPS` steps of one variant, in a process of its own."""
     import torch
@@ -356,9 +399,11 @@ def memory(args: argparse.Namespace) -> dict:
     for _ in range(MEMORY_STEPS):
         timed_step(runner, x)
     peak = torch.cuda.max_memory_allocated() / 2**20 if x.is_cuda else peak_rss_mib()
-    result = {"peak_mib": peak, "growth_mib": peak - before}
-    if not x.is_cuda and peak <= setup_peak:
-        result["note"] = "setting up took more memory than the steps"
+    result = {"peak_mib": peak, "growth_mib": peak - before, "tensor_peak_mib": peak - before}
+    if not x.is_cuda:
+        if peak <= setup_peak:
+            result["note"] = "setting up took more memory than the steps"
+        result["tensor_peak_mib"] = tensor_peak_mib(runner, x)
     return result
 
 
@@ -449,7 +494,8 @@ def bench_model(args: argparse.Namespace, name: str, tmp: Path) -> list[str]:
         m = memory[variant]
         rows.append(
             f"| {name} | {shape} | {variant} | {timed['median_s'][variant]:.3f} | "
-            f"{timed['min_s'][variant]:.3f} | {m['peak_mib']:.0f} | {m['growth_mib']:.0f} |"
+            f"{timed['min_s'][variant]:.3f} | {m['peak_mib']:.0f} | {m['growth_mib']:.0f} | "
+            f"{m['tensor_peak_mib']:.0f} |"
         )
         if "note" in m:
             print(f"{name}, {variant}: {m['note']}")
@@ -460,7 +506,8 @@ def bench_model(args: argparse.Namespace, name: str, tmp: Path) -> list[str]:
         f"| {name} | {shape} | task-by-task / supermodel | {timed['ratio']:.2f}x (per round) | "
         f"{timed['min_s']['task-by-task'] / timed['min_s']['supermodel']:.2f}x | "
         f"{tb['peak_mib'] / sm['peak_mib']:.2f}x | "
-        f"{tb['growth_mib'] / max(sm['growth_mib'], 1.0):.2f}x |"
+        f"{tb['growth_mib'] / max(sm['growth_mib'], 1.0):.2f}x | "
+        f"{tb['tensor_peak_mib'] / max(sm['tensor_peak_mib'], 1.0):.2f}x |"
     )
     return rows
 
@@ -486,8 +533,8 @@ def main() -> None:
     memory = "CUDA max allocated" if args.device.startswith("cuda") else "peak RSS"
     rows = [
         f"| model | input | variant | median step (s) | fastest step (s) | {memory} (MiB) "
-        "| growth in steps (MiB) |",
-        "|---|---|---|---|---|---|---|",
+        "| growth in steps (MiB) | tensors' peak in a step (MiB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:

@@ -601,6 +601,81 @@ def mix3_reference(
     return y.contiguous()
 
 
+_TORCH_FUSED_DTYPES = (torch.float32, torch.float64)
+
+
+def _memory_order(x: torch.Tensor) -> list[int]:
+    """``x``'s dims from outermost to innermost in memory."""
+    return sorted(range(x.dim()), key=lambda d: (-x.stride(d), d))
+
+
+def _dense_in(x: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """``x`` permuted to ``order``, copied only if that is not already contiguous."""
+    x = x.permute(order)
+    return x if x.is_contiguous() else x.contiguous()
+
+
+class _Mix3TorchFunction(torch.autograd.Function):
+    """Soft mixing with torch calls as one autograd node, for CPUs and GPUs without triton.
+
+    Everything runs in the memory order of ``s`` (the supermodel's ``[T, B, ...]`` views are
+    plain ``[B, T, ...]`` tensors there), so each call streams contiguous memory: ``y`` is one
+    buffer built by a multiply and two fused multiply-adds, and ``gw`` comes from per-task dot
+    products instead of candidate-sized products. Plain autograd on the expression would
+    make five candidate-sized temporaries forward and six more backward.
+    """
+
+    @staticmethod
+    def forward(ctx, w, keep_layout, s, p, k):
+        order = _memory_order(s)
+        candidates = [_dense_in(c, order) for c in (s, p, k)]
+        weights = w.t().reshape(3, *(w.shape[0] if d == 0 else 1 for d in order))
+        y = torch.mul(candidates[0], weights[0])
+        y.addcmul_(candidates[1], weights[1])
+        y.addcmul_(candidates[2], weights[2])
+        ctx.order = order
+        keep = ctx.needs_input_grad[0]  # the candidates only serve the gradient of w
+        ctx.save_for_backward(w, *(c if keep else None for c in candidates))
+        y = y.permute(_inverse(order))
+        return y if keep_layout and _dense_strides(s) is not None else y.contiguous()
+
+    @staticmethod
+    def backward(ctx, gy):
+        w, *candidates = ctx.saved_tensors
+        order, inverse = ctx.order, _inverse(ctx.order)
+        gy = _dense_in(gy, order)
+        tasks = w.shape[0]
+        weights = w.t().reshape(3, *(tasks if d == 0 else 1 for d in order))
+        grads = [
+            (gy * weights[j]).permute(inverse) if ctx.needs_input_grad[2 + j] else None
+            for j in range(3)
+        ]
+        gw = None
+        if ctx.needs_input_grad[0]:
+            # Rows of [outer, T, inner]: dims outside the task dim, the task dim, dims inside.
+            inner = gy[(0,) * (order.index(0) + 1)].numel()
+            gw = torch.stack([_task_dots(gy, c, tasks, inner) for c in candidates], dim=1)
+        return (gw, None, *grads)
+
+
+_DOT_CHUNK = 1 << 18  # elements: keeps the products' temporaries in cache-sized pieces
+
+
+def _task_dots(a: torch.Tensor, b: torch.Tensor, tasks: int, inner: int) -> torch.Tensor:
+    """``sum(a[t] * b[t])`` per task for contiguous ``a``, ``b`` whose task dim has ``inner``
+    elements inside it, without a temporary the size of ``a`` (a fresh allocation that large
+    costs more in page faults than the arithmetic)."""
+    rows_a, rows_b = a.view(-1, inner), b.view(-1, inner)
+    per = max(1, _DOT_CHUNK // inner)
+    pairs = zip(rows_a.split(per), rows_b.split(per), strict=True)
+    dots = [torch.linalg.vecdot(x, y) for x, y in pairs]
+    return torch.cat(dots).view(-1, tasks).sum(0)
+
+
+def _inverse(order: list[int]) -> list[int]:
+    return sorted(range(len(order)), key=order.__getitem__)
+
+
 def mix3(
     s: torch.Tensor | None,
     p: torch.Tensor | None,
@@ -621,7 +696,9 @@ def mix3(
     like = _check_inputs(s, p, k, w, hard)
     if _use_triton(like):
         return _Mix3Function.apply(w, hard, keep_layout, s, p, k)
-    return mix3_reference(s, p, k, w, hard=hard, keep_layout=keep_layout)
+    if hard or like.dtype not in _TORCH_FUSED_DTYPES:
+        return mix3_reference(s, p, k, w, hard=hard, keep_layout=keep_layout)
+    return _Mix3TorchFunction.apply(w.to(like.dtype), keep_layout, s, p, k)
 
 # ---- copied from mtsc/runtime/policy_format.py ----------------------------------------
 
