@@ -523,6 +523,55 @@ def test_torch_path_matches_float64(dtype, monkeypatch):
     assert_gw_close(gw, gw_ref, gw_scale)
 
 
+@pytest.mark.parametrize("layouts", [("transposed",) * 3, ("grouped_slices",) * 3])
+def test_torch_path_keeps_the_layout_of_dense_candidates(layouts, monkeypatch):
+    """The supermodel's `[T, B, ...]` views: y in their layout (a view back costs nothing),
+    each gradient in its candidate's layout, and the per-task dots split over many chunks."""
+    torch_path(monkeypatch)
+    gen = torch.Generator().manual_seed(37)
+    shape = (3, 5, 16, 40, 41)  # rows of 26,240 elements: 9 per dot chunk, 15 rows
+    candidates = tuple(
+        c.requires_grad_() for c in make_candidates(shape, layouts, torch.float32, gen)
+    )
+    w = random_weights(3, gen).requires_grad_()
+    gy = randn(shape, torch.float32, gen)
+    y_ref, grads_ref, gw_ref, gw_scale = reference64(candidates, w.detach(), gy, hard=False)
+    y = routing.mix3(*candidates, w, keep_layout=True)
+    assert y.stride() == candidates[0].stride()
+    assert_close_to(y.detach(), y_ref, torch.float32)
+    *grads, gw = torch.autograd.grad(y, (*candidates, w), gy)
+    for grad, grad_ref, c in zip(grads, grads_ref, candidates, strict=True):
+        assert grad.stride() == c.stride()
+        assert_close_to(grad, grad_ref, torch.float32)
+    assert_gw_close(gw, gw_ref, gw_scale)
+
+
+def test_torch_path_frozen_weights_and_constant_candidates(monkeypatch):
+    torch_path(monkeypatch)
+    gen = torch.Generator().manual_seed(41)
+    shape = (2, 3, 4)
+    s, p, k = make_candidates(shape, ("contiguous", "transposed", "gapped"), torch.float32, gen)
+    p.requires_grad_()
+    w = random_weights(2, gen)
+    gy = randn(shape, torch.float32, gen)
+    y_ref, grads_ref, _, _ = reference64((s, p, k), w, gy, hard=False)
+    y = routing.mix3(s, p, k, w)
+    (grad_p,) = torch.autograd.grad(y, (p,), gy)
+    assert_close_to(y.detach(), y_ref, torch.float32)
+    assert_close_to(grad_p, grads_ref[1], torch.float32)
+
+
+def test_torch_path_empty_tensors(monkeypatch):
+    torch_path(monkeypatch)
+    candidates = [torch.zeros(3, 0, 4, requires_grad=True) for _ in range(3)]
+    w = torch.full((3, 3), 1 / 3, requires_grad=True)
+    y = routing.mix3(*candidates, w)
+    assert y.shape == (3, 0, 4)
+    *grads, gw = torch.autograd.grad(y, (*candidates, w), torch.zeros(3, 0, 4))
+    assert all(g.shape == (3, 0, 4) for g in grads)
+    assert torch.equal(gw, torch.zeros(3, 3))
+
+
 def test_torch_path_hard_mode_never_uses_unused_candidates(monkeypatch):
     torch_path(monkeypatch)
     gen = torch.Generator().manual_seed(31)

@@ -653,7 +653,7 @@ class _Mix3TorchFunction(torch.autograd.Function):
         gw = None
         if ctx.needs_input_grad[0]:
             # Rows of [outer, T, inner]: dims outside the task dim, the task dim, dims inside.
-            inner = gy[(0,) * (order.index(0) + 1)].numel()
+            inner = math.prod(gy.shape[order.index(0) + 1 :])
             gw = torch.stack([_task_dots(gy, c, tasks, inner) for c in candidates], dim=1)
         return (gw, None, *grads)
 
@@ -665,6 +665,8 @@ def _task_dots(a: torch.Tensor, b: torch.Tensor, tasks: int, inner: int) -> torc
     """``sum(a[t] * b[t])`` per task for contiguous ``a``, ``b`` whose task dim has ``inner``
     elements inside it, without a temporary the size of ``a`` (a fresh allocation that large
     costs more in page faults than the arithmetic)."""
+    if a.numel() == 0:
+        return a.new_zeros(tasks)
     rows_a, rows_b = a.view(-1, inner), b.view(-1, inner)
     per = max(1, _DOT_CHUNK // inner)
     pairs = zip(rows_a.split(per), rows_b.split(per), strict=True)
