@@ -9,9 +9,9 @@ in one pass over memory, forward and backward. ``s``, ``p``, ``k`` share one sha
 (rank 1 to 5) and one dtype (float32, float16 or bfloat16; float64 on the torch path) but may
 have any strides: channels_last, transposed, slices of a grouped-conv output, broadcast. The
 kernels never copy them (the torch path copies a candidate only if its dims lie in another
-order than those of ``s``, or not densely). ``y`` is contiguous and has their dtype; the arithmetic is float32 (float64
-for float64 inputs). The gradient of ``w`` is ``gw[t, j] = sum(gy[t] * candidate_j[t])``,
-accumulated in float32.
+order than those of ``s``, or not densely). ``y`` is contiguous and has their dtype; the
+arithmetic is float32 (float64 for float64 inputs). The gradient of ``w`` is
+``gw[t, j] = sum(gy[t] * candidate_j[t])``, accumulated in float32.
 
 Hard mode (``hard=True``) is for a discrete policy: a candidate whose weight is zero for a task
 is not read for that task, forward or backward, so NaN or garbage there cannot leak into ``y``.
