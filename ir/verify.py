@@ -21,6 +21,9 @@ def verify(g: Graph, *, after: str = "") -> None:
         raise InternalError(f"IR verification failed{where}: {message}")
 
     reference = g.to_networkx()
+    for nid in g.node_ids():
+        if g.users(nid) != sorted(reference.successors(nid)):
+            fail(f"{g.node(nid).name}: its readers {g.users(nid)} disagree with its edges")
     if not networkx.is_directed_acyclic_graph(reference):
         fail("the graph has a cycle")
     if g.topo_order() != list(networkx.lexicographical_topological_sort(reference)):
@@ -31,8 +34,6 @@ def verify(g: Graph, *, after: str = "") -> None:
         if node.name in names:
             fail(f"nodes {names[node.name]} and {nid} share the name {node.name!r}")
         names[node.name] = nid
-        if g.users(nid) != sorted(reference.successors(nid)):
-            fail(f"{node.name}: its readers {g.users(nid)} disagree with its edges")
         spec = spec_of(node.op)
         if set(node.attrs) != {a.name for a in spec.attrs}:
             fail(

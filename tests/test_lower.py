@@ -403,6 +403,7 @@ def test_verify_accepts_a_valid_graph() -> None:
         ("outputs", "the graph has no outputs"),
         ("removed_output", "output 'backbone' points at a removed node"),
         ("cycle", "the graph has a cycle"),
+        ("readers", "image: its readers [] disagree with its edges"),
     ],
 )
 def test_verify_reports_broken_invariants(breakage: str, message: str) -> None:
@@ -422,6 +423,8 @@ def test_verify_reports_broken_invariants(breakage: str, message: str) -> None:
     elif breakage == "cycle":
         relu = g.add(Node(Op.RELU, "relu1", {}, (4, 8, 8)), [conv])
         g.set_inputs(conv, [relu])
+    elif breakage == "readers":
+        g._users[image].clear()  # an index out of step with the edges: a bug in Graph itself
     with pytest.raises(InternalError) as info:
         verify(g, after="a test")
     assert str(info.value).startswith("IR verification failed after a test: ")
