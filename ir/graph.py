@@ -107,9 +107,7 @@ class Graph:
     # -- building ------------------------------------------------------------------------
 
     def add(self, node: Node, inputs: Sequence[int] = ()) -> int:
-        for src in inputs:
-            if src not in self._nodes:
-                raise InternalError(f"input {src} of {node.name} is not in the graph")
+        self._check_inputs(node, inputs)
         nid = self._next_id
         self._next_id += 1
         self._nodes[nid] = node
@@ -126,9 +124,15 @@ class Graph:
         return node
 
     def set_inputs(self, nid: int, inputs: Sequence[int]) -> None:
+        self._check_inputs(self._nodes[nid], inputs)
         for src in self._inputs[nid]:
             self._users[src].pop(nid, None)
         self._link(nid, inputs)
+
+    def _check_inputs(self, node: Node, inputs: Sequence[int]) -> None:
+        for src in inputs:
+            if src not in self._nodes:
+                raise InternalError(f"input {src} of {node.name} is not in the graph")
 
     def _link(self, nid: int, inputs: Sequence[int]) -> None:
         self._inputs[nid] = list(inputs)

@@ -89,5 +89,10 @@ def test_a_cycle_is_reported() -> None:
 
 
 def test_unknown_input_is_refused() -> None:
+    g = Graph("g")
     with pytest.raises(InternalError, match="input 7 of n0 is not in the graph"):
-        Graph("g").add(_node(0), [7])
+        g.add(_node(0), [7])
+    a = g.add(_node(1))
+    with pytest.raises(InternalError, match="input 7 of n1 is not in the graph"):
+        g.set_inputs(a, [7])
+    assert g.inputs(a) == [] and len(g) == 1
