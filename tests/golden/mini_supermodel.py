@@ -629,7 +629,7 @@ class _Mix3TorchFunction(torch.autograd.Function):
     def forward(ctx, w, keep_layout, s, p, k):
         order = _memory_order(s)
         candidates = [_dense_in(c, order) for c in (s, p, k)]
-        weights = w.t().reshape(3, *(w.shape[0] if d == 0 else 1 for d in order))
+        weights = _weights_along(w, order)
         y = torch.mul(candidates[0], weights[0])
         y.addcmul_(candidates[1], weights[1])
         y.addcmul_(candidates[2], weights[2])
@@ -645,7 +645,7 @@ class _Mix3TorchFunction(torch.autograd.Function):
         order, inverse = ctx.order, _inverse(ctx.order)
         gy = _dense_in(gy, order)
         tasks = w.shape[0]
-        weights = w.t().reshape(3, *(tasks if d == 0 else 1 for d in order))
+        weights = _weights_along(w, order)
         grads = [
             (gy * weights[j]).permute(inverse) if ctx.needs_input_grad[2 + j] else None
             for j in range(3)
@@ -674,6 +674,12 @@ def _task_dots(a: torch.Tensor, b: torch.Tensor, tasks: int, inner: int) -> torc
     pairs = zip(rows_a.split(per), rows_b.split(per), strict=True)
     dots = [torch.linalg.vecdot(x, y) for x, y in pairs]
     return torch.cat(dots).view(-1, tasks).sum(0)
+
+
+def _weights_along(w: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """``w`` as ``[3, ...]``: per candidate, the tasks' weights along the task dim of tensors
+    permuted to ``order``, size 1 elsewhere (they broadcast)."""
+    return w.t().reshape(3, *(w.shape[0] if d == 0 else 1 for d in order))
 
 
 def _inverse(order: list[int]) -> list[int]:
