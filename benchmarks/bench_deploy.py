@@ -17,7 +17,6 @@ Run: `python benchmarks/bench_deploy.py [--repeats 9] [--threads N] [--device cu
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import random
 import statistics
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mtsc.api import import_generated
 from mtsc.codegen.torch_pruned import emit_pruned
 from mtsc.codegen.torch_supermodel import emit_supermodel
 from mtsc.deploy import carry_weights, prune_model
@@ -53,13 +53,6 @@ def random_policy(path: Path, seed: int) -> dict:
         for op, has_skip in routed_ops(sm).items()
     }
     return {"model": sm.name, "tasks": tasks, "choices": choices}
-
-
-def import_file(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def randomize_batchnorm(net: nn.Module, seed: int) -> None:
@@ -98,12 +91,12 @@ def bench_case(path: Path, size: int, batch: int, policy, folder: Path, args) ->
     sm_file = folder / f"{path.stem}_supermodel.py"
     sm_file.write_text(emit_supermodel(pruned.supermodel, source_name=path.name).text)
     torch.manual_seed(0)
-    supermodel = import_file(sm_file, f"bench_sm_{path.stem}").Supermodel()
+    supermodel = import_generated(sm_file, f"bench_sm_{path.stem}").Supermodel()
     randomize_batchnorm(supermodel, 0)
     supermodel.load_policy(pruned.policy).set_mode("hard").eval()
     model_file = folder / f"{path.stem}_model.py"
     model_file.write_text(emit_pruned(pruned.model, source_name=path.name, policy_name="p").text)
-    model = import_file(model_file, f"bench_model_{path.stem}").MultiTaskModel()
+    model = import_generated(model_file, f"bench_model_{path.stem}").MultiTaskModel()
     model.load_state_dict(carry_weights(pruned, supermodel.state_dict()), strict=True)
     model.eval().to(device)
     supermodel.to(device)

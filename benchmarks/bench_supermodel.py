@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
 import re
@@ -222,12 +221,11 @@ def load_variant(args: argparse.Namespace, variant: str, dtype: str = "float32")
     """(supermodel, the module to run, input): seeded weights, Gumbel noise and input."""
     import torch
 
+    from mtsc.api import import_generated
     from mtsc.driver import load_supermodel
 
     path = Path(args.folder) / "supermodel.py"
-    spec = importlib.util.spec_from_file_location("bench_supermodel_generated", path)
-    generated = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generated)
+    generated = import_generated(path, "bench_supermodel_generated")
     torch.manual_seed(SEED)
     supermodel = generated.Supermodel().set_mode("search").train()
     supermodel.tau = TAU
