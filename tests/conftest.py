@@ -1,8 +1,10 @@
 """Shared fixtures: the repository's folders, compiling `.mtl` text, importing generated code,
-running the `mtsc` command, and the `--accept` flag that refreshes golden files."""
+running the `mtsc` command, golden files and the `--accept` flag that refreshes them, and one
+torch thread for modules of tiny tensors."""
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import os
 import subprocess
@@ -64,6 +66,47 @@ def golden_dir() -> Path:
 @pytest.fixture
 def accept(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--accept"))
+
+
+@pytest.fixture
+def check_golden(golden_dir: Path, accept: bool) -> Callable[[str, str, str], None]:
+    """`check_golden(actual, name, refresh)`: `actual` must equal `tests/golden/<name>` (with
+    `--accept`, it becomes that file); a failure shows the diff and the `refresh` command."""
+
+    def check(actual: str, name: str, refresh: str) -> None:
+        golden = golden_dir / name
+        if accept:
+            golden.write_text(actual)
+            return
+        assert golden.exists(), f"{golden} is missing: create it with `{refresh}`"
+        expected = golden.read_text()
+        if actual != expected:
+            diff = "".join(
+                difflib.unified_diff(
+                    expected.splitlines(keepends=True),
+                    actual.splitlines(keepends=True),
+                    fromfile=str(golden),
+                    tofile="generated",
+                )
+            )
+            pytest.fail(
+                f"the generated code differs from {name}. If the change is intended, refresh "
+                f"the golden files with `{refresh}` and review their diff.\n{diff[:4000]}"
+            )
+
+    return check
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny tensors (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    more intra-op threads gain nothing there and contend with other processes for the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ dilated by 2 and 4 instead of strided, max-pool in ceil mode, output stride 8).
 from __future__ import annotations
 
 import ast
-import difflib
 import os
 import shutil
 import subprocess
@@ -246,33 +245,12 @@ GOLDEN_FILES = {"backbone.py": "tiny_backbone.py", "backbone.dot": "tiny_backbon
 REFRESH = "pytest tests/test_backbone_reference.py --accept"
 
 
-def check_golden(actual: str, golden: Path, accept: bool) -> None:
-    if accept:
-        golden.write_text(actual)
-        return
-    assert golden.exists(), f"{golden} is missing: create it with `{REFRESH}`"
-    expected = golden.read_text()
-    if actual != expected:
-        diff = "".join(
-            difflib.unified_diff(
-                expected.splitlines(keepends=True),
-                actual.splitlines(keepends=True),
-                fromfile=str(golden),
-                tofile="generated",
-            )
-        )
-        pytest.fail(
-            f"the generated code differs from {golden.name}. If the change is intended, refresh "
-            f"the golden files with `{REFRESH}` and review their diff.\n{diff[:4000]}"
-        )
-
-
 @pytest.mark.parametrize("generated", sorted(GOLDEN_FILES))
-def test_golden(generated, repo, golden_dir, tmp_path, monkeypatch, accept) -> None:
+def test_golden(generated, repo, tmp_path, monkeypatch, check_golden) -> None:
     # A path relative to the repository root, as the header names it.
     monkeypatch.chdir(repo)
     build(Path("tests/models/tiny.mtl"), tmp_path, render=False)
-    check_golden((tmp_path / generated).read_text(), golden_dir / GOLDEN_FILES[generated], accept)
+    check_golden((tmp_path / generated).read_text(), GOLDEN_FILES[generated], REFRESH)
 
 
 def test_golden_model_output_matches_a_functional_reference(models_dir, tmp_path, load_generated):

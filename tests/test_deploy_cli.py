@@ -31,13 +31,7 @@ OTHER_MODEL = REPO / "tests" / "models" / "deploy_linear.mtl"
 TASKS = ("segment", "depth", "normal")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two cores shared with other test processes: more intra-op threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_policy(seed: int) -> dict:

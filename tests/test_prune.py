@@ -53,13 +53,7 @@ BIG = [p for p in EXAMPLES if p != RESNET_TINY]
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two cores shared with other test processes: more intra-op threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -472,13 +466,9 @@ def mini_source() -> str:
     ).text
 
 
-def test_golden_mini_model(golden_dir: Path, accept: bool):
+def test_golden_mini_model(check_golden):
     text = mini_source()
-    golden = golden_dir / "mini_model.py"
-    if accept:
-        golden.write_text(text)
-    assert golden.exists(), f"no {golden}: run pytest --accept to write it, then review it"
-    assert golden.read_text() == text, "model.py changed: review, then rerun with --accept"
+    check_golden(text, "mini_model.py", "pytest tests/test_prune.py --accept")
     assert mini_source() == text  # deterministic
 
 

@@ -91,13 +91,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
     assert not different, f"tensors differ: {different}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions gain nothing from threads, and busy cores make them spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

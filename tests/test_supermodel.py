@@ -13,7 +13,6 @@ t's filters at rows `t * out ... (t + 1) * out`, a TaskBatchNorm2d has `T * C` c
 
 from __future__ import annotations
 
-import difflib
 import random
 import shutil
 import subprocess
@@ -44,13 +43,7 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 GRAD_TOL = {"rtol": 1e-4, "atol": 1e-5}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and much faster when other processes load the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass
@@ -618,28 +611,9 @@ GOLDEN = "mini_supermodel.py"
 REFRESH = "pytest tests/test_supermodel.py --accept"
 
 
-def test_golden_source(models_dir, golden_dir, accept) -> None:
+def test_golden_source(models_dir, check_golden) -> None:
     g = load_supermodel(models_dir / MINI)
-    actual = emit_supermodel(g, source_name=f"tests/models/{MINI}").text
-    golden = golden_dir / GOLDEN
-    if accept:
-        golden.write_text(actual)
-        return
-    assert golden.exists(), f"{golden} is missing: create it with `{REFRESH}`"
-    expected = golden.read_text()
-    if actual != expected:
-        diff = "".join(
-            difflib.unified_diff(
-                expected.splitlines(keepends=True),
-                actual.splitlines(keepends=True),
-                fromfile=str(golden),
-                tofile="generated",
-            )
-        )
-        pytest.fail(
-            f"the generated supermodel differs from {GOLDEN}. If the change is intended, run "
-            f"`{REFRESH}` and review the diff.\n{diff[:4000]}"
-        )
+    check_golden(emit_supermodel(g, source_name=f"tests/models/{MINI}").text, GOLDEN, REFRESH)
 
 
 def test_source_is_deterministic_and_copies_the_runtime(models_dir) -> None:
