@@ -16,6 +16,7 @@ import torch
 
 from mtsc.api import load_supermodel, search
 from mtsc.cli import main
+from mtsc.runtime import train as train_module
 from mtsc.runtime.data import open_dataset
 
 TINY = """\
@@ -178,6 +179,62 @@ def test_training_is_reproducible_with_a_seed(tmp_path, model_file, config_file)
     first, second = (load(out / "model.pt") for out in outs)
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_training_moves_every_weight(tmp_path, model_file, config_file):
+    def weights_after(steps: int) -> dict:
+        out = tmp_path / f"steps{steps}"
+        code = main(["train", str(model_file), "--policy", "specific", "--config",
+                     str(config_file), "--out", str(out), "--seed", "4", "--set",
+                     f"steps={steps}", "--set", "batch_size=4", "--no-progress"])  # fmt: skip
+        assert code == 0
+        return load(out / "model.pt")
+
+    start, trained = weights_after(0), weights_after(3)
+    unmoved = [name for name in trainable(start) if torch.equal(start[name], trained[name])]
+    assert not unmoved, f"training left {unmoved} unchanged"
+
+
+def trainable(state: dict) -> list[str]:
+    """The names of a saved model's parameters: all its tensors but batchnorm's statistics."""
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    return [name for name in state if not name.endswith(statistics)]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_training_resumes_like_an_uninterrupted_one(
+    tmp_path, model_file, config_file, monkeypatch
+):
+    args = ["train", str(model_file), "--policy", str(tmp_path / "policy.json"), "--config",
+            str(config_file), "--seed", "3", "--set", "steps=6", "--set", "batch_size=4",
+            "--set", "checkpoint_every=1", "--set", "eval_every=3", "--no-progress"]  # fmt: skip
+    (tmp_path / "policy.json").write_text(json.dumps(MIXED))
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+
+    step = train_module._step
+
+    def step_then_stop(run):
+        if run.step == 4:  # steps 1..4 done and checkpointed
+            raise Interrupted
+        return step(run)
+
+    monkeypatch.setattr(train_module, "_step", step_then_stop)
+    with pytest.raises(Interrupted):
+        main([*args, "--out", str(tmp_path / "cut")])
+    monkeypatch.undo()
+    assert load(tmp_path / "cut" / "last.pt")["step"] == 4
+
+    assert main([*args, "--resume", str(tmp_path / "cut")]) == 0
+    whole, resumed = (load(tmp_path / run / "last.pt") for run in ("whole", "cut"))
+    assert (resumed["stage"], resumed["step"]) == ("done", 6)
+    assert resumed["metrics"] == whole["metrics"]
+    for name, value in whole["model"].items():
+        assert torch.equal(resumed["model"][name], value), name
+    for name, value in load(tmp_path / "whole" / "model.pt").items():
+        assert torch.equal(load(tmp_path / "cut" / "model.pt")[name], value), name
 
 
 @pytest.mark.parametrize(
