@@ -10,7 +10,7 @@ import pytest
 from mtsc.cli import main
 from mtsc.commands.search import parse_sets
 from mtsc.errors import MtscError
-from mtsc.runtime.config import QUICK, SearchConfig, TrainConfig, make_config
+from mtsc.runtime.config import SearchConfig, TrainConfig, make_config
 
 
 def test_defaults_without_file_or_overrides():
@@ -18,11 +18,31 @@ def test_defaults_without_file_or_overrides():
     assert make_config(TrainConfig, None, {}) == TrainConfig()
 
 
+# --quick is a smoke run of a minute or less on a laptop CPU: these values, nothing longer
+QUICK_VALUES = {
+    SearchConfig: {
+        "warmup_steps": 30,
+        "search_steps": 30,
+        "eval_every": 30,
+        "eval_batches": 4,
+        "checkpoint_every": 20,
+        "batch_size": 8,
+    },  # fmt: skip
+    TrainConfig: {
+        "steps": 40,
+        "eval_every": 40,
+        "eval_batches": 4,
+        "checkpoint_every": 20,
+        "batch_size": 8,
+    },  # fmt: skip
+}
+
+
 @pytest.mark.parametrize("cls", [SearchConfig, TrainConfig])
 def test_quick_sets_its_values_and_keeps_the_other_defaults(cls):
     config = make_config(cls, None, {}, quick=True)
     for field in dataclasses.fields(cls):
-        expected = QUICK[cls].get(field.name, getattr(cls(), field.name))
+        expected = QUICK_VALUES[cls].get(field.name, getattr(cls(), field.name))
         assert getattr(config, field.name) == expected, field.name
 
 
@@ -34,7 +54,7 @@ def test_precedence_is_defaults_quick_toml_then_overrides(tmp_path):
     config = make_config(
         SearchConfig, toml, {"search_steps": 9, "seed": None, "budget": 0.25}, quick=True
     )
-    assert config.warmup_steps == QUICK[SearchConfig]["warmup_steps"]  # from --quick
+    assert config.warmup_steps == 30  # from --quick
     assert config.batch_size == 4  # the file beats --quick
     assert config.search_steps == 9  # an override beats the file
     assert config.seed == SearchConfig().seed  # None means "not given"
