@@ -1,12 +1,13 @@
 """Shared fixtures: the repository's folders, compiling `.mtl` text, importing generated code,
-running the `mtsc` command, golden files and the `--accept` flag that refreshes them, and one
-torch thread for modules of tiny tensors."""
+running the `mtsc` command, golden files and the `--accept` flag that refreshes them, the
+linter for generated code, and one torch thread for modules of tiny tensors."""
 
 from __future__ import annotations
 
 import difflib
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -175,3 +176,24 @@ def run_mtsc() -> Callable[..., subprocess.CompletedProcess]:
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def ruff_check() -> Callable[..., None]:
+    """`ruff_check(*files, cwd=None)`: the files pass `ruff check` with its default rules
+    (not the project's configuration: generated code is checked as a user's project would)."""
+    beside = Path(sys.executable).with_name("ruff")
+    ruff = str(beside) if beside.exists() else shutil.which("ruff")
+    assert ruff, "ruff is a dev dependency (pip install -e '.[dev]')"
+
+    def check(*files: Path | str, cwd: Path | None = None) -> None:
+        proc = subprocess.run(
+            [ruff, "check", "--isolated", "--no-cache", *map(str, files)],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    return check

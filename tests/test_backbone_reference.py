@@ -223,20 +223,10 @@ def test_backbone_py_imports_only_torch(example, built_resnets) -> None:
     assert imported and all(name == "torch" or name.startswith("torch.") for name in imported)
 
 
-def test_backbone_py_passes_ruff(built_resnets, models_dir, tmp_path) -> None:
-    ruff = Path(sys.executable).with_name("ruff")
-    if not ruff.exists():
-        ruff = shutil.which("ruff")
-    assert ruff, "ruff is a dev dependency"
+def test_backbone_py_passes_ruff(built_resnets, models_dir, tmp_path, ruff_check) -> None:
     build(models_dir / "tiny.mtl", tmp_path, render=False)
     files = [built_resnets[e][1] / "backbone.py" for e, _, _ in RESNETS]
-    proc = subprocess.run(
-        [str(ruff), "check", "--isolated", *map(str, files), str(tmp_path / "backbone.py")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ruff_check(*files, tmp_path / "backbone.py")
 
 
 # ---------------------------------------------------------------- golden files

@@ -359,19 +359,28 @@ def test_uniform_policy_on_resnet_tiny(choice, tiny) -> None:
     check_uniform_policy(tiny, choice, TINY_INPUT)
 
 
-def test_hard_mode_runs_only_chosen_candidates(mini) -> None:
-    """All shared in hard mode never calls a task-specific copy or a skip projection."""
+@pytest.mark.parametrize("policy_kind", ["shared", "specific", "mixed 0", "mixed 1", "mixed 2"])
+def test_hard_mode_runs_only_chosen_candidates(policy_kind, mini) -> None:
+    """Hard mode calls a candidate's module (once) exactly when some task chose it."""
     model = random_model(mini)
-    model.load_policy(uniform_policy(model.MODEL, model.TASKS, routed_names(model), "shared"))
-    model.set_mode("hard")
-    called = []
+    if policy_kind.startswith("mixed"):
+        policy = random_policy(model, int(policy_kind.split()[1]))
+    else:
+        policy = uniform_policy(model.MODEL, model.TASKS, routed_names(model), policy_kind)
+    model.load_policy(policy).set_mode("hard")
+    suffixes = {"shared": "", "specific": "_specific", "skip": "_skip"}
+    called, expected = [], set()
     for name in routed_names(model):
-        for suffix in ("_specific", "_skip"):
+        chosen = set(policy["choices"][name].values())
+        for choice, suffix in suffixes.items():
             module = getattr(model, attr_name(name) + suffix, None)
-            if module is not None:
-                module.register_forward_hook(lambda m, i, o, key=name + suffix: called.append(key))
+            if module is None:  # an identity skip has no module
+                continue
+            module.register_forward_hook(lambda m, i, o, key=name + suffix: called.append(key))
+            if choice in chosen:
+                expected.add(name + suffix)
     model(torch.randn(MINI_INPUT))
-    assert called == []
+    assert sorted(called) == sorted(expected)
 
 
 # ---------------------------------------------------------------- mixed policies, search mode
@@ -626,19 +635,9 @@ def test_source_is_deterministic_and_copies_the_runtime(models_dir) -> None:
         assert split_inline(runtime_source(filename)).body in text, filename
 
 
-def test_source_passes_ruff(mini, examples_dir, tmp_path) -> None:
-    ruff = Path(sys.executable).with_name("ruff")
-    ruff = str(ruff) if ruff.exists() else shutil.which("ruff")
-    assert ruff, "ruff is a dev dependency"
+def test_source_passes_ruff(mini, examples_dir, tmp_path, ruff_check) -> None:
     build(examples_dir / "resnet_tiny.mtl", tmp_path, render=False)
-    files = [tmp_path / "supermodel.py", mini.folder / "supermodel.py"]
-    proc = subprocess.run(
-        [ruff, "check", "--isolated", *map(str, files)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ruff_check(tmp_path / "supermodel.py", mini.folder / "supermodel.py")
 
 
 _RUN_WITHOUT_MTSC = textwrap.dedent(
