@@ -4,7 +4,7 @@ The torch path runs here. The Triton kernels run on the CPU through Triton's int
 which only works when ``TRITON_INTERPRET=1`` is set before triton is imported (triton's own
 ``@jit`` helpers such as ``tl.sum`` are fixed then). So unless this process already runs
 under the interpreter, ``test_kernels_under_the_interpreter`` reruns this file's kernel tests
-(``-k interpreted``) in a pytest subprocess with the variable set; here they are skipped.
+(marked ``interpreter``) in a pytest subprocess with the variable set; here they are skipped.
 
 Every result is compared with a float64 reference computed directly in this file.
 """
@@ -47,11 +47,18 @@ def _interpreted(fn: object) -> bool:
 INTERPRETING = (
     triton is not None and _interpreted(tl.sum) and _interpreted(routing._mix3_forward_kernel)
 )
-interpreter_only = pytest.mark.skipif(
-    not INTERPRETING,
-    reason="kernel test: runs in the TRITON_INTERPRET=1 subprocess of "
-    "test_kernels_under_the_interpreter",
-)
+
+
+def interpreter_only(test: Callable) -> Callable:
+    """A kernel test: marked for the interpreter subprocess to select, skipped elsewhere."""
+    skip = pytest.mark.skipif(
+        not INTERPRETING,
+        reason="kernel test: runs in the TRITON_INTERPRET=1 subprocess of "
+        "test_kernels_under_the_interpreter",
+    )
+    return pytest.mark.interpreter(skip(test))
+
+
 needs_triton = pytest.mark.skipif(triton is None, reason="needs triton")
 needs_cuda = pytest.mark.skipif(
     triton is None or not torch.cuda.is_available(), reason="needs a CUDA device and triton"
@@ -263,7 +270,7 @@ def test_kernels_under_the_interpreter():
     env.pop("MTSC_ROUTING", None)
     command = [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-p", "no:cacheprovider"]
     result = subprocess.run(
-        command + ["-k", "interpreted"],
+        command + ["-m", "interpreter"],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -277,8 +284,8 @@ def test_kernels_under_the_interpreter():
 
 
 # ----------------------------------------------------------------------------------------------
-# Kernel tests, named test_interpreted_*: in the interpreter subprocess, or in this process when
-# it ran under TRITON_INTERPRET=1 from the start.
+# Kernel tests (@interpreter_only): in the interpreter subprocess, or in this process when it ran
+# under TRITON_INTERPRET=1 from the start.
 
 
 @interpreter_only
