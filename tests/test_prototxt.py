@@ -906,7 +906,10 @@ def test_unknown_fields_are_skipped():
         'weight_filler { type: "gaussian" std: 0.01 } engine: CAFFE } made_up_param { x: [1, 2] }',
     )
     g = import_text("state { phase: TEST }\n" + text, "n.prototxt").graph
-    assert g.node(g.outputs["backbone"]).attrs["kernel"] == (1, 1)
+    assert [(n.op, n.name) for _, n in g.nodes()] == [(Op.INPUT, "data"), (Op.CONV2D, "c")]
+    conv = g.node(g.outputs["backbone"])
+    assert (conv.attrs["out"], conv.attrs["kernel"], conv.attrs["bias"]) == (4, (1, 1), True)
+    assert conv.shape == (4, 8, 8)
 
 
 def test_fusion_needs_a_bias_and_a_batchnorm_read_only_by_the_scale():
