@@ -7,9 +7,11 @@ a report and pictures."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
+from mtsc.errors import MtscError
 from mtsc.fsutil import write_atomic
 
 MODEL = Path(__file__).resolve().parent.parent / "examples" / "resnet_tiny.mtl"
@@ -49,6 +51,8 @@ QUICK = {
         "checkpoint_every": 60,
     },
 }
+# Everything a demo writes in its folder: a rerun replaces these, and refuses a folder with more.
+WRITTEN = ("build", "search", "train", "deploy", "report.json", "report.md", "predictions.png")
 VARIANTS = (("searched", None), ("all-shared", "shared"), ("all-specific", "specific"))
 SHOWN = {
     "segment": ("miou", "pixel_acc"),
@@ -83,6 +87,7 @@ def run_demo(
     if stages:
         kind = "custom stage lengths"
     stages = {name: {**base[name], **(stages or {}).get(name, {})} for name in base}
+    _clear_previous_demo(out)
     started = time.perf_counter()
     timings = {}
 
@@ -131,6 +136,29 @@ def run_demo(
     print(table)
     print(f"report: {out / 'report.md'} ({timings['total']:.0f} s)")
     return summary
+
+
+def _clear_previous_demo(out: Path) -> None:
+    """A demo starts afresh: remove what an earlier demo wrote to `out`, but nothing else."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise MtscError(None, f"{out} is a file; give the demo a folder: --out DIR")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in WRITTEN)
+    if foreign:
+        raise MtscError(
+            None,
+            f"{out} holds files a demo does not write ({', '.join(foreign)}); "
+            "give the demo an empty or new folder: --out DIR",
+        )
+    previous = [out / name for name in WRITTEN if (out / name).exists()]
+    if previous:
+        print(f"replacing the previous demo in {out}")
+    for path in previous:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def report(rows: dict) -> str:

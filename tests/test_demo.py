@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtsc.demo import MODEL, SHOWN, report, run_demo
+from mtsc.demo import MODEL, SHOWN, WRITTEN, report, run_demo
 from mtsc.deploy import baselines, prune_model, size_report
+from mtsc.errors import MtscError
 
 # Whether a larger value of a metric is better: the usual convention of each metric.
 HIGHER_IS_BETTER = {
@@ -62,10 +64,8 @@ def png_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> tuple[Path, dict]:
-    folder = tmp_path_factory.mktemp("demo")
-    data = {"size": 32, "n_train": 16, "n_val": 8, "n_test": 4, "cache_dir": str(folder / "cache")}
+def tiny_demo(out: Path, cache: Path) -> dict:
+    data = {"size": 32, "n_train": 16, "n_val": 8, "n_test": 4, "cache_dir": str(cache)}
     short = {"batch_size": 2, "eval_every": 2, "eval_batches": 1, "checkpoint_every": 2}
     stages = {
         "search": {"warmup_steps": 2, "search_steps": 2, **short, "data": data},
@@ -74,10 +74,39 @@ def demo(tmp_path_factory) -> tuple[Path, dict]:
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # two cores shared with other test processes
     try:
-        summary = run_demo(folder / "out", stages=stages, progress=False)
+        return run_demo(out, stages=stages, progress=False)
     finally:
         torch.set_num_threads(before)
-    return folder / "out", summary
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("demo")
+    return folder / "out", tiny_demo(folder / "out", folder / "cache")
+
+
+def test_a_second_demo_in_the_same_folder_replaces_the_first(demo, tmp_path, capsys):
+    first, summary = demo
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    (out / "train" / "searched" / "stale.txt").write_text("from an earlier run")
+    again = tiny_demo(out, first.parent / "cache")
+    assert "replacing the previous demo in" in capsys.readouterr().out
+    assert (again["rows"], again["policy"]) == (summary["rows"], summary["policy"])  # seeded
+    assert not (out / "train" / "searched" / "stale.txt").exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted(WRITTEN)
+
+
+def test_the_demo_refuses_a_folder_it_did_not_write(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "search").mkdir()
+    with pytest.raises(MtscError) as err:
+        run_demo(tmp_path)
+    assert err.value.message == (
+        f"{tmp_path} holds files a demo does not write (notes.txt); "
+        "give the demo an empty or new folder: --out DIR"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "search"]
 
 
 def test_demo_writes_the_report(demo):
