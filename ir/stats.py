@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtsc.ir.graph import Graph
+from mtsc.ir.graph import Graph, Role
 from mtsc.ir.ops import Op, mac_count, param_count
 
 
@@ -54,3 +54,10 @@ def summarize(g: Graph) -> Summary:
         macs += node_macs(g, nid)
     outputs = {key: g.node(nid).shape for key, nid in g.outputs.items()}
     return Summary(g.name, ops, params, macs, inputs, outputs, dict(sorted(counts.items())))
+
+
+def supermodel_params(g: Graph) -> int:
+    """The weights of a routed graph's supermodel (its policy logits aside): a task-specific or
+    skip node stands for one copy per task."""
+    copies = {Role.SPECIFIC: len(g.tasks), Role.SKIP: len(g.tasks)}
+    return sum(node_params(g, nid) * copies.get(node.role, 1) for nid, node in g.nodes())

@@ -6,7 +6,7 @@ import json
 
 from mtsc.ir.graph import Graph
 from mtsc.ir.ops import Op
-from mtsc.ir.stats import Summary, summarize
+from mtsc.ir.stats import Summary, supermodel_params
 
 
 def human(n: int) -> str:
@@ -14,6 +14,10 @@ def human(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.2f} {suffix}"
     return str(n)
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def shape(dims: tuple[int, ...]) -> str:
@@ -33,21 +37,23 @@ def summary_text(s: Summary) -> str:
 
 
 def supermodel_info(g: Graph) -> dict:
-    """Tasks, routed ops and the parameters of the supermodel and of its two extremes."""
+    """Tasks, routed ops and the supermodel's weights (policy logits aside)."""
     routes = [n for n in g.topo_order() if g.node(n).op is Op.ROUTE]
     tasks = [t.name for t in g.tasks]
     return {
         "tasks": tasks,
         "routed_ops": len(routes),
         "skippable_ops": sum(1 for r in routes if g.node(r).attrs["skip"]),
-        "params": summarize(g).params,
+        "params": supermodel_params(g),
     }
 
 
 def supermodel_text(info: dict) -> str:
     return (
-        f"  supermodel: tasks {', '.join(info['tasks'])}; {info['routed_ops']} routed ops "
-        f"({info['skippable_ops']} skippable); {human(info['params'])} parameters"
+        f"  supermodel: tasks {', '.join(info['tasks'])}; "
+        f"{plural(info['routed_ops'], 'routed op')} "
+        f"({info['skippable_ops']} skippable); {human(info['params'])} parameters "
+        f"({info['params']:,})"
     )
 
 

@@ -95,6 +95,21 @@ def test_build_json(examples_dir, tmp_path, run_mtsc) -> None:
     assert not any(p.suffix == ".svg" for p in tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("share_bn", [False, True])
+@pytest.mark.parametrize("model", ["resnet_tiny.mtl", "mobilenetv2.mtl"])
+def test_reported_supermodel_size_is_the_generated_modules(
+    model, share_bn, examples_dir, tmp_path, run_mtsc, load_generated
+) -> None:
+    flags = ["--share-bn"] if share_bn else []
+    proc = run_mtsc("build", examples_dir / model, "-o", tmp_path, "--json", "--no-svg", *flags)
+    assert proc.returncode == 0, proc.stderr
+    reported = json.loads(proc.stdout)["supermodel"]["params"]
+    supermodel = load_generated(tmp_path / "supermodel.py").Supermodel()
+    assert reported == sum(p.numel() for p in supermodel.weight_parameters())
+    header = (tmp_path / "supermodel.py").read_text().splitlines()[1]
+    assert f"; {reported:,} parameters." in header
+
+
 def test_build_defaults_to_out_in_the_working_directory(models_dir, tmp_path, run_mtsc) -> None:
     proc = run_mtsc("build", models_dir / "tiny.mtl", "--no-svg", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
