@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtsc.fsutil import read_source
 from mtsc.grammar import ast
 from mtsc.grammar.parser import parse
 from mtsc.ir.errors import MtscError, Span
 from mtsc.ir.graph import Call, Graph, Node, Sharing, TaskSpec
 from mtsc.ir.ops import Op, OpError, Shape, did_you_mean, infer_shape, op_by_name, spec_of
+from mtsc.runtime.objectives import check_loss, check_metric
 
 # DSL spellings of ops, beyond their canonical names.
 OP_ALIASES: dict[str, Op] = {
@@ -92,7 +94,7 @@ def _describe(value: Any) -> str:
 
 class Lowerer:
     def __init__(self, *, read_file: Callable[[Path], str] | None = None) -> None:
-        self.read_file = read_file or (lambda p: p.read_text())
+        self.read_file = read_file or read_source
         self.blocks: dict[str, _Block] = {}
         self.graph: Graph | None = None
         self.call_stack: list[str] = []
@@ -264,9 +266,19 @@ class Lowerer:
                     weight = self.eval(opt.value, consts, _Scope("", None))
                     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
                         raise MtscError(opt.span, "weight= must be a number")
+                    if not 0 < weight < math.inf:
+                        raise MtscError(
+                            opt.span, f"weight= must be a finite number > 0, got {weight}"
+                        )
                     options["weight"] = float(weight)
                 else:
-                    options[opt.key] = self._static_call(opt.value, consts, opt.key)
+                    call = self._static_call(opt.value, consts, opt.key)
+                    check = check_loss if opt.key == "loss" else check_metric
+                    try:
+                        check(call.name, dict(call.kwargs))
+                    except ValueError as err:
+                        raise MtscError(call.loc, str(err)) from None
+                    options[opt.key] = call
             specs[task.name] = TaskSpec(task.name, head, loc=task.span, **options)
         if not specs:
             raise MtscError(section.span, "the tasks section is empty")
@@ -868,7 +880,7 @@ def lower_module(module: ast.Module) -> Graph:
 def lower_file(path: str | Path) -> Graph:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_source(path)
     except OSError as err:
         raise MtscError(None, f"cannot read {path}: {err.strerror}") from None
     return lower_module(parse(text, str(path)))

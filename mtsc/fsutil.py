@@ -1,4 +1,5 @@
-"""Writing outputs so that a failure never leaves a half-written file behind."""
+"""Reading model sources, and writing outputs so that a failure never leaves a half-written
+file behind."""
 
 from __future__ import annotations
 
@@ -7,6 +8,17 @@ import tempfile
 from pathlib import Path
 
 from mtsc.errors import MtscError
+
+
+def read_source(path: Path) -> str:
+    """A model file's text: UTF-8, a leading byte-order mark dropped. An OSError passes on, for
+    the caller to name what it was reading the file for."""
+    data = path.read_bytes()
+    try:
+        return data.decode().removeprefix("\ufeff")  # utf-8-sig would shift the offsets below
+    except UnicodeDecodeError as err:
+        problem = f"byte 0x{data[err.start]:02x} at offset {err.start}"
+        raise MtscError(None, f"{path}: not UTF-8 text ({problem})") from None
 
 
 def _file_mode(path: Path) -> int:

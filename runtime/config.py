@@ -131,11 +131,30 @@ def _check_types(cls: type, values: dict[str, Any]) -> None:
         raise MtscError(None, "bad config: " + "; ".join(problems))
 
 
+# (names, test, wording): the ranges of the numeric values; `_check` skips the names its
+# config lacks, and nan fails every test
+_RANGES = (
+    (
+        ("batch_size", "checkpoint_every", "log_every", "policy_every"),
+        lambda v: v >= 1,  # all of them divide or count steps
+        "at least 1",
+    ),
+    (("warmup_steps", "search_steps", "steps", "num_workers"), lambda v: v >= 0, "at least 0"),
+    (("eval_every",), lambda v: v >= 0, "at least 0 (0: never)"),
+    (("eval_batches",), lambda v: v >= 0, "at least 0 (0: the whole split)"),
+    (("weight_lr", "policy_lr", "lr", "tau_init", "tau_min"), lambda v: v > 0, "positive"),
+    (("tau_decay",), lambda v: 0 < v <= 1, "in (0, 1]"),
+    (("momentum",), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (("weight_decay", "reg_weight", "budget_weight"), lambda v: v >= 0, "at least 0"),
+)
+
+
 def _check(config: Any) -> None:
     problems = []
-    for name in ("batch_size", "checkpoint_every", "log_every", "policy_every"):
-        if getattr(config, name, 1) < 1:  # all of them divide or count steps
-            problems.append(f"{name} must be at least 1")
+    for names, allowed, wording in _RANGES:
+        for name in names:
+            if hasattr(config, name) and not allowed(getattr(config, name)):
+                problems.append(f"{name} must be {wording}")
     if getattr(config, "budget", None) is not None and not 0 < config.budget <= 1:
         problems.append("budget must be a fraction in (0, 1]")
     if getattr(config, "derive", "argmax") not in ("argmax", "sample"):

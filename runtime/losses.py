@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtsc.runtime.objectives import check_loss
+
 IGNORE_INDEX = 255  # NYUv2 convention; CityScapes files also use -1 (pass ignore=-1)
 
 LossFn = Callable[..., Tensor]
@@ -115,25 +117,18 @@ LOSSES: Mapping[str, LossFn] = {
 }
 
 
-def check_options(what: str, fn: Callable[..., Any], options: Mapping[str, Any]) -> None:
-    """Raise ValueError unless `options` name keyword-only parameters of `fn`, all required ones."""
-    params = [p for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
-    known = sorted(p.name for p in params)
-    for name in sorted(options):
-        if name not in known:
-            listed = ", ".join(known) if known else "none"
-            raise ValueError(f"{what} has no option {name!r}; its options: {listed}")
-    for p in params:
-        if p.default is p.empty and p.name not in options:
+def check_required(what: str, fn: Callable[..., Any], options: Mapping[str, Any]) -> None:
+    """Raise ValueError unless `options` give every required keyword-only parameter of `fn`."""
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is p.KEYWORD_ONLY and p.default is p.empty and p.name not in options:
             raise ValueError(f"{what} needs the option {p.name!r}")
 
 
 def make_loss(name: str, **options: Any) -> LossFn:
     """The loss registered as `name` with keyword options bound: `make_loss("l1")`."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}")
+    check_loss(name, options)
     fn = LOSSES[name]
-    check_options(f"loss {name!r}", fn, options)
+    check_required(f"loss {name!r}", fn, options)
     return functools.partial(fn, **options)
 
 

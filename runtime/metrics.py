@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mtsc.runtime.losses import IGNORE_INDEX, check_options, label_mask, target_map
+from mtsc.runtime.losses import IGNORE_INDEX, check_required, label_mask, target_map
+from mtsc.runtime.objectives import check_metric
 
 # The direction of every metric name any metric here reports: True when higher is better.
 HIGHER_IS_BETTER: Mapping[str, bool] = MappingProxyType(
@@ -311,10 +312,9 @@ METRICS: Mapping[str, type[Metric]] = {
 
 def make_metric(name: str, **options: Any) -> Metric:
     """A fresh metric registered as `name`, e.g. `make_metric("miou", num_classes=13)`."""
-    if name not in METRICS:
-        raise ValueError(f"unknown metric {name!r}; known metrics: {', '.join(sorted(METRICS))}")
+    check_metric(name, options)
     cls = METRICS[name]
-    check_options(f"metric {name!r}", cls, options)
+    check_required(f"metric {name!r}", cls, options)
     return cls(**options)
 
 

@@ -95,6 +95,23 @@ def test_unknown_keys_are_named_with_the_known_ones():
         ({"derive": "best"}, "derive must be 'argmax' or 'sample'"),
         ({"amp": "fp8"}, "amp must be bf16 or fp16"),
         ({"held_out": 1.0}, "held_out must be a fraction in (0, 1)"),
+        ({"warmup_steps": -5}, "warmup_steps must be at least 0"),
+        ({"search_steps": -3}, "search_steps must be at least 0"),
+        ({"num_workers": -1}, "num_workers must be at least 0"),
+        ({"eval_every": -1}, "eval_every must be at least 0 (0: never)"),
+        ({"eval_batches": -1}, "eval_batches must be at least 0 (0: the whole split)"),
+        ({"weight_lr": 0}, "weight_lr must be positive"),
+        ({"policy_lr": -0.01}, "policy_lr must be positive"),
+        ({"tau_init": 0}, "tau_init must be positive"),
+        ({"tau_min": 0}, "tau_min must be positive"),
+        ({"tau_decay": -1}, "tau_decay must be in (0, 1]"),
+        ({"tau_decay": 1.5}, "tau_decay must be in (0, 1]"),
+        ({"momentum": -0.1}, "momentum must be in [0, 1)"),
+        ({"momentum": 1}, "momentum must be in [0, 1)"),
+        ({"weight_decay": -1e-4}, "weight_decay must be at least 0"),
+        ({"reg_weight": -1}, "reg_weight must be at least 0"),
+        ({"budget_weight": -1}, "budget_weight must be at least 0"),
+        ({"weight_lr": float("nan")}, "weight_lr must be positive"),
         ({"batch_size": "abc"}, "batch_size must be int, got 'abc'"),
         ({"eval_every": True}, "eval_every must be int, got True"),
         ({"weight_lr": "fast"}, "weight_lr must be float, got 'fast'"),
@@ -105,6 +122,37 @@ def test_unknown_keys_are_named_with_the_known_ones():
 )
 def test_bad_values_are_reported(overrides, problem):
     assert _message(SearchConfig, overrides) == f"bad config: {problem}"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"steps": -1}, "steps must be at least 0"),
+        ({"lr": 0}, "lr must be positive"),
+        ({"lr": -0.05}, "lr must be positive"),
+        ({"momentum": -0.5}, "momentum must be in [0, 1)"),
+        ({"weight_decay": -1}, "weight_decay must be at least 0"),
+        ({"eval_every": -1}, "eval_every must be at least 0 (0: never)"),
+        ({"eval_batches": -2}, "eval_batches must be at least 0 (0: the whole split)"),
+        ({"num_workers": -1}, "num_workers must be at least 0"),
+    ],
+)
+def test_bad_train_values_are_reported(overrides, problem):
+    assert _message(TrainConfig, overrides) == f"bad config: {problem}"
+
+
+@pytest.mark.parametrize(
+    ("cls", "overrides"),
+    [
+        (SearchConfig, {"warmup_steps": 0, "search_steps": 0, "eval_every": 0, "eval_batches": 0}),
+        (SearchConfig, {"tau_decay": 1, "momentum": 0, "weight_decay": 0, "reg_weight": 0}),
+        (SearchConfig, {"budget_weight": 0, "weight_lr": 1e30, "num_workers": 2}),
+        (TrainConfig, {"steps": 0, "eval_every": 0, "eval_batches": 0, "momentum": 0}),
+    ],
+)
+def test_edge_values_that_mean_something_are_kept(cls, overrides):
+    config = make_config(cls, None, overrides)
+    assert {k: getattr(config, k) for k in overrides} == overrides
 
 
 def test_every_problem_is_reported_at_once():
@@ -170,6 +218,8 @@ def test_set_values_are_checked_like_the_others():
         (["--set", "nonsense=1"], "error: unknown config keys: nonsense; known: "),
         (["--set", "batch_size=abc"], "error: bad config: batch_size must be int, got 'abc'"),
         (["--budget", "2"], "error: bad config: budget must be a fraction in (0, 1]"),
+        (["--set", "tau_decay=-1"], "error: bad config: tau_decay must be in (0, 1]\n"),
+        (["--set", "num_workers=-1"], "error: bad config: num_workers must be at least 0\n"),
     ],
 )
 def test_command_line_config_errors_exit_with_status_2(
@@ -190,3 +240,16 @@ def test_command_line_bad_toml(examples_dir, tmp_path, capsys):
     code = main(["train", model, "--policy", "shared", "--config", str(toml), "--out", out])
     assert code == 2
     assert capsys.readouterr().err.startswith(f"error: {toml}: invalid TOML: ")
+
+
+@pytest.mark.parametrize(
+    ("command", "example"), [("search", "--set warmup_steps=100"), ("train", "--set steps=100")]
+)
+def test_the_set_example_in_the_help_is_a_key_of_the_command(monkeypatch, capsys, command, example):
+    monkeypatch.setenv("COLUMNS", "200")  # the example on one line
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    assert f"any config value, e.g. {example} (repeatable)\n" in capsys.readouterr().out
+    cls = SearchConfig if command == "search" else TrainConfig
+    make_config(cls, None, parse_sets([example.removeprefix("--set ")]))  # a known key

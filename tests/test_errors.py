@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from mtsc.cli import main
 from mtsc.driver import build, load
 from mtsc.errors import MtscError
 
@@ -553,6 +554,48 @@ TASKS = [
         'weight="high"',
     ),
     case(
+        "task_weight_negative",
+        TASKS_HEAD + "tasks {\n    seg: fcn(classes=2) weight=-1\n}\n",
+        "weight= must be a finite number > 0, got -1",
+        (6, 25),
+        "weight=-1",
+    ),
+    case(
+        "task_weight_zero",
+        TASKS_HEAD + "tasks {\n    seg: fcn(classes=2) weight=0.0\n}\n",
+        "weight= must be a finite number > 0, got 0.0",
+        (6, 25),
+        "weight=0.0",
+    ),
+    case(
+        "unknown_loss",
+        TASKS_HEAD + "tasks {\n    seg: fcn(classes=3) loss=hinge metric=miou\n}\n",
+        "unknown loss 'hinge'; known losses: cosine, cross_entropy, l1",
+        (6, 30),
+        "hinge",
+    ),
+    case(
+        "unknown_loss_option",
+        TASKS_HEAD + "tasks {\n    depth: fcn(classes=1) loss=l1(bogus=3)\n}\n",
+        "loss 'l1' has no option 'bogus'; its options: none",
+        (6, 32),
+        "l1(bogus=3)",
+    ),
+    case(
+        "unknown_metric",
+        TASKS_HEAD + "tasks {\n    seg: fcn(classes=3) loss=cross_entropy metric=accuracy\n}\n",
+        "unknown metric 'accuracy'; known metrics: depth, miou, normal, segmentation",
+        (6, 51),
+        "accuracy",
+    ),
+    case(
+        "unknown_metric_option",
+        TASKS_HEAD + "tasks {\n    seg: fcn(classes=3) metric=miou(classes=3)\n}\n",
+        "metric 'miou' has no option 'classes'; its options: device, ignore, num_classes",
+        (6, 32),
+        "miou(classes=3)",
+    ),
+    case(
         "unknown_task_option",
         TASKS_HEAD + "tasks {\n    seg: fcn(classes=2) los=l1\n}\n",
         "unexpected '='; expected ':'",
@@ -967,6 +1010,17 @@ def test_cli_check_and_fmt_report_errors_with_status_2(tmp_path, run_mtsc) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.mtl", "model.mtl"]
 
 
+def test_cli_check_rejects_an_unknown_loss_with_status_2(tmp_path, run_mtsc) -> None:
+    (tmp_path / "model.mtl").write_text(
+        TASKS_HEAD + "tasks {\n    seg: fcn(classes=3) loss=hinge\n}\n"
+    )
+    proc = run_mtsc("check", "model.mtl", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith(
+        "model.mtl:6:30: error: unknown loss 'hinge'; known losses: cosine, cross_entropy, l1\n"
+    )
+
+
 def test_a_failed_build_leaves_no_partial_files(tmp_path, monkeypatch) -> None:
     """A write that fails halfway leaves neither the file nor its temporary behind."""
     import mtsc.fsutil
@@ -997,3 +1051,40 @@ def test_an_output_folder_that_cannot_be_made(tmp_path) -> None:
     assert info.value.render() == (
         f"error: cannot write {tmp_path / 'taken' / 'out' / 'backbone.py'}: Not a directory"
     )
+
+
+BODY = "backbone {\n    return relu(image)\n}\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "name"), [("check", "bin.mtl"), ("fmt", "bin.mtl"), ("check", "bin.prototxt")]
+)
+def test_a_file_that_is_not_utf8_is_reported(tmp_path, capsys, command, name) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"\xff\xfe bad")
+    assert main([command, str(path)]) == 2
+    assert capsys.readouterr().err == f"error: {path}: not UTF-8 text (byte 0xff at offset 0)\n"
+
+
+def test_the_offset_of_a_bad_byte_counts_from_the_start_of_the_file(tmp_path, capsys) -> None:
+    path = tmp_path / "model.mtl"
+    path.write_bytes(b"\xef\xbb\xbf" + HEAD.encode() + b"# caf\xe9\n")
+    assert main(["check", str(path)]) == 2
+    message = f"error: {path}: not UTF-8 text (byte 0xe9 at offset {3 + len(HEAD) + 5})\n"
+    assert capsys.readouterr().err == message
+
+
+def test_an_imported_file_that_is_not_utf8_is_reported(tmp_path, capsys) -> None:
+    (tmp_path / "blocks.mtl").write_bytes(b"# \xc3(\n")
+    (tmp_path / "model.mtl").write_text('import "blocks.mtl"\n' + HEAD + BODY)
+    assert main(["check", str(tmp_path / "model.mtl")]) == 2
+    message = f"error: {tmp_path / 'blocks.mtl'}: not UTF-8 text (byte 0xc3 at offset 2)\n"
+    assert capsys.readouterr().err == message
+
+
+@pytest.mark.parametrize("command", [["check"], ["fmt", "--check"]])
+def test_a_byte_order_mark_is_accepted(tmp_path, capsys, command) -> None:
+    path = tmp_path / "bom.mtl"
+    path.write_bytes(b"\xef\xbb\xbf" + (HEAD + BODY).encode())
+    assert main([*command, str(path)]) == 0
+    assert capsys.readouterr().err == ""

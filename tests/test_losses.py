@@ -1,10 +1,13 @@
 """Losses against direct numpy formulas, the all-invalid batch, the registry and task weights."""
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
 
 from mtsc.runtime.losses import (
+    LOSSES,
     combine_task_losses,
     cosine_loss,
     cross_entropy_loss,
@@ -12,6 +15,8 @@ from mtsc.runtime.losses import (
     label_mask,
     make_loss,
 )
+from mtsc.runtime.metrics import METRICS
+from mtsc.runtime.objectives import LOSS_OPTIONS, METRIC_OPTIONS
 
 B, C, H, W = 3, 5, 4, 6
 
@@ -141,6 +146,19 @@ def test_gradients_match_finite_differences(name):
     mask = torch.tensor([True, False])
     loss_fn = make_loss(name)
     assert torch.autograd.gradcheck(lambda p: loss_fn(p, target, mask), (pred.requires_grad_(),))
+
+
+@pytest.mark.parametrize(
+    ("registry", "table"),
+    [(LOSSES, LOSS_OPTIONS), (METRICS, METRIC_OPTIONS)],
+    ids=["loss", "metric"],
+)
+def test_the_compilers_table_matches_the_registry(registry, table):
+    """The torch-free table the compiler checks `loss=`/`metric=` against names what exists."""
+    assert set(registry) == set(table)
+    for name, fn in registry.items():
+        params = inspect.signature(fn).parameters.values()
+        assert sorted(table[name]) == sorted(p.name for p in params if p.kind is p.KEYWORD_ONLY)
 
 
 def test_unknown_loss_names_the_known_ones():

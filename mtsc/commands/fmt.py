@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from mtsc.errors import MtscError
-from mtsc.fsutil import write_atomic
+from mtsc.fsutil import read_source, write_atomic
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     for name in args.model:
         path = Path(name)
         try:
-            text = path.read_text()
+            text = read_source(path)
         except OSError as err:
             raise MtscError(None, f"cannot read {path}: {err.strerror}") from None
         formatted = format_source(text, str(path))

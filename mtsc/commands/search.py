@@ -30,16 +30,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision on GPU")
     p.add_argument("--share-bn", action="store_true", help="share batchnorm across tasks")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_set_option(p)
+    add_set_option(p, "warmup_steps=100")
 
 
-def add_set_option(p: argparse.ArgumentParser) -> None:
+def add_set_option(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any config value, e.g. --set warmup_steps=100 (repeatable)",
+        help=f"any config value, e.g. --set {example} (repeatable)",
     )
 
 

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision on GPU")
     p.add_argument("--share-bn", action="store_true", help="the supermodel shares batchnorm")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_set_option(p)
+    add_set_option(p, "steps=100")
 
 
 def run(args: argparse.Namespace) -> int:
