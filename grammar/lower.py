@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtsc.fsutil import read_source
+from mtsc.fsutil import read_model, read_source
 from mtsc.grammar import ast
 from mtsc.grammar.parser import parse
 from mtsc.ir.errors import MtscError, Span
@@ -879,8 +879,4 @@ def lower_module(module: ast.Module) -> Graph:
 
 def lower_file(path: str | Path) -> Graph:
     path = Path(path)
-    try:
-        text = read_source(path)
-    except OSError as err:
-        raise MtscError(None, f"cannot read {path}: {err.strerror}") from None
-    return lower_module(parse(text, str(path)))
+    return lower_module(parse(read_model(path), str(path)))

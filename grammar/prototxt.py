@@ -22,7 +22,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from mtsc.fsutil import read_source
+from mtsc.fsutil import read_model
 from mtsc.grammar.caffe_layers import (
     BOTTOMS,
     CONVERTERS,
@@ -61,11 +61,7 @@ class Imported:
 def import_prototxt(path: str | Path, *, output: str | None = None) -> Imported:
     """Import a `.prototxt` file; `output` cuts the backbone at that blob."""
     path = Path(path)
-    try:
-        text = read_source(path)
-    except OSError as err:
-        raise MtscError(None, f"cannot read {path}: {err.strerror}") from None
-    return import_text(text, str(path), output=output)
+    return import_text(read_model(path), str(path), output=output)
 
 
 def import_text(text: str, file: str, *, output: str | None = None) -> Imported:

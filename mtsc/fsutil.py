@@ -21,6 +21,14 @@ def read_source(path: Path) -> str:
         raise MtscError(None, f"{path}: not UTF-8 text ({problem})") from None
 
 
+def read_model(path: Path) -> str:
+    """`read_source` for a model file named on the command line: a read error is the user's."""
+    try:
+        return read_source(path)
+    except OSError as err:
+        raise MtscError(None, f"cannot read {path}: {err.strerror}") from None
+
+
 def _file_mode(path: Path) -> int:
     """The mode the written file gets: the old file's, else what `open` would give (0666 - umask).
 

@@ -139,13 +139,24 @@ _RANGES = (
         lambda v: v >= 1,  # all of them divide or count steps
         "at least 1",
     ),
-    (("warmup_steps", "search_steps", "steps", "num_workers"), lambda v: v >= 0, "at least 0"),
+    (
+        (
+            "warmup_steps",
+            "search_steps",
+            "steps",
+            "num_workers",
+            "weight_decay",
+            "reg_weight",
+            "budget_weight",
+        ),
+        lambda v: v >= 0,
+        "at least 0",
+    ),
     (("eval_every",), lambda v: v >= 0, "at least 0 (0: never)"),
     (("eval_batches",), lambda v: v >= 0, "at least 0 (0: the whole split)"),
     (("weight_lr", "policy_lr", "lr", "tau_init", "tau_min"), lambda v: v > 0, "positive"),
     (("tau_decay",), lambda v: 0 < v <= 1, "in (0, 1]"),
     (("momentum",), lambda v: 0 <= v < 1, "in [0, 1)"),
-    (("weight_decay", "reg_weight", "budget_weight"), lambda v: v >= 0, "at least 0"),
 )
 
 

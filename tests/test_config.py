@@ -27,14 +27,14 @@ QUICK_VALUES = {
         "eval_batches": 4,
         "checkpoint_every": 20,
         "batch_size": 8,
-    },  # fmt: skip
+    },
     TrainConfig: {
         "steps": 40,
         "eval_every": 40,
         "eval_batches": 4,
         "checkpoint_every": 20,
         "batch_size": 8,
-    },  # fmt: skip
+    },
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="build, search, prune, retrain and compare on shapes")
     p.add_argument("--out", default="runs/demo", help="report folder (default: runs/demo)")
-    p.add_argument("--quick", action="store_true", help="short stages (a smoke test, ~3 min)")
+    p.add_argument("--quick", action="store_true", help="short stages (about a minute)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

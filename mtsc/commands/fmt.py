@@ -6,8 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mtsc.errors import MtscError
-from mtsc.fsutil import read_source, write_atomic
+from mtsc.fsutil import read_model, write_atomic
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +22,7 @@ def run(args: argparse.Namespace) -> int:
     unformatted = 0
     for name in args.model:
         path = Path(name)
-        try:
-            text = read_source(path)
-        except OSError as err:
-            raise MtscError(None, f"cannot read {path}: {err.strerror}") from None
+        text = read_model(path)
         formatted = format_source(text, str(path))
         if args.check:
             if formatted != text:
