@@ -30,7 +30,7 @@ _TERMINAL_NAMES = {
     "COLON": "':'",
     "EQUAL": "'='",
     "VBAR": "'|'",
-    "AT": "'@'",
+    "_AT": "'@'",
     "PLUS": "'+'",
     "MINUS": "'-'",
     "STAR": "'*'",
@@ -93,7 +93,9 @@ def _syntax_error(err: lark.UnexpectedInput, text: str, file: str) -> MtscError:
     if isinstance(err, lark.UnexpectedCharacters):
         char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else ""
         message = f"unexpected character {char!r}"
-        if err.allowed:
+        if char == "@":
+            message = "'@' must be followed directly by a decorator name, like @shared"
+        elif err.allowed:
             message += f"; expected {_describe_expected(set(err.allowed))}"
         return MtscError(Span(file, line, column, line, column + 1, text), message)
     if isinstance(err, lark.UnexpectedToken):

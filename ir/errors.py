@@ -53,8 +53,11 @@ class MtscError(Exception):
             if self.span.end_line == self.span.line and self.span.end_column:
                 width = max(1, self.span.end_column - self.span.column)
             width = min(width, max(1, len(line) - self.span.column + 1))
+            # Tabs are copied into the caret's indent so it lines up however tabs are shown.
+            before = line[: self.span.column - 1].ljust(self.span.column - 1)
+            indent = "".join(c if c == "\t" else " " for c in before)
             parts.append("    " + line.rstrip())
-            parts.append("    " + " " * (self.span.column - 1) + "^" * width)
+            parts.append("    " + indent + "^" * width)
         parts.extend(f"note: {n}" for n in self.notes)
         return "\n".join(parts)
 

@@ -10,6 +10,19 @@ from mtsc.errors import MtscError
 from mtsc.fsutil import write_atomic
 
 FORMATS = ("svg", "png", "pdf")
+GRAPH_FILES = ".svg, .png, .pdf or .dot"
+
+
+def graph_format(out: Path) -> str:
+    """The format `out`'s extension names, in any case: "dot" or one of FORMATS."""
+    if out.is_dir():
+        raise MtscError(None, f"{out} is a folder; name a {GRAPH_FILES} file to draw into")
+    fmt = out.suffix.lower().lstrip(".")
+    if not fmt:
+        raise MtscError(None, f"{out} has no extension; name a {GRAPH_FILES} file")
+    if fmt != "dot" and fmt not in FORMATS:
+        raise MtscError(None, f"{out}: cannot draw a graph as .{fmt}; name a {GRAPH_FILES} file")
+    return fmt
 
 
 def dot_available() -> bool:
@@ -51,9 +64,11 @@ def finish_render(proc: subprocess.Popen, out: Path) -> None:
 
 
 def render(dot_text: str, out: Path) -> None:
-    fmt = out.suffix.lstrip(".")
-    if fmt not in FORMATS:
-        raise MtscError(None, f"cannot render to .{fmt}; use one of .dot, .svg, .png, .pdf")
+    """Write the graph to `out` in the format its extension names (.dot as it is)."""
+    fmt = graph_format(out)
+    if fmt == "dot":
+        write_atomic(out, dot_text)
+        return
     proc = start_render(dot_text, fmt)
     if proc is None:
         raise MtscError(

@@ -83,6 +83,10 @@ def run_shapes(args: argparse.Namespace) -> int:
         n_val=args.n_val,
         n_test=args.n_test,
     )
+    if args.preview is not None and args.preview.suffix.lower() != ".png":
+        raise MtscError(
+            None, f"cannot write {args.preview}: the preview is a PNG; name a .png file"
+        )
     if args.preview is not None and not args.preview.parent.is_dir():
         raise MtscError(None, f"cannot write {args.preview}: {args.preview.parent} does not exist")
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""`mtsc fmt MODEL`: print the canonical formatting (`--write` rewrites the file in place)."""
+"""`mtsc fmt MODEL...`: print the canonical formatting (`--write` rewrites the files in place)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mtsc.errors import MtscError
 from mtsc.fsutil import read_model, write_atomic
 
 
@@ -17,20 +18,42 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    unformatted = 0
+    failed: list[MtscError] = []
+    for name in args.model:
+        try:
+            if not format_file(Path(name), check=args.check, write=args.write):
+                unformatted += 1
+        except MtscError as err:
+            failed.append(err)  # one bad file does not keep the others from being formatted
+    if failed:
+        # Every bad file is reported; the last error goes to the CLI like any other (status 2).
+        for err in failed[:-1]:
+            print(err.render(), file=sys.stderr)
+        raise failed[-1]
+    return 1 if unformatted else 0
+
+
+def format_file(path: Path, *, check: bool, write: bool) -> bool:
+    """Print, check or rewrite one file; False when `check` finds it not formatted."""
     from mtsc.grammar.format import format_source
 
-    unformatted = 0
-    for name in args.model:
-        path = Path(name)
-        text = read_model(path)
-        formatted = format_source(text, str(path))
-        if args.check:
-            if formatted != text:
-                unformatted += 1
-                print(f"{path}: not formatted", file=sys.stderr)
-        elif args.write:
-            if formatted != text:
-                write_atomic(path, formatted)
-        else:
-            sys.stdout.write(formatted)
-    return 1 if unformatted else 0
+    if path.suffix != ".mtl":
+        notes = ("`mtsc import` translates a .prototxt into .mtl",)
+        raise MtscError(
+            None,
+            f"{path}: mtsc fmt formats .mtl files only",
+            notes=notes if path.suffix == ".prototxt" else (),
+        )
+    text = read_model(path)
+    formatted = format_source(text, str(path))
+    if check:
+        if formatted != text:
+            print(f"{path}: not formatted", file=sys.stderr)
+            return False
+    elif write:
+        if formatted != text:
+            write_atomic(path, formatted)
+    else:
+        sys.stdout.write(formatted)
+    return True

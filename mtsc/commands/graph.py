@@ -15,12 +15,17 @@ STAGES = ("backbone", "supermodel", "pruned")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("graph", help="draw a model's graph with graphviz")
     p.add_argument("model", help="a .mtl (or .prototxt) model file")
-    p.add_argument("--stage", choices=STAGES, default="supermodel", help="which graph to draw")
+    p.add_argument(
+        "--stage",
+        choices=STAGES,
+        default="supermodel",
+        help="which graph to draw (default: %(default)s)",
+    )
     p.add_argument(
         "--policy", help="policy.json (or `shared` / `specific`) to show each task's choices"
     )
     p.add_argument("--share-bn", action="store_true", help="share batchnorm across tasks")
-    p.add_argument("-o", "--out", required=True, help="output: .svg, .png, .pdf or .dot")
+    p.add_argument("-o", "--out", required=True, help="output file: .svg, .png, .pdf or .dot")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,13 +33,24 @@ def run(args: argparse.Namespace) -> int:
     from mtsc.driver import BACKBONE_PIPELINE, load, run_pipeline, supermodel_pipeline
     from mtsc.ir.passes.insert_routing import RoutingOptions
     from mtsc.policy import read_policy
-    from mtsc.render import dot_available, how_to_render, render
+    from mtsc.render import dot_available, graph_format, how_to_render, render
 
     out = Path(args.out)
+    fmt = graph_format(out)  # before the model is compiled: a bad name fails fast
     model = load(args.model)
+    if args.stage != "backbone" and not model.tasks:
+        drawing = "supermodel" if args.stage == "supermodel" else "pruned model"
+        raise MtscError(
+            None,
+            f"{args.model}: no tasks section, so no {drawing} to draw",
+            notes=("`--stage backbone` draws the backbone",),
+        )
     if args.stage == "backbone":
         if args.policy:
-            raise MtscError(None, "--policy applies to the supermodel stage")
+            raise MtscError(
+                None,
+                "--policy applies to the supermodel stage and the pruned stage, not the backbone",
+            )
         g = run_pipeline(model, BACKBONE_PIPELINE)
         text = emit_dot(g, title=f"{g.name} backbone")
     elif args.stage == "pruned":
@@ -49,19 +65,14 @@ def run(args: argparse.Namespace) -> int:
         g = prune_model(args.model, args.policy, routing=routing).model
         text = emit_pruned_dot(g, title=f"{g.name} pruned ({Path(args.policy).name})")
     else:
-        if not model.tasks:
-            raise MtscError(None, f"{args.model}: no tasks section, so no supermodel to draw")
         g = run_pipeline(model, supermodel_pipeline(RoutingOptions(share_bn=args.share_bn)))
         policy = read_policy(args.policy, g) if args.policy else None
         text = emit_supermodel_dot(g, title=f"{g.name} supermodel", policy=policy)
-    if out.suffix == ".dot":
-        write_atomic(out, text)
-    elif not dot_available():
+    if fmt != "dot" and not dot_available():
         dot_path = out.with_suffix(".dot")
         write_atomic(dot_path, text)
-        print(how_to_render(dot_path, fmt=out.suffix.lstrip(".") or "svg"))
+        print(how_to_render(dot_path, fmt=fmt))
         return 0
-    else:
-        render(text, out)
+    render(text, out)
     print(f"wrote {out}")
     return 0
