@@ -39,6 +39,10 @@ def make_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtsc", description="mtsc: the multi-task supermodel compiler"
     )
+    if only is None:  # top-level options come before a command; metadata costs a build 30 ms
+        from importlib.metadata import version
+
+        parser.add_argument("--version", action="version", version=f"mtsc {version('mtsc')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         if only is None or name == only:

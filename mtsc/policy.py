@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 
 from mtsc.errors import MtscError
+from mtsc.fsutil import read_source
 from mtsc.ir.graph import Graph
-from mtsc.ir.ops import Op
+from mtsc.ir.ops import ROUTABLE, Op
 from mtsc.runtime.policy_format import CHOICES, check_policy, uniform_policy
 
 SHORTHANDS = ("shared", "specific")
@@ -26,6 +27,15 @@ def routed_ops(g: Graph) -> dict[str, bool]:
     }
 
 
+def pinned_ops(g: Graph) -> list[str]:
+    """The trunk's convs and linears that the model pins (`@shared`, `@specific`): not routed."""
+    return [
+        g.node(n).name
+        for n in g.topo_order()
+        if g.node(n).op in ROUTABLE and g.node(n).task is None and g.node(n).sharing is not None
+    ]
+
+
 def read_policy(spec: str, g: Graph) -> dict:
     """A policy for routed graph `g` from a file path or a shorthand; checked against `g`."""
     tasks = tuple(t.name for t in g.tasks)
@@ -34,12 +44,12 @@ def read_policy(spec: str, g: Graph) -> dict:
         return uniform_policy(g.name, tasks, list(ops), spec)
     path = Path(spec)
     try:
-        policy = json.loads(path.read_text())
+        policy = json.loads(read_source(path))
     except OSError as err:
         raise MtscError(None, f"cannot read policy {path}: {err.strerror}") from None
     except json.JSONDecodeError as err:
         raise MtscError(None, f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
-    problems = check_policy(policy, g.name, tasks, ops)
+    problems = check_policy(policy, g.name, tasks, ops, pinned_ops(g))
     if problems:
         raise MtscError(
             None,
@@ -49,4 +59,4 @@ def read_policy(spec: str, g: Graph) -> dict:
     return policy
 
 
-__all__ = ["CHOICES", "SHORTHANDS", "read_policy", "routed_ops"]
+__all__ = ["CHOICES", "SHORTHANDS", "pinned_ops", "read_policy", "routed_ops"]

@@ -157,6 +157,20 @@ _RANGES = (
     (("weight_lr", "policy_lr", "lr", "tau_init", "tau_min"), lambda v: v > 0, "positive"),
     (("tau_decay",), lambda v: 0 < v <= 1, "in (0, 1]"),
     (("momentum",), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (
+        ("held_out",),
+        lambda v: 0 < v < 1,
+        "a fraction in (0, 1): the policy steps train on that part of the training split, "
+        "the weight steps on the rest",
+    ),
+    (
+        ("seed", "derive_seed"),
+        # torch takes seeds below 2**64, but a batch stream seeds each epoch with
+        # seed * 100_003 + epoch, and numpy's seed is taken modulo 2**32: below 2**32 every
+        # derived seed fits and no two seeds alias
+        lambda v: 0 <= v < 2**32,
+        f"in [0, {2**32 - 1}]",
+    ),
 )
 
 
@@ -172,7 +186,5 @@ def _check(config: Any) -> None:
         problems.append("derive must be 'argmax' or 'sample'")
     if config.amp not in (None, "bf16", "fp16"):
         problems.append("amp must be bf16 or fp16")
-    if getattr(config, "held_out", 0.5) and not 0 < getattr(config, "held_out", 0.5) < 1:
-        problems.append("held_out must be a fraction in (0, 1)")
     if problems:
         raise MtscError(None, "bad config: " + "; ".join(problems))

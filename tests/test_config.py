@@ -83,6 +83,14 @@ def test_unknown_keys_are_named_with_the_known_ones():
     assert "unknown config keys: policy_lr" in _message(TrainConfig, {"policy_lr": 0.1})
 
 
+# `--seed` sets derive_seed too
+SEEDS_RANGE = "seed must be in [0, 4294967295]; derive_seed must be in [0, 4294967295]"
+HELD_OUT_RANGE = (
+    "held_out must be a fraction in (0, 1): the policy steps train on that part of the "
+    "training split, the weight steps on the rest"
+)
+
+
 @pytest.mark.parametrize(
     ("overrides", "problem"),
     [
@@ -94,7 +102,13 @@ def test_unknown_keys_are_named_with_the_known_ones():
         ({"budget": 1.5}, "budget must be a fraction in (0, 1]"),
         ({"derive": "best"}, "derive must be 'argmax' or 'sample'"),
         ({"amp": "fp8"}, "amp must be bf16 or fp16"),
-        ({"held_out": 1.0}, "held_out must be a fraction in (0, 1)"),
+        ({"held_out": 1.0}, HELD_OUT_RANGE),
+        ({"held_out": 0}, HELD_OUT_RANGE),  # the policy steps need held-out samples
+        ({"held_out": float("nan")}, HELD_OUT_RANGE),
+        ({"seed": -1}, "seed must be in [0, 4294967295]"),
+        ({"seed": 2**32}, "seed must be in [0, 4294967295]"),
+        ({"seed": 2**64}, "seed must be in [0, 4294967295]"),  # beyond what torch takes
+        ({"derive_seed": -5}, "derive_seed must be in [0, 4294967295]"),
         ({"warmup_steps": -5}, "warmup_steps must be at least 0"),
         ({"search_steps": -3}, "search_steps must be at least 0"),
         ({"num_workers": -1}, "num_workers must be at least 0"),
@@ -135,6 +149,7 @@ def test_bad_values_are_reported(overrides, problem):
         ({"eval_every": -1}, "eval_every must be at least 0 (0: never)"),
         ({"eval_batches": -2}, "eval_batches must be at least 0 (0: the whole split)"),
         ({"num_workers": -1}, "num_workers must be at least 0"),
+        ({"seed": 2**32}, "seed must be in [0, 4294967295]"),
     ],
 )
 def test_bad_train_values_are_reported(overrides, problem):
@@ -148,6 +163,8 @@ def test_bad_train_values_are_reported(overrides, problem):
         (SearchConfig, {"tau_decay": 1, "momentum": 0, "weight_decay": 0, "reg_weight": 0}),
         (SearchConfig, {"budget_weight": 0, "weight_lr": 1e30, "num_workers": 2}),
         (TrainConfig, {"steps": 0, "eval_every": 0, "eval_batches": 0, "momentum": 0}),
+        (SearchConfig, {"seed": 0, "derive_seed": 2**32 - 1, "held_out": 0.01}),
+        (TrainConfig, {"seed": 2**32 - 1}),
     ],
 )
 def test_edge_values_that_mean_something_are_kept(cls, overrides):
@@ -220,6 +237,9 @@ def test_set_values_are_checked_like_the_others():
         (["--budget", "2"], "error: bad config: budget must be a fraction in (0, 1]"),
         (["--set", "tau_decay=-1"], "error: bad config: tau_decay must be in (0, 1]\n"),
         (["--set", "num_workers=-1"], "error: bad config: num_workers must be at least 0\n"),
+        (["--seed", str(2**64)], f"error: bad config: {SEEDS_RANGE}\n"),
+        (["--seed", "-1"], f"error: bad config: {SEEDS_RANGE}\n"),
+        (["--set", "held_out=0"], f"error: bad config: {HELD_OUT_RANGE}\n"),
     ],
 )
 def test_command_line_config_errors_exit_with_status_2(
@@ -230,6 +250,20 @@ def test_command_line_config_errors_exit_with_status_2(
     assert code == 2
     assert capsys.readouterr().err.startswith(message)
     assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_a_seed_torch_cannot_take_is_refused_from_the_shell(
+    command, examples_dir, tmp_path, run_mtsc
+):
+    out = tmp_path / "run"
+    policy = ["--policy", "shared"] if command == "train" else []
+    model = examples_dir / "resnet_tiny.mtl"
+    proc = run_mtsc(command, model, *policy, "--out", out, "--seed", 2**64)
+    assert proc.returncode == 2
+    problem = SEEDS_RANGE if command == "search" else "seed must be in [0, 4294967295]"
+    assert proc.stderr == f"error: bad config: {problem}\n"
+    assert not out.exists()
 
 
 def test_command_line_bad_toml(examples_dir, tmp_path, capsys):

@@ -295,8 +295,8 @@ def with_choice(policy: dict, op: str, task: str, choice: str) -> dict:
     [
         (lambda p: {**p, "model": "resnet18"}, "it is for model 'resnet18', not 'mini_tasks'"),
         (
-            lambda p: {**p, "tasks": ["depth", "segment"]},
-            "its tasks are ['depth', 'segment'], the model's are ['segment', 'depth']",
+            lambda p: {**p, "tasks": ["depth", "edges"]},
+            "its tasks are ['depth', 'edges'], the model's are ['segment', 'depth']",
         ),
         (
             lambda p: {**p, "choices": {k: v for k, v in p["choices"].items() if "fc" not in k}},

@@ -724,24 +724,33 @@ def uniform_policy(model, tasks, ops, choice):
     }
 
 
-def check_policy(policy, model, tasks, has_skip):
-    """What is wrong with a policy dict for this model (empty when it fits)."""
+def check_policy(policy, model, tasks, has_skip, pinned=()):
+    """What is wrong with a policy dict for this model (empty when it fits). `has_skip` maps
+    the routed ops; `pinned` names the ops the model pins, so that a choice for one is told
+    apart from a choice for an op that does not exist."""
     if not isinstance(policy, dict) or not isinstance(policy.get("choices"), dict):
         return ['a policy is {"model": ..., "tasks": [...], "choices": {op: {task: choice}}}']
     problems = []
-    if policy.get("model") not in (None, model):
-        problems.append(f"it is for model {policy.get('model')!r}, not {model!r}")
-    if "tasks" in policy and list(policy["tasks"]) != list(tasks):
-        problems.append(f"its tasks are {policy['tasks']}, the model's are {list(tasks)}")
-    missing = sorted(set(has_skip) - set(policy["choices"]))
-    unknown = sorted(set(policy["choices"]) - set(has_skip))
+    if "model" not in policy:
+        problems.append(f'it has no "model" key (this model is {model!r})')
+    elif policy["model"] != model:
+        problems.append(f"it is for model {policy['model']!r}, not {model!r}")
+    if "tasks" not in policy:
+        problems.append(f'it has no "tasks" key (the model\'s tasks are {list(tasks)})')
+    elif not _same_tasks(policy["tasks"], tasks):
+        problems.append(f"its tasks are {policy['tasks']!r}, the model's are {list(tasks)}")
+    given = set(policy["choices"])
+    missing = sorted(set(has_skip) - given)
+    unknown = sorted(given - set(has_skip) - set(pinned))
+    pinned_given = sorted(given & set(pinned))
     if missing:
-        problems.append(
-            f"no choice for ops {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
-        )
+        problems.append(f"no choice for ops {_first_names(missing)}")
     if unknown:
+        problems.append(f"unknown ops {_first_names(unknown)}")
+    if pinned_given:
         problems.append(
-            f"unknown ops {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else "")
+            f"ops {_first_names(pinned_given)} are pinned (@shared or @specific) and cannot be "
+            "routed: leave them out"
         )
     for name, per_task in policy["choices"].items():
         if name not in has_skip:
@@ -755,6 +764,18 @@ def check_policy(policy, model, tasks, has_skip):
             elif choice == "skip" and not has_skip[name]:
                 problems.append(f"{name}/{task}: this op cannot be skipped (its shape changes)")
     return problems
+
+
+def _same_tasks(listed, tasks):
+    """The same tasks, each once, in any order: choices are keyed by task name, so whatever
+    reads a policy looks tasks up by name, never by position."""
+    if not isinstance(listed, list) or not all(isinstance(t, str) for t in listed):
+        return False
+    return sorted(listed) == sorted(tasks)
+
+
+def _first_names(names):
+    return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
 
 # ---- copied from mtsc/runtime/supermodel_base.py ----------------------------------------
 
