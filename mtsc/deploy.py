@@ -125,21 +125,31 @@ def report_table(report: SizeReport, extremes: dict[str, SizeReport]) -> str:
 # ---------------------------------------------------------------------- weights
 
 
-def read_checkpoint(path: str | Path) -> dict:
+def read_checkpoint(path: str | Path, supermodel: Graph) -> dict:
     """The supermodel state dict from `last.pt` ({"model": ..., ...}) or a bare state dict.
-    Loaded with `weights_only=True`: a checkpoint can never run code."""
-    import torch
+    Loaded with `weights_only=True`: a checkpoint can never run code. A pruned model's weights
+    (model.pt, or the last.pt of `mtsc train`) are refused with a hint."""
+    from mtsc.runtime.checkpoint import load_checkpoint
 
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise MtscError(None, f"no such checkpoint: {path}") from None
-    except Exception as err:  # torch raises several types for a corrupt or unsafe file
-        raise MtscError(None, f"cannot load {path} as a weights-only checkpoint: {err}") from None
+    data = load_checkpoint(path)
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise MtscError(None, f"{path}: expected a state dict or a dict with a 'model' state dict")
+    if routed_ops(supermodel) and _holds_a_pruned_model(data, state):
+        raise MtscError(
+            None,
+            f"{path} holds the weights of a pruned model, not of a supermodel",
+            notes=["--weights takes a search checkpoint, such as RUN/last.pt of `mtsc search`"],
+        )
     return state
+
+
+def _holds_a_pruned_model(data: dict, state: dict) -> bool:
+    """A supermodel's state has its policy logits (`policy.*`). The weights of a pruned model
+    lack them, and come bare (model.pt) or with an "optimizer" (train's last.pt; a search's
+    has "policy_opt")."""
+    has_policy = any(key.startswith("policy.") for key in state)
+    return not has_policy and ("model" not in data or "optimizer" in data)
 
 
 def carry_weights(pruned: Pruned, sm_state: dict) -> dict:

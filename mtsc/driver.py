@@ -12,14 +12,14 @@ from mtsc.codegen.dot import emit_dot, emit_supermodel_dot
 from mtsc.codegen.torch_backbone import emit_backbone
 from mtsc.codegen.torch_supermodel import emit_supermodel
 from mtsc.errors import MtscError
-from mtsc.fsutil import write_atomic
+from mtsc.fsutil import check_not_a_folder, write_atomic
 from mtsc.ir.graph import Graph
 from mtsc.ir.passes.eliminate_dead import eliminate_dead
 from mtsc.ir.passes.extract_backbone import extract_backbone
 from mtsc.ir.passes.infer_shapes import infer_shapes
 from mtsc.ir.passes.insert_routing import RoutingOptions, insert_routing
 from mtsc.ir.stats import Summary, summarize
-from mtsc.render import finish_render, how_to_render, start_render
+from mtsc.render import dot_available, finish_render, how_to_render, start_render
 
 Pass = Callable[[Graph], Graph]
 
@@ -66,6 +66,8 @@ FRONTENDS: dict[str, Callable[[Path, dict], Graph]] = {
 def load(path: str | Path, **options) -> Graph:
     """Run the frontend for the file's type and the frontend pipeline: the whole model."""
     path = Path(path)
+    if path.is_dir():
+        raise MtscError(None, f"{path} is a folder; give a model file (.mtl or .prototxt)")
     frontend = FRONTENDS.get(path.suffix)
     if frontend is None:
         kinds = ", ".join(sorted(FRONTENDS))
@@ -121,6 +123,11 @@ def build(
     if result.supermodel is not None:
         sm = result.supermodel
         graphs["supermodel"] = emit_supermodel_dot(sm, title=f"{sm.name} supermodel")
+    suffixes = (".py", ".dot", ".svg") if render and dot_available() else (".py", ".dot")
+    # checked before the first is written: a folder in the way must not leave some of them
+    for stem in graphs:
+        for suffix in suffixes:
+            check_not_a_folder(out_dir / f"{stem}{suffix}")
     renders = {stem: start_render(dot, "svg") if render else None for stem, dot in graphs.items()}
     sources = {"backbone": emit_backbone(backbone, source_name=str(path)).text}
     if result.supermodel is not None:

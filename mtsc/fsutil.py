@@ -3,8 +3,11 @@ file behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from mtsc.errors import MtscError
@@ -61,3 +64,77 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_output_folder(folder: Path) -> None:
+    """Fail before any work where `folder` cannot be written to: it, or the nearest folder
+    above it that exists, is a file (mkdir would only say "File exists" or "Not a directory")
+    or is not writable."""
+    _check_folder(Path(folder), f"cannot write to {folder}", named=True)
+
+
+def check_output_files(paths: Iterable[Path]) -> None:
+    """Fail before anything is written where an output file cannot be: a folder is in its
+    place, or its folder cannot be written to."""
+    for path in map(Path, paths):
+        check_not_a_folder(path)
+        _check_folder(path.parent, f"cannot write {path}", named=False)
+
+
+def check_not_a_folder(path: Path) -> None:
+    """A file cannot replace a folder: say so before a set of outputs is half written."""
+    if Path(path).is_dir():
+        raise MtscError(None, f"cannot write {path}: it is a folder, not a file")
+
+
+def _check_folder(folder: Path, failure: str, *, named: bool) -> None:
+    """`named`: `failure` names `folder`, so the message calls it "it"."""
+    for path in (folder, *folder.parents):
+        if not path.exists():
+            continue
+        which = "it" if named and path == folder else str(path)
+        if not path.is_dir():
+            raise MtscError(None, f"{failure}: {which} is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise MtscError(None, f"{failure}: {which} is not writable")
+        return
+
+
+@contextlib.contextmanager
+def undone_on_failure(folder: Path, *, unless: str | None = None) -> Iterator[None]:
+    """If the body raises, remove what it added to `folder`: the entries that were not there
+    before, and `folder` itself with the folders above it that had to be made. With `unless`,
+    nothing is removed once that file is in `folder` (a checkpoint a run can resume from)."""
+    folder = Path(folder)
+    check_output_folder(folder)
+    made = _topmost_missing(folder)
+    before = set() if made is not None else set(os.listdir(folder))
+    try:
+        yield
+    except BaseException:
+        if unless is None or not (folder / unless).exists():
+            _remove_added(folder, made, before)
+        raise
+
+
+def _topmost_missing(folder: Path) -> Path | None:
+    """The highest of `folder` and its parents that does not exist (None: `folder` exists)."""
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return missing
+        missing = path
+    return missing
+
+
+def _remove_added(folder: Path, made: Path | None, before: set[str]) -> None:
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
+        return
+    now = set(os.listdir(folder)) if folder.is_dir() else set()
+    for name in sorted(now - before):
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

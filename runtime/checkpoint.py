@@ -6,12 +6,16 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from mtsc.errors import MtscError
 
 
 def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
@@ -46,8 +50,47 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Tensors and plain containers only: loading a checkpoint never runs code."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """Tensors and plain containers only: loading a checkpoint never runs code. A file that
+    cannot be loaded so is an MtscError naming it, with torch's reason in one line."""
+    path = Path(path)
+    if path.is_dir():
+        raise MtscError(None, f"cannot load {path}: it is a folder, not a weights file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns of a pickle protocol, then fails
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MtscError(None, f"no such checkpoint: {path}") from None
+    except PermissionError as err:
+        raise MtscError(None, f"cannot read {path}: {err.strerror}") from None
+    except Exception as err:  # torch raises many types for a file it cannot or may not load
+        if not zipfile.is_zipfile(path):  # what torch.save writes
+            message = (
+                f"cannot load {path}: it is not a weights file saved by torch, or it is damaged"
+            )
+        else:
+            message = f"cannot load {path} as a weights-only checkpoint: {_torch_reason(err)}"
+        raise MtscError(None, message) from None
+
+
+# The lines of torch's weights-only message that are the same whatever the file held.
+_TORCH_BOILERPLATE = (
+    "Weights only load failed",
+    "Check the documentation",
+    "Please file an issue",
+    "(1)",
+    "(2)",
+)
+
+
+def _torch_reason(err: Exception) -> str:
+    """The one line of torch's long message that says what was wrong with the file (its first
+    sentence, if it goes on to advice)."""
+    text = str(err)
+    _, found, rest = text.partition("WeightsUnpickler error:")
+    lines = (line.strip() for line in (rest if found else text).splitlines())
+    reasons = [line for line in lines if line and not line.startswith(_TORCH_BOILERPLATE)]
+    return reasons[0].split(". ")[0].rstrip(".") if reasons else type(err).__name__
 
 
 def rng_state() -> dict[str, Any]:

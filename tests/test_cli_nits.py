@@ -164,9 +164,13 @@ def test_decorators_still_parse() -> None:
 # ---------------------------------------------------------------- mtsc check and mtsc fmt
 
 
-def test_check_of_a_folder_says_it_takes_a_model_file(run_mtsc) -> None:
-    proc = run_mtsc("check", "examples")
-    _fails(proc, "error: examples is a folder; mtsc check takes a model file (.mtl or .prototxt)\n")
+@pytest.mark.parametrize("command", ["check", "build", "stats", "graph"])
+def test_a_folder_given_as_the_model_says_a_model_file_is_needed(run_mtsc, tmp_path, command):
+    extra = {"build": ["-o", tmp_path / "o"], "stats": ["--policy", "shared"]}
+    extra["graph"] = ["-o", tmp_path / "g.dot"]
+    proc = run_mtsc(command, "examples", *extra.get(command, []))
+    _fails(proc, "error: examples is a folder; give a model file (.mtl or .prototxt)\n")
+    assert not (tmp_path / "o").exists()
 
 
 def test_fmt_of_a_prototxt_says_it_formats_mtl_files_only(run_mtsc) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from mtsc.driver import build
+from mtsc.fsutil import undone_on_failure
 from mtsc.ir.passes.insert_routing import RoutingOptions
 from mtsc.report import summary_json, summary_text, supermodel_info, supermodel_text
 
@@ -26,9 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     routing = RoutingOptions(share_bn=args.share_bn)
-    result = build(
-        args.model, args.out, render=not args.no_svg, routing=routing, output=args.output
-    )
+    with undone_on_failure(Path(args.out)):
+        result = build(
+            args.model, args.out, render=not args.no_svg, routing=routing, output=args.output
+        )
     written = [str(p) for p in result.written]
     extra = {} if result.supermodel is None else {"supermodel": supermodel_info(result.supermodel)}
     if args.json:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from mtsc.driver import build
-from mtsc.errors import MtscError
 from mtsc.report import summary_json, summary_text, supermodel_info, supermodel_text
 
 
@@ -20,10 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if Path(args.model).is_dir():
-        raise MtscError(
-            None, f"{args.model} is a folder; mtsc check takes a model file (.mtl or .prototxt)"
-        )
     result = build(args.model, None, output=args.output)
     extra = {} if result.supermodel is None else {"supermodel": supermodel_info(result.supermodel)}
     if args.json:

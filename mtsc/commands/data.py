@@ -67,6 +67,16 @@ def _check_flags(args: argparse.Namespace) -> None:
             raise MtscError(None, f"{flag} must be in [{low}, {high}], got {value}")
 
 
+def _check_preview(path: Path) -> None:
+    from mtsc.fsutil import check_output_files
+
+    if path.suffix.lower() != ".png":
+        raise MtscError(None, f"cannot write {path}: the preview is a PNG; name a .png file")
+    check_output_files([path])
+    if not path.parent.is_dir():
+        raise MtscError(None, f"cannot write {path}: {path.parent} does not exist")
+
+
 def run_shapes(args: argparse.Namespace) -> int:
     from mtsc.fsutil import write_atomic
     from mtsc.runtime.data.png import encode_png
@@ -83,12 +93,8 @@ def run_shapes(args: argparse.Namespace) -> int:
         n_val=args.n_val,
         n_test=args.n_test,
     )
-    if args.preview is not None and args.preview.suffix.lower() != ".png":
-        raise MtscError(
-            None, f"cannot write {args.preview}: the preview is a PNG; name a .png file"
-        )
-    if args.preview is not None and not args.preview.parent.is_dir():
-        raise MtscError(None, f"cannot write {args.preview}: {args.preview.parent} does not exist")
+    if args.preview is not None:  # checked before the dataset is written
+        _check_preview(args.preview)
     start = time.perf_counter()
     splits = write_dataset(config, args.out)
     seconds = time.perf_counter() - start

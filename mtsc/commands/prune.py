@@ -23,46 +23,42 @@ def run(args: argparse.Namespace) -> int:
     from mtsc.codegen.dot import emit_pruned_dot
     from mtsc.codegen.torch_pruned import emit_pruned
     from mtsc.deploy import prune_model, report_table, size_report, supermodel_baselines
-    from mtsc.fsutil import write_atomic
+    from mtsc.fsutil import (
+        check_output_files,
+        check_output_folder,
+        undone_on_failure,
+        write_atomic,
+    )
     from mtsc.ir.passes.insert_routing import RoutingOptions
-    from mtsc.render import finish_render, how_to_render, start_render
+    from mtsc.render import dot_available, finish_render, how_to_render, start_render
 
+    out = Path(args.out)
+    names = ["model.py", "model.dot", "policy.json", "report.txt"]
+    names += ["model.pt"] if args.weights else []
+    names += ["model.svg"] if not args.no_svg and dot_available() else []
+    written = [out / name for name in names]
+    check_output_folder(out)  # before the work: an output that cannot be written fails at once
+    check_output_files(written)
     routing = RoutingOptions(share_bn=args.share_bn)
     pruned = prune_model(args.model, args.policy, routing=routing, fold_bn=args.fold_bn)
-    out = Path(args.out)
     g = pruned.model
     policy_name = args.policy if args.policy in ("shared", "specific") else Path(args.policy).name
-    source = emit_pruned(g, source_name=str(args.model), policy_name=policy_name).text
-    dot = emit_pruned_dot(g, title=f"{g.name} pruned ({policy_name})")
-    proc = None if args.no_svg else start_render(dot, "svg")
+    files = {
+        "model.py": emit_pruned(g, source_name=str(args.model), policy_name=policy_name).text,
+        "model.dot": emit_pruned_dot(g, title=f"{g.name} pruned ({policy_name})"),
+        "policy.json": json.dumps(pruned.policy, indent=2) + "\n",
+    }
+    if args.weights:
+        files["model.pt"] = deployed_weights(pruned, args.weights)
+    proc = start_render(files["model.dot"], "svg") if "model.svg" in names else None
     report = size_report(g)
     extremes = supermodel_baselines(pruned.supermodel)
-    state = None
-    if args.weights:
-        import io
-
-        import torch
-
-        from mtsc.deploy import carry_weights, read_checkpoint
-
-        state = carry_weights(pruned, read_checkpoint(args.weights))
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-    written = []
-    for name, data in (
-        ("model.py", source),
-        ("model.dot", dot),
-        ("policy.json", json.dumps(pruned.policy, indent=2) + "\n"),
-        ("report.txt", report_table(report, extremes) + "\n"),
-    ):
-        write_atomic(out / name, data)
-        written.append(out / name)
-    if state is not None:
-        write_atomic(out / "model.pt", buffer.getvalue())
-        written.append(out / "model.pt")
-    if proc is not None:
-        finish_render(proc, out / "model.svg")
-        written.append(out / "model.svg")
+    files["report.txt"] = report_table(report, extremes) + "\n"
+    with undone_on_failure(out):  # the folder appears only with every file in it
+        for name, data in files.items():
+            write_atomic(out / name, data)
+        if proc is not None:
+            finish_render(proc, out / "model.svg")
     if args.json:
         print(json.dumps({**report.__dict__, "written": [str(p) for p in written]}, indent=2))
     else:
@@ -70,6 +66,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {', '.join(map(str, written))}")
         if not args.no_svg and proc is None:
             print(how_to_render(out / "model.dot"))
-        if state is None:
+        if not args.weights:
             print("no --weights given: model.pt not written (the model starts from fresh weights)")
     return 0
+
+
+def deployed_weights(pruned, checkpoint: str) -> bytes:
+    """model.pt's bytes: the weights carried over from the supermodel checkpoint."""
+    import io
+
+    import torch
+
+    from mtsc.deploy import carry_weights, read_checkpoint
+
+    buffer = io.BytesIO()
+    torch.save(carry_weights(pruned, read_checkpoint(checkpoint, pruned.supermodel)), buffer)
+    return buffer.getvalue()

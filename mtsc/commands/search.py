@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# What a search writes into its run folder (and TensorBoard events when installed).
+SEARCH_FILES = ("supermodel.py", "policy.json", "policy.txt", "last.pt", "metrics.jsonl")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search the sharing policy of a model's supermodel")
@@ -60,9 +63,61 @@ def parse_sets(items: list[str]) -> dict:
     return values
 
 
+def run_folder(args: argparse.Namespace) -> Path:
+    """The run folder, `--out DIR` or `--resume DIR`: checked before anything is written in it
+    (a resumed run must have its checkpoint)."""
+    from mtsc.errors import MtscError
+    from mtsc.fsutil import check_output_folder
+    from mtsc.runtime.trainer import CHECKPOINT
+
+    if not (args.resume or args.out):
+        raise MtscError(None, "give the run folder: --out DIR (or --resume DIR)")
+    if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise MtscError(
+            None,
+            f"--out {args.out} with --resume {args.resume}: a run is resumed in its own folder; "
+            "drop --out",
+        )
+    run_dir = Path(args.resume or args.out)
+    if args.resume and not (run_dir / CHECKPOINT).is_file():
+        raise MtscError(None, f"nothing to resume: {run_dir / CHECKPOINT} does not exist")
+    check_output_folder(run_dir)
+    return run_dir
+
+
+def undone_unless_resumable(run_dir: Path, resume: bool):
+    """A fresh run that fails before its first checkpoint leaves nothing in its folder (a
+    retry would find a half run there); a resumed one, or one with a checkpoint, stays."""
+    import contextlib
+    import os
+
+    from mtsc.fsutil import undone_on_failure
+    from mtsc.runtime.trainer import CHECKPOINT
+
+    # Under torchrun (RANK set, the process group maybe not yet joined) rank 0 alone undoes.
+    if resume or os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return undone_on_failure(run_dir, unless=CHECKPOINT)
+
+
+def warn_if_amp_is_ignored(amp: str | None) -> None:
+    """Mixed precision runs on CUDA only (`runtime.trainer.autocast`): say so, once, rather
+    than train in float32 without a word."""
+    import sys
+
+    import torch
+
+    if amp is not None and not torch.cuda.is_available():
+        print(
+            f"warning: amp = {amp} is ignored: mixed precision runs on CUDA GPUs only, and this "
+            "run is on the CPU (in float32)",
+            file=sys.stderr,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from mtsc.api import import_generated, write_supermodel
-    from mtsc.errors import MtscError
+    from mtsc.fsutil import check_output_files
     from mtsc.runtime.checkpoint import seed_everything
     from mtsc.runtime.config import SearchConfig, make_config
     from mtsc.runtime.data import open_dataset
@@ -70,9 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from mtsc.runtime.search import search as run_search
     from mtsc.runtime.trainer import barrier, dist_info, init_distributed, refuse_existing_run
 
-    run_dir = Path(args.resume or args.out or "")
-    if not (args.resume or args.out):
-        raise MtscError(None, "give the run folder: --out DIR (or --resume DIR)")
+    run_dir = run_folder(args)
     overrides = {
         "seed": args.seed,
         # `--derive sample --seed N`: the seed also draws the policy unless set on its own.
@@ -85,28 +138,32 @@ def run(args: argparse.Namespace) -> int:
     config = make_config(SearchConfig, args.config, overrides, quick=args.quick)
     init_distributed()
     rank, _ = dist_info()
+    check_output_files(run_dir / name for name in SEARCH_FILES)
     # before supermodel.py is written: the run already there must stay resumable
     refuse_existing_run(run_dir, bool(args.resume))
-    path = run_dir / "supermodel.py"
     if rank == 0:
-        path = write_supermodel(
-            args.model, run_dir, share_bn=args.share_bn, check_existing=bool(args.resume)
+        warn_if_amp_is_ignored(config.amp)
+    with undone_unless_resumable(run_dir, bool(args.resume)):
+        path = run_dir / "supermodel.py"
+        if rank == 0:
+            path = write_supermodel(
+                args.model, run_dir, share_bn=args.share_bn, check_existing=bool(args.resume)
+            )
+        barrier()
+        seed_everything(config.seed)  # torch's default seed is random: the weights need one
+        supermodel = import_generated(path, "mtsc_run_supermodel").Supermodel()
+        data = dict(config.data)
+        train_set = open_dataset(args.data, "train", **data)
+        val_set = open_dataset(args.data, "val", **data)
+        result = run_search(
+            supermodel,
+            train_set,
+            val_set,
+            config,
+            run_dir,
+            resume=bool(args.resume),
+            progress=not args.no_progress,
         )
-    barrier()
-    seed_everything(config.seed)  # torch's default seed is random: the initial weights need one
-    supermodel = import_generated(path, "mtsc_run_supermodel").Supermodel()
-    data = dict(config.data)
-    train_set = open_dataset(args.data, "train", **data)
-    val_set = open_dataset(args.data, "val", **data)
-    result = run_search(
-        supermodel,
-        train_set,
-        val_set,
-        config,
-        run_dir,
-        resume=bool(args.resume),
-        progress=not args.no_progress,
-    )
     if dist_info()[0] == 0:
         print(policy_table(supermodel, result.policy), end="")
         print(f"wrote {run_dir / 'policy.json'}, {run_dir / 'policy.txt'}, {run_dir / 'last.pt'}")

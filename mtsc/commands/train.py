@@ -6,7 +6,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mtsc.commands.search import add_set_option, parse_sets
+from mtsc.commands.search import (
+    add_set_option,
+    parse_sets,
+    run_folder,
+    undone_unless_resumable,
+    warn_if_amp_is_ignored,
+)
+
+# What a training writes into its run folder (and TensorBoard events when installed);
+# metrics.jsonl only once it logs a step.
+TRAIN_FILES = ("model.py", "model.pt", "last.pt", "metrics.jsonl", "eval.json", "policy.json")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,33 +37,34 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtsc.errors import MtscError
+    from mtsc.fsutil import check_output_files
     from mtsc.runtime.config import TrainConfig, make_config
+    from mtsc.runtime.trainer import metrics_line
 
-    run_dir = Path(args.resume or args.out or "")
-    if not (args.resume or args.out):
-        raise MtscError(None, "give the run folder: --out DIR (or --resume DIR)")
+    run_dir = run_folder(args)
     config = make_config(
         TrainConfig,
         args.config,
         {"seed": args.seed, "amp": args.amp, **parse_sets(args.set)},
         quick=args.quick,
     )
-    result = train_pruned(
-        args.model,
-        args.policy,
-        args.data,
-        run_dir,
-        config,
-        weights=args.weights,
-        share_bn=args.share_bn,
-        resume=bool(args.resume),
-        progress=not args.no_progress,
-    )
-    from mtsc.runtime.trainer import metrics_line
-
+    check_output_files(run_dir / name for name in TRAIN_FILES)
+    warn_if_amp_is_ignored(config.amp)
+    with undone_unless_resumable(run_dir, bool(args.resume)):
+        result = train_pruned(
+            args.model,
+            args.policy,
+            args.data,
+            run_dir,
+            config,
+            weights=args.weights,
+            share_bn=args.share_bn,
+            resume=bool(args.resume),
+            progress=not args.no_progress,
+        )
     print(f"validation: {metrics_line(result['metrics'])}")
-    print(f"wrote {run_dir / 'model.py'}, {run_dir / 'model.pt'}, {run_dir / 'last.pt'}")
+    written = [run_dir / name for name in TRAIN_FILES if (run_dir / name).exists()]
+    print(f"wrote {', '.join(map(str, written))}")
     return 0
 
 
@@ -88,14 +99,17 @@ def train_pruned(
     pruned = prune_model(model_path, policy, routing=RoutingOptions(share_bn=share_bn))
     name = policy if isinstance(policy, str) else "policy.json"
     source = emit_pruned(pruned.model, source_name=str(model_path), policy_name=str(name)).text
+    start = None  # the weights are read before anything is written: a bad file fails at once
+    if weights is not None and not resume:
+        start = carry_weights(pruned, read_checkpoint(weights, pruned.supermodel))
     refuse_existing_run(run_dir, resume)  # before model.py is written over the run's
     write_atomic(run_dir / "model.py", source)
     write_atomic(run_dir / "policy.json", json.dumps(pruned.policy, indent=2) + "\n")
     module = import_generated(run_dir / "model.py", f"mtsc_pruned_{abs(hash(str(run_dir)))}")
     seed_everything(config.seed)  # torch's default seed is random: the initial weights need one
     net = module.MultiTaskModel()
-    if weights is not None and not resume:
-        net.load_state_dict(carry_weights(pruned, read_checkpoint(weights)))
+    if start is not None:
+        net.load_state_dict(start)
     data_options = dict(config.data)
     train_set = open_dataset(data, "train", **data_options)
     val_set = open_dataset(data, "val", **data_options)

@@ -1,0 +1,342 @@
+"""What the commands leave behind and say when they fail: no half-written run or output folder,
+a file where a folder should be, weights files that are not a supermodel's checkpoint, --resume
+with --out, --amp on a CPU, and every file `mtsc train` writes in its "wrote" line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtsc.cli import main
+from mtsc.runtime.data import open_dataset
+
+TINY = """\
+input image: 3x16x16
+
+backbone {
+    @shared
+    stem: x = conv(image, 8, k=3, p=1) | bn | relu
+    a: x = conv(x, 8, k=3, p=1) | bn | relu
+    b: x = conv(x, 16, k=3, s=2, p=1) | bn | relu
+    return x
+}
+
+tasks {
+    segment: conv1x1(classes=7) loss=cross_entropy(ignore=255) metric=miou
+    depth:   conv1x1(classes=1) loss=l1 metric=depth
+}
+"""
+SEARCH = ["--set", "warmup_steps=1", "--set", "search_steps=1", "--no-progress"]
+TRAIN = ["--set", "steps=2", "--no-progress"]
+PRUNED_WEIGHTS = (
+    "error: {path} holds the weights of a pruned model, not of a supermodel\n"
+    "note: --weights takes a search checkpoint, such as RUN/last.pt of `mtsc search`\n"
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("outputs")
+
+
+@pytest.fixture(scope="module")
+def model_file(workdir) -> Path:
+    path = workdir / "tiny.mtl"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def config_file(workdir) -> Path:
+    """Tiny `shapes` splits, rendered once into the module's cache; batches of 2."""
+    data = {"size": 16, "n_train": 8, "n_val": 4, "n_test": 4, "cache_dir": str(workdir)}
+    for split in ("train", "val"):
+        open_dataset("shapes", split, **data)
+    path = workdir / "run.toml"
+    lines = ["batch_size = 2", "[data]"] + [f"{k} = {json.dumps(v)}" for k, v in data.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(workdir, model_file, config_file, run_mtsc):
+    """One short `mtsc train`: its run folder (model.pt, last.pt: a pruned model's weights)
+    and the finished process."""
+    run = workdir / "trained"
+    args = ["train", model_file, "--policy", "specific", "--config", config_file, *TRAIN]
+    proc = run_mtsc(*args, "--out", run, env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    return run, proc
+
+
+def fails(proc, stderr: str) -> None:
+    assert (proc.returncode, proc.stderr) == (2, stderr), proc.stderr
+
+
+def cli(args: list, capsys) -> tuple[int, str]:
+    """`mtsc ARGS` in this process: the exit status and stderr."""
+    status = main([str(a) for a in args])
+    return status, capsys.readouterr().err
+
+
+def fake_dot(folder: Path) -> dict[str, str]:
+    """An environment whose `dot` fails, as a broken Graphviz would, after the sources are made."""
+    folder.mkdir()
+    dot = folder / "dot"
+    dot.write_text("#!/bin/sh\ncat >/dev/null\necho 'dot: out of memory' >&2\nexit 1\n")
+    dot.chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+
+
+# ---------------------------------------------------------------------- nothing half-written
+
+
+def test_a_search_failing_before_its_first_checkpoint_leaves_no_run_and_a_retry_works(
+    tmp_path, model_file, config_file, run_mtsc, capsys
+):
+    run = tmp_path / "run"
+    args = ["search", model_file, "--config", config_file, "--out", run, *SEARCH]
+    failed = run_mtsc(*args, "--set", "batch_size=64")
+    fails(
+        failed,
+        "error: 6 samples are too few for batches of 64 on 1 process(es); use a smaller "
+        "batch_size or more data\n",
+    )
+    assert not run.exists()
+    assert cli(args, capsys) == (0, "")  # the retry (in this process: it is faster)
+    assert (run / "last.pt").is_file() and (run / "supermodel.py").is_file()
+
+
+def test_a_failed_search_in_a_folder_removes_only_what_it_added(tmp_path, model_file, capsys):
+    (tmp_path / "notes.txt").write_text("mine\n")
+    data = tmp_path / "nyuv2"
+    args = ["search", model_file, "--data", f"nyuv2:{data}", "--out", tmp_path, *SEARCH]
+    assert cli(args, capsys) == (2, f"error: nyuv2: {data} does not exist\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_search_failing_after_a_checkpoint_keeps_its_run_to_resume(
+    tmp_path, model_file, config_file, capsys
+):
+    run = tmp_path / "run"
+    args = ["search", model_file, "--config", config_file, "--out", run, *SEARCH]
+    diverging = ["--set", "weight_lr=1e30", "--set", "checkpoint_every=1"]
+    status, err = cli([*args, "--set", "warmup_steps=4", *diverging], capsys)
+    assert status == 2 and " is not finite at step 1;" in err
+    assert {p.name for p in run.iterdir()} >= {"supermodel.py", "last.pt"}
+
+
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_resume_without_a_checkpoint_writes_nothing(command, tmp_path, model_file, capsys):
+    run = tmp_path / "run"
+    policy = ["--policy", "shared"] if command == "train" else []
+    status, err = cli([command, model_file, *policy, "--resume", run], capsys)
+    assert (status, err) == (2, f"error: nothing to resume: {run / 'last.pt'} does not exist\n")
+    assert not run.exists()
+
+
+def test_a_train_failing_on_its_data_leaves_no_folder(tmp_path, model_file, run_mtsc):
+    run, data = tmp_path / "run", tmp_path / "nyuv2"
+    args = ["train", model_file, "--policy", "shared", "--data", f"nyuv2:{data}", "--out", run]
+    fails(run_mtsc(*args, *TRAIN), f"error: nyuv2: {data} does not exist\n")
+    assert not run.exists()
+
+
+def test_a_failed_train_in_a_folder_removes_only_what_it_added(
+    tmp_path, model_file, config_file, capsys
+):
+    (tmp_path / "notes.txt").write_text("mine\n")
+    args = ["train", model_file, "--policy", "shared", "--config", config_file, *TRAIN]
+    status, err = cli([*args, "--out", tmp_path, "--set", "batch_size=64"], capsys)
+    assert (status, err) == (
+        2,
+        "error: 8 samples are too few for batches of 64 on 1 process(es); use a smaller "
+        "batch_size or more data\n",
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_prune_whose_drawing_fails_leaves_no_folder(tmp_path, model_file, run_mtsc):
+    out = tmp_path / "deploy"
+    proc = run_mtsc(
+        "prune", model_file, "--policy", "shared", "-o", out, env=fake_dot(tmp_path / "bin")
+    )
+    fails(proc, f"error: dot failed to render {out / 'model.svg'}: dot: out of memory\n")
+    assert not out.exists()
+
+
+def test_a_build_whose_drawing_fails_leaves_no_folder(tmp_path, model_file, run_mtsc):
+    out = tmp_path / "out"
+    proc = run_mtsc("build", model_file, "-o", out, env=fake_dot(tmp_path / "bin"))
+    fails(proc, f"error: dot failed to render {out / 'backbone.svg'}: dot: out of memory\n")
+    assert not out.exists()
+
+
+def test_build_checks_every_output_before_writing_one(tmp_path, model_file, run_mtsc):
+    (tmp_path / "hw" / "supermodel.py").mkdir(parents=True)
+    proc = run_mtsc("build", model_file, "-o", "hw", "--no-svg", cwd=tmp_path)
+    fails(proc, "error: cannot write hw/supermodel.py: it is a folder, not a file\n")
+    assert [p.name for p in (tmp_path / "hw").iterdir()] == ["supermodel.py"]
+
+
+@pytest.mark.parametrize(
+    ("preview", "message"),
+    [
+        ("grid.png", "cannot write grid.png: it is a folder, not a file"),
+        ("taken/grid.png", "cannot write taken/grid.png: taken is a file, not a folder"),
+    ],
+    ids=["folder", "below-a-file"],
+)
+def test_data_checks_the_preview_before_writing_the_dataset(preview, message, tmp_path, run_mtsc):
+    (tmp_path / "grid.png").mkdir()
+    (tmp_path / "taken").write_text("a file\n")
+    args = ["data", "shapes", "--out", "ds", "--n-train", "2", "--n-val", "1", "--n-test", "1"]
+    proc = run_mtsc(*args, "--size", "16", "--preview", preview, cwd=tmp_path)
+    fails(proc, f"error: {message}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "taken"]
+
+
+def test_data_checks_that_the_preview_folder_is_writable(tmp_path, capsys, monkeypatch):
+    """(As root every folder is writable: the check's answer is simulated.)"""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and access(p, mode))
+    args = ["data", "shapes", "--out", tmp_path / "ds", "--n-train", "2", "--n-val", "1"]
+    status, err = cli([*args, "--n-test", "1", "--preview", locked / "grid.png"], capsys)
+    assert (status, err) == (
+        2,
+        f"error: cannot write {locked / 'grid.png'}: {locked} is not writable\n",
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["locked"]
+
+
+# ---------------------------------------------------------------------- a file for a folder
+
+
+@pytest.mark.parametrize(
+    ("command", "out"),
+    [
+        ("build", ["-o", "taken"]),
+        ("prune", ["--policy", "shared", "-o", "taken"]),
+        ("train", ["--policy", "shared", "--out", "taken"]),
+        ("search", ["--out", "taken"]),
+    ],
+)
+def test_a_file_where_the_output_folder_should_be(
+    command, out, tmp_path, model_file, capsys, monkeypatch
+):
+    (tmp_path / "taken").write_text("a file\n")
+    monkeypatch.chdir(tmp_path)
+    status, err = cli([command, model_file, *out], capsys)
+    assert (status, err) == (2, "error: cannot write to taken: it is a file, not a folder\n")
+    assert (tmp_path / "taken").read_text() == "a file\n"
+
+
+def test_a_file_above_the_output_folder(tmp_path, model_file, run_mtsc):
+    (tmp_path / "taken").write_text("a file\n")
+    proc = run_mtsc("build", model_file, "-o", "taken/out", cwd=tmp_path)
+    fails(proc, "error: cannot write to taken/out: taken is a file, not a folder\n")
+
+
+# ---------------------------------------------------------------------- --weights
+
+
+@pytest.mark.parametrize("weights", ["model.pt", "last.pt"])
+def test_prune_refuses_a_pruned_models_weights(weights, trained, tmp_path, model_file, capsys):
+    path, out = trained[0] / weights, tmp_path / "deploy"
+    args = ["prune", model_file, "--policy", "shared", "--weights", path, "-o", out]
+    assert cli(args, capsys) == (2, PRUNED_WEIGHTS.format(path=path))
+    assert not out.exists()
+
+
+def test_train_refuses_a_pruned_models_weights(trained, tmp_path, model_file, run_mtsc):
+    path, run = trained[0] / "model.pt", tmp_path / "run"
+    args = ["train", model_file, "--policy", "shared", "--weights", path, "--out", run]
+    fails(run_mtsc(*args, *TRAIN), PRUNED_WEIGHTS.format(path=path))
+    assert not run.exists()
+
+
+def test_a_weights_file_torch_did_not_write(tmp_path, model_file, capsys):
+    path, out = tmp_path / "weights.json", tmp_path / "deploy"
+    path.write_text('{"conv": [1, 2]}\n')
+    args = ["prune", model_file, "--policy", "shared", "--weights", path, "-o", out]
+    assert cli(args, capsys) == (
+        2,
+        f"error: cannot load {path}: it is not a weights file saved by torch, or it is damaged\n",
+    )
+    assert not out.exists()
+
+
+class Trap:
+    """Unpickling this would run `os.mkdir(path)`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.path),))
+
+
+def test_a_weights_file_holding_code_gets_torchs_reason_in_one_line(tmp_path, model_file, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Trap(tmp_path / "ran")}, path)
+    status, err = cli(["prune", model_file, "--policy", "shared", "--weights", path], capsys)
+    assert status == 2
+    prefix = f"error: cannot load {path} as a weights-only checkpoint: "
+    assert err.startswith(prefix) and err.count("\n") == 1
+    assert "posix.mkdir" in err and "Weights only load failed" not in err
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_folder_given_as_weights(tmp_path, model_file, capsys):
+    args = ["prune", model_file, "--policy", "shared", "--weights", tmp_path, "-o", tmp_path / "o"]
+    status, err = cli(args, capsys)
+    assert (status, err) == (
+        2,
+        f"error: cannot load {tmp_path}: it is a folder, not a weights file\n",
+    )
+
+
+# ---------------------------------------------------------------------- --resume, --amp
+
+
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_resume_with_another_out_is_refused(command, tmp_path, model_file, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    policy = ["--policy", "shared"] if command == "train" else []
+    status, err = cli([command, model_file, *policy, "--resume", "run", "--out", "other"], capsys)
+    assert (status, err) == (
+        2,
+        "error: --out other with --resume run: a run is resumed in its own folder; drop --out\n",
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="mixed precision runs on a GPU")
+def test_amp_on_a_cpu_is_not_ignored_silently(tmp_path, model_file, config_file, capsys):
+    args = ["train", model_file, "--policy", "shared", "--config", config_file, "--amp", "bf16"]
+    status, err = cli(
+        [*args, "--out", tmp_path / "run", "--set", "steps=0", "--no-progress"], capsys
+    )
+    assert status == 0, err
+    assert err == (
+        "warning: amp = bf16 is ignored: mixed precision runs on CUDA GPUs only, and this run "
+        "is on the CPU (in float32)\n"
+    )
+
+
+# ---------------------------------------------------------------------- what train wrote
+
+
+def test_train_lists_every_file_it_wrote(trained):
+    run, proc = trained
+    names = ["model.py", "model.pt", "last.pt", "metrics.jsonl", "eval.json", "policy.json"]
+    assert proc.stdout.splitlines()[-1] == "wrote " + ", ".join(str(run / n) for n in names)
+    assert {p.name for p in run.iterdir() if p.is_file()} == set(names)
