@@ -43,7 +43,7 @@ class SearchConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     num_workers: int = 0
-    amp: str | None = None  # "bf16" or "fp16" on GPU
+    amp: str | None = None  # "bf16" or "fp16" autocast (fp16 with loss scaling)
     data: dict[str, Any] = field(default_factory=dict)  # options for open_dataset
 
     def to_dict(self) -> dict[str, Any]:

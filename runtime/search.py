@@ -38,8 +38,11 @@ from mtsc.runtime.trainer import (
     RunLogger,
     TaskObjective,
     batch_loss,
+    grad_scaler,
     loss_logs,
+    optimizer_step,
     refuse_existing_run,
+    restore_scaler,
     run_steps,
     start_run,
     write_checkpoint,
@@ -67,6 +70,7 @@ class _Run:
     held_out: BatchStream
     weight_opt: torch.optim.Optimizer
     policy_opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # fp16's loss scale; a pass-through otherwise
     device: torch.device
     logger: RunLogger
     run_dir: Path
@@ -128,6 +132,7 @@ def search(
             weight_decay=config.weight_decay,
         ),
         policy_opt=torch.optim.Adam(model.policy_parameters(), lr=config.policy_lr),
+        scaler=grad_scaler(config.amp, device),
         device=device,
         logger=RunLogger(run_dir, enabled=rank == 0),
         run_dir=run_dir,
@@ -190,8 +195,7 @@ def _weight_step(run: _Run) -> dict[str, float]:
     loss, losses = batch_loss(run, run.weights)
     run.weight_opt.zero_grad(set_to_none=True)
     run.policy_opt.zero_grad(set_to_none=True)
-    loss.backward()
-    run.weight_opt.step()
+    optimizer_step(run, loss, run.weight_opt)
     return loss_logs(loss, losses)
 
 
@@ -204,8 +208,7 @@ def _policy_step(run: _Run) -> dict[str, float]:
     loss = task_loss + reg
     run.weight_opt.zero_grad(set_to_none=True)
     run.policy_opt.zero_grad(set_to_none=True)
-    loss.backward()
-    run.policy_opt.step()
+    optimizer_step(run, loss, run.policy_opt)
     return {"policy_loss": float(loss.detach()), "regularizer": float(reg.detach())}
 
 
@@ -260,6 +263,7 @@ def _checkpoint(run: _Run, *, policy: dict | None = None) -> None:
             "tasks": list(run.model.TASKS),
             "weight_opt": run.weight_opt.state_dict(),
             "policy_opt": run.policy_opt.state_dict(),
+            "scaler": run.scaler.state_dict(),
             "tau": float(run.model.tau),
             "stage": run.stage,
             "step": run.step,
@@ -289,6 +293,7 @@ def _restore(run: _Run, path: Path) -> None:
     run.model.load_state_dict(state["model"])
     run.weight_opt.load_state_dict(state["weight_opt"])
     run.policy_opt.load_state_dict(state["policy_opt"])
+    restore_scaler(run, state)
     run.model.tau = state["tau"]
     run.stage, run.step = state["stage"], state["step"]
     run.weights.restore(state["streams"]["weights"])

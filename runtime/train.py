@@ -25,8 +25,11 @@ from mtsc.runtime.trainer import (
     TaskObjective,
     batch_loss,
     evaluate,
+    grad_scaler,
     loss_logs,
+    optimizer_step,
     refuse_existing_run,
+    restore_scaler,
     run_steps,
     start_run,
     write_checkpoint,
@@ -48,6 +51,7 @@ class _Train:
     stream: BatchStream
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler  # fp16's loss scale; a pass-through otherwise
     device: torch.device
     logger: RunLogger
     run_dir: Path
@@ -94,6 +98,7 @@ def train(
         ),
         optimizer,
         schedule,
+        grad_scaler(config.amp, device),
         device,
         RunLogger(run_dir, enabled=rank == 0),
         run_dir,
@@ -115,8 +120,7 @@ def _step(run: _Train) -> dict[str, float]:
     run.model.train()
     loss, losses = batch_loss(run, run.stream)
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    run.optimizer.step()
+    optimizer_step(run, loss, run.optimizer)
     run.schedule.step()
     return {**loss_logs(loss, losses), "lr": run.schedule.get_last_lr()[0]}
 
@@ -141,6 +145,7 @@ def _checkpoint(run: _Train) -> None:
             "tasks": list(run.model.TASKS),
             "optimizer": run.optimizer.state_dict(),
             "schedule": run.schedule.state_dict(),
+            "scaler": run.scaler.state_dict(),
             "stage": run.stage,
             "step": run.step,
             "stream": run.stream.state(),
@@ -161,6 +166,7 @@ def _restore(run: _Train, path: Path) -> None:
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.schedule.load_state_dict(state["schedule"])
+    restore_scaler(run, state)
     run.step = state["step"]
     run.stream.restore(state["stream"])
     run.last_metrics = state.get("metrics", {})

@@ -245,7 +245,8 @@ def batch_loss(run: Any, stream: BatchStream) -> tuple[torch.Tensor, dict[str, t
     images, targets = to_device(stream.next(), run.device)
     with autocast(run.config.amp, run.device):
         outputs = run.forward(images)
-    losses = run.objective.task_losses(outputs, targets)
+    # Losses in float32 whatever the forward ran in: an fp16 sum over pixels overflows.
+    losses = run.objective.task_losses({t: o.float() for t, o in outputs.items()}, targets)
     check_finite(losses, run.step)
     return run.objective.total(losses), losses
 
@@ -347,12 +348,35 @@ def barrier() -> None:
         dist.barrier()
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(amp: str | None, device: torch.device):
-    """Mixed precision on GPU (bf16 or fp16); a no-op elsewhere."""
-    if amp is None or device.type != "cuda":
+    """Mixed precision (bf16 or fp16) on the run's device: CUDA's autocast or the CPU's."""
+    if amp is None:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def grad_scaler(amp: str | None, device: torch.device) -> torch.amp.GradScaler:
+    """fp16 needs the loss scaled up so that small gradients do not flush to zero; bf16 has
+    float32's range, so for it (and for float32) the scaler passes everything through."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+def optimizer_step(run: Any, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    """Backward of `loss` and one step of `optimizer`, through the run's gradient scaler (a
+    step whose scaled gradients overflowed is skipped, and the scale shrinks)."""
+    run.scaler.scale(loss).backward()
+    run.scaler.step(optimizer)
+    run.scaler.update()
+
+
+def restore_scaler(run: Any, state: Mapping[str, Any]) -> None:
+    """The loss scale of an fp16 run; an empty state is a run without one."""
+    saved = state.get("scaler") or {}
+    if saved and run.scaler.is_enabled():
+        run.scaler.load_state_dict(saved)
 
 
 # ---------------------------------------------------------------------- logging

@@ -1,6 +1,6 @@
 """What the commands leave behind and say when they fail: no half-written run or output folder,
 a file where a folder should be, weights files that are not a supermodel's checkpoint, --resume
-with --out, --amp on a CPU, and every file `mtsc train` writes in its "wrote" line."""
+with --out, and every file `mtsc train` writes in its "wrote" line."""
 
 from __future__ import annotations
 
@@ -317,19 +317,6 @@ def test_resume_with_another_out_is_refused(command, tmp_path, model_file, capsy
         "error: --out other with --resume run: a run is resumed in its own folder; drop --out\n",
     )
     assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="mixed precision runs on a GPU")
-def test_amp_on_a_cpu_is_not_ignored_silently(tmp_path, model_file, config_file, capsys):
-    args = ["train", model_file, "--policy", "shared", "--config", config_file, "--amp", "bf16"]
-    status, err = cli(
-        [*args, "--out", tmp_path / "run", "--set", "steps=0", "--no-progress"], capsys
-    )
-    assert status == 0, err
-    assert err == (
-        "warning: amp = bf16 is ignored: mixed precision runs on CUDA GPUs only, and this run "
-        "is on the CPU (in float32)\n"
-    )
 
 
 # ---------------------------------------------------------------------- what train wrote

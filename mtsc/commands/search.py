@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="random seed, also of --derive sample (runs are deterministic on CPU)",
     )
-    p.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision on GPU")
+    p.add_argument(
+        "--amp", choices=("bf16", "fp16"), help="mixed precision (autocast; fp16 with loss scaling)"
+    )
     p.add_argument("--share-bn", action="store_true", help="share batchnorm across tasks")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_set_option(p, "warmup_steps=100")
@@ -100,21 +102,6 @@ def undone_unless_resumable(run_dir: Path, resume: bool):
     return undone_on_failure(run_dir, unless=CHECKPOINT)
 
 
-def warn_if_amp_is_ignored(amp: str | None) -> None:
-    """Mixed precision runs on CUDA only (`runtime.trainer.autocast`): say so, once, rather
-    than train in float32 without a word."""
-    import sys
-
-    import torch
-
-    if amp is not None and not torch.cuda.is_available():
-        print(
-            f"warning: amp = {amp} is ignored: mixed precision runs on CUDA GPUs only, and this "
-            "run is on the CPU (in float32)",
-            file=sys.stderr,
-        )
-
-
 def run(args: argparse.Namespace) -> int:
     from mtsc.api import import_generated, write_supermodel
     from mtsc.fsutil import check_output_files
@@ -141,8 +128,6 @@ def run(args: argparse.Namespace) -> int:
     check_output_files(run_dir / name for name in SEARCH_FILES)
     # before supermodel.py is written: the run already there must stay resumable
     refuse_existing_run(run_dir, bool(args.resume))
-    if rank == 0:
-        warn_if_amp_is_ignored(config.amp)
     with undone_unless_resumable(run_dir, bool(args.resume)):
         path = run_dir / "supermodel.py"
         if rank == 0:

@@ -11,7 +11,6 @@ from mtsc.commands.search import (
     parse_sets,
     run_folder,
     undone_unless_resumable,
-    warn_if_amp_is_ignored,
 )
 
 # What a training writes into its run folder (and TensorBoard events when installed);
@@ -30,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="TOML file of TrainConfig values")
     p.add_argument("--quick", action="store_true", help="a short run, for smoke tests")
     p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision on GPU")
+    p.add_argument(
+        "--amp", choices=("bf16", "fp16"), help="mixed precision (autocast; fp16 with loss scaling)"
+    )
     p.add_argument("--share-bn", action="store_true", help="the supermodel shares batchnorm")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_set_option(p, "steps=100")
@@ -49,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
         quick=args.quick,
     )
     check_output_files(run_dir / name for name in TRAIN_FILES)
-    warn_if_amp_is_ignored(config.amp)
     with undone_unless_resumable(run_dir, bool(args.resume)):
         result = train_pruned(
             args.model,
