@@ -109,3 +109,32 @@ def test_searches_in_bf16_and_fp16_on_the_cpu(tiny):
         assert loss != full and loss == pytest.approx(full, rel=tolerance), amp
         assert bool(scaler) == (amp == "fp16")
     assert full_scaler == {}
+
+
+SKIP_ON_THE_IMAGE = """\
+input image: 3x16x16
+
+backbone {
+    a: x = conv(image, 3, k=3, p=1)
+    return conv(x, 8, k=3, p=1) | relu
+}
+
+tasks {
+    segment: conv1x1(classes=7)
+    depth:   conv1x1(classes=1)
+}
+"""
+
+
+@pytest.mark.parametrize("mode", ["warmup", "search", "hard"])
+def test_an_identity_skip_of_a_float32_input_mixes_under_autocast(tmp_path, mode):
+    """`a.conv1` keeps the image's shape, so its skip is the float32 image itself, while its
+    convolutions give bfloat16 under autocast: the mixture takes them together."""
+    model_file = tmp_path / "skip.mtl"
+    model_file.write_text(SKIP_ON_THE_IMAGE)
+    model = load_supermodel(model_file, out_dir=tmp_path / "build")
+    model.set_mode(mode)
+    with autocast("bf16", CPU):
+        outputs = model(torch.randn(2, 3, 16, 16))
+    sum(o.float().mean() for o in outputs.values()).backward()
+    assert all(torch.isfinite(o.float()).all() for o in outputs.values())

@@ -957,6 +957,8 @@ class SupermodelBase(nn.Module):
         if not hard and outs[2] is None:
             outs[2] = outs[0]  # an impossible skip has weight 0; soft mixing needs a tensor
         ref = next(o for o in outs if o is not None)
+        # Under autocast an identity skip keeps its input's dtype while convs give autocast's.
+        outs = [None if o is None else o.to(ref.dtype) for o in outs]
         tasks = len(self.TASKS)
 
         def per_task(v):
