@@ -278,7 +278,8 @@ def run_steps(
         total=total,
         initial=run.step,
         desc=run.stage,
-        disable=not progress or rank != 0,
+        # None: tqdm draws only on a terminal, so a log file gets no carriage-return frames
+        disable=True if not progress or rank != 0 else None,
         dynamic_ncols=True,
         leave=True,
     )

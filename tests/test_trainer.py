@@ -1,7 +1,10 @@
 """The machinery under search and training: the batch stream's order, sharding and resumption,
-and evaluation leaving the model as it found it."""
+evaluation leaving the model as it found it, and progress bars only on a terminal."""
 
 from __future__ import annotations
+
+import io
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,7 +12,7 @@ import torch
 from mtsc.api import load_supermodel
 from mtsc.errors import MtscError
 from mtsc.runtime.data import open_dataset
-from mtsc.runtime.trainer import BatchStream, TaskObjective, evaluate
+from mtsc.runtime.trainer import BatchStream, TaskObjective, evaluate, run_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -122,3 +125,21 @@ def test_evaluation_changes_neither_the_weights_nor_batchnorm_nor_the_mode(tmp_p
     assert not model.training  # restored as found, here eval
     assert set(metrics) == {"segment", "depth"}
     assert shifted["depth"] != metrics["depth"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("stderr", "drawn"), [(io.StringIO(), False), (Terminal(), True)])
+def test_the_progress_bar_is_drawn_on_a_terminal_only(monkeypatch, stderr, drawn):
+    """A log file (stderr not a terminal) would fill with carriage-return frames."""
+    monkeypatch.setattr("sys.stderr", stderr)
+    logged = []
+    config = SimpleNamespace(batch_size=2, log_every=1, eval_every=0, checkpoint_every=10)
+    logger = SimpleNamespace(log=lambda step, stage, values: logged.append(step))
+    run = SimpleNamespace(config=config, logger=logger, stage="train", step=0)
+    run_steps(run, 3, lambda r: {"loss": 1.0}, lambda r: None, progress=True)
+    assert logged == [1, 2, 3]
+    assert ("\r" in stderr.getvalue()) == drawn
