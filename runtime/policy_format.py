@@ -45,8 +45,8 @@ def check_policy(policy, model, tasks, has_skip, pinned=()):
         problems.append(f"unknown ops {_first_names(unknown)}")
     if pinned_given:
         problems.append(
-            f"ops {_first_names(pinned_given)} are pinned (@shared or @specific) and cannot be "
-            "routed: leave them out"
+            "pinned by the model (@shared or @specific), so they take no choice: "
+            + _first_names(pinned_given)
         )
     for name, per_task in policy["choices"].items():
         if name not in has_skip:

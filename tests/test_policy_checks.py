@@ -28,7 +28,9 @@ POLICY = {
         "linear1": {"segment": "shared", "depth": "skip"},
     },
 }
-PINNED_NOTE = "ops pinned.conv1, stem.conv1 are pinned (@shared or @specific) and cannot be routed"
+PINNED_NOTE = (
+    "pinned by the model (@shared or @specific), so they take no choice: pinned.conv1, stem.conv1"
+)
 
 
 def reordered(policy: dict) -> dict:
@@ -142,7 +144,7 @@ def test_a_choice_for_a_pinned_op_says_it_is_pinned(tmp_path, models_dir, run_mt
     assert stderr == (
         f"error: {file}: the policy does not match {models_dir / MINI}\n"
         "note: unknown ops segment.linear1\n"  # a head's op: not in the trunk at all
-        f"note: {PINNED_NOTE}: leave them out\n"
+        f"note: {PINNED_NOTE}\n"
     )
 
 
