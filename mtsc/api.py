@@ -95,6 +95,8 @@ def search(
     """Run the three-stage policy search; keyword arguments override `SearchConfig`."""
     from mtsc.runtime.config import SearchConfig, make_config
     from mtsc.runtime.search import search as run_search
+    from mtsc.runtime.task_fit import check_heads_fit_data
 
     cfg = config.pop("config", None) or make_config(SearchConfig, None, config)
+    check_heads_fit_data(model.TASK_SPECS, train_set.info, train_set.info.name)
     return run_search(model, train_set, val_set, cfg, run_dir, resume=resume, progress=progress)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from mtsc.errors import MtscError
@@ -40,7 +42,16 @@ def how_to_render(*dot_paths: Path, fmt: str = "svg") -> str:
     )
 
 
-def start_render(dot_text: str, fmt: str) -> subprocess.Popen | None:
+@dataclass(frozen=True)
+class Rendering:
+    """A `dot` started by `start_render`, and whether it took the whole graph: one that
+    stopped reading early (a crash, a broken install) must not leave a picture of part of it."""
+
+    proc: subprocess.Popen
+    read_all: bool
+
+
+def start_render(dot_text: str, fmt: str) -> Rendering | None:
     """Start `dot` in the background (it runs while the caller does other work)."""
     exe = shutil.which("dot")
     if exe is None:
@@ -49,18 +60,32 @@ def start_render(dot_text: str, fmt: str) -> subprocess.Popen | None:
         [exe, f"-T{fmt}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     assert proc.stdin is not None
-    proc.stdin.write(dot_text.encode())
-    proc.stdin.close()
-    return proc
+    try:
+        proc.stdin.write(dot_text.encode())
+        proc.stdin.flush()
+        read_all = True
+    except BrokenPipeError:
+        read_all = False  # finish_render reports it, with what dot said
+    with contextlib.suppress(BrokenPipeError):  # close() flushes what the failed write left
+        proc.stdin.close()
+    return Rendering(proc, read_all)
 
 
-def finish_render(proc: subprocess.Popen, out: Path) -> None:
+def finish_render(rendering: Rendering, out: Path) -> None:
+    proc = rendering.proc
     assert proc.stdout is not None and proc.stderr is not None
     data = proc.stdout.read()
-    err = proc.stderr.read()
-    if proc.wait() != 0:
-        raise MtscError(None, f"dot failed to render {out}: {err.decode(errors='replace').strip()}")
+    said = proc.stderr.read().decode(errors="replace").strip()
+    status = proc.wait()
+    if status != 0 or not rendering.read_all:
+        raise MtscError(None, f"dot failed to render {out}: {said or why_silent(rendering)}")
     write_atomic(out, data)
+
+
+def why_silent(rendering: Rendering) -> str:
+    """What went wrong with a `dot` that failed without a word on stderr."""
+    unread = "" if rendering.read_all else " before reading the whole graph"
+    return f"it exited with status {rendering.proc.returncode}{unread}"
 
 
 def render(dot_text: str, out: Path) -> None:
@@ -69,9 +94,9 @@ def render(dot_text: str, out: Path) -> None:
     if fmt == "dot":
         write_atomic(out, dot_text)
         return
-    proc = start_render(dot_text, fmt)
-    if proc is None:
+    rendering = start_render(dot_text, fmt)
+    if rendering is None:
         raise MtscError(
             None, f"graphviz's `dot` is needed to write {out}; write a .dot file instead"
         )
-    finish_render(proc, out)
+    finish_render(rendering, out)

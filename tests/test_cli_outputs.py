@@ -1,6 +1,7 @@
 """What the commands leave behind and say when they fail: no half-written run or output folder,
-a file where a folder should be, weights files that are not a supermodel's checkpoint, --resume
-with --out, and every file `mtsc train` writes in its "wrote" line."""
+a `dot` that stops reading, a file where a folder should be, weights files that are not a
+supermodel's checkpoint, --resume with --out, heads that do not fit the data, and every file
+`mtsc train` and `mtsc search` write in their "wrote" line."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ tasks {
 """
 SEARCH = ["--set", "warmup_steps=1", "--set", "search_steps=1", "--no-progress"]
 TRAIN = ["--set", "steps=2", "--no-progress"]
+OUT_OF_MEMORY = "cat >/dev/null\necho 'dot: out of memory' >&2\nexit 1\n"
 PRUNED_WEIGHTS = (
     "error: {path} holds the weights of a pruned model, not of a supermodel\n"
     "note: --weights takes a search checkpoint, such as RUN/last.pt of `mtsc search`\n"
@@ -85,13 +87,23 @@ def cli(args: list, capsys) -> tuple[int, str]:
     return status, capsys.readouterr().err
 
 
-def fake_dot(folder: Path) -> dict[str, str]:
-    """An environment whose `dot` fails, as a broken Graphviz would, after the sources are made."""
+def fake_dot(folder: Path, script: str = OUT_OF_MEMORY) -> dict[str, str]:
+    """An environment whose `dot` fails, as a broken Graphviz would, after the sources are made
+    (by default after reading the whole graph)."""
     folder.mkdir()
     dot = folder / "dot"
-    dot.write_text("#!/bin/sh\ncat >/dev/null\necho 'dot: out of memory' >&2\nexit 1\n")
+    dot.write_text(f"#!/bin/sh\n{script}")
     dot.chmod(0o755)
     return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+
+
+def long_backbone(layers: int = 600) -> str:
+    """A model whose DOT text (about 190 KB) overfills a pipe's buffer: a `dot` that reads
+    none of it makes the writer's next write fail, every time."""
+    convs = [
+        f"    x = conv({'x' if i else 'image'}, 8, k=3, p=1) | bn | relu" for i in range(layers)
+    ]
+    return "\n".join(["input image: 3x16x16", "backbone {", *convs, "    return x", "}", ""])
 
 
 # ---------------------------------------------------------------------- nothing half-written
@@ -175,6 +187,29 @@ def test_a_build_whose_drawing_fails_leaves_no_folder(tmp_path, model_file, run_
     out = tmp_path / "out"
     proc = run_mtsc("build", model_file, "-o", out, env=fake_dot(tmp_path / "bin"))
     fails(proc, f"error: dot failed to render {out / 'backbone.svg'}: dot: out of memory\n")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("script", "said"),
+    [
+        ("echo 'dot: cannot load plugins' >&2\nexit 1\n", "dot: cannot load plugins"),
+        ("exit 0\n", "it exited with status 0 before reading the whole graph"),
+    ],
+    ids=["crashed", "silent"],
+)
+@pytest.mark.parametrize("command", ["graph", "build"])
+def test_a_dot_that_stops_reading_is_an_error_and_writes_nothing(
+    command, script, said, tmp_path, capsys, monkeypatch
+):
+    model = tmp_path / "long.mtl"
+    model.write_text(long_backbone())
+    monkeypatch.setenv("PATH", fake_dot(tmp_path / "bin", script)["PATH"])
+    out = tmp_path / ("long.svg" if command == "graph" else "out")
+    drawn = out if command == "graph" else out / "backbone.svg"
+    stage = ["--stage", "backbone"] if command == "graph" else []
+    status, err = cli([command, model, *stage, "-o", out], capsys)
+    assert (status, err) == (2, f"error: dot failed to render {drawn}: {said}\n")
     assert not out.exists()
 
 
@@ -319,11 +354,63 @@ def test_resume_with_another_out_is_refused(command, tmp_path, model_file, capsy
     assert list(tmp_path.iterdir()) == []
 
 
-# ---------------------------------------------------------------------- what train wrote
+# ---------------------------------------------------------------------- heads and data
+
+SEGMENT_3 = (
+    "segment: the model's head gives 3 channels, but shapes has 6 classes "
+    "(set classes=6 in the tasks section)"
+)
+DEPTH_3 = (
+    "depth: the model's head gives 3 channels, but depth on shapes needs 1 channel "
+    "(set classes=1 in the tasks section)"
+)
+NORMAL_1 = (
+    "normal: the model's head gives 1 channel, but normal on shapes needs 3 channels "
+    "(set classes=3 in the tasks section)"
+)
+EDGES = (
+    "the data has no targets for task(s) edges: it provides segment, depth, normal; "
+    "the model's tasks are segment, edges"
+)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("classes=7", "classes=3", SEGMENT_3),
+        ("conv1x1(classes=1)", "conv1x1(classes=3)", DEPTH_3),
+        ("metric=depth\n", "metric=depth\n    normal: conv1x1(classes=1) loss=cosine\n", NORMAL_1),
+        ("depth:", "edges:", EDGES),
+    ],
+    ids=["segment", "depth", "normal", "edges"],
+)
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_a_head_that_does_not_fit_the_data_is_named_before_training(
+    command, old, new, message, tmp_path, config_file, capsys
+):
+    model, run = tmp_path / "model.mtl", tmp_path / "run"
+    model.write_text(TINY.replace(old, new))
+    policy = ["--policy", "shared"] if command == "train" else []
+    args = [command, model, *policy, "--config", config_file, "--out", run, "--no-progress"]
+    assert cli(args, capsys) == (2, f"error: {message}\n")
+    assert not run.exists()
+
+
+# ---------------------------------------------------------------------- what the runs wrote
 
 
 def test_train_lists_every_file_it_wrote(trained):
     run, proc = trained
     names = ["model.py", "model.pt", "last.pt", "metrics.jsonl", "eval.json", "policy.json"]
     assert proc.stdout.splitlines()[-1] == "wrote " + ", ".join(str(run / n) for n in names)
+    assert {p.name for p in run.iterdir() if p.is_file()} == set(names)
+
+
+def test_search_lists_every_file_it_wrote(tmp_path, model_file, config_file, capsys):
+    run = tmp_path / "run"
+    args = ["search", model_file, "--config", config_file, "--out", run, *SEARCH]
+    assert main([str(a) for a in args]) == 0
+    names = ["supermodel.py", "policy.json", "policy.txt", "last.pt", "metrics.jsonl"]
+    stdout = capsys.readouterr().out
+    assert stdout.splitlines()[-1] == "wrote " + ", ".join(str(run / n) for n in names)
     assert {p.name for p in run.iterdir() if p.is_file()} == set(names)

@@ -197,7 +197,7 @@ def test_cli_search_writes_policy_table_checkpoint_and_log(cli_run, load_generat
             choice = CHOICES[int(np.argmax(probs[t]))]
             assert policy["choices"][op][task] == choice
             assert row[1 + 2 * t : 3 + 2 * t] == [choice, f"{probs[t].max():.2f}"]
-    assert "\n".join(table) in stdout and f"wrote {out / 'policy.json'}" in stdout
+    assert "\n".join(table) in stdout and f"wrote {out / 'supermodel.py'}, " in stdout
 
     logged = records(out / "metrics.jsonl")
     steps = [(r["stage"], r["step"]) for r in logged if "loss" in r]
@@ -308,6 +308,17 @@ def test_data_without_a_task_of_the_model(workdir, model_file, data_options):
     assert err.value.message == (
         "the data has no targets for task(s) depth: it provides segment; "
         "the model's tasks are segment, depth"
+    )
+
+
+def test_a_head_with_fewer_classes_than_the_data(workdir, datasets):
+    few = workdir / "few_classes.mtl"
+    few.write_text(TINY.replace("classes=7", "classes=4"))
+    with pytest.raises(MtscError) as err:
+        api_search(few, datasets, workdir / "few-classes")
+    assert err.value.message == (
+        "segment: the model's head gives 4 channels, but shapes has 6 classes "
+        "(set classes=6 in the tasks section)"
     )
 
 

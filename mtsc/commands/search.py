@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from mtsc.runtime.data import open_dataset
     from mtsc.runtime.search import policy_table
     from mtsc.runtime.search import search as run_search
+    from mtsc.runtime.task_fit import check_heads_fit_data
     from mtsc.runtime.trainer import barrier, dist_info, init_distributed, refuse_existing_run
 
     run_dir = run_folder(args)
@@ -140,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         data = dict(config.data)
         train_set = open_dataset(args.data, "train", **data)
         val_set = open_dataset(args.data, "val", **data)
+        check_heads_fit_data(supermodel.TASK_SPECS, train_set.info, args.data)
         result = run_search(
             supermodel,
             train_set,
@@ -151,5 +153,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if dist_info()[0] == 0:
         print(policy_table(supermodel, result.policy), end="")
-        print(f"wrote {run_dir / 'policy.json'}, {run_dir / 'policy.txt'}, {run_dir / 'last.pt'}")
+        print_written(run_dir, SEARCH_FILES)
     return 0
+
+
+def print_written(run_dir: Path, names: tuple[str, ...]) -> None:
+    """The "wrote ..." line: each of `names` the run left in its folder (some are optional)."""
+    written = [run_dir / name for name in names if (run_dir / name).exists()]
+    print(f"wrote {', '.join(map(str, written))}")

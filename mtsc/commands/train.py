@@ -9,6 +9,7 @@ from pathlib import Path
 from mtsc.commands.search import (
     add_set_option,
     parse_sets,
+    print_written,
     run_folder,
     undone_unless_resumable,
 )
@@ -63,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     print(f"validation: {metrics_line(result['metrics'])}")
-    written = [run_dir / name for name in TRAIN_FILES if (run_dir / name).exists()]
-    print(f"wrote {', '.join(map(str, written))}")
+    print_written(run_dir, TRAIN_FILES)
     return 0
 
 
@@ -93,6 +93,7 @@ def train_pruned(
     from mtsc.ir.passes.insert_routing import RoutingOptions
     from mtsc.runtime.checkpoint import seed_everything
     from mtsc.runtime.data import open_dataset
+    from mtsc.runtime.task_fit import check_heads_fit_data
     from mtsc.runtime.train import train
     from mtsc.runtime.trainer import refuse_existing_run
 
@@ -113,6 +114,7 @@ def train_pruned(
     data_options = dict(config.data)
     train_set = open_dataset(data, "train", **data_options)
     val_set = open_dataset(data, "val", **data_options)
+    check_heads_fit_data(net.TASK_SPECS, train_set.info, data)
     result = train(net, train_set, val_set, config, run_dir, resume=resume, progress=progress)
     buffer = io.BytesIO()
     torch.save(net.state_dict(), buffer)

@@ -20,6 +20,8 @@ from typing import Protocol
 import numpy as np
 
 TASKS = ("segment", "depth", "normal")
+# The channels of the dense regression targets (segment's are class indices, one map).
+TARGET_CHANNELS = {"depth": 1, "normal": 3}
 IGNORE_INDEX = 255
 # ImageNet statistics: what pretrained backbones expect.
 IMAGE_MEAN = (0.485, 0.456, 0.406)
@@ -52,8 +54,7 @@ def unknown_target(task: str, height: int, width: int) -> np.ndarray:
     """The target of a sample that has no label for `task`: every pixel ignored."""
     if task == "segment":
         return np.full((height, width), IGNORE_INDEX, np.int64)
-    channels = 1 if task == "depth" else 3
-    return np.zeros((channels, height, width), np.float32)
+    return np.zeros((TARGET_CHANNELS[task], height, width), np.float32)
 
 
 class SampleSource(Protocol):
