@@ -4,6 +4,7 @@ loss scaling, which skips a step whose gradients overflowed and is saved with th
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,22 +15,8 @@ from mtsc.runtime.data import open_dataset
 from mtsc.runtime.trainer import autocast, grad_scaler, optimizer_step, restore_scaler
 
 CPU = torch.device("cpu")
+MODELS = Path(__file__).parent / "models"
 
-TINY = """\
-input image: 3x16x16
-
-backbone {
-    @shared
-    stem: x = conv(image, 8, k=3, p=1) | bn | relu
-    a: x = conv(x, 8, k=3, p=1) | bn | relu
-    return x
-}
-
-tasks {
-    segment: conv1x1(classes=7) loss=cross_entropy(ignore=255) metric=miou
-    depth:   conv1x1(classes=1) loss=l1 metric=depth
-}
-"""
 STEPS = {"warmup_steps": 3, "search_steps": 4, "batch_size": 4, "eval_every": 0, "log_every": 1}
 
 
@@ -80,7 +67,6 @@ def test_a_saved_loss_scale_is_restored():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("amp")
-    (folder / "tiny.mtl").write_text(TINY)
     options = {"size": 16, "n_train": 32, "n_val": 8, "n_test": 8,
                "tasks": ["segment", "depth"], "cache_dir": str(folder / "shapes")}  # fmt: skip
     splits = tuple(open_dataset("shapes", s, **options) for s in ("train", "val"))
@@ -93,7 +79,7 @@ def first_loss(tiny, amp: str | None) -> tuple[float, dict]:
     folder, splits = tiny
     run_dir = folder / f"run-{amp}"
     torch.manual_seed(0)
-    model = load_supermodel(folder / "tiny.mtl", out_dir=run_dir)
+    model = load_supermodel(MODELS / "two_tasks.mtl", out_dir=run_dir)
     search(model, *splits, run_dir, progress=False, seed=1, amp=amp, **STEPS)
     first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     scaler = torch.load(run_dir / "last.pt", weights_only=True)["scaler"]

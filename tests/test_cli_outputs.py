@@ -15,22 +15,8 @@ import torch
 from mtsc.cli import main
 from mtsc.runtime.data import open_dataset
 
-TINY = """\
-input image: 3x16x16
-
-backbone {
-    @shared
-    stem: x = conv(image, 8, k=3, p=1) | bn | relu
-    a: x = conv(x, 8, k=3, p=1) | bn | relu
-    b: x = conv(x, 16, k=3, s=2, p=1) | bn | relu
-    return x
-}
-
-tasks {
-    segment: conv1x1(classes=7) loss=cross_entropy(ignore=255) metric=miou
-    depth:   conv1x1(classes=1) loss=l1 metric=depth
-}
-"""
+MODEL = Path(__file__).parent / "models" / "two_tasks.mtl"
+TINY = MODEL.read_text()
 SEARCH = ["--set", "warmup_steps=1", "--set", "search_steps=1", "--no-progress"]
 TRAIN = ["--set", "steps=2", "--no-progress"]
 OUT_OF_MEMORY = "cat >/dev/null\necho 'dot: out of memory' >&2\nexit 1\n"
@@ -48,10 +34,8 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_file(workdir) -> Path:
-    path = workdir / "tiny.mtl"
-    path.write_text(TINY)
-    return path
+def model_file() -> Path:
+    return MODEL
 
 
 @pytest.fixture(scope="module")

@@ -26,22 +26,8 @@ from mtsc.runtime.data import open_dataset
 from mtsc.runtime.policy_format import CHOICES
 from mtsc.runtime.search import derive_policy
 
-TINY = """\
-input image: 3x16x16
-
-backbone {
-    @shared
-    stem: x = conv(image, 8, k=3, p=1) | bn | relu
-    a: x = conv(x, 8, k=3, p=1) | bn | relu
-    b: x = conv(x, 16, k=3, s=2, p=1) | bn | relu
-    return x
-}
-
-tasks {
-    segment: conv1x1(classes=7) loss=cross_entropy(ignore=255) metric=miou
-    depth:   conv1x1(classes=1) loss=l1 metric=depth
-}
-"""
+MODEL = Path(__file__).parent / "models" / "two_tasks.mtl"
+TINY = MODEL.read_text()
 TASKS = ["segment", "depth"]
 ROUTED = ["a.conv1", "b.conv1"]
 STEPS = {
@@ -100,10 +86,8 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_file(workdir) -> Path:
-    path = workdir / "tiny.mtl"
-    path.write_text(TINY)
-    return path
+def model_file() -> Path:
+    return MODEL
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +161,7 @@ def test_cli_search_writes_policy_table_checkpoint_and_log(cli_run, load_generat
     out, stdout = cli_run
     policy = json.loads((out / "policy.json").read_text())
     assert set(policy) == {"model", "tasks", "choices"}
-    assert policy["model"] == "tiny" and policy["tasks"] == TASKS
+    assert policy["model"] == "two_tasks" and policy["tasks"] == TASKS
     assert list(policy["choices"]) == ROUTED
     assert all(set(per_task) == set(TASKS) for per_task in policy["choices"].values())
     assert all(c in CHOICES for per_task in policy["choices"].values() for c in per_task.values())
@@ -325,7 +309,7 @@ def test_a_head_with_fewer_classes_than_the_data(workdir, datasets):
 def test_resume_with_another_model_file_is_refused(cli_run, tmp_path, config_file, capsys):
     run = tmp_path / "run"
     shutil.copytree(cli_run[0], run)
-    other = tmp_path / "tiny.mtl"
+    other = tmp_path / "two_tasks.mtl"
     other.write_text(TINY.replace("conv(x, 8, k=3", "conv(x, 12, k=3"))
     code = main(["search", str(other), "--config", str(config_file), "--resume", str(run)])
     assert code == 2
@@ -343,11 +327,11 @@ def test_api_resume_checks_the_model_against_the_checkpoint(cli_run, tmp_path, d
     with pytest.raises(MtscError) as err:
         search(load_supermodel(renamed), *datasets, run, resume=True, progress=False, **STEPS)
     assert err.value.message == (
-        f"{run / 'last.pt'} is a run of model 'tiny' with tasks ['segment', 'depth'], "
+        f"{run / 'last.pt'} is a run of model 'two_tasks' with tasks ['segment', 'depth'], "
         "not of 'other' with ['segment', 'depth']"
     )
 
-    wider = tmp_path / "wider" / "tiny.mtl"
+    wider = tmp_path / "wider" / "two_tasks.mtl"
     wider.parent.mkdir()
     wider.write_text(TINY.replace("conv(x, 16, k=3", "conv(x, 24, k=3"))
     with pytest.raises(MtscError) as err:

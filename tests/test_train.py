@@ -19,22 +19,6 @@ from mtsc.cli import main
 from mtsc.runtime import train as train_module
 from mtsc.runtime.data import open_dataset
 
-TINY = """\
-input image: 3x16x16
-
-backbone {
-    @shared
-    stem: x = conv(image, 8, k=3, p=1) | bn | relu
-    a: x = conv(x, 8, k=3, p=1) | bn | relu
-    b: x = conv(x, 16, k=3, s=2, p=1) | bn | relu
-    return x
-}
-
-tasks {
-    segment: conv1x1(classes=7) loss=cross_entropy(ignore=255) metric=miou
-    depth:   conv1x1(classes=1) loss=l1 metric=depth
-}
-"""
 TASKS = ["segment", "depth"]
 # TrainConfig's defaults and the --quick values
 LR, QUICK_STEPS = 0.05, 40
@@ -57,10 +41,8 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_file(workdir) -> Path:
-    path = workdir / "tiny.mtl"
-    path.write_text(TINY)
-    return path
+def model_file(models_dir) -> Path:
+    return models_dir / "two_tasks.mtl"
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +117,7 @@ def test_quick_train_command_writes_model_weights_and_report(
 
 
 MIXED = {
-    "model": "tiny",
+    "model": "two_tasks",
     "tasks": TASKS,
     "choices": {
         "a.conv1": {"segment": "specific", "depth": "shared"},
