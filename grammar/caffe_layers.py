@@ -8,6 +8,7 @@ nodes, and the op registry checks attributes and shapes.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +93,7 @@ def _pair(
 
 
 _PARAM_FIELDS = {
+    "BN": "bn_param",
     "BatchNorm": "batch_norm_param",
     "Concat": "concat_param",
     "Convolution": "convolution_param",
@@ -102,6 +104,7 @@ _PARAM_FIELDS = {
     "LRN": "lrn_param",
     "Pooling": "pooling_param",
     "ReLU": "relu_param",
+    "Reshape": "reshape_param",
     "Scale": "scale_param",
 }
 
@@ -159,8 +162,25 @@ def batch_norm(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     return [Step(Op.BATCHNORM, attrs)]
 
 
+def bn(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    """The `BN` layer of Caffe forks (SegNet, PSPNet, ENet): a batchnorm with its own scale
+    and shift, so an affine one."""
+    p = _params(layer)
+    attrs: dict[str, Any] = {"eps": f32(p.eps), "affine": True}
+    if p.HasField("momentum"):
+        attrs["momentum"] = round(1.0 - f32(p.momentum), 12)
+    return [Step(Op.BATCHNORM, attrs)]
+
+
 def scale(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     p = _params(layer)
+    if len(ins) == 2:
+        raise layer.error(
+            "scaling by a second bottom (as squeeze-and-excitation blocks do) is not "
+            "supported: mtsc multiplies only blobs of the same shape",
+            "bottom",
+            1,
+        )
     if p.axis != 1 or p.num_axes != 1:
         raise layer.error(
             "only a per-channel scale (axis: 1, num_axes: 1) is supported", "scale_param"
@@ -196,7 +216,12 @@ def pooling(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
             raise layer.error("global_pooling needs pad 0 and stride 1", where)
         return [Step(op, {"global": True})]
     kernel = _pair(layer, p, "kernel_size", h="kernel_h", w="kernel_w")
-    ceil = p.round_mode == p.CEIL
+    if p.HasField("ceil_mode"):
+        if p.HasField("round_mode"):
+            raise layer.error("give round_mode or ceil_mode, not both", where)
+        ceil = p.ceil_mode
+    else:
+        ceil = p.round_mode == p.CEIL
     _check_caffe_rounding(layer, ins[0], kernel, stride, pad, ceil)
     return [Step(op, {"kernel": kernel, "stride": stride, "padding": pad, "ceil": ceil})]
 
@@ -281,6 +306,42 @@ def flatten(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     return [Step(Op.FLATTEN)]
 
 
+def reshape(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    """Caffe's Reshape where it is a flatten: N x C x H x W (or N x F) -> N x (C * H * W)."""
+    p = _params(layer)
+    where = _param_field(layer)
+    axes: list[int | None] = [None, *ins[0]]  # None: the batch axis, whose size is not known
+    start = p.axis if p.axis >= 0 else len(axes) + p.axis + 1
+    end = len(axes) if p.num_axes == -1 else start + p.num_axes
+    if not 0 <= start <= end <= len(axes):
+        raise layer.error(
+            f"axis {p.axis} with num_axes {p.num_axes} is outside the input's {len(axes)} axes",
+            where,
+        )
+    dims = list(p.shape.dim)
+    if any(d < -1 for d in dims) or dims.count(-1) > 1:
+        raise layer.error("shape dims must be positive, 0 (copy) or one -1 (inferred)", where)
+    if any(d == 0 and start + i >= len(axes) for i, d in enumerate(dims)):
+        raise layer.error(f"a dim of 0 copies an axis the {len(axes)}-axis input lacks", where)
+    new = [*axes[:start], *(axes[start + i] if d == 0 else d for i, d in enumerate(dims))]
+    new += axes[end:]
+    size = math.prod(ins[0])
+    if new[0] == -1 and None not in new and math.prod(new[1:]) == size:
+        new[0] = None  # -1 first, one sample's values after it: the batch axis
+    known = math.prod(d for d in new if d is not None and d != -1)
+    if -1 in new and size % known == 0:
+        new[new.index(-1)] = size // known
+    shown = " x ".join("N" if d is None else str(d) for d in new)
+    if new[0] is not None or None in new[1:] or math.prod(new[1:]) != size:
+        raise layer.error(
+            f"gives {shown}, which does not keep the batch axis and {size} values per sample",
+            where,
+        )
+    if len(new) != 2:
+        raise layer.error(f"gives {shown}; only N x {size} (a flatten) is supported", where)
+    return [Step(Op.FLATTEN)]
+
+
 def dropout(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     return [Step(Op.DROPOUT, {"p": f32(layer.param.dropout_param.dropout_ratio)})]
 
@@ -297,6 +358,7 @@ def lrn(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
 
 # The types the importer converts; Input and Softmax are handled by the importer itself.
 CONVERTERS: dict[str, Converter] = {
+    "BN": bn,
     "BatchNorm": batch_norm,
     "Concat": concat,
     "Convolution": convolution,
@@ -308,6 +370,7 @@ CONVERTERS: dict[str, Converter] = {
     "Pooling": pooling,
     "ReLU": relu,
     "ReLU6": _simple(Op.RELU6),
+    "Reshape": reshape,
     "Scale": scale,
     "Sigmoid": _simple(Op.SIGMOID),
     "TanH": _simple(Op.TANH),
@@ -315,7 +378,11 @@ CONVERTERS: dict[str, Converter] = {
 SUPPORTED_TYPES = tuple(sorted({*CONVERTERS, "Input", "Softmax"}))
 
 # How many bottoms each type takes: (at least, at most); None is "any number".
-BOTTOMS: dict[str, tuple[int, int | None]] = {"Eltwise": (2, None), "Concat": (2, None)}
+BOTTOMS: dict[str, tuple[int, int | None]] = {
+    "Eltwise": (2, None),
+    "Concat": (2, None),
+    "Scale": (1, 2),  # the second is refused with a message of its own
+}
 
 # Caffe's first format names types with an enum; these are the supported ones.
 V1_TYPES = {

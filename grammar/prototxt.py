@@ -260,6 +260,10 @@ def _choose_output(layers: list[Layer], flow: _Flow, output: str | None) -> int:
         ends = []
         for v in sorted(set(flow.final.values()) - read):
             producer = flow.values[v].layer
+            if producer is not None and (
+                _is_source(layers[producer]) or v != flow.writes[producer][0]
+            ):
+                continue  # a data layer's label, a max-pooling mask: not network results
             # A final Softmax turns scores into probabilities: the backbone ends before it.
             if producer is not None and layers[producer].type == "Softmax" and flow.reads[producer]:
                 v = flow.reads[producer][0]
@@ -278,6 +282,12 @@ def _choose_output(layers: list[Layer], flow: _Flow, output: str | None) -> int:
     if flow.values[out].input is not None:
         raise MtscError(None, f"the output {flow.values[out].blob!r} is an input of the network")
     return out
+
+
+def _is_source(layer: Layer) -> bool:
+    """A data layer (Data, ImageData, a Python layer, ...): a type mtsc does not know, reading
+    no blob."""
+    return not layer.bottoms and layer.type not in SUPPORTED_TYPES
 
 
 def _needed(flow: _Flow, out: int) -> set[int]:
@@ -364,6 +374,14 @@ class _Builder:
                     self._add_input(v, self.flow.values[v].input)
             return
         self._check_supported(layer)
+        for t, v in enumerate(writes[1:], start=1):
+            if v in self.needed:  # only a max-pooling mask gets here (_check_supported)
+                raise layer.error(
+                    f"top {layer.tops[t]!r} is the max-pooling mask, which only Caffe's "
+                    "unpooling reads; mtsc supports neither",
+                    "top",
+                    t,
+                )
         ins = [self.node_of[v] for v in self.flow.reads[layer.index]]
         fused = self._fuse_scale(layer, ins)
         if fused is not None:
@@ -389,6 +407,13 @@ class _Builder:
                 "a Softmax is supported only at the end of the network, where it is dropped",
                 "type",
             )
+        if _is_source(layer):
+            raise layer.error(
+                f"a data layer ({layer.type}) does not give the input's shape; declare the "
+                "input with an Input layer (input_param { shape { dim: 1 dim: 3 dim: 224 "
+                "dim: 224 } }) or with input and input_shape",
+                "type",
+            )
         if layer.type not in CONVERTERS:
             raise layer.error(
                 f"unsupported layer type {layer.type!r}; mtsc supports "
@@ -396,7 +421,10 @@ class _Builder:
                 "this layer, use --output BLOB)",
                 "type",
             )
-        if len(layer.tops) != 1:
+        # SegNet's max pooling writes the argmax as a second top, the mask for unpooling.
+        pooling = layer.param.pooling_param
+        mask = layer.type == "Pooling" and pooling.pool == pooling.MAX and len(layer.tops) == 2
+        if len(layer.tops) != 1 and not mask:
             raise layer.error(f"has {len(layer.tops)} tops; mtsc needs exactly one", "top")
         low, high = BOTTOMS.get(layer.type, (1, 1))
         n = len(layer.bottoms)

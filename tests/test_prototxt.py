@@ -50,6 +50,9 @@ FIXTURE_SHAPES = {
     "automtl_quirk": ((3, 33, 33), (16, 4, 4)),
     # See the comments in the fixture: 13x11 -> 7x6 -> 4x4 -> 3x3 -> 2x2 -> fc 5.
     "small_numeric": ((3, 13, 11), (5,)),
+    # 30 -> conv 3/2 p1: 15 -> max 3/2 ceil_mode false: 12 // 2 + 1 = 7 -> avg 2/2 rounded up:
+    # ceil(5/2) + 1 = 4 -> reshape to 16 * 4 * 4 -> fc 10.
+    "fork_dialect": ((3, 30, 30), (10,)),
 }
 # Shapes of named inner layers, by hand: they pin the rounding of each pooling layer.
 INNER_SHAPES = {
@@ -60,6 +63,7 @@ INNER_SHAPES = {
     "googlenet_names": {"pool1/3x3_s2": (8, 10, 10), "inception_3a/output": (20, 10, 10)},
     "automtl_quirk": {"max_pool1": (8, 9, 9), "add1": (8, 9, 9), "conv4": (16, 4, 4)},
     "small_numeric": {"pool1": (8, 4, 4), "pool2": (16, 3, 3), "pool3": (16, 2, 2)},
+    "fork_dialect": {"conv1/bn": (8, 15, 15), "pool1": (8, 7, 7), "pool2": (16, 4, 4)},
 }
 
 
@@ -601,19 +605,19 @@ ERRORS = {
     "unsupported type": (
         INPUT + layer("s", "Slice", "data"),
         None,
-        "layer 's' (Slice): unsupported layer type 'Slice'; mtsc supports BatchNorm, Concat, "
+        "layer 's' (Slice): unsupported layer type 'Slice'; mtsc supports BN, BatchNorm, Concat, "
         "Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, LRN, Pooling, ReLU, ReLU6, "
-        "Scale, Sigmoid, Softmax, TanH (to import the network up to a blob before this layer, "
-        "use --output BLOB)",
+        "Reshape, Scale, Sigmoid, Softmax, TanH (to import the network up to a blob before this "
+        "layer, use --output BLOB)",
         'type: "Slice"',
     ),
     "unsupported V1 type": (
         INPUT + 'layers { name: "l" type: SPLIT bottom: "data" top: "l" }',
         None,
-        "layer 'l' (SPLIT): unsupported layer type 'SPLIT'; mtsc supports BatchNorm, Concat, "
+        "layer 'l' (SPLIT): unsupported layer type 'SPLIT'; mtsc supports BN, BatchNorm, Concat, "
         "Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, LRN, Pooling, ReLU, ReLU6, "
-        "Scale, Sigmoid, Softmax, TanH (to import the network up to a blob before this layer, "
-        "use --output BLOB)",
+        "Reshape, Scale, Sigmoid, Softmax, TanH (to import the network up to a blob before this "
+        "layer, use --output BLOB)",
         "type: SPLIT",
     ),
     "softmax inside": (
@@ -870,6 +874,101 @@ ERRORS = {
         "layer 's' (Scale): only a per-channel scale (axis: 1, num_axes: 1) is supported",
         "scale_param",
     ),
+    "data layer": (
+        'layer { name: "data" type: "Data" top: "data" top: "label" }\n' + conv("c1"),
+        None,
+        "layer 'data' (Data): a data layer (Data) does not give the input's shape; declare the "
+        "input with an Input layer (input_param { shape { dim: 1 dim: 3 dim: 224 dim: 224 } }) "
+        "or with input and input_shape",
+        'type: "Data"',
+    ),
+    "pooling mask read": (
+        INPUT
+        + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p"\n  top: "p_mask"\n'
+        + "  pooling_param { kernel_size: 2 stride: 2 } }\n"
+        + layer("u", "Upsample", "p", "p_mask"),
+        None,
+        "layer 'p' (Pooling): top 'p_mask' is the max-pooling mask, which only Caffe's "
+        "unpooling reads; mtsc supports neither",
+        'top: "p_mask"',
+    ),
+    "pooling mask chosen as output": (
+        INPUT
+        + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p"\n  top: "p_mask"\n'
+        + "  pooling_param { kernel_size: 2 stride: 2 } }\n",
+        "p_mask",
+        "layer 'p' (Pooling): top 'p_mask' is the max-pooling mask, which only Caffe's "
+        "unpooling reads; mtsc supports neither",
+        'top: "p_mask"',
+    ),
+    "average pooling with two tops": (
+        INPUT
+        + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p"\n  top: "q"\n'
+        + "  pooling_param { pool: AVE kernel_size: 2 } }\n",
+        "p",
+        "layer 'p' (Pooling): has 2 tops; mtsc needs exactly one",
+        'top: "p"',
+    ),
+    "round_mode and ceil_mode": (
+        INPUT + pool("p", "kernel_size: 2 round_mode: FLOOR ceil_mode: false"),
+        None,
+        "layer 'p' (Pooling): give round_mode or ceil_mode, not both",
+        "pooling_param",
+    ),
+    "scale by a second bottom": (
+        INPUT
+        + layer("g", "Pooling", "data", body="pooling_param { pool: AVE global_pooling: true }")
+        + layer("s", "Scale", "data", "g", body="scale_param { axis: 0 }"),
+        None,
+        "layer 's' (Scale): scaling by a second bottom (as squeeze-and-excitation blocks do) is "
+        "not supported: mtsc multiplies only blobs of the same shape",
+        'bottom: "g"',
+    ),
+    "reshape keeping the spatial axes": (
+        INPUT
+        + layer("r", "Reshape", "data", body="reshape_param { shape { dim: 0 dim: 3 dim: -1 } }"),
+        None,
+        "layer 'r' (Reshape): gives N x 3 x 64; only N x 192 (a flatten) is supported",
+        "reshape_param",
+    ),
+    "reshape of the batch axis": (
+        INPUT + layer("r", "Reshape", "data", body="reshape_param { shape { dim: 1 dim: -1 } }"),
+        None,
+        "layer 'r' (Reshape): gives 1 x 192, which does not keep the batch axis and 192 values "
+        "per sample",
+        "reshape_param",
+    ),
+    "reshape to another size": (
+        INPUT + layer("r", "Reshape", "data", body="reshape_param { shape { dim: 0 dim: 100 } }"),
+        None,
+        "layer 'r' (Reshape): gives N x 100, which does not keep the batch axis and 192 values "
+        "per sample",
+        "reshape_param",
+    ),
+    "reshape with two inferred dims": (
+        INPUT + layer("r", "Reshape", "data", body="reshape_param { shape { dim: -1 dim: -1 } }"),
+        None,
+        "layer 'r' (Reshape): shape dims must be positive, 0 (copy) or one -1 (inferred)",
+        "reshape_param",
+    ),
+    "reshape copying a missing axis": (
+        INPUT
+        + layer(
+            "r",
+            "Reshape",
+            "data",
+            body="reshape_param { axis: 2 shape { dim: 0 dim: 0 dim: 0 } }",
+        ),
+        None,
+        "layer 'r' (Reshape): a dim of 0 copies an axis the 4-axis input lacks",
+        "reshape_param",
+    ),
+    "reshape axis out of range": (
+        INPUT + layer("r", "Reshape", "data", body="reshape_param { axis: 5 shape { dim: 1 } }"),
+        None,
+        "layer 'r' (Reshape): axis 5 with num_axes -1 is outside the input's 4 axes",
+        "reshape_param",
+    ),
     "dropout ratio": (
         INPUT + layer("d", "Dropout", "data", body="dropout_param { dropout_ratio: 1 }"),
         None,
@@ -925,3 +1024,75 @@ def test_fusion_needs_a_bias_and_a_batchnorm_read_only_by_the_scale():
     # Cut at the batchnorm: the Scale is not imported, nothing is fused.
     cut = import_text(INPUT + bn + scale, "n.prototxt", output="bn").graph
     assert cut.node(cut.outputs["backbone"]).attrs["affine"] is False
+
+
+def test_fork_bn_layer_is_an_affine_batchnorm():
+    """The forks' `BN` carries its own scale and shift; PSPNet's momentum is Caffe's moving
+    average fraction (the old statistics' weight), PyTorch's momentum the new ones'."""
+    named = nodes_by_name(import_prototxt(fixture("fork_dialect")).graph)
+    assert named["conv1/bn"].attrs == {"eps": 1e-5, "affine": True, "momentum": 0.05}
+    assert named["conv2_bn"].attrs == {"eps": 1e-5, "affine": True, "momentum": 0.1}
+    eps = layer("bn", "BN", "data", body="bn_param { eps: 0.001 }")
+    g = import_text(INPUT + eps, "n.prototxt").graph
+    assert g.node(g.outputs["backbone"]).attrs["eps"] == 0.001
+
+
+@pytest.mark.parametrize(
+    ("params", "size"),
+    [
+        # 9 pixels, kernel 2, stride 2: rounded up ceil(7 / 2) + 1 = 5, down 7 // 2 + 1 = 4.
+        ("", 5),
+        ("ceil_mode: true", 5),
+        ("ceil_mode: false", 4),
+        ("round_mode: FLOOR", 4),
+        ("round_mode: CEIL", 5),
+    ],
+)
+def test_ceil_mode_is_the_forks_spelling_of_round_mode(params, size):
+    text = 'input: "data"\ninput_shape { dim: 1 dim: 3 dim: 9 dim: 9 }\n'
+    text += pool("p", f"pool: MAX kernel_size: 2 stride: 2 {params}")
+    g = import_text(text, "n.prototxt").graph
+    assert g.node(g.outputs["backbone"]).shape == (3, size, size)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        "shape { dim: 0 dim: -1 }",
+        "shape { dim: -1 dim: 192 }",  # -1 takes the batch: 192 values follow
+        "shape { dim: 0 dim: 192 }",
+        "axis: 1 shape { dim: -1 }",
+        "axis: -4 shape { dim: -1 }",  # -4 is axis 1 of four
+        "axis: 1 num_axes: 3 shape { dim: 192 }",
+    ],
+)
+def test_reshape_to_one_vector_per_sample_is_a_flatten(params):
+    text = INPUT + layer("r", "Reshape", "data", body=f"reshape_param {{ {params} }}")
+    g = import_text(text, "n.prototxt").graph
+    out = g.node(g.outputs["backbone"])
+    assert (out.op, out.shape) == (Op.FLATTEN, (192,))
+
+
+def test_reshape_of_a_squeezed_classifier_is_a_flatten():
+    # Conv classifiers end 10x1x1; `dim: 0 dim: 0` keeps N and C, dropping the 1x1.
+    gap = layer("g", "Pooling", "data", body="pooling_param { pool: AVE global_pooling: true }")
+    text = (
+        INPUT + gap + layer("r", "Reshape", "g", body="reshape_param { shape { dim: 0 dim: 0 } }")
+    )
+    g = import_text(text, "n.prototxt").graph
+    assert g.node(g.outputs["backbone"]).shape == (3,)
+
+
+def test_data_layers_and_pooling_masks_are_not_outputs():
+    # SegNet-style: neither the data layer's label nor an unread pooling mask is a candidate
+    # output, so the error is the data layer's, not "the network has 3 outputs".
+    data = 'layer { name: "data" type: "DenseImageData" top: "data" top: "label" }\n'
+    masked = (
+        'layer { name: "p" type: "Pooling" bottom: "data" top: "p" top: "p_mask"\n'
+        "  pooling_param { kernel_size: 2 } }\n"
+    )
+    with pytest.raises(MtscError, match=r"a data layer \(DenseImageData\) does not give"):
+        import_text(data + masked + conv("c", "p"), "n.prototxt")
+    g = import_text(INPUT + masked + conv("c", "p"), "n.prototxt").graph
+    assert [n.name for _, n in g.nodes()] == ["data", "p", "c"]
+    assert g.node(g.outputs["backbone"]).shape == (4, 5, 5)  # 8 -> pool 2/1: 7 -> conv 3: 5
