@@ -629,15 +629,36 @@ _register(
         doc="element-wise sum (optionally weighted by coeffs)",
     )
 )
+
+
+def _is_channel_gate(shape: Shape) -> bool:
+    return len(shape) == 3 and shape[1:] == (1, 1)
+
+
+def _mul_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    """Element-wise, where a C x 1 x 1 input may also scale every position of C x H x W ones
+    (the gate of squeeze-and-excitation blocks; torch broadcasts it)."""
+    maps = [s for s in ins if not _is_channel_gate(s)]
+    if not maps:
+        return _same_shapes("mul", ins)
+    shape = _same_shapes("mul", maps)
+    for gate in (s for s in ins if _is_channel_gate(s)):
+        if len(shape) != 3:
+            raise OpError("mul: cannot combine a feature map with a flat vector")
+        if gate[0] != shape[0]:
+            raise OpError(f"mul: {shape[0]} vs {gate[0]} channels")
+    return shape
+
+
 _register(
     OpSpec(
         Op.MUL,
         attrs=(),
-        shape=lambda a, ins: _same_shapes("mul", ins),
+        shape=_mul_shape,
         torch=TorchExpr(lambda a, xs: " * ".join(xs)),
         min_inputs=2,
         max_inputs=None,
-        doc="element-wise product",
+        doc="element-wise product; a C x 1 x 1 input scales each channel of C x H x W ones",
     )
 )
 _register(

@@ -142,6 +142,8 @@ CASES = [
         lambda m, a, b: a + 0.5 * b - 2 * a,
     ),
     ("mul", {"a": (3, 4, 5), "b": (3, 4, 5)}, "a * b", lambda m, a, b: a * b),
+    ("mul_gate", {"a": (3, 4, 5), "g": (3, 1, 1)}, "a * g", lambda m, a, g: a * g),
+    ("mul_gate_first", {"g": (3, 1, 1), "a": (3, 4, 5)}, "g * a", lambda m, g, a: g * a),
     (
         "max",
         {"a": (3, 4, 5), "b": (3, 4, 5)},
@@ -455,6 +457,9 @@ def test_attribute_errors(op, attrs, message) -> None:
         ),
         (Op.ADD, {}, [(64, 4, 4), (128, 4, 4)], "add: 64 vs 128 channels"),
         (Op.MUL, {}, [(8, 4, 4), (8, 4, 5)], "mul: spatial size 4x4 vs 4x5"),
+        (Op.MUL, {}, [(8, 4, 4), (4, 1, 1)], "mul: 8 vs 4 channels"),
+        (Op.MUL, {}, [(8,), (8, 1, 1)], "mul: cannot combine a feature map with a flat vector"),
+        (Op.MUL, {}, [(8, 1, 1), (8, 4, 4), (8, 2, 2)], "mul: spatial size 4x4 vs 2x2"),
         (Op.MAX, {}, [(8, 4, 4), (8,)], "max: cannot combine a feature map with a flat vector"),
         (Op.ADD, {"coeffs": (1, 2, 3)}, [(8, 4, 4), (8, 4, 4)], "add: 3 coefficients for 2 inputs"),
         (Op.CONCAT, {}, [(8, 4, 4), (8, 2, 4)], "concat: spatial size 4x4 vs 2x4"),
