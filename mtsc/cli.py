@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import keyword
+import os
 import sys
 
 from mtsc.errors import MtscError
@@ -26,6 +27,7 @@ COMMANDS = (
 )
 
 EXIT_USER_ERROR = 2
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
 
 
 def _command_module(name: str):
@@ -62,3 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mtsc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`mtsc check m.mtl | head -1`): stop quietly, with
+        # the status of a process killed by SIGPIPE; point stdout at /dev/null so that
+        # Python's flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE

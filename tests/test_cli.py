@@ -15,7 +15,7 @@ import pytest
 
 from mtsc.driver import build
 
-MODELS = ["mnasnet", "mobilenetv2", "resnet18", "resnet34", "resnet_tiny"]
+MODELS = ["efficientnet_b0", "mnasnet", "mobilenetv2", "resnet18", "resnet34", "resnet_tiny"]
 needs_dot = pytest.mark.skipif(
     shutil.which("dot") is None, reason="graphviz's dot is not installed"
 )
@@ -178,3 +178,18 @@ def test_build_imports_no_heavy_package(examples_dir, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "0 []"
     assert (tmp_path / "backbone.py").is_file()
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(examples_dir) -> None:
+    """`mtsc fmt ... | head -1`: more output than a pipe holds, and the reader leaves after
+    one line. mtsc stops with SIGPIPE's status and no traceback."""
+    files = [str(examples_dir / "resnet34.mtl")] * 200  # about 200 KB of output
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mtsc", "fmt", *files],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout.readline().startswith(b"# ResNet-34")
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 128 + 13
+    assert proc.stderr.read() == b""

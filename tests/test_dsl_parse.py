@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mtsc.errors import MtscError
 from mtsc.grammar import ast
 from mtsc.grammar.parser import parse
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.mtl"))
 
 
 def sexpr(e: ast.Expr) -> str:
@@ -233,9 +237,7 @@ def test_syntax_errors_say_what_was_expected(text: str, message: str, column: in
     assert (info.value.span.line, info.value.span.column) == (1, column)
 
 
-@pytest.mark.parametrize(
-    "name", ["mnasnet", "mobilenetv2", "resnet18", "resnet34", "resnet_blocks", "resnet_tiny"]
-)
+@pytest.mark.parametrize("name", [p.stem for p in EXAMPLES])
 def test_examples_parse(name: str, examples_dir) -> None:
     path = examples_dir / f"{name}.mtl"
     module = parse(path.read_text(), str(path))

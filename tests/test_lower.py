@@ -351,7 +351,7 @@ def test_import_from_another_working_directory(models_dir, tmp_path, monkeypatch
 # ---------------------------------------------------------------- IR invariants
 
 
-MODELS = ["mnasnet", "mobilenetv2", "resnet18", "resnet34", "resnet_tiny"]
+MODELS = ["efficientnet_b0", "mnasnet", "mobilenetv2", "resnet18", "resnet34", "resnet_tiny"]
 
 
 def _stage_name(stage) -> str:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mtsc.driver import build
+from mtsc.driver import build, load_backbone
 from mtsc.ir.ops import (
     Op,
     OpError,
@@ -339,12 +339,30 @@ def test_linear_bn_scale_counts_match_hand_formulas() -> None:
 
 
 EXAMPLES_WITH_BACKBONES = [
+    "efficientnet_b0.mtl",
     "mnasnet.mtl",
     "mobilenetv2.mtl",
     "resnet18.mtl",
     "resnet34.mtl",
     "resnet_tiny.mtl",
 ]
+
+
+# Each trunk's published parameter count: torchvision's model less its 1000-class classifier
+# (resnet: fc 513,000; the others: 1,281,000). The DeepLab-style ResNet-34 only dilates, which
+# changes no parameter.
+PUBLISHED_PARAMS = {
+    "efficientnet_b0.mtl": 5_288_548 - 1_281_000,
+    "mnasnet.mtl": 4_383_312 - 1_281_000,
+    "mobilenetv2.mtl": 3_504_872 - 1_281_000,
+    "resnet18.mtl": 11_689_512 - 513_000,
+    "resnet34.mtl": 21_797_672 - 513_000,
+}
+
+
+@pytest.mark.parametrize("example", sorted(PUBLISHED_PARAMS))
+def test_examples_have_the_published_parameter_counts(example, examples_dir) -> None:
+    assert summarize(load_backbone(examples_dir / example)).params == PUBLISHED_PARAMS[example]
 
 
 @pytest.mark.parametrize("example", EXAMPLES_WITH_BACKBONES)
