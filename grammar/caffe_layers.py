@@ -92,7 +92,8 @@ def _pair(
     raise layer.error(f"{base} has {len(values)} values; a 2-D layer takes 1 or 2", where)
 
 
-_PARAM_FIELDS = {
+# The block of settings each type reads (Caffe's layers read no other block).
+PARAM_FIELDS = {
     "BN": "bn_param",
     "BatchNorm": "batch_norm_param",
     "Concat": "concat_param",
@@ -108,9 +109,22 @@ _PARAM_FIELDS = {
     "Scale": "scale_param",
 }
 
+# Fields of those blocks that never change what the network computes, missing from the schema
+# (an `engine` enum would refuse the forks' engine names): how weights start, which
+# implementation runs, AutoMTL's PyTorch `inplace`, and the BN forks' training switches. The
+# importer reads past them without a warning; see `is_quiet`.
+QUIET_FIELDS = frozenset(
+    {"bn_mode", "engine", "force_nd_im2col", "frozen", "inplace", "stable_prod_grad"}
+)
+
+
+def is_quiet(field: str) -> bool:
+    """A parameter-block field that mtsc may ignore without a word: a filler, or QUIET_FIELDS."""
+    return field in QUIET_FIELDS or field.endswith("filler")
+
 
 def _param_field(layer: Layer) -> str:
-    return _PARAM_FIELDS[layer.type]
+    return PARAM_FIELDS[layer.type]
 
 
 def _params(layer: Layer) -> Message:
@@ -140,11 +154,19 @@ def convolution(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
         "kernel": _pair(layer, p, "kernel_size", h="kernel_h", w="kernel_w"),
         "stride": _pair(layer, p, "stride", h="stride_h", w="stride_w", default=1),
         "padding": _pair(layer, p, "pad", h="pad_h", w="pad_w", default=0),
-        "dilation": _pair(layer, p, "dilation", default=1),
+        "dilation": _dilation(layer, p),
         "groups": p.group,
         "bias": p.bias_term,
     }
     return [Step(Op.CONV2D, attrs)]
+
+
+def _dilation(layer: Layer, p: Message) -> tuple[int, int]:
+    if not any(p.HasField(f) for f in ("hole", "hole_h", "hole_w")):
+        return _pair(layer, p, "dilation", default=1)
+    if p.dilation:
+        raise layer.error("give dilation or DeepLab's hole, not both", _param_field(layer))
+    return _pair(layer, p, "hole", h="hole_h", w="hole_w")
 
 
 def batch_norm(layer: Layer, ins: Sequence[Shape]) -> list[Step]:

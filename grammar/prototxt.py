@@ -8,7 +8,8 @@
 5. Choose the backbone output: `output` (a blob name) if given, else the one blob no layer
    reads, a final Softmax dropped.
 6. Convert the layers that output needs, in file order, fusing BatchNorm + Scale pairs; what
-   it does not need is left out and listed in the notes.
+   it does not need is left out and listed in the notes. Unknown fields that a converted
+   layer may depend on (in its parameter block) are warnings, located by the scan.
 
 Node names are layer names (input nodes are named after their blob); every node's `loc` is its
 layer's line, and `meta["var"]` its top blob, which generated code uses as variable name.
@@ -26,9 +27,11 @@ from mtsc.fsutil import read_model
 from mtsc.grammar.caffe_layers import (
     BOTTOMS,
     CONVERTERS,
+    PARAM_FIELDS,
     SUPPORTED_TYPES,
     V1_TYPES,
     Layer,
+    is_quiet,
 )
 from mtsc.grammar.proto_schema import message_class
 from mtsc.grammar.prototxt_scan import Block, Layout, scan
@@ -75,7 +78,9 @@ def import_text(text: str, file: str, *, output: str | None = None) -> Imported:
     needed = _needed(flow, out)
     graph = _Builder(file, layers, flow, out, needed).build()
     notes = _dropped_notes(layers, flow, out, needed)
-    return Imported(graph, notes, tuple(flow.warnings))
+    unknown = [w for i in _used(flow, needed) for w in _unknown_fields(layers[i])]
+    warnings = [*flow.warnings, *unknown]
+    return Imported(graph, notes, tuple(warnings))
 
 
 # ----------------------------------------------------------------------------- reading
@@ -182,6 +187,39 @@ def _input_layer_shapes(layer: Layer) -> list[Shape]:
         _feature_shape(tuple(shapes[min(t, len(shapes) - 1)].dim), where, f"input {top!r}")
         for t, top in enumerate(layer.tops)
     ]
+
+
+def _unknown_fields(layer: Layer) -> list[Diagnostic]:
+    """Warnings for what the parse skipped and the layer may depend on: an unknown field in its
+    parameter block (a fork's setting), or, where it has no such block, an unknown block named
+    like one (`relu_params`, a misspelling or a fork's name). Fillers, `engine`, `param { }`,
+    `include` and other types' blocks stay silent: they do not change what the layer computes."""
+    own = PARAM_FIELDS.get(layer.type)
+    known = layer.param.DESCRIPTOR.fields_by_name
+    if own is None or own not in known:
+        return []
+    prefix = f"layer {layer.name!r} ({layer.type}): "
+    own_known = known[own].message_type.fields_by_name
+    warnings = [
+        Diagnostic(
+            spans[0],
+            f"{prefix}mtsc does not know {own}.{name} and ignored it; if it changes the layer "
+            "(a fork's dilation, padding or rounding), the imported layer is wrong",
+        )
+        for name, spans in layer.block.inner.get(own, {}).items()
+        if name not in own_known and not is_quiet(name)
+    ]
+    if own not in layer.block.fields:
+        warnings += [
+            Diagnostic(
+                spans[0],
+                f"{prefix}mtsc does not know the block {name} and ignored it; if it holds the "
+                f"layer's settings (it has no {own}), the imported layer is wrong",
+            )
+            for name, spans in layer.block.fields.items()
+            if "_param" in name and name not in known
+        ]
+    return warnings
 
 
 # ----------------------------------------------------------------------------- data flow
@@ -305,6 +343,11 @@ def _needed(flow: _Flow, out: int) -> set[int]:
     return needed
 
 
+def _used(flow: _Flow, needed: set[int]) -> list[int]:
+    """The layers the output needs, in file order."""
+    return sorted({flow.values[v].layer for v in needed} - {None})
+
+
 def _dropped_notes(layers: list[Layer], flow: _Flow, out: int, needed: set[int]) -> tuple[str, ...]:
     used = {flow.values[v].layer for v in needed}
     dropped = [f"{layer.name} ({layer.type})" for layer in layers if layer.index not in used]
@@ -348,8 +391,7 @@ class _Builder:
         for v, value in enumerate(self.flow.values):
             if value.layer is None and v in self.needed:
                 self._add_input(v, value.input)
-        used = sorted({self.flow.values[v].layer for v in self.needed} - {None})
-        for i in used:
+        for i in _used(self.flow, self.needed):
             self._convert(self.layers[i])
         self.graph.outputs["backbone"] = self.node_of[self.out]
         return self.graph

@@ -3,7 +3,9 @@
 The scan finds the top-level fields (`input: "data"`) and the `layer { ... }` (or V1
 `layers { ... }`) blocks in file order, which is the order of the parsed repeated field, with
 the position of each block's own fields (`type:`, `bottom:`), so that an error points at the
-line at fault. It runs after the text has parsed, so it may assume the text is well formed.
+line at fault, and of the fields one level down (`num_output:` in `convolution_param { ... }`),
+which the importer checks against the schema. It runs after the text has parsed, so it may
+assume the text is well formed.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class Block:
 
     span: Span
     fields: dict[str, tuple[Span, ...]]
+    # The fields inside the block's sub-blocks, by the sub-block's name: `convolution_param`
+    # -> `num_output` -> its spans. Repeated sub-blocks (`param { } param { }`) share one entry.
+    inner: dict[str, dict[str, tuple[Span, ...]]]
 
     def field_span(self, name: str, index: int = 0) -> Span:
         """The span of the `index`-th `name:` line of the block, or the block's own span."""
@@ -76,6 +81,9 @@ def scan(text: str, file: str) -> Layout:
     top: dict[str, list[Span]] = defaultdict(list)
     blocks: dict[str, list[Block]] = defaultdict(list)
     fields: dict[str, list[Span]] | None = None  # the fields of the open layer block
+    inner: dict[str, dict[str, list[Span]]] = {}  # the fields of its sub-blocks
+    field_key = ""  # the last key of the open layer block
+    sub: dict[str, list[Span]] | None = None  # the fields of the open sub-block
     block_key: str | None = None
     block_span: Span | None = None
     depth = 0
@@ -93,7 +101,9 @@ def scan(text: str, file: str) -> Layout:
             span = pos.span(m.start(), m.end())
             if depth == 0:
                 top_key = (m.group(), span)
-            target = top if depth == 0 else fields if depth == 1 else None
+            elif depth == 1:
+                field_key = m.group()
+            target = {0: top, 1: fields, 2: sub}.get(depth)
             last_field = None
             if target is not None:
                 target[m.group()].append(span)
@@ -109,18 +119,25 @@ def scan(text: str, file: str) -> Layout:
                 block_key = top_key[0]
                 direct = prev in ("key", "colon")
                 block_span = top_key[1] if direct else pos.span(m.start(), m.end())
-                fields = defaultdict(list)
+                fields, inner = defaultdict(list), {}
+            elif depth == 1 and fields is not None:
+                sub = inner.setdefault(field_key, defaultdict(list))
             depth += 1
         elif kind == "close":
             depth -= 1
+            if depth == 1:
+                sub = None
             if depth == 0 and fields is not None:
-                blocks[block_key].append(
-                    Block(block_span, {k: tuple(v) for k, v in fields.items()})
-                )
+                nested = {k: _frozen(v) for k, v in inner.items()}
+                blocks[block_key].append(Block(block_span, _frozen(fields), nested))
                 fields = None
         last_field = last_field if kind == "colon" else None
         prev = kind if kind != "punct" else m.group()
-    return Layout({k: tuple(v) for k, v in top.items()}, {k: tuple(v) for k, v in blocks.items()})
+    return Layout(_frozen(top), {k: tuple(v) for k, v in blocks.items()})
+
+
+def _frozen(spans: dict[str, list[Span]]) -> dict[str, tuple[Span, ...]]:
+    return {k: tuple(v) for k, v in spans.items()}
 
 
 def _offset(pos: _Positions, span: Span) -> int:

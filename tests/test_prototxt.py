@@ -53,6 +53,9 @@ FIXTURE_SHAPES = {
     # 30 -> conv 3/2 p1: 15 -> max 3/2 ceil_mode false: 12 // 2 + 1 = 7 -> avg 2/2 rounded up:
     # ceil(5/2) + 1 = 4 -> reshape to 16 * 4 * 4 -> fc 10.
     "fork_dialect": ((3, 30, 30), (10,)),
+    # See the comments in the fixture: 21 -> max 3/2 p1: 11 -> conv 3 hole 2 p2: 11
+    # -> conv 3 with hole_h 2, hole_w 3: 7x5.
+    "deeplab_v1": ((3, 21, 21), (10, 7, 5)),
 }
 # Shapes of named inner layers, by hand: they pin the rounding of each pooling layer.
 INNER_SHAPES = {
@@ -64,6 +67,7 @@ INNER_SHAPES = {
     "automtl_quirk": {"max_pool1": (8, 9, 9), "add1": (8, 9, 9), "conv4": (16, 4, 4)},
     "small_numeric": {"pool1": (8, 4, 4), "pool2": (16, 3, 3), "pool3": (16, 2, 2)},
     "fork_dialect": {"conv1/bn": (8, 15, 15), "pool1": (8, 7, 7), "pool2": (16, 4, 4)},
+    "deeplab_v1": {"pool1": (8, 11, 11), "conv2": (16, 11, 11), "fc6": (32, 7, 5)},
 }
 
 
@@ -753,6 +757,18 @@ ERRORS = {
         "layer 'c' (Convolution): give kernel_size or kernel_h and kernel_w, not both",
         "convolution_param",
     ),
+    "hole and dilation": (
+        INPUT + conv("c", params="num_output: 4 kernel_size: 3 dilation: 2 hole: 2"),
+        None,
+        "layer 'c' (Convolution): give dilation or DeepLab's hole, not both",
+        "convolution_param",
+    ),
+    "hole_h alone": (
+        INPUT + conv("c", params="num_output: 4 kernel_size: 3 hole_h: 2"),
+        None,
+        "layer 'c' (Convolution): hole_h and hole_w must be given together",
+        "convolution_param",
+    ),
     "three kernel sizes": (
         INPUT + conv("c", params="num_output: 4 kernel_size: 3 kernel_size: 3 kernel_size: 3"),
         None,
@@ -1004,11 +1020,100 @@ def test_unknown_fields_are_skipped():
         body="param { lr_mult: 1 } convolution_param { num_output: 4 kernel_size: 1 "
         'weight_filler { type: "gaussian" std: 0.01 } engine: CAFFE } made_up_param { x: [1, 2] }',
     )
-    g = import_text("state { phase: TEST }\n" + text, "n.prototxt").graph
+    imported = import_text("state { phase: TEST }\n" + text, "n.prototxt")
+    g = imported.graph
     assert [(n.op, n.name) for _, n in g.nodes()] == [(Op.INPUT, "data"), (Op.CONV2D, "c")]
     conv = g.node(g.outputs["backbone"])
     assert (conv.attrs["out"], conv.attrs["kernel"], conv.attrs["bias"]) == (4, (1, 1), True)
     assert conv.shape == (4, 8, 8)
+    assert imported.warnings == ()
+
+
+def test_unknown_fields_that_change_nothing_stay_silent():
+    """Fillers, engines, training rules and switches, blocks of other types, and whatever a
+    layer that is not imported holds: none of it changes the imported network."""
+    quiet = (
+        layer(
+            "c",
+            "Convolution",
+            "data",
+            body="include { phase: TEST } exclude { stage: 'x' } param { lr_mult: 1 } "
+            "convolution_param { num_output: 4 kernel_size: 1 force_nd_im2col: false "
+            "bias_filler { type: 'constant' odd: 1 } } pooling_param { hole_size: 2 } "
+            "loss_weight: 1 propagate_down: false",
+        )
+        + layer("p", "Pooling", "c", body="pooling_param { kernel_size: 2 engine: CUDNN }")
+        + layer("s", "Scale", "p", body="scale_param { filler { value: 1 } bias_term: true }")
+        + layer("e", "Eltwise", "s", "p", body="eltwise_param { stable_prod_grad: true }")
+        + layer("r", "ReLU", "e", body="relu_param { inplace: 1 engine: CAFFE }")
+    )
+    # Not needed by the output `r`: the unknown fields of `branch` and `prob` stay silent.
+    unused = conv("branch", "r", params="num_output: 2 kernel_size: 1 hole_size: 2") + layer(
+        "prob", "Softmax", "r", body="softmax_param { made_up: 1 }"
+    )
+    imported = import_text(INPUT + quiet + unused, "n.prototxt", output="r")
+    assert imported.warnings == ()
+    # The softmax is dropped at the end; `branch` (here the output) is converted and warned of.
+    cut = import_text(INPUT + quiet + unused, "n.prototxt", output="branch")
+    assert [w.message.split(":")[0] for w in cut.warnings] == ["layer 'branch' (Convolution)"]
+
+
+def test_unknown_field_in_a_converted_layers_parameters_is_a_located_warning():
+    text = (
+        INPUT
+        + conv("c", params="num_output: 4 kernel_size: 3\n    hole_size: 2 hole_size: 2")
+        + pool("p", "pool: MAX kernel_size: 2\n    ceil: false", bottom="c")
+    )
+    warnings = import_text(text, "net.prototxt").warnings
+    assert [w.render().splitlines()[0] for w in warnings] == [
+        "net.prototxt:9:5: warning: layer 'c' (Convolution): mtsc does not know "
+        "convolution_param.hole_size and ignored it; if it changes the layer (a fork's "
+        "dilation, padding or rounding), the imported layer is wrong",
+        "net.prototxt:17:5: warning: layer 'p' (Pooling): mtsc does not know "
+        "pooling_param.ceil and ignored it; if it changes the layer (a fork's dilation, "
+        "padding or rounding), the imported layer is wrong",
+    ]
+    source, caret = warnings[0].render().splitlines()[1:]
+    assert (source.strip(), caret) == ("hole_size: 2 hole_size: 2 }", " " * 8 + "^" * 12)
+
+
+def test_unknown_parameter_block_of_a_layer_without_its_own_is_a_warning():
+    text = INPUT + layer("r", "ReLU", "data", body="relu_params { negative_slope: 0.1 }")
+    (warning,) = import_text(text, "net.prototxt").warnings
+    assert warning.span.line == line_of(text, "relu_params") and warning.span.column == 3
+    assert warning.message == (
+        "layer 'r' (ReLU): mtsc does not know the block relu_params and ignored it; if it "
+        "holds the layer's settings (it has no relu_param), the imported layer is wrong"
+    )
+
+
+def test_check_prints_unknown_field_warnings_and_succeeds(tmp_path, capsys):
+    path = tmp_path / "x.prototxt"
+    path.write_text(INPUT + conv("c", params="num_output: 4 kernel_size: 3 hole_size: 2"))
+    assert main(["check", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "output backbone: 4x6x6" in out
+    assert err.startswith(
+        f"{path}:8:52: warning: layer 'c' (Convolution): mtsc does not know "
+        "convolution_param.hole_size and ignored it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "dilation", "shape"),
+    [
+        # 8 pixels; a kernel of 3 dilated by d spans 2 * d + 1 of them.
+        ("hole: 2", (2, 2), (4, 4, 4)),
+        ("hole: 1", (1, 1), (4, 6, 6)),
+        ("hole_h: 3 hole_w: 1", (3, 1), (4, 2, 6)),
+        ("dilation: 2", (2, 2), (4, 4, 4)),
+    ],
+)
+def test_deeplab_hole_is_the_dilation(params, dilation, shape):
+    text = INPUT + conv("c", params=f"num_output: 4 kernel_size: 3 {params}")
+    imported = import_text(text, "n.prototxt")
+    out = imported.graph.node(imported.graph.outputs["backbone"])
+    assert (out.attrs["dilation"], out.shape, imported.warnings) == (dilation, shape, ())
 
 
 def test_fusion_needs_a_bias_and_a_batchnorm_read_only_by_the_scale():
