@@ -1,9 +1,9 @@
 """Caffe layer types -> IR ops: one converter per supported type, in one table.
 
-A converter reads a layer's parameters and its inputs' shapes and returns the IR steps that
-compute it (usually one op; InnerProduct on a feature map is flatten + linear). It raises
-`MtscError` at the field at fault for what mtsc cannot express; the importer adds the
-nodes, and the op registry checks attributes and shapes.
+A converter reads a layer's parameters and its inputs' shapes (Caffe's, per sample) and returns
+the IR steps that compute it (usually one op; InnerProduct on a feature map is flatten + linear,
+Axpy is mul + add). It raises `MtscError` at the field at fault for what mtsc cannot express;
+the importer adds the nodes, and the op registry checks attributes and shapes.
 """
 
 from __future__ import annotations
@@ -38,11 +38,17 @@ class Layer:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One IR op of a converted layer; `suffix` extends the layer name for helper ops."""
+    """One IR op of a converted layer; `suffix` extends the layer name for helper ops.
+
+    `inputs` picks the layer's bottoms the op reads, by position; a later step reads them after
+    the previous step's output. None: the first step reads every bottom, a later one only the
+    previous step's output.
+    """
 
     op: Op
     attrs: dict[str, Any] = field(default_factory=dict)
     suffix: str = ""
+    inputs: tuple[int, ...] | None = None
 
 
 Converter = Callable[[Layer, Sequence[Shape]], list[Step]]
@@ -197,17 +203,73 @@ def bn(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
 def scale(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     p = _params(layer)
     if len(ins) == 2:
-        raise layer.error(
-            "scaling by a second bottom (as squeeze-and-excitation blocks do) is not "
-            "supported: mtsc multiplies only blobs of the same shape",
-            "bottom",
-            1,
-        )
+        return _scale_by_blob(layer, ins[0], ins[1])
     if p.axis != 1 or p.num_axes != 1:
         raise layer.error(
             "only a per-channel scale (axis: 1, num_axes: 1) is supported", "scale_param"
         )
     return [Step(Op.SCALE, {"bias": p.bias_term})]
+
+
+def _shown(shape: Shape) -> str:
+    return " x ".join(["N", *map(str, shape)])
+
+
+def _scale_by_blob(layer: Layer, x: Shape, s: Shape) -> list[Step]:
+    """Caffe's Scale by a second bottom: its axes must equal bottom 0's from `axis` on, and it
+    is broadcast over the rest. Squeeze-and-excitation blocks (SE-BN-Inception) reshape their
+    N x C x 1 x 1 gate to N x C and scale with axis 0: a per-channel gate, the IR's mul. (With
+    per-sample shapes C x H x W or F, the only other match is a blob of the same shape.)"""
+    p = _params(layer)
+    rank = len(x) + 1
+    axis = p.axis + rank if p.axis < 0 else p.axis
+    if axis != 0:
+        raise layer.error(
+            f"the second bottom ({_shown(s)}) starts with the batch axis, which Caffe lines up "
+            f"with bottom 0's axis {p.axis} ({_shown(x)}); a per-channel gate needs axis: 0",
+            "scale_param",
+        )
+    if x[: len(s)] != s:
+        hint = ""
+        if len(s) == 3 and s[1:] == (1, 1) and s[0] == x[0]:
+            hint = (
+                "; for a per-channel gate, reshape it to N x C first (reshape_param "
+                "{ shape { dim: 0 dim: 0 } }), as SE-BN-Inception does"
+            )
+        raise layer.error(
+            f"Caffe cannot scale {_shown(x)} by {_shown(s)}: with axis 0 the second bottom's "
+            f"shape must begin bottom 0's{hint}",
+            "bottom",
+            1,
+        )
+    if p.bias_term:
+        raise layer.error(
+            "bias_term with a second bottom learns a bias shaped like that bottom "
+            f"({_shown(s)}), batch axis included; mtsc cannot express it (set bias_term: "
+            "false and add the bias with a layer of its own)",
+            "scale_param",
+        )
+    return [Step(Op.MUL)]
+
+
+def axpy(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    """SENet's Axpy (hujie-frank/SENet): a * x + y, with a per-channel gate `a` (N x C x 1 x 1
+    or N x C) and x, y of one shape: the gated branch plus the shortcut of SE-ResNet blocks."""
+    a, x, y = ins
+    if x != y:
+        raise layer.error(
+            f"x ({_shown(x)}) and y ({_shown(y)}), the second and third bottoms, must have "
+            "the same shape",
+            "bottom",
+            2,
+        )
+    if a[0] != x[0] or (len(a) == 3 and a[1:] != (1, 1)) or len(a) not in (1, 3):
+        raise layer.error(
+            f"the first bottom ({_shown(a)}) must be a gate of N x {x[0]} x 1 x 1 or "
+            f"N x {x[0]}, one value per channel of x ({_shown(x)})",
+            "bottom",
+        )
+    return [Step(Op.MUL, suffix=".scale", inputs=(1, 0)), Step(Op.ADD, inputs=(2,))]
 
 
 def relu(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
@@ -380,6 +442,7 @@ def lrn(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
 
 # The types the importer converts; Input and Softmax are handled by the importer itself.
 CONVERTERS: dict[str, Converter] = {
+    "Axpy": axpy,
     "BN": bn,
     "BatchNorm": batch_norm,
     "Concat": concat,
@@ -403,8 +466,13 @@ SUPPORTED_TYPES = tuple(sorted({*CONVERTERS, "Input", "Softmax"}))
 BOTTOMS: dict[str, tuple[int, int | None]] = {
     "Eltwise": (2, None),
     "Concat": (2, None),
-    "Scale": (1, 2),  # the second is refused with a message of its own
+    "Axpy": (3, 3),
+    "Scale": (1, 2),
 }
+
+# Per-channel gates, by type: (the gate's bottom, the gated bottom). The importer reads an N x C
+# gate reshaped from N x C x 1 x 1 as the C x 1 x 1 blob it came from (the IR's mul takes that).
+GATES: dict[str, tuple[int, int]] = {"Axpy": (0, 1), "Scale": (1, 0)}
 
 # Caffe's first format names types with an enum; these are the supported ones.
 V1_TYPES = {

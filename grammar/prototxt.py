@@ -7,8 +7,9 @@
    in-place layers and layers writing a top again need nothing special.
 5. Choose the backbone output: `output` (a blob name) if given, else the one blob no layer
    reads, a final Softmax dropped.
-6. Convert the layers that output needs, in file order, fusing BatchNorm + Scale pairs; what
-   it does not need is left out and listed in the notes. Unknown fields that a converted
+6. Convert the layers that output needs, in file order, fusing BatchNorm + Scale pairs and
+   reading a squeeze-and-excitation gate reshaped to N x C as the N x C x 1 x 1 blob it was;
+   what it does not need is left out and listed in the notes. Unknown fields that a converted
    layer may depend on (in its parameter block) are warnings, located by the scan.
 
 Node names are layer names (input nodes are named after their blob); every node's `loc` is its
@@ -27,10 +28,12 @@ from mtsc.fsutil import read_model
 from mtsc.grammar.caffe_layers import (
     BOTTOMS,
     CONVERTERS,
+    GATES,
     PARAM_FIELDS,
     SUPPORTED_TYPES,
     V1_TYPES,
     Layer,
+    Step,
     is_quiet,
 )
 from mtsc.grammar.proto_schema import message_class
@@ -380,6 +383,8 @@ class _Builder:
         self.out = out
         self.needed = needed
         self.node_of: dict[int, int] = {}  # value -> the node computing it
+        # Gates reshaped to N x C that the IR keeps as C x 1 x 1: value -> (Caffe's shape, note)
+        self.views: dict[int, tuple[Shape, str]] = {}
         self.names: dict[str, Span | None] = {}
         self.readers: dict[int, list[int]] = {}  # value -> the needed layers reading it
         for i, reads in enumerate(flow.reads):
@@ -424,13 +429,31 @@ class _Builder:
                     "top",
                     t,
                 )
-        ins = [self.node_of[v] for v in self.flow.reads[layer.index]]
+        reads = self.flow.reads[layer.index]
+        ins = [self.node_of[v] for v in reads]
         fused = self._fuse_scale(layer, ins)
         if fused is not None:
             self.node_of[writes[0]] = fused
             return
-        shapes = [self.graph.node(n).shape for n in ins]
-        for step in CONVERTERS[layer.type](layer, shapes):
+        caffe_shapes = [self.views[v][0] if v in self.views else self._shape(v) for v in reads]
+        steps = CONVERTERS[layer.type](layer, caffe_shapes)
+        if self._is_gate_view(layer, steps):
+            channels = self.graph.node(ins[0]).shape[0]
+            note = (
+                f"{layer.name}: {layer.type} of the gate {layer.bottoms[0]!r} to N x {channels} "
+                f"left out; mul reads it as N x {channels} x 1 x 1"
+            )
+            self.views[writes[0]] = ((channels,), note)
+            self.node_of[writes[0]] = ins[0]
+            return
+        self._check_gate(layer)
+        notes = [self.views[v][1] for v in dict.fromkeys(reads) if v in self.views]
+        last: int | None = None
+        for step in steps:
+            picked = ins if step.inputs is None else [ins[k] for k in step.inputs]
+            if last is not None:
+                picked = [last] if step.inputs is None else [last, *picked]
+            shapes = [self.graph.node(n).shape for n in picked]
             name = layer.name + step.suffix
             try:
                 attrs = spec_of(step.op).normalize(step.attrs)
@@ -439,9 +462,50 @@ class _Builder:
                 raise layer.error(str(err)) from None
             self._claim(name, layer.block.field_span("name"))
             meta = {"var": layer.tops[0]}
+            if notes and last is None:
+                meta["note"] = "; ".join(notes)
             node = Node(step.op, name, attrs, shape, layer.block.span, meta=meta)
-            ins, shapes = [self.graph.add(node, ins)], [shape]
-        self.node_of[writes[0]] = ins[0]
+            last = self.graph.add(node, picked)
+        self.node_of[writes[0]] = last
+
+    def _shape(self, v: int) -> Shape:
+        return self.graph.node(self.node_of[v]).shape
+
+    def _is_gate_view(self, layer: Layer, steps: list[Step]) -> bool:
+        """A flatten of N x C x 1 x 1 to N x C that only gates read (SE-BN-Inception reshapes
+        its gate for Scale): the IR's mul takes the C x 1 x 1 blob, so no op is needed."""
+        v = self.flow.writes[layer.index][0]
+        readers = self.readers.get(v, [])
+        if [s.op for s in steps] != [Op.FLATTEN] or v == self.out or not readers:
+            return False
+        source = self._shape(self.flow.reads[layer.index][0])
+        if len(source) != 3 or source[1:] != (1, 1):
+            return False
+        for r in readers:
+            reader = self.layers[r]
+            uses = [k for k, read in enumerate(self.flow.reads[r]) if read == v]
+            if reader.type not in GATES or uses != [GATES[reader.type][0]]:
+                return False
+        return True
+
+    def _check_gate(self, layer: Layer) -> None:
+        """A flat N x C gate of a feature map (an InnerProduct's) has no C x 1 x 1 form in the
+        IR; say so rather than the mul's shape error."""
+        if layer.type not in GATES:
+            return
+        reads = self.flow.reads[layer.index]
+        k, gated = GATES[layer.type]
+        if k >= len(reads) or reads[k] in self.views:
+            return
+        gate = self._shape(reads[k])
+        if len(gate) == 1 and len(self._shape(reads[gated])) == 3:
+            raise layer.error(
+                f"the gate {layer.bottoms[k]!r} is a flat N x {gate[0]} blob; mtsc multiplies a "
+                "feature map only by an N x C x 1 x 1 gate, or one reshaped from it to N x C "
+                "(compute the excitation with 1x1 convolutions)",
+                "bottom",
+                k,
+            )
 
     def _check_supported(self, layer: Layer) -> None:
         if layer.type == "Softmax":
@@ -479,7 +543,7 @@ class _Builder:
         if layer.type != "Scale":
             return None
         p = layer.param.scale_param
-        if not p.bias_term or p.axis != 1 or p.num_axes != 1:
+        if len(ins) != 1 or not p.bias_term or p.axis != 1 or p.num_axes != 1:
             return None
         v = self.flow.reads[layer.index][0]
         producer = self.flow.values[v].layer

@@ -28,6 +28,7 @@ from mtsc.grammar.prototxt import SCHEMA, import_prototxt, import_text
 from mtsc.ir.errors import InternalError, MtscError
 from mtsc.ir.graph import Graph
 from mtsc.ir.ops import Op
+from mtsc.ir.stats import summarize
 from mtsc.ir.verify import verify
 
 FIXTURES = Path(__file__).parent / "fixtures" / "prototxt"
@@ -56,6 +57,8 @@ FIXTURE_SHAPES = {
     # See the comments in the fixture: 21 -> max 3/2 p1: 11 -> conv 3 hole 2 p2: 11
     # -> conv 3 with hole_h 2, hole_w 3: 7x5.
     "deeplab_v1": ((3, 21, 21), (10, 7, 5)),
+    # 12 -> conv 3/2 p1: 6 -> SE blocks keep 8x6x6 -> average 3/3: ceil(3/3) + 1 = 2 -> fc 5.
+    "se_blocks": ((3, 12, 12), (5,)),
 }
 # Shapes of named inner layers, by hand: they pin the rounding of each pooling layer.
 INNER_SHAPES = {
@@ -68,6 +71,15 @@ INNER_SHAPES = {
     "small_numeric": {"pool1": (8, 4, 4), "pool2": (16, 3, 3), "pool3": (16, 2, 2)},
     "fork_dialect": {"conv1/bn": (8, 15, 15), "pool1": (8, 7, 7), "pool2": (16, 4, 4)},
     "deeplab_v1": {"pool1": (8, 11, 11), "conv2": (16, 11, 11), "fc6": (32, 7, 5)},
+    "se_blocks": {
+        "res_pool": (8, 1, 1),
+        "res_prob": (8, 1, 1),
+        "res.scale": (8, 6, 6),
+        "res": (8, 6, 6),
+        "inc_prob": (8, 1, 1),
+        "inc_scale": (8, 6, 6),
+        "pool": (8, 2, 2),
+    },
 }
 
 
@@ -238,6 +250,35 @@ def test_caffe_batchnorm_alone_is_not_affine_and_reads_its_moving_average():
     assert small["leaky"].attrs == {"slope": 0.1}
 
 
+def test_squeeze_and_excitation_axpy_and_two_bottom_scale_are_mul_and_add():
+    imported = import_prototxt(fixture("se_blocks"))
+    g = imported.graph
+    named = nodes_by_name(g)
+
+    def inputs(name):
+        return [g.node(n).name for n in g.inputs(g.by_name()[name])]
+
+    # Axpy(gate, x, y) = gate * x + y: x * gate under a derived name, then + y as the layer.
+    assert named["res.scale"].op is Op.MUL and inputs("res.scale") == ["res_branch", "res_prob"]
+    assert named["res"].op is Op.ADD and inputs("res") == ["res.scale", "conv1/relu"]
+    assert named["res.scale"].meta["var"] == named["res"].meta["var"] == "res"
+    # The gate reshaped to N x 8 for Scale (axis 0) is read as the 8x1x1 blob it came from.
+    assert named["inc_scale"].op is Op.MUL and inputs("inc_scale") == ["inc/concat", "inc_prob"]
+    assert "inc_prob_reshape" not in named
+    assert named["inc_scale"].meta["note"] == (
+        "inc_prob_reshape: Reshape of the gate 'inc_up' to N x 8 left out; mul reads it as "
+        "N x 8 x 1 x 1"
+    )
+    assert named["conv1/bn"].attrs["affine"] is True  # still fused with conv1/scale
+    assert (imported.notes, imported.warnings) == (
+        ("Not imported: the backbone ends at blob 'fc', which does not need prob (Softmax).",),
+        (),
+    )
+    # By hand: conv1 216, bn 16, res_branch 584, down 18, up 24, inc 36 + 292, down 18, up 24,
+    # fc 32 * 5 + 5.
+    assert summarize(g).params == 1393
+
+
 def test_v1_layers_map_enum_types():
     g = import_prototxt(fixture("vgg_v1")).graph
     named = nodes_by_name(g)
@@ -361,6 +402,53 @@ def test_generated_backbone_matches_a_hand_written_reference(built):
         x = torch.randn(2, 3, 13, 11, generator=generator, dtype=torch.float64)
         out = model(x)
         expected = small_numeric_reference(params, x)
+    assert out.shape == (2, 5)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def se_blocks_reference(p: dict, x):
+    """The se_blocks network written by hand (float64): Axpy is gate * branch + shortcut, the
+    Scale multiplies each channel of the concatenation by its gate."""
+    import torch
+    import torch.nn.functional as F
+
+    def conv(name, y, **kw):
+        return F.conv2d(y, p[f"{name}.weight"], p.get(f"{name}.bias"), **kw)
+
+    def excite(name, y):
+        squeezed = y.mean(dim=(2, 3), keepdim=True)
+        return torch.sigmoid(conv(f"{name}_up", torch.relu(conv(f"{name}_down", squeezed))))
+
+    def ch(v):
+        return v.view(1, -1, 1, 1)
+
+    y = conv("conv1", x, stride=2, padding=1)
+    y = (y - ch(p["conv1_bn.running_mean"])) / torch.sqrt(ch(p["conv1_bn.running_var"]) + 1e-5)
+    shortcut = torch.relu(y * ch(p["conv1_bn.weight"]) + ch(p["conv1_bn.bias"]))
+    branch = conv("res_branch", shortcut, padding=1)
+    res = torch.relu(excite("res", branch) * branch + shortcut)
+    cat = torch.cat([conv("inc_1x1", res), conv("inc_3x3", res, padding=1)], dim=1)
+    gate = excite("inc", cat).flatten(1)  # N x C, as the Reshape makes it
+    out = cat * gate[:, :, None, None]
+    pooled = torch.from_numpy(caffe_pool(out.numpy(), 3, 3, 0, "ave"))
+    return pooled.flatten(1) @ p["fc.weight"].T + p["fc.bias"]
+
+
+def test_generated_se_backbone_matches_a_hand_written_reference(built):
+    import torch
+
+    model = built["se_blocks"].Backbone().double().eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for key, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.randn(tensor.shape, generator=generator, dtype=torch.float64))
+            if key.endswith("running_var"):
+                tensor.abs_().add_(0.5)
+        params = dict(model.state_dict())
+        x = torch.randn(2, 3, 12, 12, generator=generator, dtype=torch.float64)
+        out = model(x)
+        expected = se_blocks_reference(params, x)
     assert out.shape == (2, 5)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
@@ -591,6 +679,15 @@ def pool(name: str, params: str, bottom: str = "data") -> str:
     return layer(name, "Pooling", bottom, body=f"pooling_param {{ {params} }}")
 
 
+def gate_net(gate_layers: str) -> str:
+    """data 3x8x8, its global average `g` (3x1x1, a gate), then `gate_layers`."""
+    gap = layer("g", "Pooling", "data", body="pooling_param { pool: AVE global_pooling: true }")
+    return INPUT + gap + gate_layers
+
+
+# The gate reshaped to N x C, as SE-BN-Inception does.
+RESHAPED = layer("r", "Reshape", "g", body="reshape_param { shape { dim: 0 dim: 0 } }")
+
 # (text, --output, message, the text that the error's line holds)
 ERRORS = {
     "syntax": (
@@ -609,19 +706,19 @@ ERRORS = {
     "unsupported type": (
         INPUT + layer("s", "Slice", "data"),
         None,
-        "layer 's' (Slice): unsupported layer type 'Slice'; mtsc supports BN, BatchNorm, Concat, "
-        "Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, LRN, Pooling, ReLU, ReLU6, "
-        "Reshape, Scale, Sigmoid, Softmax, TanH (to import the network up to a blob before this "
-        "layer, use --output BLOB)",
+        "layer 's' (Slice): unsupported layer type 'Slice'; mtsc supports Axpy, BN, BatchNorm, "
+        "Concat, Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, LRN, Pooling, ReLU, "
+        "ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH (to import the network up to a blob "
+        "before this layer, use --output BLOB)",
         'type: "Slice"',
     ),
     "unsupported V1 type": (
         INPUT + 'layers { name: "l" type: SPLIT bottom: "data" top: "l" }',
         None,
-        "layer 'l' (SPLIT): unsupported layer type 'SPLIT'; mtsc supports BN, BatchNorm, Concat, "
-        "Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, LRN, Pooling, ReLU, ReLU6, "
-        "Reshape, Scale, Sigmoid, Softmax, TanH (to import the network up to a blob before this "
-        "layer, use --output BLOB)",
+        "layer 'l' (SPLIT): unsupported layer type 'SPLIT'; mtsc supports Axpy, BN, BatchNorm, "
+        "Concat, Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, LRN, Pooling, ReLU, "
+        "ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH (to import the network up to a blob "
+        "before this layer, use --output BLOB)",
         "type: SPLIT",
     ),
     "softmax inside": (
@@ -931,14 +1028,73 @@ ERRORS = {
         "layer 'p' (Pooling): give round_mode or ceil_mode, not both",
         "pooling_param",
     ),
-    "scale by a second bottom": (
-        INPUT
-        + layer("g", "Pooling", "data", body="pooling_param { pool: AVE global_pooling: true }")
-        + layer("s", "Scale", "data", "g", body="scale_param { axis: 0 }"),
+    "scale by a gate not reshaped": (
+        gate_net(layer("s", "Scale", "data", "g", body="scale_param { axis: 0 }")),
         None,
-        "layer 's' (Scale): scaling by a second bottom (as squeeze-and-excitation blocks do) is "
-        "not supported: mtsc multiplies only blobs of the same shape",
+        "layer 's' (Scale): Caffe cannot scale N x 3 x 8 x 8 by N x 3 x 1 x 1: with axis 0 the "
+        "second bottom's shape must begin bottom 0's; for a per-channel gate, reshape it to "
+        "N x C first (reshape_param { shape { dim: 0 dim: 0 } }), as SE-BN-Inception does",
         'bottom: "g"',
+    ),
+    "scale by a second bottom along axis 1": (
+        gate_net(RESHAPED + layer("s", "Scale", "data", "r")),
+        None,
+        "layer 's' (Scale): the second bottom (N x 3) starts with the batch axis, which Caffe "
+        "lines up with bottom 0's axis 1 (N x 3 x 8 x 8); a per-channel gate needs axis: 0",
+        'layer {\n  name: "s"',
+    ),
+    "scale by a second bottom with a bias": (
+        gate_net(
+            RESHAPED
+            + layer("s", "Scale", "data", "r", body="scale_param { axis: 0 bias_term: true }")
+        ),
+        None,
+        "layer 's' (Scale): bias_term with a second bottom learns a bias shaped like that "
+        "bottom (N x 3), batch axis included; mtsc cannot express it (set bias_term: false and "
+        "add the bias with a layer of its own)",
+        "scale_param",
+    ),
+    "scale by an inner product's gate": (
+        gate_net(
+            layer("fc", "InnerProduct", "g", body="inner_product_param { num_output: 3 }")
+            + layer("s", "Scale", "data", "fc", body="scale_param { axis: 0 }")
+        ),
+        None,
+        "layer 's' (Scale): the gate 'fc' is a flat N x 3 blob; mtsc multiplies a feature map "
+        "only by an N x C x 1 x 1 gate, or one reshaped from it to N x C (compute the "
+        "excitation with 1x1 convolutions)",
+        'bottom: "fc"',
+    ),
+    "axpy with x and y of different shapes": (
+        gate_net(conv("c") + layer("a", "Axpy", "g", "data", "c")),
+        None,
+        "layer 'a' (Axpy): x (N x 3 x 8 x 8) and y (N x 4 x 6 x 6), the second and third "
+        "bottoms, must have the same shape",
+        'bottom: "c"',
+    ),
+    "axpy with a gate of another size": (
+        INPUT + layer("a", "Axpy", "data", "data", "data"),
+        None,
+        "layer 'a' (Axpy): the first bottom (N x 3 x 8 x 8) must be a gate of N x 3 x 1 x 1 or "
+        "N x 3, one value per channel of x (N x 3 x 8 x 8)",
+        'bottom: "data"',
+    ),
+    "axpy with an inner product's gate": (
+        gate_net(
+            layer("fc", "InnerProduct", "g", body="inner_product_param { num_output: 3 }")
+            + layer("a", "Axpy", "fc", "data", "data")
+        ),
+        None,
+        "layer 'a' (Axpy): the gate 'fc' is a flat N x 3 blob; mtsc multiplies a feature map "
+        "only by an N x C x 1 x 1 gate, or one reshaped from it to N x C (compute the "
+        "excitation with 1x1 convolutions)",
+        'bottom: "fc"',
+    ),
+    "axpy with two bottoms": (
+        gate_net(layer("a", "Axpy", "g", "data")),
+        None,
+        "layer 'a' (Axpy): takes 3 bottom(s), got 2",
+        'bottom: "g"\n  bottom: "data"',
     ),
     "reshape keeping the spatial axes": (
         INPUT
@@ -1201,3 +1357,45 @@ def test_data_layers_and_pooling_masks_are_not_outputs():
     g = import_text(INPUT + masked + conv("c", "p"), "n.prototxt").graph
     assert [n.name for _, n in g.nodes()] == ["data", "p", "c"]
     assert g.node(g.outputs["backbone"]).shape == (4, 5, 5)  # 8 -> pool 2/1: 7 -> conv 3: 5
+
+
+@pytest.mark.parametrize(
+    "view",
+    [
+        layer("r", "Reshape", "g", body="reshape_param { shape { dim: 0 dim: -1 } }"),
+        layer("r", "Flatten", "g"),
+    ],
+)
+def test_a_gate_flattened_to_n_x_c_gates_scale_and_axpy(view):
+    scale = layer("s", "Scale", "data", "r", body="scale_param { axis: -4 }")
+    g = import_text(gate_net(view) + scale + layer("a", "Axpy", "r", "s", "data"), "n").graph
+    named = nodes_by_name(g)
+    assert "r" not in named
+    assert [g.node(n).name for n in g.inputs(g.by_name()["s"])] == ["data", "g"]
+    assert [g.node(n).name for n in g.inputs(g.by_name()["a.scale"])] == ["s", "g"]
+    assert named["s"].meta["note"].startswith("r: ")
+    assert named["a.scale"].meta["note"] == named["s"].meta["note"]
+    assert g.node(g.outputs["backbone"]).shape == (3, 8, 8)
+
+
+def test_scale_by_a_blob_of_the_same_shape_is_an_elementwise_mul():
+    scale = layer("s", "Scale", "data", "t", body="scale_param { axis: 0 }")
+    text = INPUT + layer("t", "TanH", "data") + scale
+    g = import_text(text, "n.prototxt").graph
+    out = g.node(g.outputs["backbone"])
+    assert (out.op, out.shape) == (Op.MUL, (3, 8, 8))
+
+
+def test_a_reshaped_gate_that_another_layer_reads_stays_flat_and_is_refused():
+    # fc reads the scaled map; `e` adds the N x 3 gate to it: r must exist as a flat blob.
+    scale = layer("s", "Scale", "data", "r", body="scale_param { axis: 0 }")
+    fc = layer("fc", "InnerProduct", "s", body="inner_product_param { num_output: 3 }")
+    text = gate_net(RESHAPED + scale + fc + layer("e", "Eltwise", "fc", "r"))
+    with pytest.raises(MtscError) as info:
+        import_text(text, "n.prototxt")
+    assert info.value.span.line == line_of(text, 'bottom: "r"')
+    assert info.value.message == (
+        "layer 's' (Scale): the gate 'r' is a flat N x 3 blob; mtsc multiplies a feature map "
+        "only by an N x C x 1 x 1 gate, or one reshaped from it to N x C (compute the "
+        "excitation with 1x1 convolutions)"
+    )
