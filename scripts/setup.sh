@@ -17,8 +17,17 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     elif command -v nvidia-smi >/dev/null 2>&1; then
         "$PY" -m pip install -q torch
     else
-        # Without CUDA, the CPU wheel; an unpinned torch would pull several GB of CUDA packages.
-        "$PY" -m pip install -q "torch==${MTSC_CPU_TORCH_VERSION:-2.13.0}"
+        # Without CUDA, the CPU wheel: PyPI's Linux torch wheel is the CUDA build, which pulls
+        # several GB of CUDA packages. A CPU wheel pip already finds locally (find-links) comes
+        # first, its dependencies after; else PyTorch's CPU index, whose "+cpu" build outranks
+        # PyPI's wheel of the same version.
+        TORCH="torch==${MTSC_CPU_TORCH_VERSION:-2.13.0}"
+        if "$PY" -m pip install -q --no-index --no-deps "$TORCH" 2>/dev/null; then
+            "$PY" -m pip install -q "$TORCH"
+        else
+            "$PY" -m pip install -q "$TORCH" \
+                --extra-index-url "${MTSC_CPU_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+        fi
     fi
 fi
 
