@@ -12,7 +12,7 @@ from mtsc.codegen.dot import emit_dot, emit_supermodel_dot
 from mtsc.codegen.torch_backbone import emit_backbone
 from mtsc.codegen.torch_supermodel import emit_supermodel
 from mtsc.errors import MtscError
-from mtsc.fsutil import check_not_a_folder, write_atomic
+from mtsc.fsutil import check_not_a_folder, remove_stale, write_atomic
 from mtsc.ir.graph import Graph
 from mtsc.ir.passes.eliminate_dead import eliminate_dead
 from mtsc.ir.passes.extract_backbone import extract_backbone
@@ -90,12 +90,19 @@ def load_supermodel(path: str | Path, options: RoutingOptions | None = None) -> 
     return run_pipeline(load(path), supermodel_pipeline(options or RoutingOptions()))
 
 
+BUILD_OUTPUTS = tuple(
+    f"{stem}{suffix}" for stem in ("backbone", "supermodel") for suffix in (".py", ".dot", ".svg")
+)
+"""Every file `build` may write to its folder."""
+
+
 @dataclass
 class BuildResult:
     graph: Graph
     summary: Summary
     supermodel: Graph | None = None
     written: list[Path] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -108,8 +115,9 @@ def build(
     output: str | None = None,
 ) -> BuildResult:
     """Compile a model. With `out_dir`, write backbone.py/.dot/.svg and, when the model has
-    tasks, supermodel.py/.dot/.svg. Every file is written whole or not at all. `output` cuts
-    a prototxt network at that blob."""
+    tasks, supermodel.py/.dot/.svg. Every file is written whole or not at all; then those of
+    `BUILD_OUTPUTS` not written this time (an earlier build's) are removed. `output` cuts a
+    prototxt network at that blob."""
     model = load(path, output=output)
     backbone = run_pipeline(model.copy(), BACKBONE_PIPELINE)
     result = BuildResult(backbone, summarize(backbone))
@@ -143,4 +151,5 @@ def build(
     unrendered = [out_dir / f"{stem}.dot" for stem, p in renders.items() if p is None]
     if render and unrendered:
         result.notes.append(how_to_render(*unrendered))
+    result.removed = remove_stale(out_dir, BUILD_OUTPUTS, result.written)
     return result

@@ -100,6 +100,26 @@ def _check_folder(folder: Path, failure: str, *, named: bool) -> None:
         return
 
 
+def remove_stale(folder: Path, names: Iterable[str], written: Iterable[Path]) -> list[Path]:
+    """Remove the files among `names` in `folder` that this run did not write: an earlier run's
+    outputs, which would not match the new ones. Only those names, never a folder; call it once
+    the new outputs are all written. Returns what was removed."""
+    folder, kept = Path(folder), {Path(p) for p in written}
+    removed = []
+    for name in names:
+        path = folder / name
+        if path in kept or not (path.is_file() or path.is_symlink()):
+            continue
+        try:
+            path.unlink()
+        except OSError as err:
+            raise MtscError(
+                None, f"cannot remove {path} of an earlier run: {err.strerror}"
+            ) from None
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def undone_on_failure(folder: Path, *, unless: str | None = None) -> Iterator[None]:
     """If the body raises, remove what it added to `folder`: the entries that were not there

@@ -93,6 +93,16 @@ def make_config(
     cls: type, toml_path: str | Path | None, overrides: dict[str, Any], *, quick: bool = False
 ) -> Any:
     """Defaults, then `--quick`, then the TOML file, then command-line overrides."""
+    config = cls(**given_values(cls, toml_path, overrides, quick=quick))
+    _check(config)
+    return config
+
+
+def given_values(
+    cls: type, toml_path: str | Path | None, overrides: dict[str, Any], *, quick: bool = False
+) -> dict[str, Any]:
+    """The values a command sets (`--quick`'s, then the TOML file's, then the overrides that
+    are not None), checked for names and types; the rest keep the defaults."""
     values: dict[str, Any] = dict(QUICK[cls]) if quick else {}
     if toml_path is not None:
         try:
@@ -109,9 +119,38 @@ def make_config(
             None, f"unknown config keys: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
     _check_types(cls, values)
+    return values
+
+
+def saved_config(cls: type, saved: dict[str, Any]) -> Any:
+    """The config a checkpoint holds (its `to_dict`); a key this version no longer has is
+    dropped, one it added keeps its default."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in saved.items() if k in known}
+    _check_types(cls, values)
     config = cls(**values)
     _check(config)
     return config
+
+
+def refuse_changed_settings(saved: dict[str, Any], given: dict[str, Any], where: Path) -> None:
+    """A resumed run keeps the settings it was started with: giving one again is fine, giving
+    it another value is refused, naming every such key."""
+    differ = [k for k in saved if k in given and given[k] != saved[k]]
+    if differ:
+        raise MtscError(
+            None,
+            f"--resume keeps the run's settings; these differ from {where}: "
+            + ", ".join(f"{k} ({_shown(saved[k])} there, {_shown(given[k])} here)" for k in differ),
+        )
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 def _check_types(cls: type, values: dict[str, Any]) -> None:

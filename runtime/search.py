@@ -78,6 +78,7 @@ class _Run:
     stage: str = "warmup"
     step: int = 0  # steps done in the current stage
     last_metrics: dict = field(default_factory=dict)
+    command: dict = field(default_factory=dict)  # the settings outside the config (--data)
 
 
 def tau_at(config: SearchConfig, step: int) -> float:
@@ -93,10 +94,12 @@ def search(
     *,
     resume: bool = False,
     progress: bool = True,
+    command: dict | None = None,
 ) -> SearchResult:
-    """Run (or resume) the whole search; returns the derived policy (also in policy.json)."""
+    """Run (or resume) the whole search; returns the derived policy (also in policy.json).
+    `command`: the command's settings outside `config`, saved in the checkpoint."""
     run_dir = Path(run_dir)
-    device, rank, world = start_run(model, config.seed)
+    device, rank, world = start_run(model, config.seed, config.amp)
     objective = TaskObjective(model.TASK_SPECS, train_set.info)
     weight_idx, policy_idx = split_held_out(len(train_set), config.held_out, config.seed)
     forward = model
@@ -137,10 +140,12 @@ def search(
         logger=RunLogger(run_dir, enabled=rank == 0),
         run_dir=run_dir,
         val_set=val_set,
+        command=dict(command or {}),
     )
     refuse_existing_run(run_dir, resume)
     if resume:
         _restore(run, run_dir / CHECKPOINT)
+        run.logger.rewind(STAGES, run.stage, run.step)
     try:
         if run.stage == "warmup":
             warmup(run, progress=progress)
@@ -270,6 +275,7 @@ def _checkpoint(run: _Run, *, policy: dict | None = None) -> None:
             "streams": {"weights": run.weights.state(), "held_out": run.held_out.state()},
             "rng": rng_state(),
             "config": run.config.to_dict(),
+            "command": run.command,
             "metrics": run.last_metrics,
         },
     )

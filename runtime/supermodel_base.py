@@ -179,6 +179,12 @@ class SupermodelBase(nn.Module):
             missing = [t for t in self.TASKS if t not in x]
             if missing:
                 raise ValueError(f"input dict lacks tasks {missing}; expected {list(self.TASKS)}")
+            if len({x[t].shape[0] for t in self.TASKS}) > 1:
+                got = ", ".join(f"{t} {x[t].shape[0]}" for t in self.TASKS)
+                raise ValueError(f"input batches must have one size; got {got}")
+            if len({x[t].shape for t in self.TASKS}) > 1:
+                got = ", ".join(f"{t} {tuple(x[t].shape)}" for t in self.TASKS)
+                raise ValueError(f"input batches must have one shape; got {got}")
             return torch.stack([x[t] for t in self.TASKS], dim=1).flatten(0, 1)
         return x.repeat_interleave(len(self.TASKS), dim=0)
 

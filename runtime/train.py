@@ -59,6 +59,10 @@ class _Train:
     stage: str = "train"
     step: int = 0
     last_metrics: dict = field(default_factory=dict)
+    command: dict = field(default_factory=dict)  # the settings outside the config (--data)
+
+
+STAGES = ("train", "done")
 
 
 def train(
@@ -70,10 +74,12 @@ def train(
     *,
     resume: bool = False,
     progress: bool = True,
+    command: dict | None = None,
 ) -> TrainResult:
-    """Train every weight of `model` (a generated MultiTaskModel) on all its tasks."""
+    """Train every weight of `model` (a generated MultiTaskModel) on all its tasks.
+    `command`: the command's settings outside `config`, saved in the checkpoint."""
     run_dir = Path(run_dir)
-    device, rank, world = start_run(model, config.seed)
+    device, rank, world = start_run(model, config.seed, config.amp)
     forward = DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -103,10 +109,12 @@ def train(
         RunLogger(run_dir, enabled=rank == 0),
         run_dir,
         val_set,
+        command=dict(command or {}),
     )
     refuse_existing_run(run_dir, resume)
     if resume:
         _restore(run, run_dir / CHECKPOINT)
+        run.logger.rewind(STAGES, run.stage, run.step)
     try:
         run_steps(run, config.steps, _step, _checkpoint, progress=progress)
     finally:
@@ -120,8 +128,8 @@ def _step(run: _Train) -> dict[str, float]:
     run.model.train()
     loss, losses = batch_loss(run, run.stream)
     run.optimizer.zero_grad(set_to_none=True)
-    optimizer_step(run, loss, run.optimizer)
-    run.schedule.step()
+    if optimizer_step(run, loss, run.optimizer):
+        run.schedule.step()
     return {**loss_logs(loss, losses), "lr": run.schedule.get_last_lr()[0]}
 
 
@@ -151,6 +159,7 @@ def _checkpoint(run: _Train) -> None:
             "stream": run.stream.state(),
             "rng": rng_state(),
             "config": run.config.to_dict(),
+            "command": run.command,
             "metrics": run.last_metrics,
         },
     )
@@ -167,7 +176,7 @@ def _restore(run: _Train, path: Path) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.schedule.load_state_dict(state["schedule"])
     restore_scaler(run, state)
-    run.step = state["step"]
+    run.stage, run.step = state.get("stage", "train"), state["step"]
     run.stream.restore(state["stream"])
     run.last_metrics = state.get("metrics", {})
     set_rng_state(state["rng"])

@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from mtsc.errors import MtscError
-from mtsc.runtime.checkpoint import save_checkpoint, seed_everything
+from mtsc.runtime.checkpoint import save_checkpoint, seed_everything, write_text_atomic
 from mtsc.runtime.losses import make_loss
 from mtsc.runtime.metrics import Metric, make_metric
 
@@ -217,13 +218,21 @@ def evaluate(
 CHECKPOINT = "last.pt"
 
 
-def start_run(model: torch.nn.Module, seed: int) -> tuple[torch.device, int, int]:
+def start_run(
+    model: torch.nn.Module, seed: int, amp: str | None = None
+) -> tuple[torch.device, int, int]:
     """Join the process group (under torchrun), seed every stream, move the model to its
     device; returns (device, rank, world size)."""
     device = init_distributed()
     seed_everything(seed)
     model.to(device)
-    return (device, *dist_info())
+    rank, world = dist_info()
+    if amp == "fp16" and device.type == "cpu" and rank == 0:
+        print(
+            "warning: fp16 autocast is slow on a CPU; bf16 is the CPU's mixed precision",
+            file=sys.stderr,
+        )
+    return device, rank, world
 
 
 def refuse_existing_run(run_dir: Path, resume: bool) -> None:
@@ -365,12 +374,15 @@ def grad_scaler(amp: str | None, device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
-def optimizer_step(run: Any, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+def optimizer_step(run: Any, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
     """Backward of `loss` and one step of `optimizer`, through the run's gradient scaler (a
-    step whose scaled gradients overflowed is skipped, and the scale shrinks)."""
+    step whose scaled gradients overflowed is skipped, and the scale shrinks). Whether the
+    optimizer stepped: a learning-rate schedule follows its steps, not the skipped ones."""
+    scale = run.scaler.get_scale() if run.scaler.is_enabled() else None
     run.scaler.scale(loss).backward()
     run.scaler.step(optimizer)
     run.scaler.update()
+    return scale is None or run.scaler.get_scale() >= scale
 
 
 def restore_scaler(run: Any, state: Mapping[str, Any]) -> None:
@@ -411,6 +423,27 @@ class RunLogger:
         if self._tb is not None:
             for key, value in _flatten(values).items():
                 self._tb.add_scalar(f"{stage}/{key}", value, step)
+
+    def rewind(self, stages: tuple[str, ...], stage: str, step: int) -> None:
+        """Drop the lines logged after step `step` of `stage` (`stages` in their order): a
+        resumed run redoes those steps, and logs each of them once. A line the kill cut off
+        goes too. TensorBoard's event files are left as they are."""
+        path = self.run_dir / "metrics.jsonl"
+        if not self.enabled or not path.exists():
+            return
+        order = {name: i for i, name in enumerate(stages)}
+        at = (order[stage], step)
+        kept = []
+        for line in path.read_text().splitlines(keepends=True):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not line.endswith("\n"):
+                continue
+            if (order.get(record.get("stage"), len(stages)), record.get("step", 0)) <= at:
+                kept.append(line)
+        write_text_atomic(path, "".join(kept))
 
     def close(self) -> None:
         if self._tb is not None:

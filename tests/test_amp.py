@@ -37,12 +37,12 @@ def test_an_fp16_step_whose_gradients_overflow_is_skipped_and_the_scale_shrinks(
     optimizer = torch.optim.SGD([weight], lr=0.1)
     run = scaled_run("fp16")
     scale = run.scaler.get_scale()
-    optimizer_step(run, (weight * 1e36).sum(), optimizer)  # times the scale: beyond float32
+    assert not optimizer_step(run, (weight * 1e36).sum(), optimizer)  # scaled: beyond float32
     assert torch.equal(weight.detach(), torch.ones(3))
     assert run.scaler.get_scale() == scale / 2
 
     optimizer.zero_grad()
-    optimizer_step(run, weight.sum(), optimizer)  # unscaled before the step: lr * 1
+    assert optimizer_step(run, weight.sum(), optimizer)  # unscaled before the step: lr * 1
     assert torch.allclose(weight.detach(), torch.full((3,), 0.9))
 
 

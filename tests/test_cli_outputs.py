@@ -1,7 +1,8 @@
 """What the commands leave behind and say when they fail: no half-written run or output folder,
 a `dot` that stops reading, a file where a folder should be, weights files that are not a
-supermodel's checkpoint, --resume with --out, heads that do not fit the data, and every file
-`mtsc train` and `mtsc search` write in their "wrote" line."""
+supermodel's checkpoint, --resume with --out, heads that do not fit the data, every file
+`mtsc train` and `mtsc search` write in their "wrote" line, and the outputs of an earlier build
+or prune that a new one removes."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import pytest
 import torch
 
 from mtsc.cli import main
+from mtsc.codegen.torch_supermodel import emit_supermodel
+from mtsc.driver import load_supermodel
 from mtsc.runtime.data import open_dataset
 
 MODEL = Path(__file__).parent / "models" / "two_tasks.mtl"
+NO_TASKS = Path(__file__).parent / "fixtures" / "prototxt" / "small_numeric.prototxt"
 TINY = MODEL.read_text()
 SEARCH = ["--set", "warmup_steps=1", "--set", "search_steps=1", "--no-progress"]
 TRAIN = ["--set", "steps=2", "--no-progress"]
@@ -398,3 +402,61 @@ def test_search_lists_every_file_it_wrote(tmp_path, model_file, config_file, cap
     stdout = capsys.readouterr().out
     assert stdout.splitlines()[-1] == "wrote " + ", ".join(str(run / n) for n in names)
     assert {p.name for p in run.iterdir() if p.is_file()} == set(names)
+
+
+# ---------------------------------------------------------------------- an earlier run's outputs
+
+
+def out_lines(args: list, capsys) -> list[str]:
+    """`mtsc ARGS` in this process, which must succeed: its stdout's lines."""
+    assert main([str(a) for a in args]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_a_build_removes_the_outputs_of_an_earlier_one_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "out"
+    out_lines(["build", MODEL, "-o", out, "--no-svg"], capsys)
+    for name in ("backbone.svg", "supermodel.svg", "notes.txt", "supermodel.txt"):
+        (out / name).write_text("an earlier build's, or the user's\n")
+    lines = out_lines(["build", NO_TASKS, "-o", out, "--no-svg"], capsys)
+    stale = ", ".join(str(out / n) for n in ("backbone.svg", "supermodel.py", "supermodel.dot"))
+    assert lines[-2:] == [
+        f"wrote {out / 'backbone.py'}, {out / 'backbone.dot'}",
+        f"removed {stale}, {out / 'supermodel.svg'} of an earlier build",
+    ]
+    names = ["backbone.dot", "backbone.py", "notes.txt", "supermodel.txt"]
+    assert sorted(p.name for p in out.iterdir()) == names
+    lines = out_lines(["build", NO_TASKS, "-o", out, "--no-svg"], capsys)
+    assert not lines[-1].startswith("removed")
+
+
+def test_a_failed_build_removes_nothing_of_an_earlier_one(tmp_path, run_mtsc):
+    out = tmp_path / "out"
+    assert run_mtsc("build", MODEL, "-o", out, "--no-svg").returncode == 0
+    proc = run_mtsc("build", NO_TASKS, "-o", out, env=fake_dot(tmp_path / "bin"))
+    fails(proc, f"error: dot failed to render {out / 'backbone.svg'}: dot: out of memory\n")
+    names = ["backbone.dot", "backbone.py", "supermodel.dot", "supermodel.py"]
+    assert sorted(p.name for p in out.iterdir()) == names
+
+
+def test_a_prune_removes_the_weights_and_picture_of_an_earlier_one(
+    tmp_path, capsys, load_generated
+):
+    sm = tmp_path / "supermodel.py"
+    sm.write_text(emit_supermodel(load_supermodel(MODEL), source_name=MODEL.name).text)
+    weights = tmp_path / "last.pt"
+    torch.save({"model": load_generated(sm).Supermodel().state_dict()}, weights)
+    out = tmp_path / "deploy"
+    out_lines(["prune", MODEL, "--policy", "shared", "--weights", weights, "-o", out], capsys)
+    (out / "model.svg").write_text("<svg/>\n")  # as if `dot` drew it
+    lines = out_lines(["prune", MODEL, "--policy", "specific", "-o", out, "--no-svg"], capsys)
+    assert lines[-3:] == [
+        "no --weights given: model.pt not written (the model starts from fresh weights)",
+        f"removed {out / 'model.pt'} of an earlier prune (no --weights given)",
+        f"removed {out / 'model.svg'} of an earlier prune (--no-svg given)",
+    ]
+    names = ["model.dot", "model.py", "policy.json", "report.txt"]
+    assert sorted(p.name for p in out.iterdir()) == names
+    args = ["prune", MODEL, "--policy", "specific", "-o", out, "--no-svg", "--json"]
+    assert main([str(a) for a in args]) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == []

@@ -564,7 +564,7 @@ def test_mtl_round_trip_of_a_dsl_model_keeps_sharing_and_tasks(tmp_path, example
     text = source.text
     assert "    @shared\n    stem_conv1: x = conv(image, 16, k=3, s=2, p=1)  # stem.conv1\n" in text
     assert (
-        "    segment: fcn(classes=7, width=32) loss=cross_entropy(ignore=255) metric=miou\n" in text
+        "    segment: fcn(classes=6, width=32) loss=cross_entropy(ignore=255) metric=miou\n" in text
     )
     path = tmp_path / "printed.mtl"
     path.write_text(text)

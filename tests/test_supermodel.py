@@ -585,6 +585,21 @@ def test_input_errors(mini) -> None:
         model.set_mode("soft")
 
 
+def test_dict_input_batches_must_match(mini) -> None:
+    model = random_model(mini)
+    _, *image = MINI_INPUT
+    sizes = {"segment": torch.randn(4, *image), "depth": torch.randn(2, *image)}
+    with pytest.raises(ValueError) as err:
+        model(sizes)
+    assert str(err.value) == "input batches must have one size; got segment 4, depth 2"
+    smaller = [s // 2 for s in image[1:]]
+    shapes = {"segment": torch.randn(2, *image), "depth": torch.randn(2, image[0], *smaller)}
+    with pytest.raises(ValueError) as err:
+        model(shapes)
+    got = f"segment {(2, *image)}, depth {(2, image[0], *smaller)}"
+    assert str(err.value) == f"input batches must have one shape; got {got}"
+
+
 def examples_with_backbone(examples_dir: Path) -> list[Path]:
     """Every example model (block libraries such as resnet_blocks.mtl have no backbone)."""
     return [p for p in sorted(examples_dir.glob("*.mtl")) if "\nbackbone {" in p.read_text()]
@@ -607,7 +622,7 @@ def test_every_example_builds_a_supermodel(examples_dir, tmp_path) -> None:
 def test_resnet_tiny_warmup_forward(tiny) -> None:
     model = tiny.supermodel.Supermodel().set_mode("warmup")
     out = model(torch.randn(TINY_INPUT))
-    classes = {"segment": 7, "depth": 1, "normal": 3}
+    classes = {"segment": 6, "depth": 1, "normal": 3}
     assert {t: tuple(v.shape) for t, v in out.items()} == {
         t: (2, c, 32, 32) for t, c in classes.items()
     }

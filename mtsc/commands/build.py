@@ -33,14 +33,21 @@ def run(args: argparse.Namespace) -> int:
             args.model, args.out, render=not args.no_svg, routing=routing, output=args.output
         )
     written = [str(p) for p in result.written]
+    removed = [str(p) for p in result.removed]
     extra = {} if result.supermodel is None else {"supermodel": supermodel_info(result.supermodel)}
     if args.json:
-        print(summary_json(result.summary, **extra, written=written, notes=result.notes))
+        print(
+            summary_json(
+                result.summary, **extra, written=written, removed=removed, notes=result.notes
+            )
+        )
     else:
         print(summary_text(result.summary))
         if extra:
             print(supermodel_text(extra["supermodel"]))
         print(f"wrote {', '.join(written)}")
+        if removed:
+            print(f"removed {', '.join(removed)} of an earlier build")
         for note in result.notes:
             print(note)
     sys.stdout.flush()

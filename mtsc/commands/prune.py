@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from mtsc.fsutil import (
         check_output_files,
         check_output_folder,
+        remove_stale,
         undone_on_failure,
         write_atomic,
     )
@@ -59,8 +60,11 @@ def run(args: argparse.Namespace) -> int:
             write_atomic(out / name, data)
         if proc is not None:
             finish_render(proc, out / "model.svg")
+    # an earlier prune's weights or picture would not match this model
+    removed = remove_stale(out, ("model.pt", "model.svg"), written)
     if args.json:
-        print(json.dumps({**report.__dict__, "written": [str(p) for p in written]}, indent=2))
+        listed = {"written": [str(p) for p in written], "removed": [str(p) for p in removed]}
+        print(json.dumps({**report.__dict__, **listed}, indent=2))
     else:
         print(report_table(report, extremes))
         print(f"wrote {', '.join(map(str, written))}")
@@ -68,7 +72,16 @@ def run(args: argparse.Namespace) -> int:
             print(how_to_render(out / "model.dot"))
         if not args.weights:
             print("no --weights given: model.pt not written (the model starts from fresh weights)")
+        for path in removed:
+            print(f"removed {path} of an earlier prune ({why_not_written(path.name, args)})")
     return 0
+
+
+def why_not_written(name: str, args: argparse.Namespace) -> str:
+    """Why this prune did not write model.pt or model.svg."""
+    if name == "model.pt":
+        return "no --weights given"
+    return "--no-svg given" if args.no_svg else "graphviz's `dot` is not installed"
 
 
 def deployed_weights(pruned, checkpoint: str) -> bytes:

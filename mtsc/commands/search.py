@@ -18,9 +18,13 @@ SEARCH_FILES = ("supermodel.py", "policy.json", "policy.txt", "last.pt", "metric
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search the sharing policy of a model's supermodel")
     p.add_argument("model", help="a .mtl (or .prototxt) model with a tasks section")
-    p.add_argument("--data", default="shapes", help="shapes | nyuv2:PATH | cityscapes:PATH")
+    add_data_option(p)
     p.add_argument("--out", help="run folder (policy.json, last.pt, metrics.jsonl)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR after a crash")
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR after a crash, with the settings it was started with",
+    )
     p.add_argument("--config", help="TOML file of SearchConfig values")
     p.add_argument("--quick", action="store_true", help="a short but complete search")
     p.add_argument("--budget", type=float, help="target size, a fraction of all-specific")
@@ -33,9 +37,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--amp", choices=("bf16", "fp16"), help="mixed precision (autocast; fp16 with loss scaling)"
     )
-    p.add_argument("--share-bn", action="store_true", help="share batchnorm across tasks")
+    # default None: a resumed run tells "not given" (the run's own) from "given"
+    p.add_argument(
+        "--share-bn", action="store_true", default=None, help="share batchnorm across tasks"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_set_option(p, "warmup_steps=100")
+
+
+def add_data_option(p: argparse.ArgumentParser) -> None:
+    # default None, meaning shapes: a resumed run tells "not given" (the run's own) from "given"
+    p.add_argument("--data", help="shapes (the default) | nyuv2:PATH | cityscapes:PATH")
 
 
 def add_set_option(p: argparse.ArgumentParser, example: str) -> None:
@@ -87,6 +99,50 @@ def run_folder(args: argparse.Namespace) -> Path:
     return run_dir
 
 
+# The settings of a run outside its config, saved in its checkpoint as "command"; None is
+# "not given" (a fresh run takes these defaults, a resumed one its own).
+COMMAND_DEFAULTS = {"data": "shapes", "share_bn": False}
+COMMAND_OPTIONS = {"data": "--data", "share_bn": "--share-bn"}
+
+
+def run_settings(
+    cls: type, args: argparse.Namespace, overrides: dict, command: dict
+) -> tuple[object, dict]:
+    """The run's config and command settings (`COMMAND_DEFAULTS`' keys). A fresh run takes
+    them from the command line; a resumed one keeps those it was started with, saved in its
+    checkpoint, and a value given again must be the same. None is allowed to differ: a
+    setting that cannot change the results (num_workers, say) would still be one more rule
+    to learn, and a resume that continues exactly the run it says is the simple one."""
+    from mtsc.runtime.checkpoint import load_checkpoint
+    from mtsc.runtime.config import (
+        given_values,
+        make_config,
+        refuse_changed_settings,
+        saved_config,
+    )
+    from mtsc.runtime.trainer import CHECKPOINT
+
+    given_command = {k: v for k, v in command.items() if v is not None}
+    if not args.resume:
+        config = make_config(cls, args.config, overrides, quick=args.quick)
+        return config, {**COMMAND_DEFAULTS, **given_command}
+    given = given_values(cls, args.config, overrides, quick=args.quick)
+    path = Path(args.resume) / CHECKPOINT
+    state = load_checkpoint(path)
+    saved = saved_config(cls, state.get("config") or {})
+    # a checkpoint from before the command settings were saved: the command line's, or defaults
+    saved_command = {**COMMAND_DEFAULTS, **given_command, **(state.get("command") or {})}
+    refuse_changed_settings(
+        {
+            **saved.to_dict(),
+            **{COMMAND_OPTIONS[k]: v for k, v in saved_command.items()},
+        },
+        {**given, **{COMMAND_OPTIONS[k]: v for k, v in given_command.items()}},
+        path,
+    )
+    return saved, saved_command
+
+
 def undone_unless_resumable(run_dir: Path, resume: bool):
     """A fresh run that fails before its first checkpoint leaves nothing in its folder (a
     retry would find a half run there); a resumed one, or one with a checkpoint, stays."""
@@ -106,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     from mtsc.api import import_generated, write_supermodel
     from mtsc.fsutil import check_output_files
     from mtsc.runtime.checkpoint import seed_everything
-    from mtsc.runtime.config import SearchConfig, make_config
+    from mtsc.runtime.config import SearchConfig
     from mtsc.runtime.data import open_dataset
     from mtsc.runtime.search import policy_table
     from mtsc.runtime.search import search as run_search
@@ -123,7 +179,9 @@ def run(args: argparse.Namespace) -> int:
         "amp": args.amp,
         **parse_sets(args.set),
     }
-    config = make_config(SearchConfig, args.config, overrides, quick=args.quick)
+    config, command = run_settings(
+        SearchConfig, args, overrides, {"data": args.data, "share_bn": args.share_bn}
+    )
     init_distributed()
     rank, _ = dist_info()
     check_output_files(run_dir / name for name in SEARCH_FILES)
@@ -133,15 +191,15 @@ def run(args: argparse.Namespace) -> int:
         path = run_dir / "supermodel.py"
         if rank == 0:
             path = write_supermodel(
-                args.model, run_dir, share_bn=args.share_bn, check_existing=bool(args.resume)
+                args.model, run_dir, share_bn=command["share_bn"], check_existing=bool(args.resume)
             )
         barrier()
         seed_everything(config.seed)  # torch's default seed is random: the weights need one
         supermodel = import_generated(path, "mtsc_run_supermodel").Supermodel()
         data = dict(config.data)
-        train_set = open_dataset(args.data, "train", **data)
-        val_set = open_dataset(args.data, "val", **data)
-        check_heads_fit_data(supermodel.TASK_SPECS, train_set.info, args.data)
+        train_set = open_dataset(command["data"], "train", **data)
+        val_set = open_dataset(command["data"], "val", **data)
+        check_heads_fit_data(supermodel.TASK_SPECS, train_set.info, command["data"])
         result = run_search(
             supermodel,
             train_set,
@@ -150,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
             run_dir,
             resume=bool(args.resume),
             progress=not args.no_progress,
+            command=command,
         )
     if dist_info()[0] == 0:
         print(policy_table(supermodel, result.policy), end="")

@@ -7,10 +7,12 @@ import argparse
 from pathlib import Path
 
 from mtsc.commands.search import (
+    add_data_option,
     add_set_option,
     parse_sets,
     print_written,
     run_folder,
+    run_settings,
     undone_unless_resumable,
 )
 
@@ -22,10 +24,17 @@ TRAIN_FILES = ("model.py", "model.pt", "last.pt", "metrics.jsonl", "eval.json", 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the pruned multi-task model of a policy")
     p.add_argument("model", help="a .mtl (or .prototxt) model with a tasks section")
-    p.add_argument("--policy", required=True, help="policy.json, or `shared` / `specific`")
-    p.add_argument("--data", default="shapes", help="shapes | nyuv2:PATH | cityscapes:PATH")
+    p.add_argument(
+        "--policy",
+        help="policy.json, or `shared` / `specific` (a resumed run: its own policy.json)",
+    )
+    add_data_option(p)
     p.add_argument("--out", help="run folder (model.py, model.pt, last.pt, metrics.jsonl)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR, with the settings it was started with",
+    )
     p.add_argument("--weights", help="start from this supermodel checkpoint's weights")
     p.add_argument("--config", help="TOML file of TrainConfig values")
     p.add_argument("--quick", action="store_true", help="a short run, for smoke tests")
@@ -33,35 +42,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--amp", choices=("bf16", "fp16"), help="mixed precision (autocast; fp16 with loss scaling)"
     )
-    p.add_argument("--share-bn", action="store_true", help="the supermodel shares batchnorm")
+    # default None: a resumed run tells "not given" (the run's own) from "given"
+    p.add_argument(
+        "--share-bn", action="store_true", default=None, help="the supermodel shares batchnorm"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_set_option(p, "steps=100")
 
 
 def run(args: argparse.Namespace) -> int:
+    from mtsc.errors import MtscError
     from mtsc.fsutil import check_output_files
-    from mtsc.runtime.config import TrainConfig, make_config
+    from mtsc.runtime.config import TrainConfig
     from mtsc.runtime.trainer import metrics_line
 
     run_dir = run_folder(args)
-    config = make_config(
+    config, command = run_settings(
         TrainConfig,
-        args.config,
+        args,
         {"seed": args.seed, "amp": args.amp, **parse_sets(args.set)},
-        quick=args.quick,
+        {"data": args.data, "share_bn": args.share_bn},
     )
+    policy = args.policy
+    if policy is None:
+        if not args.resume:
+            raise MtscError(
+                None, "give the policy to train: --policy policy.json (or shared / specific)"
+            )
+        policy = str(run_dir / "policy.json")
+        if not Path(policy).is_file():
+            raise MtscError(None, f"{policy} does not exist: give the run's --policy")
     check_output_files(run_dir / name for name in TRAIN_FILES)
     with undone_unless_resumable(run_dir, bool(args.resume)):
         result = train_pruned(
             args.model,
-            args.policy,
-            args.data,
+            policy,
+            command["data"],
             run_dir,
             config,
             weights=args.weights,
-            share_bn=args.share_bn,
+            share_bn=command["share_bn"],
             resume=bool(args.resume),
             progress=not args.no_progress,
+            command=command,
         )
     print(f"validation: {metrics_line(result['metrics'])}")
     print_written(run_dir, TRAIN_FILES)
@@ -79,6 +102,7 @@ def train_pruned(
     share_bn: bool = False,
     resume: bool = False,
     progress: bool = True,
+    command: dict | None = None,
 ) -> dict:
     """Prune, write model.py, train, write model.pt and eval.json; returns metrics and sizes."""
     import io
@@ -104,6 +128,8 @@ def train_pruned(
     if weights is not None and not resume:
         start = carry_weights(pruned, read_checkpoint(weights, pruned.supermodel))
     refuse_existing_run(run_dir, resume)  # before model.py is written over the run's
+    if resume:
+        check_same_policy(run_dir / "policy.json", pruned.policy, policy)
     write_atomic(run_dir / "model.py", source)
     write_atomic(run_dir / "policy.json", json.dumps(pruned.policy, indent=2) + "\n")
     module = import_generated(run_dir / "model.py", f"mtsc_pruned_{abs(hash(str(run_dir)))}")
@@ -115,7 +141,9 @@ def train_pruned(
     train_set = open_dataset(data, "train", **data_options)
     val_set = open_dataset(data, "val", **data_options)
     check_heads_fit_data(net.TASK_SPECS, train_set.info, data)
-    result = train(net, train_set, val_set, config, run_dir, resume=resume, progress=progress)
+    result = train(
+        net, train_set, val_set, config, run_dir, resume=resume, progress=progress, command=command
+    )
     buffer = io.BytesIO()
     torch.save(net.state_dict(), buffer)
     write_atomic(run_dir / "model.pt", buffer.getvalue())
@@ -128,3 +156,17 @@ def train_pruned(
     }
     write_atomic(run_dir / "eval.json", json.dumps(summary, indent=2) + "\n")
     return {**summary, "net": net, "pruned": pruned}
+
+
+def check_same_policy(path: Path, policy: dict, given) -> None:
+    """A resumed training keeps its policy: --policy, given again, must be the run's."""
+    import json
+
+    from mtsc.errors import MtscError
+
+    if Path(str(given)).resolve() == path.resolve() or not path.is_file():
+        return
+    if json.loads(path.read_text()) != json.loads(json.dumps(policy)):
+        raise MtscError(
+            None, f"--resume keeps the run's policy; --policy {given} differs from {path}"
+        )
