@@ -387,25 +387,6 @@ def small_numeric_reference(p: dict, x):
     return pooled.flatten(1) @ p["fc.weight"].T + p["fc.bias"]
 
 
-def test_generated_backbone_matches_a_hand_written_reference(built):
-    import torch
-
-    model = built["small_numeric"].Backbone().double().eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for key, tensor in model.state_dict().items():
-            if tensor.is_floating_point():
-                tensor.copy_(torch.randn(tensor.shape, generator=generator, dtype=torch.float64))
-            if key.endswith("running_var"):
-                tensor.abs_().add_(0.5)
-        params = dict(model.state_dict())
-        x = torch.randn(2, 3, 13, 11, generator=generator, dtype=torch.float64)
-        out = model(x)
-        expected = small_numeric_reference(params, x)
-    assert out.shape == (2, 5)
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
-
-
 def se_blocks_reference(p: dict, x):
     """The se_blocks network written by hand (float64): Axpy is gate * branch + shortcut, the
     Scale multiplies each channel of the concatenation by its gate."""
@@ -434,10 +415,19 @@ def se_blocks_reference(p: dict, x):
     return pooled.flatten(1) @ p["fc.weight"].T + p["fc.bias"]
 
 
-def test_generated_se_backbone_matches_a_hand_written_reference(built):
+# fixture: (its hand-written reference, the input's size)
+REFERENCES = {
+    "small_numeric": (small_numeric_reference, (13, 11)),
+    "se_blocks": (se_blocks_reference, (12, 12)),
+}
+
+
+@pytest.mark.parametrize("fixture", sorted(REFERENCES))
+def test_generated_backbone_matches_a_hand_written_reference(built, fixture):
     import torch
 
-    model = built["se_blocks"].Backbone().double().eval()
+    reference, size = REFERENCES[fixture]
+    model = built[fixture].Backbone().double().eval()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for key, tensor in model.state_dict().items():
@@ -446,9 +436,9 @@ def test_generated_se_backbone_matches_a_hand_written_reference(built):
             if key.endswith("running_var"):
                 tensor.abs_().add_(0.5)
         params = dict(model.state_dict())
-        x = torch.randn(2, 3, 12, 12, generator=generator, dtype=torch.float64)
+        x = torch.randn(2, 3, *size, generator=generator, dtype=torch.float64)
         out = model(x)
-        expected = se_blocks_reference(params, x)
+        expected = reference(params, x)
     assert out.shape == (2, 5)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
