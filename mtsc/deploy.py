@@ -104,7 +104,8 @@ def supermodel_baselines(sm: Graph) -> dict[str, SizeReport]:
 def report_table(report: SizeReport, extremes: dict[str, SizeReport]) -> str:
     from mtsc.report import human
 
-    lines = [f"{'':<14}{'params':>12}{'MACs':>12}"]
+    # A task's row is what `forward_task` runs for it, the ops it shares included: rows overlap.
+    lines = [f"{'':<14}{'params':>12}{'MACs':>12}   (per task: its path, shared ops included)"]
     for task in report.tasks:
         lines.append(
             f"{task:<14}{human(report.task_params[task]):>12}{human(report.task_macs[task]):>12}"
