@@ -104,13 +104,14 @@ def supermodel_baselines(sm: Graph) -> dict[str, SizeReport]:
 def report_table(report: SizeReport, extremes: dict[str, SizeReport]) -> str:
     from mtsc.report import human
 
-    # A task's row is what `forward_task` runs for it, the ops it shares included: rows overlap.
-    lines = [f"{'':<14}{'params':>12}{'MACs':>12}   (per task: its path, shared ops included)"]
+    lines = [f"{'':<14}{'params':>12}{'MACs':>12}"]
     for task in report.tasks:
         lines.append(
             f"{task:<14}{human(report.task_params[task]):>12}{human(report.task_macs[task]):>12}"
         )
     lines.append(f"{'total':<14}{human(report.total_params):>12}{human(report.total_macs):>12}")
+    # A task's row is what `forward_task` runs for it: the rows overlap in the shared ops.
+    lines.append("(a task's row is its whole path, shared ops included)")
     share = report.shared_params / report.total_params if report.total_params else 0.0
     lines.append(f"shared: {human(report.shared_params)} parameters ({share:.0%} of the model)")
     for name, other in extremes.items():

@@ -187,6 +187,7 @@ def test_stats_prints_the_table(capsys):
         assert any(line.split()[:3] == [task, *human(report.task_params[task]).split()]
                    for line in lines)  # fmt: skip
     assert "this model is 1.00x its size" in lines[-1]  # all-specific against itself
+    assert "(a task's row is its whole path, shared ops included)" in lines
 
 
 def test_stats_json_has_the_baselines(capsys):
