@@ -342,6 +342,17 @@ def test_resume_with_another_out_is_refused(command, tmp_path, model_file, capsy
     assert list(tmp_path.iterdir()) == []
 
 
+def test_train_resume_with_weights_is_refused(tmp_path, model_file, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", model_file, "--resume", "run", "--weights", "search/last.pt"]
+    assert cli(args, capsys) == (
+        2,
+        "error: --weights starts a run from a supermodel's weights; a resumed run continues "
+        "from run/last.pt: drop --weights\n",
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------- heads and data
 
 SEGMENT_3 = (

@@ -56,6 +56,12 @@ def run(args: argparse.Namespace) -> int:
     from mtsc.runtime.config import TrainConfig
     from mtsc.runtime.trainer import metrics_line
 
+    if args.resume and args.weights:
+        raise MtscError(
+            None,
+            f"--weights starts a run from a supermodel's weights; a resumed run continues from "
+            f"{Path(args.resume) / 'last.pt'}: drop --weights",
+        )
     run_dir = run_folder(args)
     config, command = run_settings(
         TrainConfig,
