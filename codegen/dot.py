@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from mtsc.codegen.torch_common import shape_text
+from mtsc.codegen.torch_common import module_names, shape_text
 from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Graph, Node
 from mtsc.ir.ops import Op
+from mtsc.ir.stats import node_params
 
 # Fill colours by op family, light enough for black text.
 _COLOURS = {
@@ -253,6 +255,8 @@ def emit_pruned_dot(g: Graph, *, title: str) -> str:
     task's colour (ops used by some but not all tasks get the colour of the first)."""
     tasks = tuple(t.name for t in g.tasks)
     w = SourceWriter()
+    modules = module_names(g)
+    module_uses = Counter(modules.values())
     with digraph(w, g, title):
         order = g.topo_order()
 
@@ -262,6 +266,10 @@ def emit_pruned_dot(g: Graph, *, title: str) -> str:
             label = f"{node.name.rsplit('.', 1)[-1]}\n{op_label(node)}\n{shape_text(node.shape)}"
             if 0 < len(users) < len(tasks):
                 label += "\n" + ", ".join(users)
+                # A task's copy of an op whose module other copies use too (on their own
+                # inputs): the picture must not suggest separate weights.
+                if module_uses[modules.get(nid)] > 1 and node_params(g, nid):
+                    label += " (shared weights)"
                 colour = quote(task_colour(tasks.index(users[0])))
                 return f"n{nid} [{node_attrs(node, label, '#ffffff')}, color={colour}, penwidth=2];"
             fill = _COLOURS.get(node.op, _DEFAULT_COLOUR)

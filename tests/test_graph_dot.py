@@ -32,6 +32,8 @@ CASES = {  # golden file: (model, stage, policy)
     "mini_supermodel_policy.dot": ("mini_tasks.mtl", "supermodel", MINI_POLICY),
     "deploy_mini_pruned.dot": ("deploy_mini.mtl", "pruned", DEPLOY_POLICY),
     "deploy_mini_pruned_specific.dot": ("deploy_mini.mtl", "pruned", "specific"),
+    # per-task batchnorm: the shared convs after it run once per task, on shared weights
+    "deploy_mini_pruned_shared.dot": ("deploy_mini.mtl", "pruned", "shared"),
 }
 
 
