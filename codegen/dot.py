@@ -207,15 +207,7 @@ def emit_supermodel_dot(g: Graph, *, title: str, policy: dict | None = None) -> 
 
     w = SourceWriter()
     with digraph(w, g, title):
-        legend = " ".join(
-            f'<TD BGCOLOR="{task_colour(i)}"><FONT COLOR="white">{_html(t)}</FONT></TD>'
-            for i, t in enumerate(tasks)
-        )
-        w.line(
-            'legend [shape=plaintext, style="", label=<<TABLE BORDER="0" CELLSPACING="2">'
-            f'<TR>{legend}</TR><TR><TD COLSPAN="{len(tasks)}">S shared, T task-specific, '
-            "K skip</TD></TR></TABLE>>];"
-        )
+        _legend(w, tasks, "S shared, T task-specific, K skip")
 
         def line_for(nid: int) -> str:
             node = g.node(nid)
@@ -250,6 +242,18 @@ def emit_supermodel_dot(g: Graph, *, title: str, policy: dict | None = None) -> 
     return w.text()
 
 
+def _legend(w: SourceWriter, tasks: tuple[str, ...], caption: str) -> None:
+    """A box of the task colours, and what the picture's marks mean."""
+    cells = " ".join(
+        f'<TD BGCOLOR="{task_colour(i)}"><FONT COLOR="white">{_html(t)}</FONT></TD>'
+        for i, t in enumerate(tasks)
+    )
+    w.line(
+        'legend [shape=plaintext, style="", label=<<TABLE BORDER="0" CELLSPACING="2">'
+        f'<TR>{cells}</TR><TR><TD COLSPAN="{len(tasks)}">{_html(caption)}</TD></TR></TABLE>>];'
+    )
+
+
 def emit_pruned_dot(g: Graph, *, title: str) -> str:
     """The deployed model as a tree: ops of the shared trunk in grey, each task's branch in the
     task's colour (ops used by some but not all tasks get the colour of the first)."""
@@ -258,6 +262,7 @@ def emit_pruned_dot(g: Graph, *, title: str) -> str:
     modules = module_names(g)
     module_uses = Counter(modules.values())
     with digraph(w, g, title):
+        _legend(w, tasks, "filled: every task runs it; outlined: only the tasks it names")
         order = g.topo_order()
 
         def line_for(nid: int) -> str:
