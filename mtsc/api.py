@@ -110,7 +110,8 @@ def search(
     checkpoint = Path(run_dir) / CHECKPOINT
     if cfg is None and resume and checkpoint.is_file():
         given = given_values(SearchConfig, None, config)
-        cfg = saved_config(SearchConfig, load_checkpoint(checkpoint).get("config") or {})
+        saved = load_checkpoint(checkpoint, mmap=True).get("config")  # weights: by the run
+        cfg = saved_config(SearchConfig, saved or {})
         refuse_changed_settings(cfg.to_dict(), given, checkpoint)
     cfg = cfg or make_config(SearchConfig, None, config)
     check_heads_fit_data(model.TASK_SPECS, train_set.info, train_set.info.name)

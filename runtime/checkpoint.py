@@ -49,16 +49,17 @@ def write_text_atomic(path: Path, text: str) -> None:
     _write_atomic(path, lambda f: f.write(text.encode()))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, *, mmap: bool = False) -> dict[str, Any]:
     """Tensors and plain containers only: loading a checkpoint never runs code. A file that
-    cannot be loaded so is an MtscError naming it, with torch's reason in one line."""
+    cannot be loaded so is an MtscError naming it, with torch's reason in one line. `mmap`
+    leaves the tensors in the file until read: for a caller that wants only the settings."""
     path = Path(path)
     if path.is_dir():
         raise MtscError(None, f"cannot load {path}: it is a folder, not a weights file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns of a pickle protocol, then fails
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise MtscError(None, f"no such checkpoint: {path}") from None
     except PermissionError as err:

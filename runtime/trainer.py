@@ -435,11 +435,11 @@ class RunLogger:
         at = (order[stage], step)
         kept = []
         for line in path.read_text().splitlines(keepends=True):
+            if not line.endswith("\n"):  # the line a kill cut off
+                continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                continue
-            if not line.endswith("\n"):
                 continue
             if (order.get(record.get("stage"), len(stages)), record.get("step", 0)) <= at:
                 kept.append(line)

@@ -128,7 +128,7 @@ def run_settings(
         return config, {**COMMAND_DEFAULTS, **given_command}
     given = given_values(cls, args.config, overrides, quick=args.quick)
     path = Path(args.resume) / CHECKPOINT
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, mmap=True)  # the run loads its weights itself, later
     saved = saved_config(cls, state.get("config") or {})
     # a checkpoint from before the command settings were saved: the command line's, or defaults
     saved_command = {**COMMAND_DEFAULTS, **given_command, **(state.get("command") or {})}
