@@ -140,14 +140,15 @@ def build(
     sources = {"backbone": emit_backbone(backbone, source_name=str(path)).text}
     if result.supermodel is not None:
         sources["supermodel"] = emit_supermodel(result.supermodel, source_name=str(path)).text
+    files: dict[str, str | bytes] = {}
     for stem, py in sources.items():
-        for name, text in ((f"{stem}.py", py), (f"{stem}.dot", graphs[stem])):
-            write_atomic(out_dir / name, text)
-            result.written.append(out_dir / name)
+        files |= {f"{stem}.py": py, f"{stem}.dot": graphs[stem]}
     for stem, proc in renders.items():
-        if proc is not None:
-            finish_render(proc, out_dir / f"{stem}.svg")
-            result.written.append(out_dir / f"{stem}.svg")
+        if proc is not None:  # every picture made before the first file is replaced
+            files[f"{stem}.svg"] = finish_render(proc, out_dir / f"{stem}.svg")
+    for name, data in files.items():
+        write_atomic(out_dir / name, data)
+        result.written.append(out_dir / name)
     unrendered = [out_dir / f"{stem}.dot" for stem, p in renders.items() if p is None]
     if render and unrendered:
         result.notes.append(how_to_render(*unrendered))

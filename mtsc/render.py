@@ -71,7 +71,9 @@ def start_render(dot_text: str, fmt: str) -> Rendering | None:
     return Rendering(proc, read_all)
 
 
-def finish_render(rendering: Rendering, out: Path) -> None:
+def finish_render(rendering: Rendering, out: Path) -> bytes:
+    """The rendered picture, for the caller to write with the rest of its files (`out` only
+    names it in an error): a failed render must not leave some of them replaced."""
     proc = rendering.proc
     assert proc.stdout is not None and proc.stderr is not None
     data = proc.stdout.read()
@@ -79,7 +81,7 @@ def finish_render(rendering: Rendering, out: Path) -> None:
     status = proc.wait()
     if status != 0 or not rendering.read_all:
         raise MtscError(None, f"dot failed to render {out}: {said or why_silent(rendering)}")
-    write_atomic(out, data)
+    return data
 
 
 def why_silent(rendering: Rendering) -> str:
@@ -99,4 +101,4 @@ def render(dot_text: str, out: Path) -> None:
         raise MtscError(
             None, f"graphviz's `dot` is needed to write {out}; write a .dot file instead"
         )
-    finish_render(rendering, out)
+    write_atomic(out, finish_render(rendering, out))

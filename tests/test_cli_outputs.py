@@ -441,13 +441,30 @@ def test_a_build_removes_the_outputs_of_an_earlier_one_it_did_not_write(tmp_path
     assert not lines[-1].startswith("removed")
 
 
-def test_a_failed_build_removes_nothing_of_an_earlier_one(tmp_path, run_mtsc):
+def folder_contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_failed_build_changes_nothing_of_an_earlier_one(tmp_path, run_mtsc):
     out = tmp_path / "out"
     assert run_mtsc("build", MODEL, "-o", out, "--no-svg").returncode == 0
+    before = folder_contents(out)
     proc = run_mtsc("build", NO_TASKS, "-o", out, env=fake_dot(tmp_path / "bin"))
     fails(proc, f"error: dot failed to render {out / 'backbone.svg'}: dot: out of memory\n")
-    names = ["backbone.dot", "backbone.py", "supermodel.dot", "supermodel.py"]
-    assert sorted(p.name for p in out.iterdir()) == names
+    assert list(before) == ["backbone.dot", "backbone.py", "supermodel.dot", "supermodel.py"]
+    assert folder_contents(out) == before
+
+
+def test_a_failed_prune_changes_nothing_of_an_earlier_one(tmp_path, model_file, run_mtsc):
+    out = tmp_path / "deploy"
+    done = run_mtsc("prune", model_file, "--policy", "shared", "-o", out, "--no-svg")
+    assert done.returncode == 0, done.stderr
+    before = folder_contents(out)
+    proc = run_mtsc(
+        "prune", model_file, "--policy", "specific", "-o", out, env=fake_dot(tmp_path / "bin")
+    )
+    fails(proc, f"error: dot failed to render {out / 'model.svg'}: dot: out of memory\n")
+    assert folder_contents(out) == before
 
 
 def test_a_prune_removes_the_weights_and_picture_of_an_earlier_one(

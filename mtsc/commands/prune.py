@@ -55,11 +55,11 @@ def run(args: argparse.Namespace) -> int:
     report = size_report(g)
     extremes = supermodel_baselines(pruned.supermodel)
     files["report.txt"] = report_table(report, extremes) + "\n"
+    if proc is not None:  # before the first file is written: a failed render replaces none
+        files["model.svg"] = finish_render(proc, out / "model.svg")
     with undone_on_failure(out):  # the folder appears only with every file in it
         for name, data in files.items():
             write_atomic(out / name, data)
-        if proc is not None:
-            finish_render(proc, out / "model.svg")
     # an earlier prune's weights or picture would not match this model
     removed = remove_stale(out, ("model.pt", "model.svg"), written)
     if args.json:
