@@ -95,13 +95,7 @@ def search(
     """Run the three-stage policy search; keyword arguments override `SearchConfig`. A resumed
     run keeps the config it was started with (a keyword argument may repeat a value of it)."""
     from mtsc.runtime.checkpoint import load_checkpoint
-    from mtsc.runtime.config import (
-        SearchConfig,
-        given_values,
-        make_config,
-        refuse_changed_settings,
-        saved_config,
-    )
+    from mtsc.runtime.config import SearchConfig, given_values, make_config, resumed_config
     from mtsc.runtime.search import search as run_search
     from mtsc.runtime.task_fit import check_heads_fit_data
     from mtsc.runtime.trainer import CHECKPOINT
@@ -110,9 +104,8 @@ def search(
     checkpoint = Path(run_dir) / CHECKPOINT
     if cfg is None and resume and checkpoint.is_file():
         given = given_values(SearchConfig, None, config)
-        saved = load_checkpoint(checkpoint, mmap=True).get("config")  # weights: by the run
-        cfg = saved_config(SearchConfig, saved or {})
-        refuse_changed_settings(cfg.to_dict(), given, checkpoint)
+        state = load_checkpoint(checkpoint, mmap=True)  # the run loads its weights itself
+        cfg = resumed_config(SearchConfig, given, state, checkpoint)
     cfg = cfg or make_config(SearchConfig, None, config)
     check_heads_fit_data(model.TASK_SPECS, train_set.info, train_set.info.name)
     return run_search(model, train_set, val_set, cfg, run_dir, resume=resume, progress=progress)

@@ -122,6 +122,25 @@ def given_values(
     return values
 
 
+def resumed_config(
+    cls: type,
+    given: dict[str, Any],
+    state: dict[str, Any],
+    where: Path,
+    *,
+    saved_extra: dict[str, Any] | None = None,
+    given_extra: dict[str, Any] | None = None,
+) -> Any:
+    """The config a resumed run keeps: the one in its checkpoint `state`. A value given again
+    (`given`, and `given_extra` against `saved_extra` for settings kept beside the config,
+    such as command-line options) must be the saved one."""
+    config = saved_config(cls, state.get("config") or {})
+    refuse_changed_settings(
+        {**config.to_dict(), **(saved_extra or {})}, {**given, **(given_extra or {})}, where
+    )
+    return config
+
+
 def saved_config(cls: type, saved: dict[str, Any]) -> Any:
     """The config a checkpoint holds (its `to_dict`); a key this version no longer has is
     dropped, one it added keeps its default."""

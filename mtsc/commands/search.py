@@ -114,12 +114,7 @@ def run_settings(
     setting that cannot change the results (num_workers, say) would still be one more rule
     to learn, and a resume that continues exactly the run it says is the simple one."""
     from mtsc.runtime.checkpoint import load_checkpoint
-    from mtsc.runtime.config import (
-        given_values,
-        make_config,
-        refuse_changed_settings,
-        saved_config,
-    )
+    from mtsc.runtime.config import given_values, make_config, resumed_config
     from mtsc.runtime.trainer import CHECKPOINT
 
     given_command = {k: v for k, v in command.items() if v is not None}
@@ -129,16 +124,15 @@ def run_settings(
     given = given_values(cls, args.config, overrides, quick=args.quick)
     path = Path(args.resume) / CHECKPOINT
     state = load_checkpoint(path, mmap=True)  # the run loads its weights itself, later
-    saved = saved_config(cls, state.get("config") or {})
     # a checkpoint from before the command settings were saved: the command line's, or defaults
     saved_command = {**COMMAND_DEFAULTS, **given_command, **(state.get("command") or {})}
-    refuse_changed_settings(
-        {
-            **saved.to_dict(),
-            **{COMMAND_OPTIONS[k]: v for k, v in saved_command.items()},
-        },
-        {**given, **{COMMAND_OPTIONS[k]: v for k, v in given_command.items()}},
+    saved = resumed_config(
+        cls,
+        given,
+        state,
         path,
+        saved_extra={COMMAND_OPTIONS[k]: v for k, v in saved_command.items()},
+        given_extra={COMMAND_OPTIONS[k]: v for k, v in given_command.items()},
     )
     return saved, saved_command
 
