@@ -4,6 +4,7 @@ that order of precedence, and a message (never a traceback) for every bad key, t
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -11,6 +12,7 @@ from mtsc.cli import main
 from mtsc.commands.search import parse_sets
 from mtsc.errors import MtscError
 from mtsc.runtime.config import SearchConfig, TrainConfig, make_config
+from mtsc.runtime.data.dataset import COMMON_OPTIONS
 
 
 def test_defaults_without_file_or_overrides():
@@ -287,3 +289,26 @@ def test_the_set_example_in_the_help_is_a_key_of_the_command(monkeypatch, capsys
     assert f"any config value, e.g. {example} (repeatable)\n" in capsys.readouterr().out
     cls = SearchConfig if command == "search" else TrainConfig
     make_config(cls, None, parse_sets([example.removeprefix("--set ")]))  # a known key
+
+
+EXAMPLE_CONFIGS = {SearchConfig: "search.toml", TrainConfig: "train.toml"}
+
+
+@pytest.mark.parametrize("cls", [SearchConfig, TrainConfig])
+def test_the_example_config_lists_every_key_at_its_default(cls, examples_dir, tmp_path):
+    """examples/configs/*.toml are the reference a user copies: every key, each value (or,
+    where the default is none, a commented-out example) as the code has it."""
+    path = examples_dir / "configs" / EXAMPLE_CONFIGS[cls]
+    assert make_config(cls, path, {}) == cls()
+    text = path.read_text()
+    top_level, data_table = text.split("\n[data]\n")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    none_by_default = {f for f in fields if getattr(cls(), f) is None}
+    assert {*re.findall(r"^(\w+) = ", top_level, re.M), "data"} == fields - none_by_default
+    assert none_by_default <= set(re.findall(r"^# (\w+) = ", top_level, re.M))
+    # the commented-out examples are valid too
+    uncommented = tmp_path / path.name
+    uncommented.write_text(re.sub(r"^# (\w+ = )", r"\1", text, flags=re.M))
+    config = make_config(cls, uncommented, {})
+    assert all(getattr(config, f) is not None for f in none_by_default)
+    assert config.data and set(config.data) <= set(COMMON_OPTIONS)
