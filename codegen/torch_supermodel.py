@@ -92,7 +92,12 @@ def emit_supermodel(g: Graph, *, source_name: str) -> GeneratedSource:
         f"routed ops: {len(plan.routes)}; {supermodel_params(g):,} parameters."
     )
     w.line(f'"""The {g.name} multi-task supermodel, compiled by mtsc: every routed op is shared,')
-    w.line("task-specific or skipped per task, as the policy says (see `Supermodel`).")
+    w.line("task-specific or skipped per task, as the policy says.")
+    w.line()
+    w.line("The model is the last section, `class Supermodel`. The sections before it are copied")
+    w.line("from mtsc's runtime, so that this file needs only torch (and triton, on a GPU): the")
+    w.line("routing op `mix3` (a Triton kernel on GPU), the policy format, and the per-task layers")
+    w.line("and `SupermodelBase` (modes, policy export and load, the sharing regulariser).")
     w.line('"""')
     w.line()
     for imp in merge_imports(*(r.imports for r in runtime), HEADER_IMPORTS):
