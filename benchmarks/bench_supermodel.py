@@ -88,6 +88,10 @@ def split_task_module(module, tasks: int) -> list:
             channels = module.num_features // tasks
             layer = nn.BatchNorm2d(channels, eps=module.eps, momentum=module.momentum)
             rows = slice(t * channels, (t + 1) * channels)
+        elif kind == "TaskPReLU":
+            slopes = module.num_parameters // tasks
+            layer = nn.PReLU(slopes)
+            rows = slice(t * slopes, (t + 1) * slopes)
         elif kind == "TaskLinear":
             out, features = module.weight.shape[1:]
             layer = nn.Linear(features, out, bias=module.bias is not None)

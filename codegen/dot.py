@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from mtsc.codegen.torch_common import module_names, shape_text
 from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Graph, Node
-from mtsc.ir.ops import Op
+from mtsc.ir.ops import PARAMETRIC, Op
 from mtsc.ir.stats import node_params
 
 # Fill colours by op family, light enough for black text.
@@ -218,7 +218,7 @@ def emit_supermodel_dot(g: Graph, *, title: str, policy: dict | None = None) -> 
                 text = "stack tasks" if node.op is Op.TASK_STACK else node.attrs["task"]
                 return f'n{nid} [label={quote(text)}, shape=oval, fillcolor="#ffffff"];'
             label = f"{node.name.rsplit('.', 1)[-1]}\n{op_label(node)}\n{shape_text(node.shape)}"
-            if node.role is Role.SPECIFIC and node.op in (Op.BATCHNORM, Op.SCALE, Op.CONV2D):
+            if node.role is Role.SPECIFIC and node.op in PARAMETRIC:
                 label += "\nper task"
             fill = _COLOURS.get(node.op, _DEFAULT_COLOUR)
             if node.task is not None:

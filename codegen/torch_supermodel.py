@@ -21,7 +21,7 @@ from mtsc.codegen.torch_common import (
 )
 from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Graph, Role
-from mtsc.ir.ops import Op, TorchModule, spec_of, torch_class
+from mtsc.ir.ops import PARAMETRIC, Op, TorchModule, spec_of, torch_class
 from mtsc.ir.stats import supermodel_params
 
 RUNTIME_FILES = ("routing.py", "policy_format.py", "supermodel_base.py")
@@ -30,6 +30,7 @@ TASK_FORMS = {
     "nn.Conv2d": "TaskConv2d",
     "nn.BatchNorm2d": "TaskBatchNorm2d",
     "nn.Linear": "TaskLinear",
+    "nn.PReLU": "TaskPReLU",
 }
 HEADER_IMPORTS = ("import torch", "from torch import nn")
 
@@ -41,7 +42,7 @@ def task_constructor(g: Graph, nid: int) -> str:
     assert isinstance(form, TorchModule)
     args, kwargs = form.args(node.attrs, g.in_shapes(nid))
     cls = torch_class(node.op, node.attrs)
-    if node.role in (Role.SPECIFIC, Role.SKIP) and cls in TASK_FORMS:
+    if node.role in (Role.SPECIFIC, Role.SKIP) and node.op in PARAMETRIC:
         return f"{TASK_FORMS[cls]}(T, {call_args(args, kwargs)})"
     return f"{cls}({call_args(args, kwargs)})"
 

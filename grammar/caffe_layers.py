@@ -110,6 +110,7 @@ PARAM_FIELDS = {
     "InnerProduct": "inner_product_param",
     "LRN": "lrn_param",
     "Pooling": "pooling_param",
+    "PReLU": "prelu_param",
     "ReLU": "relu_param",
     "Reshape": "reshape_param",
     "Scale": "scale_param",
@@ -275,6 +276,10 @@ def axpy(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
 def relu(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     slope = f32(layer.param.relu_param.negative_slope)
     return [Step(Op.LEAKY_RELU, {"slope": slope})] if slope else [Step(Op.RELU)]
+
+
+def prelu(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    return [Step(Op.PRELU, {"channel_shared": _params(layer).channel_shared})]
 
 
 def _simple(op: Op) -> Converter:
@@ -453,6 +458,7 @@ CONVERTERS: dict[str, Converter] = {
     "InnerProduct": inner_product,
     "LRN": lrn,
     "Pooling": pooling,
+    "PReLU": prelu,
     "ReLU": relu,
     "ReLU6": _simple(Op.RELU6),
     "Reshape": reshape,

@@ -26,6 +26,7 @@ class Op(enum.Enum):
     RELU = "relu"
     RELU6 = "relu6"
     LEAKY_RELU = "leaky_relu"
+    PRELU = "prelu"
     SIGMOID = "sigmoid"
     TANH = "tanh"
     SILU = "silu"
@@ -50,7 +51,7 @@ class Op(enum.Enum):
 # Ops whose computation the supermodel routes per task (shared / task-specific / skip).
 ROUTABLE = frozenset({Op.CONV2D, Op.LINEAR})
 # Ops with learned parameters or running statistics.
-PARAMETRIC = frozenset({Op.CONV2D, Op.BATCHNORM, Op.SCALE, Op.LINEAR})
+PARAMETRIC = frozenset({Op.CONV2D, Op.BATCHNORM, Op.SCALE, Op.LINEAR, Op.PRELU})
 
 
 class OpError(Exception):
@@ -489,6 +490,22 @@ _register(
         shape=_same_shape,
         torch=TorchModule("nn.LeakyReLU", lambda a, i: ((a["slope"],), {})),
         doc="x if x > 0 else slope * x",
+    )
+)
+
+
+def _prelu_slopes(a: Mapping[str, Any], ins: Sequence[Shape]) -> int:
+    return 1 if a["channel_shared"] else ins[0][0]
+
+
+_register(
+    OpSpec(
+        Op.PRELU,
+        attrs=(Attr("channel_shared", Kind.BOOL, False),),
+        shape=_same_shape,
+        torch=TorchModule("nn.PReLU", lambda a, ins: ((_prelu_slopes(a, ins),), {})),
+        params=lambda a, ins, out: _prelu_slopes(a, ins),
+        doc="x if x > 0 else a * x, a learned slope per channel (or one for all)",
     )
 )
 

@@ -173,6 +173,8 @@ def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
             raise MtscError(None, f"no supermodel module for {name}")
         nid, attr = sm_names[name]
         op, channels = sm.node(nid).op, sm.node(nid).shape[0]
+        if op is Op.PRELU and sm.node(nid).attrs["channel_shared"]:
+            channels = 1  # one slope (per task), whatever the channels
         picked = {}
         for key, value in sm_state.items():
             if not key.startswith(attr + "."):

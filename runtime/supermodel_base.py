@@ -70,6 +70,19 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
         return y.view(x.shape)
 
 
+class TaskPReLU(nn.PReLU):
+    """One PReLU per task: task t's slopes are rows t*n... (n: 1, or one per channel)."""
+
+    def __init__(self, tasks, num_parameters=1, init=0.25):
+        super().__init__(tasks * num_parameters, init)
+        self.tasks = tasks
+
+    def forward(self, x):
+        # [B * T, C, ...] as [B, T * n, rest]: dim 1 walks the tasks' slopes in order
+        y = super().forward(x.reshape(x.shape[0] // self.tasks, self.num_parameters, -1))
+        return y.view(x.shape)
+
+
 class TaskLinear(nn.Module):
     """One linear layer per task, as one batched matrix product."""
 

@@ -98,6 +98,8 @@ def randomize(model: nn.Module) -> None:
                 module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
                 module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
                 module.num_batches_tracked.fill_(7)
+            if isinstance(module, nn.PReLU):
+                module.weight.copy_(torch.rand(module.num_parameters, generator=gen) - 0.5)
 
 
 def copy_weights(src: nn.Module, dst: nn.Module) -> None:
@@ -269,12 +271,15 @@ def test_golden_model_output_matches_a_functional_reference(models_dir, tmp_path
         return a + b
 
     image = torch.randn(2, 3, 32, 32)
-    x = F.relu(bn("stem_bn1", conv("stem_conv1", image, stride=2, padding=1)))
+    x = F.prelu(
+        bn("stem_bn1", conv("stem_conv1", image, stride=2, padding=1)), m["stem_prelu1"].weight
+    )
     y = F.relu6(bn("side_bn1", conv("side_conv1", x, padding=2, dilation=2, groups=4)))
     x = x * torch.sigmoid(y)
     x = F.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True)
     x = mix("stages_1", mix("stages_0", x))
     x = F.hardswish(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    x = F.prelu(x, m["slope"].weight)
     z = F.silu(F.avg_pool2d(x, 2))
     z = F.conv2d(z, m["down_scale1"].weight, m["down_scale1"].bias, groups=z.shape[1])
     u = F.interpolate(z, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -102,6 +102,18 @@ CASES = [
         lambda m, a: torch.where(a > 0, a, 0.3 * a),
     ),
     (
+        "prelu",
+        {"a": (3, 4, 5)},
+        "prelu(a)",
+        lambda m, a: torch.where(a > 0, a, m["prelu1"].weight.view(1, -1, 1, 1) * a),
+    ),
+    (
+        "prelu_one_slope_on_features",
+        {"a": (3, 4, 5)},
+        "prelu(flatten(a), channel_shared=true)",
+        lambda m, a: torch.where(a > 0, a, m["prelu1"].weight * a).flatten(1),
+    ),
+    (
         "maxpool_ceil",
         {"a": (2, 6, 7)},
         "maxpool(a, k=2, s=2, ceil=true)",
@@ -335,6 +347,8 @@ def test_linear_bn_scale_counts_match_hand_formulas() -> None:
     assert _counts(Op.BATCHNORM, {"affine": False}, [(64, 5, 7)])[:2] == (0, 64 * 5 * 7)
     assert _counts(Op.SCALE, {}, [(64, 5, 7)])[:2] == (2 * 64, 64 * 5 * 7)
     assert _counts(Op.RELU, {}, [(64, 5, 7)])[:2] == (0, 0)
+    assert _counts(Op.PRELU, {}, [(64, 5, 7)])[:2] == (64, 0)
+    assert _counts(Op.PRELU, {"channel_shared": True}, [(64,)])[:2] == (1, 0)
     assert _counts(Op.MAXPOOL, {"k": 2}, [(64, 6, 6)]) == (0, 0, (64, 3, 3))
 
 

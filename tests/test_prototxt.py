@@ -146,6 +146,7 @@ def test_caffe_schema_keeps_caffe_field_numbers_and_defaults():
     assert net.DESCRIPTOR.fields_by_name["layer"].number == 100
     assert layer.fields_by_name["convolution_param"].number == 106
     assert layer.fields_by_name["pooling_param"].number == 121
+    assert layer.fields_by_name["prelu_param"].number == 131
     assert v1.fields_by_name["pooling_param"].number == 19
     pool = layer.fields_by_name["pooling_param"].message_type
     assert pool.fields_by_name["round_mode"].default_value == 0  # CEIL: Caffe always rounded up
@@ -379,12 +380,14 @@ def small_numeric_reference(p: dict, x):
     dw = F.conv2d(pool1, p["dw.weight"], None, padding=(1, 0), groups=8)
     dw = dw * ch(p["scale_alone.weight"].flatten()) + ch(p["scale_alone.bias"])
     dw = torch.where(dw > 0, dw, 0.1 * dw)
+    dw = torch.where(dw > 0, dw, ch(p["dw_prelu.weight"]) * dw)
     gate = torch.sigmoid(F.conv2d(pool1, p["gate.weight"], p["gate.bias"]))
     t = bn("bn_t", torch.tanh(pool1), 1e-5, affine=False)
     mixed = 0.5 * torch.maximum(dw * gate, t) - 2.0 * pool1
     cat = numpy(caffe_lrn, torch.cat([mixed, pool1], dim=1), 3, 0.5, 0.75, 2.0)
     pooled = numpy(caffe_pool, numpy(caffe_pool, cat, 3, 2, 1, "ave"), 2, 2, 1, "max")
-    return pooled.flatten(1) @ p["fc.weight"].T + p["fc.bias"]
+    fc = pooled.flatten(1) @ p["fc.weight"].T + p["fc.bias"]
+    return torch.where(fc > 0, fc, p["fc_prelu.weight"] * fc)
 
 
 def se_blocks_reference(p: dict, x):
@@ -608,12 +611,12 @@ def test_cli_errors_exit_2_with_a_located_message(tmp_path, capsys):
     bad = tmp_path / "bad.prototxt"
     bad.write_text(
         'input: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 8\ninput_dim: 8\n'
-        'layer { name: "n" type: "PReLU" bottom: "data" top: "n" }\n'
+        'layer { name: "n" type: "Crop" bottom: "data" top: "n" }\n'
     )
     assert main(["build", str(bad), "-o", str(tmp_path / "o"), "--no-svg"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith(f"{bad}:6:19: error: layer 'n' (PReLU): unsupported layer type")
-    assert err[2].strip() == "^" * len('type: "PReLU"')
+    assert err[0].startswith(f"{bad}:6:19: error: layer 'n' (Crop): unsupported layer type")
+    assert err[2].strip() == "^" * len('type: "Crop"')
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -697,8 +700,8 @@ ERRORS = {
         INPUT + layer("s", "Slice", "data"),
         None,
         "layer 's' (Slice): unsupported layer type 'Slice'; mtsc supports Axpy, BN, BatchNorm, "
-        "Concat, Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, LRN, Pooling, ReLU, "
-        "ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH (to import the network up to a blob "
+        "Concat, Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, LRN, PReLU, Pooling, "
+        "ReLU, ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH (to import the network up to a blob "
         "before this layer, use --output BLOB)",
         'type: "Slice"',
     ),
@@ -706,8 +709,8 @@ ERRORS = {
         INPUT + 'layers { name: "l" type: SPLIT bottom: "data" top: "l" }',
         None,
         "layer 'l' (SPLIT): unsupported layer type 'SPLIT'; mtsc supports Axpy, BN, BatchNorm, "
-        "Concat, Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, LRN, Pooling, ReLU, "
-        "ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH (to import the network up to a blob "
+        "Concat, Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, LRN, PReLU, Pooling, "
+        "ReLU, ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH (to import the network up to a blob "
         "before this layer, use --output BLOB)",
         "type: SPLIT",
     ),

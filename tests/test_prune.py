@@ -39,7 +39,7 @@ MODELS = REPO / "tests" / "models"
 RESIDUAL = MODELS / "deploy_residual.mtl"  # residuals, concat, depthwise, no-skip conv
 LINEAR = MODELS / "deploy_linear.mtl"  # routed linear layers, linear heads
 MINI = MODELS / "deploy_mini.mtl"  # the golden file's model
-TINY = MODELS / "tiny.mtl"  # sharing pins, scale, max, gate, upsample
+TINY = MODELS / "tiny.mtl"  # sharing pins, scale, max, gate, upsample, prelu
 RESNET_TINY = REPO / "examples" / "resnet_tiny.mtl"
 # Every example with a backbone (resnet_blocks.mtl only holds blocks for the others).
 EXAMPLES = sorted(
@@ -69,7 +69,7 @@ def random_policy(path: Path, seed: int, *, share_bn: bool = False) -> dict:
     return {"model": sm.name, "tasks": tasks, "choices": choices}
 
 
-def randomize_batchnorm(net: nn.Module, seed: int) -> None:
+def randomize_statistics(net: nn.Module, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in net.modules():
@@ -79,6 +79,8 @@ def randomize_batchnorm(net: nn.Module, seed: int) -> None:
                 if m.affine:
                     m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
                     m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
+            if isinstance(m, nn.PReLU):  # every task's slopes different
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) - 0.5)
 
 
 def numel(module: nn.Module) -> int:
@@ -108,7 +110,7 @@ def deploy(tmp_path: Path, load_generated) -> Callable[..., Deployed]:
         sm_file.write_text(emit_supermodel(pruned.supermodel, source_name=path.name).text)
         torch.manual_seed(seed)
         supermodel = load_generated(sm_file).Supermodel()
-        randomize_batchnorm(supermodel, seed)
+        randomize_statistics(supermodel, seed)
         supermodel.load_policy(pruned.policy).set_mode("hard").eval()
         source = emit_pruned(pruned.model, source_name=path.name, policy_name="policy.json").text
         (folder / "model.py").write_text(source)

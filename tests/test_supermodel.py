@@ -101,6 +101,8 @@ def random_model(built: Built, seed: int = 0) -> nn.Module:
                 module.running_var.uniform_(0.5, 1.5)
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.2, 0.2)
+            if isinstance(module, nn.PReLU):  # a slope per task and channel: all different
+                module.weight.uniform_(-0.5, 0.5)
         for logits in model.policy_parameters():
             logits.normal_()
     return model.eval()
@@ -169,6 +171,8 @@ def apply_parametric(
         )
     if node.op is Op.LINEAR:
         return F.linear(x, part("weight"), part("bias"))
+    if node.op is Op.PRELU:
+        return F.prelu(x, part("weight"))
     raise AssertionError(f"the reference has no parametric op {node.op.value}")
 
 
@@ -216,7 +220,7 @@ def run_task(
             values[nid] = x
         elif node.op is Op.ROUTE:
             values[nid] = mix(node.attrs["op"], t, xs)
-        elif node.op in (Op.CONV2D, Op.BATCHNORM, Op.LINEAR):
+        elif node.op in (Op.CONV2D, Op.BATCHNORM, Op.LINEAR, Op.PRELU):
             values[nid] = apply_parametric(model, node, t, xs[0], bn_training)
         else:
             values[nid] = apply_plain(node, xs)
