@@ -3,6 +3,7 @@ the wiring, not of accuracy), and the report's Δm against an independent comput
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -13,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtsc.demo import MODEL, SHOWN, WRITTEN, report, run_demo
+from mtsc.demo import MODEL, SHOWN, WRITTEN, baseline_of, report, run_demo
 from mtsc.deploy import baselines, prune_model, size_report
 from mtsc.errors import MtscError
+from mtsc.runtime.policy_format import uniform_policy
 
 # Whether a larger value of a metric is better: the usual convention of each metric.
 HIGHER_IS_BETTER = {
@@ -178,3 +180,47 @@ def test_report_leaves_out_metrics_the_baseline_scores_zero():
     assert float(table_rows(text)["searched"][-1]) == pytest.approx(want, abs=0.006)
     assert table_rows(text)["all-specific"][-1] == "0.00"
     assert text.splitlines()[-1] == "Δm leaves out depth.delta1: the single-task networks score 0"
+
+
+def test_a_searched_policy_that_is_a_baseline_is_named_and_trained_once(
+    tmp_path, monkeypatch, capsys
+):
+    """A search that ends all-shared (as a short one may) makes the all-shared model: the demo
+    says so and trains it once."""
+    import mtsc.runtime.search as search_module
+
+    real_search = search_module.search
+
+    def search_ending_all_shared(model, *args, **kwargs):
+        result = real_search(model, *args, **kwargs)
+        ops = [name for name, _, _ in model.ROUTED]
+        shared = uniform_policy(model.MODEL, model.TASKS, ops, "shared")
+        return dataclasses.replace(result, policy=shared)
+
+    monkeypatch.setattr(search_module, "search", search_ending_all_shared)
+    summary = tiny_demo(tmp_path / "out", tmp_path / "cache")
+    assert (
+        "-- all-shared\nthe searched policy: all-shared, trained above\n" in capsys.readouterr().out
+    )
+    assert summary["rows"]["all-shared"] == summary["rows"]["searched"]
+    assert sorted(p.name for p in (tmp_path / "out" / "train").iterdir()) == [
+        "all-specific",
+        "searched",
+    ]
+    report_md = (tmp_path / "out" / "report.md").read_text()
+    assert "the search chose shared at every op: searched is all-shared" in report_md
+
+
+@pytest.mark.parametrize(
+    ("picked", "baseline"),
+    [
+        ({"shared"}, "all-shared"),
+        ({"specific"}, "all-specific"),
+        ({"skip"}, None),
+        ({"shared", "specific"}, None),
+    ],
+)
+def test_baseline_of(picked, baseline):
+    ops = ["a", "b"]
+    choices = {op: {t: sorted(picked)[i % len(picked)] for i, t in enumerate("xy")} for op in ops}
+    assert baseline_of({"model": "m", "tasks": ["x", "y"], "choices": choices}) == baseline
