@@ -108,6 +108,7 @@ PARAM_FIELDS = {
     "Eltwise": "eltwise_param",
     "Flatten": "flatten_param",
     "InnerProduct": "inner_product_param",
+    "Interp": "interp_param",
     "LRN": "lrn_param",
     "Pooling": "pooling_param",
     "PReLU": "prelu_param",
@@ -435,6 +436,31 @@ def dropout(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     return [Step(Op.DROPOUT, {"p": f32(layer.param.dropout_param.dropout_ratio)})]
 
 
+def interp(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    """DeepLab's bilinear resize (corners aligned), sized as Caffe's InterpLayer sizes it: by
+    the factors if either is given, else to height x width, else to the second bottom."""
+    p = _params(layer)
+    where = _param_field(layer)
+    if p.pad_beg or p.pad_end:
+        raise layer.error("pad_beg and pad_end (cropping the input) are not supported", where)
+    if p.HasField("zoom_factor") or p.HasField("shrink_factor"):
+        attrs = {"zoom": p.zoom_factor, "shrink": p.shrink_factor}
+    elif p.HasField("height") and p.HasField("width"):
+        attrs = {"size": (p.height, p.width)}
+    elif len(ins) == 2:
+        return [Step(Op.INTERP)]
+    else:
+        raise layer.error(
+            "give zoom_factor, shrink_factor, height and width, or a second bottom", where
+        )
+    if len(ins) == 2:
+        raise layer.error(
+            "a second bottom is read only without zoom_factor, shrink_factor, height and width",
+            where,
+        )
+    return [Step(Op.INTERP, attrs)]
+
+
 def lrn(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     p = _params(layer)
     if p.norm_region != p.ACROSS_CHANNELS:
@@ -456,6 +482,7 @@ CONVERTERS: dict[str, Converter] = {
     "Eltwise": eltwise,
     "Flatten": flatten,
     "InnerProduct": inner_product,
+    "Interp": interp,
     "LRN": lrn,
     "Pooling": pooling,
     "PReLU": prelu,
@@ -473,6 +500,7 @@ BOTTOMS: dict[str, tuple[int, int | None]] = {
     "Eltwise": (2, None),
     "Concat": (2, None),
     "Axpy": (3, 3),
+    "Interp": (1, 2),
     "Scale": (1, 2),
 }
 

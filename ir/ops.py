@@ -41,6 +41,7 @@ class Op(enum.Enum):
     FLATTEN = "flatten"
     DROPOUT = "dropout"
     UPSAMPLE = "upsample"
+    INTERP = "interp"
     LRN = "lrn"
     # Structure of the multi-task supermodel, inserted by `insert_routing`.
     TASK_STACK = "task_stack"
@@ -833,6 +834,49 @@ _register(
         torch=TorchExpr(_upsample_expr),
         max_inputs=2,
         doc="resize by `scale`, or to the size of a second input",
+    )
+)
+
+
+def _interp_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    c, h, w = _spatial("interp", ins[0])
+    if len(ins) == 2:
+        if a["size"] is not None or a["zoom"] != 1 or a["shrink"] != 1:
+            raise OpError("interp: give a reference input or size/zoom/shrink, not both")
+        return (c, *_spatial("interp", ins[1])[1:])
+    if a["size"] is not None:
+        if a["zoom"] != 1 or a["shrink"] != 1:
+            raise OpError("interp: give size or zoom/shrink, not both")
+        return (c, *a["size"])
+    return (c, *(((n - 1) // a["shrink"]) * a["zoom"] + 1 for n in (h, w)))
+
+
+def _interp_expr(a: Mapping[str, Any], xs: Sequence[str]) -> str:
+    if len(xs) == 2:
+        size = f"{xs[1]}.shape[-2:]"
+    elif a["size"] is not None:
+        size = repr(a["size"])
+    else:
+        shrink = f" // {a['shrink']}" if a["shrink"] != 1 else ""
+        zoom = f" * {a['zoom']}" if a["zoom"] != 1 else ""
+        h, w = (f"({xs[0]}.shape[{d}] - 1){shrink}{zoom} + 1" for d in (-2, -1))
+        size = f"({h}, {w})"
+    return f'F.interpolate({xs[0]}, size={size}, mode="bilinear", align_corners=True)'
+
+
+_register(
+    OpSpec(
+        Op.INTERP,
+        attrs=(
+            Attr("zoom", Kind.INT, 1, minimum=1),
+            Attr("shrink", Kind.INT, 1, minimum=1),
+            Attr("size", Kind.PAIR, None, minimum=1),
+        ),
+        shape=_interp_shape,
+        torch=TorchExpr(_interp_expr),
+        max_inputs=2,
+        doc="Caffe's Interp: bilinear with corners aligned, to (n - 1) // shrink * zoom + 1 "
+        "per side, to `size`, or to the size of a second input",
     )
 )
 

@@ -371,6 +371,20 @@ SHAPES = [
         (3, 12),
         "upsample(image, scale=0.01)",
     ),
+    case(
+        "interp_two_sizes",
+        HEAD + "backbone {\n    return interp(image, size=(4, 4), zoom=2)\n}\n",
+        "interp: give size or zoom/shrink, not both",
+        (3, 12),
+        "interp(image, size=(4, 4), zoom=2)",
+    ),
+    case(
+        "interp_reference_and_factor",
+        HEAD + "backbone {\n    return interp(image, image, shrink=2)\n}\n",
+        "interp: give a reference input or size/zoom/shrink, not both",
+        (3, 12),
+        "interp(image, image, shrink=2)",
+    ),
 ]
 
 CYCLES = [

@@ -194,6 +194,25 @@ CASES = [
         'interpolate(a, scale=2, mode="bilinear")',
         lambda m, a: F.interpolate(a, size=(8, 10), mode="bilinear", align_corners=False),
     ),
+    (
+        "interp_shrink_then_zoom",
+        {"a": (3, 9, 6)},
+        "interp(a, zoom=3, shrink=2)",
+        # (9 - 1) // 2 * 3 + 1 = 13, (6 - 1) // 2 * 3 + 1 = 7
+        lambda m, a: F.interpolate(a, size=(13, 7), mode="bilinear", align_corners=True),
+    ),
+    (
+        "interp_size",
+        {"a": (3, 4, 5)},
+        "interp(a, size=(7, 3))",
+        lambda m, a: F.interpolate(a, size=(7, 3), mode="bilinear", align_corners=True),
+    ),
+    (
+        "interp_to_reference",
+        {"a": (3, 4, 5), "b": (1, 6, 2)},
+        "interp(a, b)",
+        lambda m, a, b: F.interpolate(a, size=(6, 2), mode="bilinear", align_corners=True),
+    ),
 ]
 
 

@@ -59,6 +59,8 @@ FIXTURE_SHAPES = {
     "deeplab_v1": ((3, 21, 21), (10, 7, 5)),
     # 12 -> conv 3/2 p1: 6 -> SE blocks keep 8x6x6 -> average 3/3: ceil(3/3) + 1 = 2 -> fc 5.
     "se_blocks": ((3, 12, 12), (5,)),
+    # See the comments in the fixture: 9x7 -> 17x13 -> 9x7 -> 13x10 -> 5x6 -> 9x7 -> fc 5.
+    "interp_forms": ((3, 9, 7), (5,)),
 }
 # Shapes of named inner layers, by hand: they pin the rounding of each pooling layer.
 INNER_SHAPES = {
@@ -79,6 +81,13 @@ INNER_SHAPES = {
         "inc_prob": (8, 1, 1),
         "inc_scale": (8, 6, 6),
         "pool": (8, 2, 2),
+    },
+    "interp_forms": {
+        "zoom": (4, 17, 13),
+        "shrink": (4, 9, 7),
+        "both": (4, 13, 10),
+        "fixed": (4, 5, 6),
+        "back": (4, 9, 7),
     },
 }
 
@@ -359,6 +368,39 @@ def caffe_lrn(x: np.ndarray, size: int, alpha: float, beta: float, k: float) -> 
     return x / (k + alpha / size * squares) ** beta
 
 
+def caffe_interp(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Caffe's InterpLayer, loop for loop: output pixel i reads the input at i * (n1 - 1) /
+    (n2 - 1), bilinearly (corners aligned), the neighbour clamped at the last row/column."""
+    n1h, n1w = x.shape[2:]
+    ratio_h = (n1h - 1) / (height - 1) if height > 1 else 0.0
+    ratio_w = (n1w - 1) / (width - 1) if width > 1 else 0.0
+    out = np.empty((*x.shape[:2], height, width))
+    for i in range(height):
+        h0 = int(ratio_h * i)
+        dh, lh = int(h0 < n1h - 1), ratio_h * i - h0
+        for j in range(width):
+            w0 = int(ratio_w * j)
+            dw, lw = int(w0 < n1w - 1), ratio_w * j - w0
+            top = (1 - lw) * x[:, :, h0, w0] + lw * x[:, :, h0, w0 + dw]
+            bottom = (1 - lw) * x[:, :, h0 + dh, w0] + lw * x[:, :, h0 + dh, w0 + dw]
+            out[:, :, i, j] = (1 - lh) * top + lh * bottom
+    return out
+
+
+def interp_forms_reference(p: dict, x):
+    """The interp_forms network written by hand (float64), the resizes in numpy."""
+    import torch
+    import torch.nn.functional as F
+
+    conv1 = F.conv2d(x, p["conv1.weight"], p["conv1.bias"], padding=1).numpy()
+    y = caffe_interp(conv1, 17, 13)
+    y = caffe_interp(y, 9, 7)
+    y = caffe_interp(y, 13, 10)
+    y = caffe_interp(y, 5, 6)
+    y = torch.from_numpy(caffe_interp(y, 9, 7) + conv1)
+    return y.mean(dim=(2, 3)) @ p["fc.weight"].T + p["fc.bias"]
+
+
 def small_numeric_reference(p: dict, x):
     """The small_numeric network written by hand (float64), pooling and LRN in numpy."""
     import torch
@@ -422,6 +464,7 @@ def se_blocks_reference(p: dict, x):
 REFERENCES = {
     "small_numeric": (small_numeric_reference, (13, 11)),
     "se_blocks": (se_blocks_reference, (12, 12)),
+    "interp_forms": (interp_forms_reference, (9, 7)),
 }
 
 
@@ -700,18 +743,18 @@ ERRORS = {
         INPUT + layer("s", "Slice", "data"),
         None,
         "layer 's' (Slice): unsupported layer type 'Slice'; mtsc supports Axpy, BN, BatchNorm, "
-        "Concat, Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, LRN, PReLU, Pooling, "
-        "ReLU, ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH (to import the network up to a blob "
-        "before this layer, use --output BLOB)",
+        "Concat, Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, Interp, LRN, PReLU, "
+        "Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH (to import the network up "
+        "to a blob before this layer, use --output BLOB)",
         'type: "Slice"',
     ),
     "unsupported V1 type": (
         INPUT + 'layers { name: "l" type: SPLIT bottom: "data" top: "l" }',
         None,
         "layer 'l' (SPLIT): unsupported layer type 'SPLIT'; mtsc supports Axpy, BN, BatchNorm, "
-        "Concat, Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, LRN, PReLU, Pooling, "
-        "ReLU, ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH (to import the network up to a blob "
-        "before this layer, use --output BLOB)",
+        "Concat, Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, Interp, LRN, PReLU, "
+        "Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH (to import the network up "
+        "to a blob before this layer, use --output BLOB)",
         "type: SPLIT",
     ),
     "softmax inside": (
@@ -1133,6 +1176,31 @@ ERRORS = {
         None,
         "layer 'r' (Reshape): axis 5 with num_axes -1 is outside the input's 4 axes",
         "reshape_param",
+    ),
+    "interp cropping": (
+        INPUT + layer("i", "Interp", "data", body="interp_param { zoom_factor: 2 pad_end: -1 }"),
+        None,
+        "layer 'i' (Interp): pad_beg and pad_end (cropping the input) are not supported",
+        "interp_param",
+    ),
+    "interp without a size": (
+        INPUT + layer("i", "Interp", "data", body="interp_param { height: 5 }"),
+        None,
+        "layer 'i' (Interp): give zoom_factor, shrink_factor, height and width, or a second bottom",
+        "interp_param",
+    ),
+    "interp with a factor and a second bottom": (
+        INPUT + layer("i", "Interp", "data", "data", body="interp_param { zoom_factor: 2 }"),
+        None,
+        "layer 'i' (Interp): a second bottom is read only without zoom_factor, shrink_factor, "
+        "height and width",
+        "interp_param",
+    ),
+    "interp zoom of 0": (
+        INPUT + layer("i", "Interp", "data", body="interp_param { zoom_factor: 0 }"),
+        None,
+        "layer 'i' (Interp): zoom must be at least 1, got 0",
+        'layer {\n  name: "i"',
     ),
     "dropout ratio": (
         INPUT + layer("d", "Dropout", "data", body="dropout_param { dropout_ratio: 1 }"),
