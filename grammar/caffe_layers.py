@@ -453,12 +453,8 @@ def interp(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
         raise layer.error(
             "give zoom_factor, shrink_factor, height and width, or a second bottom", where
         )
-    if len(ins) == 2:
-        raise layer.error(
-            "a second bottom is read only without zoom_factor, shrink_factor, height and width",
-            where,
-        )
-    return [Step(Op.INTERP, attrs)]
+    # as in Caffe, a second bottom is then not read
+    return [Step(Op.INTERP, attrs, inputs=(0,))]
 
 
 def lrn(layer: Layer, ins: Sequence[Shape]) -> list[Step]:

@@ -189,13 +189,13 @@ def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
             rows = tasks if op is Op.LINEAR else tasks * channels
             if task is not None and value.dim() > 0:
                 if value.shape[0] != rows:
-                    raise MtscError(None, _misfit(key, value, name))
+                    raise MtscError(None, _misfit(key, value, name, op))
                 if op is Op.LINEAR:
                     value = value[task]
                 else:
                     value = value.reshape(tasks, -1, *value.shape[1:])[task]
             if value.dim() > 0 and value.shape[0] != channels:
-                raise MtscError(None, _misfit(key, value, name))
+                raise MtscError(None, _misfit(key, value, name, op))
             picked[suffix] = value
         if not picked:
             raise MtscError(None, f"the checkpoint has no weights for {attr} ({name})")
@@ -224,8 +224,10 @@ def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
     return state
 
 
-def _misfit(key: str, value, name: str) -> str:
+def _misfit(key: str, value, name: str, op: Op) -> str:
+    # --share-bn changes the shapes of batchnorms and scales only
+    same_bn = ", built with the same --share-bn" if op in (Op.BATCHNORM, Op.SCALE) else ""
     return (
         f"the checkpoint's {key} has shape {list(value.shape)}, which does not fit {name}: "
-        "is it a checkpoint of this model, built with the same --share-bn?"
+        f"is it a checkpoint of this model{same_bn}?"
     )

@@ -332,7 +332,7 @@ def test_checkpoint_of_another_model(tmp_path, capsys, load_generated):
     assert status == 2
     assert stderr == (
         "error: the checkpoint's stem_conv1.weight has shape [4, 3, 3, 3], which does not fit "
-        "stem.conv1: is it a checkpoint of this model, built with the same --share-bn?\n"
+        "stem.conv1: is it a checkpoint of this model?\n"
     )
 
 

@@ -298,6 +298,19 @@ def test_v1_layers_map_enum_types():
     assert named["drop6"].attrs == {"p": 0.5}
 
 
+def test_interp_with_a_size_of_its_own_does_not_read_a_second_bottom():
+    """Caffe's InterpLayer takes the second bottom's size only when no factor, height or width
+    is given."""
+    pool = layer(
+        "pool", "Pooling", "data", body="pooling_param { pool: MAX kernel_size: 2 stride: 2 }"
+    )
+    zoom = layer("i", "Interp", "pool", "data", body="interp_param { zoom_factor: 3 }")
+    g = import_text(INPUT + pool + zoom, "n.prototxt").graph
+    out = g.outputs["backbone"]
+    assert g.node(out).shape == (3, 10, 10)  # 4x4 zoomed: 3 * 3 + 1, not data's 8x8
+    assert [g.node(i).name for i in g.inputs(out)] == ["pool"]
+
+
 def test_names_with_slashes_lrn_and_the_implicit_flatten_of_inner_product():
     g = import_prototxt(fixture("googlenet_names")).graph
     named = nodes_by_name(g)
@@ -1187,13 +1200,6 @@ ERRORS = {
         INPUT + layer("i", "Interp", "data", body="interp_param { height: 5 }"),
         None,
         "layer 'i' (Interp): give zoom_factor, shrink_factor, height and width, or a second bottom",
-        "interp_param",
-    ),
-    "interp with a factor and a second bottom": (
-        INPUT + layer("i", "Interp", "data", "data", body="interp_param { zoom_factor: 2 }"),
-        None,
-        "layer 'i' (Interp): a second bottom is read only without zoom_factor, shrink_factor, "
-        "height and width",
         "interp_param",
     ),
     "interp zoom of 0": (

@@ -446,6 +446,22 @@ def test_carry_weights_rejects_a_conv_of_another_width(load_generated, tmp_path)
         carry_weights(pruned, state)
 
 
+def test_carry_weights_rejects_per_task_slopes_of_another_count(load_generated, tmp_path):
+    """tiny.mtl's `slope` is one PReLU slope per task (2 tasks); a checkpoint with a slope per
+    channel does not fit, and the hint leaves --share-bn out: it changes no PReLU."""
+    pruned = prune_model(TINY, "shared")
+    (tmp_path / "sm.py").write_text(emit_supermodel(pruned.supermodel, source_name="m").text)
+    state = load_generated(tmp_path / "sm.py").Supermodel().state_dict()
+    assert state["slope.weight"].shape == (2,)
+    state["slope.weight"] = torch.zeros(32)
+    with pytest.raises(MtscError) as err:
+        carry_weights(pruned, state)
+    assert err.value.message == (
+        "the checkpoint's slope.weight has shape [32], which does not fit slope: "
+        "is it a checkpoint of this model?"
+    )
+
+
 # ---------------------------------------------------------------------- model.py itself
 
 MINI_POLICY = {

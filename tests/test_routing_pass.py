@@ -168,7 +168,7 @@ def test_cost_per_choice(mini_graph) -> None:
     }
 
 
-def test_roles_of_batchnorm_and_pins(models_dir) -> None:
+def test_roles_of_batchnorm_prelu_and_pins(models_dir) -> None:
     per_task = insert_routing(load(models_dir / MINI))
     shared = insert_routing(load(models_dir / MINI), options=RoutingOptions(share_bn=True))
     for g, bn_role in ((per_task, Role.SPECIFIC), (shared, Role.SHARED)):
@@ -177,6 +177,8 @@ def test_roles_of_batchnorm_and_pins(models_dir) -> None:
         assert g.node(names["down.bn1"]).role is bn_role
         assert g.node(names["stem.bn1"]).role is Role.SHARED  # pinned @shared
         assert g.node(names["pinned.bn1"]).role is Role.SPECIFIC  # pinned @specific
+        assert g.node(names["valid.prelu1"]).role is Role.SPECIFIC  # PReLU: per task, always
+        assert g.node(names["fc.relu1"]).role is Role.SHARED  # no weights: one op, all tasks
         assert g.node(names["down.conv1.skip.bn"]).role is Role.SKIP
         # Pinned ops are not routed, whatever the batchnorm option.
         assert g.node(names["stem.conv1"]).sharing is Sharing.SHARED

@@ -10,8 +10,10 @@ become explicit nodes, joined by a `route` node that carries the policy slot:
              even a projection cannot give the op's output size
     route    `n.route`     (attrs: op name, depth among routed ops, whether skip exists)
 
-Batchnorm (and scale) is task-specific unless `share_bn`; ops pinned `@specific` get one copy
-per task, ops pinned `@shared` stay shared. Non-parametric ops act per task on the stacked
+Batchnorm (and scale) is task-specific unless `share_bn`; PReLU always is (with batchnorm and
+scale the only unpinned parametric ops that are not routed: per task, all-specific is T
+independent networks). Ops pinned `@specific` get one copy per task, ops pinned `@shared` stay
+shared. Non-parametric ops act per task on the stacked
 batch. A `task_stack` node follows each input, and a `task_slice` node feeds each task's head
 its own part of the stacked backbone output.
 """
@@ -63,6 +65,8 @@ def _role_of(node: Node, options: RoutingOptions) -> Role:
     if node.sharing is Sharing.SHARED:
         return Role.SHARED
     if node.op in (Op.BATCHNORM, Op.SCALE) and not options.share_bn:
+        return Role.SPECIFIC
+    if node.op is Op.PRELU:
         return Role.SPECIFIC
     return Role.SHARED
 
