@@ -12,7 +12,7 @@ from mtsc.codegen.dot import emit_dot, emit_supermodel_dot
 from mtsc.codegen.torch_backbone import emit_backbone
 from mtsc.codegen.torch_supermodel import emit_supermodel
 from mtsc.errors import MtscError
-from mtsc.fsutil import check_not_a_folder, remove_stale, write_atomic
+from mtsc.fsutil import check_not_a_folder, remove_stale, undone_on_failure, write_atomic
 from mtsc.ir.graph import Graph
 from mtsc.ir.passes.eliminate_dead import eliminate_dead
 from mtsc.ir.passes.extract_backbone import extract_backbone
@@ -146,9 +146,10 @@ def build(
     for stem, proc in renders.items():
         if proc is not None:  # every picture made before the first file is replaced
             files[f"{stem}.svg"] = finish_render(proc, out_dir / f"{stem}.svg")
-    for name, data in files.items():
-        write_atomic(out_dir / name, data)
-        result.written.append(out_dir / name)
+    with undone_on_failure(out_dir):  # a write failing midway (a full disk) removes the new files
+        for name, data in files.items():
+            write_atomic(out_dir / name, data)
+            result.written.append(out_dir / name)
     unrendered = [out_dir / f"{stem}.dot" for stem, p in renders.items() if p is None]
     if render and unrendered:
         result.notes.append(how_to_render(*unrendered))

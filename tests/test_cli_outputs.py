@@ -488,3 +488,24 @@ def test_a_prune_removes_the_weights_and_picture_of_an_earlier_one(
     args = ["prune", MODEL, "--policy", "specific", "-o", out, "--no-svg", "--json"]
     assert main([str(a) for a in args]) == 0
     assert json.loads(capsys.readouterr().out)["removed"] == []
+
+
+def test_a_build_whose_write_fails_midway_removes_the_files_it_added(tmp_path, monkeypatch):
+    import mtsc.driver
+
+    real_write = mtsc.driver.write_atomic
+
+    def disk_full_at_the_supermodel(path, data):
+        if path.name == "supermodel.py":
+            raise OSError(28, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(mtsc.driver, "write_atomic", disk_full_at_the_supermodel)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine\n")
+    with pytest.raises(OSError, match="No space left"):
+        mtsc.driver.build(MODEL, tmp_path / "out", render=False)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+    with pytest.raises(OSError, match="No space left"):
+        mtsc.driver.build(MODEL, tmp_path / "new", render=False)
+    assert not (tmp_path / "new").exists()
