@@ -445,14 +445,19 @@ def interp(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
         raise layer.error("pad_beg and pad_end (cropping the input) are not supported", where)
     if p.HasField("zoom_factor") or p.HasField("shrink_factor"):
         attrs = {"zoom": p.zoom_factor, "shrink": p.shrink_factor}
+        values = {"zoom_factor": p.zoom_factor, "shrink_factor": p.shrink_factor}
     elif p.HasField("height") and p.HasField("width"):
         attrs = {"size": (p.height, p.width)}
+        values = {"height": p.height, "width": p.width}
     elif len(ins) == 2:
         return [Step(Op.INTERP)]
     else:
         raise layer.error(
             "give zoom_factor, shrink_factor, height and width, or a second bottom", where
         )
+    for name, value in values.items():
+        if value < 1:
+            raise layer.error(f"{name} must be at least 1, got {value}", where)
     # as in Caffe, a second bottom is then not read
     return [Step(Op.INTERP, attrs, inputs=(0,))]
 

@@ -1205,8 +1205,8 @@ ERRORS = {
     "interp zoom of 0": (
         INPUT + layer("i", "Interp", "data", body="interp_param { zoom_factor: 0 }"),
         None,
-        "layer 'i' (Interp): zoom must be at least 1, got 0",
-        'layer {\n  name: "i"',
+        "layer 'i' (Interp): zoom_factor must be at least 1, got 0",
+        "interp_param",
     ),
     "dropout ratio": (
         INPUT + layer("d", "Dropout", "data", body="dropout_param { dropout_ratio: 1 }"),
