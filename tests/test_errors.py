@@ -1036,7 +1036,8 @@ def test_cli_check_rejects_an_unknown_loss_with_status_2(tmp_path, run_mtsc) -> 
 
 
 def test_a_failed_build_leaves_no_partial_files(tmp_path, monkeypatch) -> None:
-    """A write that fails halfway leaves neither the file nor its temporary behind."""
+    """A write that fails halfway leaves neither the file nor its temporary behind, nor the
+    folder the build made."""
     import mtsc.fsutil
 
     real_replace = mtsc.fsutil.os.replace
@@ -1053,7 +1054,7 @@ def test_a_failed_build_leaves_no_partial_files(tmp_path, monkeypatch) -> None:
         f"error: cannot write {tmp_path / 'out' / 'backbone.py'}: No space left on device"
     )
     monkeypatch.setattr(mtsc.fsutil.os, "replace", real_replace)
-    assert list((tmp_path / "out").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.mtl"]
 
 
 def test_an_output_folder_that_cannot_be_made(tmp_path) -> None:
@@ -1063,7 +1064,8 @@ def test_an_output_folder_that_cannot_be_made(tmp_path) -> None:
     with pytest.raises(MtscError) as info:
         build(path, tmp_path / "taken" / "out", render=False)
     assert info.value.render() == (
-        f"error: cannot write {tmp_path / 'taken' / 'out' / 'backbone.py'}: Not a directory"
+        f"error: cannot write to {tmp_path / 'taken' / 'out'}: {tmp_path / 'taken'} is a file, "
+        "not a folder"
     )
 
 
