@@ -25,7 +25,7 @@ step's tensors hold at once, which RSS blurs with what the C allocator keeps or 
 branches per task outweigh the backbone at small inputs) for 1x1 read-outs, so that the
 routed backbone, where the two variants differ, dominates the step.
 
-Run: `python benchmarks/bench_supermodel.py [--models resnet34 mobilenetv2] [--steps 5]
+Run: `python benchmarks/bench_supermodel.py [--models resnet34 mobilenetv2 resnet_tiny] [--steps 5]
 [--heads conv1x1] [--threads N] [--profile] [--device cuda]`.
 """
 
@@ -51,6 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = {
     "resnet34": ("resnet34.mtl", 2, 128),
     "mobilenetv2": ("mobilenetv2.mtl", 4, 160),
+    # the demo's search step: shapes' 64x64 images, the demo's batch of 16
+    "resnet_tiny": ("resnet_tiny.mtl", 16, 64),
 }
 VARIANTS = ("supermodel", "task-by-task")
 HEADS = ("as-declared", "conv1x1")
