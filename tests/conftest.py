@@ -178,6 +178,32 @@ def run_mtsc() -> Callable[..., subprocess.CompletedProcess]:
     return run
 
 
+class Interrupted(Exception):
+    """Raised inside a run to cut it off, as a crash or ^C would."""
+
+
+@pytest.fixture(scope="session")
+def run_cut_short() -> Callable[..., None]:
+    """`run_cut_short(args, module, step_name, stop)`: `mtsc ARGS` in this process, stopped
+    just before the step function `module.step_name` would run on a `run` where `stop(run)`."""
+    from mtsc.cli import main
+
+    def run(args: list[str], module: ModuleType, step_name: str, stop: Callable) -> None:
+        step = getattr(module, step_name)
+
+        def step_then_stop(state):
+            if stop(state):
+                raise Interrupted
+            return step(state)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(module, step_name, step_then_stop)
+            with pytest.raises(Interrupted):
+                main(args)
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def ruff_check() -> Callable[..., None]:
     """`ruff_check(*files, cwd=None)`: the files pass `ruff check` with its default rules

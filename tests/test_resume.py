@@ -23,10 +23,6 @@ FP16_WARNING = "warning: fp16 autocast is slow on a CPU; bf16 is the CPU's mixed
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class Interrupted(Exception):
-    pass
-
-
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -63,24 +59,21 @@ def search_args(model_file, config_file) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def interrupted_search(tmp_path_factory, model_file, config_file) -> tuple[Path, Path]:
+def interrupted_search(
+    tmp_path_factory, model_file, config_file, run_cut_short
+) -> tuple[Path, Path]:
     """(a whole search, the same search stopped after search step 5: checkpointed at step 3,
     steps 4 and 5 logged after it)."""
     folder = tmp_path_factory.mktemp("search")
     args = search_args(model_file, config_file)
     assert main([*args, "--out", str(folder / "whole")]) == 0
 
-    step = search_module._weight_step
-
-    def step_then_stop(run):
-        if run.stage == "search" and run.step == 5:  # steps 1..5 done
-            raise Interrupted
-        return step(run)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(search_module, "_weight_step", step_then_stop)
-        with pytest.raises(Interrupted):
-            main([*args, "--out", str(folder / "cut")])
+    run_cut_short(
+        [*args, "--out", str(folder / "cut")],
+        search_module,
+        "_weight_step",
+        lambda run: run.stage == "search" and run.step == 5,  # steps 1..5 done
+    )
     state = load(folder / "cut" / "last.pt")
     assert (state["stage"], state["step"]) == ("search", 3)
     assert state["command"] == {"data": "shapes", "share_bn": False}
@@ -181,22 +174,13 @@ def train_args(model_file, config_file) -> list[str]:
 
 
 def test_a_resumed_training_needs_no_policy_nor_its_flags(
-    model_file, config_file, tmp_path, monkeypatch
+    model_file, config_file, tmp_path, run_cut_short
 ):
     args = [*train_args(model_file, config_file), "--policy", "specific"]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
-
-    step = train_module._step
-
-    def step_then_stop(run):
-        if run.step == 5:  # steps 1..5 done, checkpointed at step 4
-            raise Interrupted
-        return step(run)
-
-    monkeypatch.setattr(train_module, "_step", step_then_stop)
-    with pytest.raises(Interrupted):
-        main([*args, "--out", str(tmp_path / "cut")])
-    monkeypatch.undo()
+    # steps 1..5 done, checkpointed at step 4
+    cut = [*args, "--out", str(tmp_path / "cut")]
+    run_cut_short(cut, train_module, "_step", lambda run: run.step == 5)
 
     assert main(["train", str(model_file), "--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
     whole, resumed = (load(tmp_path / run / "last.pt") for run in ("whole", "cut"))

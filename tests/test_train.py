@@ -183,12 +183,8 @@ def trainable(state: dict) -> list[str]:
     return [name for name in state if not name.endswith(statistics)]
 
 
-class Interrupted(Exception):
-    pass
-
-
 def test_an_interrupted_training_resumes_like_an_uninterrupted_one(
-    tmp_path, model_file, config_file, monkeypatch
+    tmp_path, model_file, config_file, run_cut_short
 ):
     args = ["train", str(model_file), "--policy", str(tmp_path / "policy.json"), "--config",
             str(config_file), "--seed", "3", "--set", "steps=6", "--set", "batch_size=4",
@@ -196,17 +192,9 @@ def test_an_interrupted_training_resumes_like_an_uninterrupted_one(
     (tmp_path / "policy.json").write_text(json.dumps(MIXED))
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
 
-    step = train_module._step
-
-    def step_then_stop(run):
-        if run.step == 4:  # steps 1..4 done and checkpointed
-            raise Interrupted
-        return step(run)
-
-    monkeypatch.setattr(train_module, "_step", step_then_stop)
-    with pytest.raises(Interrupted):
-        main([*args, "--out", str(tmp_path / "cut")])
-    monkeypatch.undo()
+    # steps 1..4 done and checkpointed
+    cut = [*args, "--out", str(tmp_path / "cut")]
+    run_cut_short(cut, train_module, "_step", lambda run: run.step == 4)
     assert load(tmp_path / "cut" / "last.pt")["step"] == 4
 
     assert main([*args, "--resume", str(tmp_path / "cut")]) == 0
