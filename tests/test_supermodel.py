@@ -636,6 +636,43 @@ def test_resnet_tiny_warmup_forward(tiny) -> None:
     assert all(torch.isfinite(v).all() for v in out.values())
 
 
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """Error relative to the norm, or absolute below norm 1: a bias before a training-mode
+    batchnorm has gradient zero in exact arithmetic, float32 rounding in practice."""
+    return ((got.double().cpu() - expected).norm() / expected.norm().clamp_min(1.0)).item()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["search", "hard"])
+def test_cuda_step_with_triton_mixture_equals_float64_cpu(mode, tiny, monkeypatch) -> None:
+    """On a GPU every mixture runs in the Triton kernel (forced here): a training-mode step's
+    outputs and the gradients of all weights and policy logits equal the float64 CPU step's."""
+    monkeypatch.setenv("MTSC_ROUTING", "triton")
+    reference = random_model(tiny, 6).double().set_mode(mode).train()
+    reference.tau = 0.8
+    reference.gumbel_noise = {n: v.double() for n, v in fixed_noise(reference, 6).items()}
+    on_gpu = random_model(tiny, 6).cuda().set_mode(mode).train()
+    on_gpu.tau = reference.tau
+    on_gpu.gumbel_noise = fixed_noise(on_gpu, 6)
+    x = torch.randn(TINY_INPUT, dtype=torch.float64)
+    probes = {t: torch.randn_like(v) for t, v in reference(x).items()}
+    reference.zero_grad(set_to_none=True)
+
+    def step(model: nn.Module, device: str) -> tuple[dict, dict]:
+        dtype = next(model.parameters()).dtype
+        out = model(x.to(device, dtype))
+        sum((out[t] * probes[t].to(device, dtype)).sum() for t in model.TASKS).backward()
+        return out, grads_of(model)
+
+    expected_out, expected_grads = step(reference, "cpu")
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # float32 convs, not tf32
+        out, grads = step(on_gpu, "cuda")
+    assert grads.keys() == expected_grads.keys()
+    errors = {f"output {t}": relative_error(out[t], expected_out[t].detach()) for t in out}
+    errors |= {n: relative_error(grads[n], g) for n, g in expected_grads.items()}
+    assert max(errors.values()) < 1e-4, sorted(errors.items(), key=lambda e: -e[1])[:5]
+
+
 # ---------------------------------------------------------------- generated source
 
 GOLDEN = "mini_supermodel.py"
