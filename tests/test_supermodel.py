@@ -647,7 +647,6 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 def test_cuda_step_with_triton_mixture_equals_float64_cpu(mode, tiny, monkeypatch) -> None:
     """On a GPU every mixture runs in the Triton kernel (forced here): a training-mode step's
     outputs and the gradients of all weights and policy logits equal the float64 CPU step's."""
-    monkeypatch.setenv("MTSC_ROUTING", "triton")
     reference = random_model(tiny, 6).double().set_mode(mode).train()
     reference.tau = 0.8
     reference.gumbel_noise = {n: v.double() for n, v in fixed_noise(reference, 6).items()}
@@ -665,6 +664,7 @@ def test_cuda_step_with_triton_mixture_equals_float64_cpu(mode, tiny, monkeypatc
         return out, grads_of(model)
 
     expected_out, expected_grads = step(reference, "cpu")
+    monkeypatch.setenv("MTSC_ROUTING", "triton")
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # float32 convs, not tf32
         out, grads = step(on_gpu, "cuda")
     assert grads.keys() == expected_grads.keys()
