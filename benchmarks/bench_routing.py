@@ -9,6 +9,7 @@ the device's measured copy bandwidth.
 """
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -168,6 +169,45 @@ def run_case(case: Case, copy_bw: float) -> list[str]:
     return rows
 
 
+HOST_CASE = Case("resnet34 layer1 b2", (3, 2, 64, 32, 32), torch.float32, "grouped")
+HOST_CALLS = 300
+
+
+def host_us(fn: Callable[[], object]) -> float:
+    """Microseconds per call of ``fn`` issued back to back: on a small tensor the device
+    finishes each launch before the host issues the next, so this is the host's cost."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(HOST_CALLS):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / HOST_CALLS * 1e6
+
+
+def host_rows() -> list[str]:
+    """Host time per call of the pieces of ``mix3`` on a small, launch-bound mixture."""
+    torch.manual_seed(0)
+    s, p, k = (make_candidate(HOST_CASE.shape, HOST_CASE.dtype, "grouped") for _ in range(3))
+    w = make_weights(HOST_CASE.shape[0], hard=False)
+    inputs = (s.requires_grad_(), p.requires_grad_(), k.requires_grad_(), w.requires_grad_())
+    gy = torch.randn(HOST_CASE.shape, device=DEVICE)
+    y = torch.empty(HOST_CASE.shape, device=DEVICE)
+    strides = tuple(x.stride() for x in (y, s, p, k))
+    with torch.no_grad():
+        pieces = {
+            "one torch kernel (y.add_(1))": lambda: y.add_(1),
+            "tile plan, uncached": lambda: routing._plan_tiles.__wrapped__(y.shape, strides),
+            "tile plan, cached": lambda: routing._plan_tiles(y.shape, strides),
+            "plan + forward launch": lambda: routing._forward_triton(y, s, p, k, w, False),
+        }
+        times = {name: host_us(fn) for name, fn in pieces.items()}
+    for name, op in (("triton", fused_mix3(False)), ("eager", eager_mix3)):
+        times[f"{name} forward (autograd on)"] = host_us(lambda op=op: op(*inputs))
+        times[f"{name} forward + backward"] = host_us(forward_backward(op, inputs, gy))
+    return [f"{name:<40}{us:>9.1f}" for name, us in times.items()]
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("bench_routing: no CUDA device here; nothing to measure (run it on a GPU machine).")
@@ -191,6 +231,9 @@ def main() -> int:
         for row in run_case(case, copy_bw):
             print(row, flush=True)
         torch.cuda.empty_cache()
+    print(f"\nhost time per call, {HOST_CASE.name} {list(HOST_CASE.shape)}, microseconds")
+    for row in host_rows():
+        print(row)
     return 0
 
 

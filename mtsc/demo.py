@@ -242,11 +242,12 @@ def _write_predictions(net, test_set, path: Path, count: int = 4) -> None:
     from mtsc.runtime.data.preview import grid, sample_panels
 
     net.eval()
+    device = next(net.parameters()).device
     rows = []
     with torch.no_grad():
         for i in range(min(count, len(test_set))):
             image, targets = test_set[i]
-            out = net(image[None])
+            out = {task: v.cpu() for task, v in net(image[None].to(device)).items()}
             # The preview helpers take channels-last pictures and [H, W] depth.
             picture = denormalize_image(image).permute(1, 2, 0).numpy()
             normal = torch.nn.functional.normalize(out["normal"][0], dim=0)

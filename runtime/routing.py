@@ -45,6 +45,7 @@ standard library, torch and, if present, triton.
 import math
 import os
 from collections import Counter
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
@@ -369,10 +370,13 @@ def _block_shape(size_l: int, size_a: int, size_b: int, transposing: bool) -> tu
     return block_l, block_a, block_b
 
 
-def _plan_tiles(shape: torch.Size, strides: list[tuple[int, ...] | None]) -> _TilePlan:
+@lru_cache(maxsize=4096)
+def _plan_tiles(shape: tuple[int, ...], strides: tuple[tuple[int, ...] | None, ...]) -> _TilePlan:
     """Plan a launch over tensors of one shape ``[T, ...]`` with the given strides.
 
     None stands for an absent tensor, which the kernel never touches: it gets zero strides.
+    Cached: a network routes the same few shapes every step, and planning costs tens of
+    microseconds of Python per call, as much as the launch itself.
     """
     present = [st for st in strides if st is not None]
     num = len(present)
@@ -408,7 +412,7 @@ def _forward_triton(
     if y.numel() == 0:
         return
     tensors = (y, s, p, k)
-    plan = _plan_tiles(y.shape, [None if x is None else x.stride() for x in tensors])
+    plan = _plan_tiles(y.shape, tuple(None if x is None else x.stride() for x in tensors))
     _mix3_forward_kernel[(plan.grid,)](
         *(y if x is None else x for x in tensors),
         w,
@@ -441,7 +445,7 @@ def _backward_triton(
     return the gradient of ``w`` (float32 partial sums per tile, summed here) if ``grad_w``."""
     reads = tuple(c if grad_w else None for c in candidates)
     tensors = (gy, *reads, *grads)
-    plan = _plan_tiles(gy.shape, [None if x is None else x.stride() for x in tensors])
+    plan = _plan_tiles(gy.shape, tuple(None if x is None else x.stride() for x in tensors))
     partials = torch.empty((plan.grid, 3), dtype=torch.float32, device=gy.device)
     if plan.grid:
         _mix3_backward_kernel[(plan.grid,)](

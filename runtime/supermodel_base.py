@@ -123,6 +123,7 @@ class SupermodelBase(nn.Module):
         self.tau = 5.0
         self.gumbel_noise = None  # {op name: [T, 3] tensor}: fixed noise instead of sampling
         self._hard = {}
+        self._constant_weights = {}  # (op name, device) -> [T, 3]: hard and warm-up weights
         self._has_skip = {name: skip for name, skip, _ in self.ROUTED}
         self.policy = nn.ParameterDict(
             {
@@ -143,6 +144,7 @@ class SupermodelBase(nn.Module):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
+        self._constant_weights = {}
         if mode == "hard":
             self._hard = {
                 name: self.policy_logits(name).argmax(1).tolist() for name, _, _ in self.ROUTED
@@ -159,23 +161,27 @@ class SupermodelBase(nn.Module):
     def policy_logits(self, name):
         """The logits [T, 3] of a routed op, with an impossible skip masked out."""
         logits = self.policy[self.policy_key(name)]
-        if not self._has_skip[name]:
-            mask = torch.tensor([0.0, 0.0, -math.inf], device=logits.device, dtype=logits.dtype)
-            logits = logits + mask
+        if not self._has_skip[name]:  # made on the logits' device: no copy from the host
+            logits = torch.cat([logits[:, :2], torch.full_like(logits[:, 2:], -math.inf)], 1)
         return logits
+
+    def constant_weights(self, name):
+        """The fixed mixture weights [T, 3] of the hard and warm-up modes, on the CPU."""
+        if self.mode == "hard":
+            return torch.eye(3)[self._hard[name]]
+        n = 3 if self._has_skip[name] else 2
+        return torch.tensor([1.0 / n, 1.0 / n, 1.0 / n if n == 3 else 0.0]).repeat(
+            len(self.TASKS), 1
+        )
 
     def routing_weights(self, name, like):
         """The mixture weights [T, 3] of a routed op in the current mode."""
-        if self.mode == "hard":
-            w = torch.zeros(len(self.TASKS), 3, device=like.device, dtype=torch.float32)
-            w[torch.arange(len(self.TASKS)), torch.tensor(self._hard[name])] = 1.0
-            return w
-        if self.mode == "warmup":
-            n = 3 if self._has_skip[name] else 2
-            w = torch.full((len(self.TASKS), 3), 1.0 / n, device=like.device)
-            if n == 2:
-                w[:, 2] = 0.0
-            return w
+        if self.mode != "search":
+            # Copied to the device once per mode: a copy per step would stall the GPU's queue.
+            key = (name, like.device)
+            if key not in self._constant_weights:
+                self._constant_weights[key] = self.constant_weights(name).to(like.device)
+            return self._constant_weights[key]
         logits = self.policy_logits(name)
         if self.gumbel_noise is not None:
             noise = self.gumbel_noise[name].to(logits)

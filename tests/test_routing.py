@@ -707,7 +707,7 @@ def contiguous_strides(shape):
 @needs_triton
 def test_plan_collapses_contiguous_tensors_to_one_row():
     shape = (3, 8, 64, 80, 80)
-    plan = routing._plan_tiles(torch.Size(shape), [contiguous_strides(shape)] * 4)
+    plan = routing._plan_tiles(tuple(shape), (contiguous_strides(shape),) * 4)
     assert plan.sizes == (3, 1, 1, 1, 8 * 64 * 80 * 80)
     assert plan.blocks == (1, 1, 4096)
     assert not plan.wide
@@ -719,7 +719,7 @@ def test_plan_transposes_channels_last_into_contiguous():
     y = contiguous_strides(shape)
     cl = torch.empty(24, 64, 20, 20, device="meta", memory_format=torch.channels_last)
     cand = cl.view(shape).stride()
-    plan = routing._plan_tiles(torch.Size(shape), [y, cand, cand, None])
+    plan = routing._plan_tiles(tuple(shape), (y, cand, cand, None))
     # [T, B, H*W, C]: C is innermost for most tensors (two candidates against y), so tiles
     # span H*W x C and transpose; the absent fourth tensor gets zero strides.
     assert plan.sizes == (3, 1, 8, 400, 64)
@@ -733,8 +733,8 @@ def test_plan_transposes_channels_last_into_contiguous():
 def test_plan_switches_to_int64_offsets_past_int32():
     shape = (2, 3, 5)
     big = (2**31, 5, 1)
-    assert routing._plan_tiles(torch.Size(shape), [contiguous_strides(shape), big]).wide
-    assert not routing._plan_tiles(torch.Size(shape), [contiguous_strides(shape)] * 2).wide
+    assert routing._plan_tiles(tuple(shape), (contiguous_strides(shape), big)).wide
+    assert not routing._plan_tiles(tuple(shape), (contiguous_strides(shape),) * 2).wide
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import math
 import os
 import typing
 from collections import Counter
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
@@ -339,10 +340,13 @@ def _block_shape(size_l: int, size_a: int, size_b: int, transposing: bool) -> tu
     return block_l, block_a, block_b
 
 
-def _plan_tiles(shape: torch.Size, strides: list[tuple[int, ...] | None]) -> _TilePlan:
+@lru_cache(maxsize=4096)
+def _plan_tiles(shape: tuple[int, ...], strides: tuple[tuple[int, ...] | None, ...]) -> _TilePlan:
     """Plan a launch over tensors of one shape ``[T, ...]`` with the given strides.
 
     None stands for an absent tensor, which the kernel never touches: it gets zero strides.
+    Cached: a network routes the same few shapes every step, and planning costs tens of
+    microseconds of Python per call, as much as the launch itself.
     """
     present = [st for st in strides if st is not None]
     num = len(present)
@@ -378,7 +382,7 @@ def _forward_triton(
     if y.numel() == 0:
         return
     tensors = (y, s, p, k)
-    plan = _plan_tiles(y.shape, [None if x is None else x.stride() for x in tensors])
+    plan = _plan_tiles(y.shape, tuple(None if x is None else x.stride() for x in tensors))
     _mix3_forward_kernel[(plan.grid,)](
         *(y if x is None else x for x in tensors),
         w,
@@ -411,7 +415,7 @@ def _backward_triton(
     return the gradient of ``w`` (float32 partial sums per tile, summed here) if ``grad_w``."""
     reads = tuple(c if grad_w else None for c in candidates)
     tensors = (gy, *reads, *grads)
-    plan = _plan_tiles(gy.shape, [None if x is None else x.stride() for x in tensors])
+    plan = _plan_tiles(gy.shape, tuple(None if x is None else x.stride() for x in tensors))
     partials = torch.empty((plan.grid, 3), dtype=torch.float32, device=gy.device)
     if plan.grid:
         _mix3_backward_kernel[(plan.grid,)](
@@ -884,6 +888,7 @@ class SupermodelBase(nn.Module):
         self.tau = 5.0
         self.gumbel_noise = None  # {op name: [T, 3] tensor}: fixed noise instead of sampling
         self._hard = {}
+        self._constant_weights = {}  # (op name, device) -> [T, 3]: hard and warm-up weights
         self._has_skip = {name: skip for name, skip, _ in self.ROUTED}
         self.policy = nn.ParameterDict(
             {
@@ -904,6 +909,7 @@ class SupermodelBase(nn.Module):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
+        self._constant_weights = {}
         if mode == "hard":
             self._hard = {
                 name: self.policy_logits(name).argmax(1).tolist() for name, _, _ in self.ROUTED
@@ -920,23 +926,27 @@ class SupermodelBase(nn.Module):
     def policy_logits(self, name):
         """The logits [T, 3] of a routed op, with an impossible skip masked out."""
         logits = self.policy[self.policy_key(name)]
-        if not self._has_skip[name]:
-            mask = torch.tensor([0.0, 0.0, -math.inf], device=logits.device, dtype=logits.dtype)
-            logits = logits + mask
+        if not self._has_skip[name]:  # made on the logits' device: no copy from the host
+            logits = torch.cat([logits[:, :2], torch.full_like(logits[:, 2:], -math.inf)], 1)
         return logits
+
+    def constant_weights(self, name):
+        """The fixed mixture weights [T, 3] of the hard and warm-up modes, on the CPU."""
+        if self.mode == "hard":
+            return torch.eye(3)[self._hard[name]]
+        n = 3 if self._has_skip[name] else 2
+        return torch.tensor([1.0 / n, 1.0 / n, 1.0 / n if n == 3 else 0.0]).repeat(
+            len(self.TASKS), 1
+        )
 
     def routing_weights(self, name, like):
         """The mixture weights [T, 3] of a routed op in the current mode."""
-        if self.mode == "hard":
-            w = torch.zeros(len(self.TASKS), 3, device=like.device, dtype=torch.float32)
-            w[torch.arange(len(self.TASKS)), torch.tensor(self._hard[name])] = 1.0
-            return w
-        if self.mode == "warmup":
-            n = 3 if self._has_skip[name] else 2
-            w = torch.full((len(self.TASKS), 3), 1.0 / n, device=like.device)
-            if n == 2:
-                w[:, 2] = 0.0
-            return w
+        if self.mode != "search":
+            # Copied to the device once per mode: a copy per step would stall the GPU's queue.
+            key = (name, like.device)
+            if key not in self._constant_weights:
+                self._constant_weights[key] = self.constant_weights(name).to(like.device)
+            return self._constant_weights[key]
         logits = self.policy_logits(name)
         if self.gumbel_noise is not None:
             noise = self.gumbel_noise[name].to(logits)
