@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 
 import mtsc.runtime.search as search_module
+import mtsc.runtime.trainer as trainer_module
 from mtsc.api import load_supermodel
 from mtsc.runtime.config import SearchConfig
 from mtsc.runtime.data import open_dataset
@@ -137,11 +138,11 @@ def instrument(stack: contextlib.ExitStack, model, clock: Clock) -> None:
     """Wrap every piece of a step in `clock` (undone when `stack` closes)."""
     targets = [
         (BatchStream, "next", "data"),
-        (search_module, "to_device", "data"),
+        (trainer_module, "to_device", "data"),
         (model, "forward", "forward"),
         (TaskObjective, "task_losses", "loss"),
         (TaskObjective, "total", "loss"),
-        (search_module, "check_finite", "loss"),
+        (trainer_module, "check_finite", "loss"),
         (model, "policy_regularizer", "loss"),
         (model, "budget_regularizer", "loss"),
         (torch.Tensor, "backward", "backward"),
