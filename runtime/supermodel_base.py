@@ -3,11 +3,11 @@
 Activations of the supermodel are task-stacked, batch-major: `[B * T, C, H, W]`, row
 `b * T + t` holding task `t`'s copy of sample `b`. That one layout serves every op without a
 copy: a shared op runs over all `B * T` rows; a per-task op views the same memory as
-`[B, T * C, H, W]` and runs as one grouped call; the routing mixture views it as
-`[T, B, C, H, W]` (strided) for `mix3`.
+`[B, T * C, H, W]` and runs as one grouped call; the routing mixture (`mix3_stacked`) reads
+and writes it as `[T, B, C, H, W]` (strided views).
 
 This file is copied into every generated `supermodel.py` below the marker line, so that code
-imports only torch (and triton, through `mix3`). Above the marker: imports, which the code
+imports only torch (and triton, through `mix3_stacked`). Above the marker: imports, which the code
 generator hoists to the top of the generated file (dropping those of mtsc itself).
 """
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtsc.runtime.policy_format import CHOICES, check_policy
-from mtsc.runtime.routing import mix3
+from mtsc.runtime.routing import mix3_stacked
 
 # --- mtsc: inline below ---
 
@@ -228,13 +228,7 @@ class SupermodelBase(nn.Module):
         ref = next(o for o in outs if o is not None)
         # Under autocast an identity skip keeps its input's dtype while convs give autocast's.
         outs = [None if o is None else o.to(ref.dtype) for o in outs]
-        tasks = len(self.TASKS)
-
-        def per_task(v):
-            return None if v is None else v.view(-1, tasks, *v.shape[1:]).transpose(0, 1)
-
-        y = mix3(*(per_task(o) for o in outs), w.to(ref.dtype), hard=hard, keep_layout=True)
-        return y.transpose(0, 1).reshape(ref.shape)
+        return mix3_stacked(*outs, w.to(ref.dtype), hard=hard)
 
     # -- policies ------------------------------------------------------------------------------
 

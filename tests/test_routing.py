@@ -333,6 +333,62 @@ def test_interpreted_mix3_autograd_matches_float64(case, monkeypatch):
     assert_gw_close(gw, gw_ref, gw_scale)
 
 
+def stacked_candidate(layout: str, shape, dtype, gen) -> torch.Tensor:
+    """A task-stacked ``[B * T, C, H, W]`` activation, as the supermodel's ops leave them."""
+    if layout == "channels_last":
+        return randn(shape, dtype, gen).contiguous(memory_format=torch.channels_last)
+    return LAYOUTS[layout](shape, dtype, gen)
+
+
+def check_mix3_stacked(hard: bool, dtype: torch.dtype) -> None:
+    """mix3_stacked equals the float64 mixture of the per-task views ``[T, B, ...]``, forward
+    and backward, and hands y back task-stacked in the first candidate's layout."""
+    tasks, batch = 3, 2
+    shape = (batch * tasks, 4, 5, 6)
+    gen = torch.Generator().manual_seed(17)
+    layouts = ("channels_last", "contiguous", "gapped")
+    candidates = tuple(
+        stacked_candidate(lay, shape, dtype, gen).requires_grad_() for lay in layouts
+    )
+    w = one_hot_weights(tasks, [0, 1, 2]) if hard else random_weights(tasks, gen).requires_grad_()
+    gy = randn(shape, dtype, gen)
+
+    def per_task(x: torch.Tensor) -> torch.Tensor:
+        return x.view(batch, tasks, *shape[1:]).transpose(0, 1)
+
+    views = tuple(per_task(c.detach()) for c in candidates)
+    y_ref, grads_ref, gw_ref, gw_scale = reference64(views, w.detach(), per_task(gy), hard)
+    y = routing.mix3_stacked(*candidates, w, hard=hard)
+    assert y.shape == shape and y.dtype == dtype
+    assert y.stride() == candidates[0].stride()
+    assert_close_to(per_task(y.detach()), y_ref, dtype)
+    wanted = candidates if hard else (*candidates, w)  # hard mode: w is a fixed selection
+    grads = torch.autograd.grad(y, wanted, gy)
+    for grad, grad_ref in zip(grads, grads_ref, strict=False):
+        assert_close_to(per_task(grad), grad_ref, dtype)
+    if not hard:
+        assert_gw_close(grads[-1], gw_ref, gw_scale)
+
+
+@interpreter_only
+@pytest.mark.parametrize("hard", [False, True])
+def test_interpreted_mix3_stacked_matches_float64(hard, monkeypatch):
+    monkeypatch.setenv("MTSC_ROUTING", "triton")
+    check_mix3_stacked(hard, torch.float32)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_torch_path_mix3_stacked_matches_float64(hard, monkeypatch):
+    monkeypatch.setenv("MTSC_ROUTING", "torch")
+    check_mix3_stacked(hard, torch.float32)
+
+
+def test_mix3_stacked_needs_rows_a_multiple_of_the_tasks():
+    x = torch.randn(5, 2)
+    with pytest.raises(ValueError, match=r"3 tasks, which do not divide the candidates' first"):
+        routing.mix3_stacked(x, x, x, torch.rand(3, 3))
+
+
 @interpreter_only
 def test_interpreted_backward_of_a_sum_takes_a_broadcast_gradient(monkeypatch):
     # y.sum() hands backward a gradient expanded from a scalar: all strides 0.

@@ -471,15 +471,29 @@ def _new_grad(gy: torch.Tensor, strides: tuple[int, ...] | None) -> torch.Tensor
     return torch.empty_strided(gy.shape, strides, dtype=gy.dtype, device=gy.device)
 
 
+def _task_view(x: torch.Tensor | None, tasks: int) -> torch.Tensor | None:
+    """A task-stacked ``[B * T, ...]`` tensor as ``[T, B, ...]`` (a view); ``tasks`` 0: ``x``
+    is ``[T, ...]`` already."""
+    if x is None or not tasks:
+        return x
+    return x.view(-1, tasks, *x.shape[1:]).transpose(0, 1)
+
+
 class _Mix3Function(torch.autograd.Function):
-    """The Triton path of ``mix3`` as one autograd node: one forward and one backward launch."""
+    """The Triton path of ``mix3`` as one autograd node: one forward and one backward launch.
+
+    With ``tasks`` > 0 the tensors come and go in the task-stacked layout and the per-task
+    views are taken in here, where autograd does not record them: a view outside costs an
+    autograd node per candidate and step, as much host time as the launch."""
 
     @staticmethod
-    def forward(ctx, w, hard, keep_layout, s, p, k):
+    def forward(ctx, w, hard, keep_layout, tasks, s, p, k):
         like = _first_given((s, p, k))
         y = _new_grad(like, _dense_strides(like) if keep_layout else None)
-        _forward_triton(y, s, p, k, w, hard)
+        per_task = (_task_view(x, tasks) for x in (y, s, p, k))
+        _forward_triton(*per_task, w, hard)
         ctx.hard = hard
+        ctx.tasks = tasks
         ctx.grad_strides = tuple(None if c is None else _dense_strides(c) for c in (s, p, k))
         # The candidates are only needed for the gradient of w; do not keep them alive otherwise.
         keep = ctx.needs_input_grad[0]
@@ -493,10 +507,17 @@ class _Mix3Function(torch.autograd.Function):
         candidates = (s, p, k) if grad_w else (None, None, None)
         grads = tuple(
             _new_grad(gy, strides) if need else None
-            for strides, need in zip(ctx.grad_strides, ctx.needs_input_grad[3:], strict=True)
+            for strides, need in zip(ctx.grad_strides, ctx.needs_input_grad[4:], strict=True)
         )
-        gw = _backward_triton(gy, candidates, w, ctx.hard, grads, grad_w)
-        return (gw, None, None, *grads)
+        gw = _backward_triton(
+            _task_view(gy, ctx.tasks),
+            tuple(_task_view(c, ctx.tasks) for c in candidates),
+            w,
+            ctx.hard,
+            tuple(_task_view(g, ctx.tasks) for g in grads),
+            grad_w,
+        )
+        return (gw, None, None, None, *grads)
 
 
 def _check_inputs(
@@ -505,8 +526,10 @@ def _check_inputs(
     k: torch.Tensor | None,
     w: torch.Tensor,
     hard: bool,
+    stacked: bool = False,
 ) -> torch.Tensor:
-    """Validate the arguments of ``mix3``; return the first given candidate."""
+    """Validate the arguments of ``mix3`` (``mix3_stacked`` if ``stacked``); return the first
+    given candidate."""
     named = {"s": s, "p": p, "k": k}
     missing = [name for name, c in named.items() if c is None]
     if missing and not hard:
@@ -537,7 +560,12 @@ def _check_inputs(
         )
     if w.dim() != 2 or w.shape[1] != 3:
         raise ValueError(f"mix3: w must have shape [T, 3], got {list(w.shape)}")
-    if w.shape[0] != like.shape[0]:
+    if stacked and like.shape[0] % w.shape[0]:
+        raise ValueError(
+            f"mix3_stacked: w has {w.shape[0]} tasks, which do not divide the candidates' "
+            f"first dim {like.shape[0]} (batch * tasks)"
+        )
+    if not stacked and w.shape[0] != like.shape[0]:
         raise ValueError(
             f"mix3: w has {w.shape[0]} tasks but the candidates have {like.shape[0]} "
             f"(their first dim)"
@@ -714,10 +742,30 @@ def mix3(
     """
     like = _check_inputs(s, p, k, w, hard)
     if _use_triton(like):
-        return _Mix3Function.apply(w, hard, keep_layout, s, p, k)
+        return _Mix3Function.apply(w, hard, keep_layout, 0, s, p, k)
     if hard or like.dtype not in _TORCH_FUSED_DTYPES:
         return mix3_reference(s, p, k, w, hard=hard, keep_layout=keep_layout)
     return _Mix3TorchFunction.apply(w.to(like.dtype), keep_layout, s, p, k)
+
+
+def mix3_stacked(
+    s: torch.Tensor | None,
+    p: torch.Tensor | None,
+    k: torch.Tensor | None,
+    w: torch.Tensor,
+    *,
+    hard: bool = False,
+) -> torch.Tensor:
+    """``mix3`` for candidates in the supermodel's task-stacked layout ``[B * T, ...]`` (task
+    ``t``'s samples at rows ``t, T + t, ...``), with ``T = w.shape[0]``. ``y`` comes back in
+    that layout, with the strides of the first given candidate when that is dense."""
+    like = _check_inputs(s, p, k, w, hard, stacked=True)
+    tasks = w.shape[0]
+    if _use_triton(like):
+        return _Mix3Function.apply(w, hard, True, tasks, s, p, k)
+    per_task = (_task_view(c, tasks) for c in (s, p, k))
+    y = mix3(*per_task, w, hard=hard, keep_layout=True)
+    return y.transpose(0, 1).reshape(like.shape)
 
 # ---- copied from mtsc/runtime/policy_format.py ----------------------------------------
 
@@ -993,13 +1041,7 @@ class SupermodelBase(nn.Module):
         ref = next(o for o in outs if o is not None)
         # Under autocast an identity skip keeps its input's dtype while convs give autocast's.
         outs = [None if o is None else o.to(ref.dtype) for o in outs]
-        tasks = len(self.TASKS)
-
-        def per_task(v):
-            return None if v is None else v.view(-1, tasks, *v.shape[1:]).transpose(0, 1)
-
-        y = mix3(*(per_task(o) for o in outs), w.to(ref.dtype), hard=hard, keep_layout=True)
-        return y.transpose(0, 1).reshape(ref.shape)
+        return mix3_stacked(*outs, w.to(ref.dtype), hard=hard)
 
     # -- policies ------------------------------------------------------------------------------
 
