@@ -937,6 +937,7 @@ class SupermodelBase(nn.Module):
         self.gumbel_noise = None  # {op name: [T, 3] tensor}: fixed noise instead of sampling
         self._hard = {}
         self._constant_weights = {}  # (op name, device) -> [T, 3]: hard and warm-up weights
+        self._search_weights = None  # {op name: [T, 3]}, drawn for all routed ops at once
         self._has_skip = {name: skip for name, skip, _ in self.ROUTED}
         self.policy = nn.ParameterDict(
             {
@@ -944,6 +945,9 @@ class SupermodelBase(nn.Module):
                 for name, _, _ in self.ROUTED
             }
         )
+        # [ops, 1, 3]: -inf on the skip of ops that have none; moves with the model, not saved
+        impossible = [[0.0, 0.0, 0.0 if skip else -math.inf] for _, skip, _ in self.ROUTED]
+        self.register_buffer("skip_mask", torch.tensor(impossible).view(-1, 1, 3), persistent=False)
 
     @staticmethod
     def policy_key(name):
@@ -995,18 +999,31 @@ class SupermodelBase(nn.Module):
             if key not in self._constant_weights:
                 self._constant_weights[key] = self.constant_weights(name).to(like.device)
             return self._constant_weights[key]
-        logits = self.policy_logits(name)
+        if self._search_weights is None:
+            self._search_weights = self.draw_search_weights()
+        return self._search_weights[name]
+
+    def draw_search_weights(self):
+        """Gumbel-softmax weights of every routed op, `{op name: [T, 3]}`, in one set of calls
+        over the stacked logits `[ops, T, 3]`: a dozen small calls per op would cost more
+        host time than the op's convolutions on a GPU."""
+        names = [name for name, _, _ in self.ROUTED]
+        logits = torch.stack([self.policy[self.policy_key(n)] for n in names])
+        logits = logits + self.skip_mask.to(logits)
         if self.gumbel_noise is not None:
-            noise = self.gumbel_noise[name].to(logits)
+            noise = torch.stack([self.gumbel_noise[n] for n in names]).to(logits)
         else:
             uniform = torch.rand_like(logits).clamp_(1e-10, 1.0 - 1e-7)
             noise = -torch.log(-torch.log(uniform))
-        return F.softmax((logits + noise) / self.tau, dim=1)
+        weights = F.softmax((logits + noise) / self.tau, dim=2)
+        return dict(zip(names, weights.unbind(0), strict=True))
 
     # -- the forward pass's building blocks ------------------------------------------------
 
     def stack(self, x):
-        """One input batch for all tasks (or a dict task -> batch) as `[B * T, ...]`."""
+        """One input batch for all tasks (or a dict task -> batch) as `[B * T, ...]`. A forward
+        starts here, so search mode draws fresh Gumbel noise for it."""
+        self._search_weights = None
         if isinstance(x, dict):
             missing = [t for t in self.TASKS if t not in x]
             if missing:
