@@ -1,6 +1,6 @@
 """Benchmark of the fused routing mixture ``mix3`` against eager torch and ``torch.compile``.
 
-Run on a CUDA machine:  python benchmarks/bench_routing.py
+Run on a CUDA machine:  python benchmarks/bench_routing.py [--host-only]
 Without CUDA (or triton) it prints why and exits cleanly.
 
 The mixture is pure memory traffic, so every time is also shown as achieved bandwidth: the
@@ -9,6 +9,7 @@ the device's measured copy bandwidth.
 """
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -194,21 +195,35 @@ def host_rows() -> list[str]:
     gy = torch.randn(HOST_CASE.shape, device=DEVICE)
     y = torch.empty(HOST_CASE.shape, device=DEVICE)
     strides = tuple(x.stride() for x in (y, s, p, k))
+    grads = tuple(torch.empty_like(gy) for _ in range(3))
     with torch.no_grad():
         pieces = {
             "one torch kernel (y.add_(1))": lambda: y.add_(1),
             "tile plan, uncached": lambda: routing._plan_tiles.__wrapped__(y.shape, strides),
             "tile plan, cached": lambda: routing._plan_tiles(y.shape, strides),
             "plan + forward launch": lambda: routing._forward_triton(y, s, p, k, w, False),
+            "plan + backward launch + gw sum": lambda: routing._backward_triton(
+                gy, (s, p, k), w, False, grads, True
+            ),
         }
         times = {name: host_us(fn) for name, fn in pieces.items()}
-    for name, op in (("triton", fused_mix3(False)), ("eager", eager_mix3)):
-        times[f"{name} forward (autograd on)"] = host_us(lambda op=op: op(*inputs))
-        times[f"{name} forward + backward"] = host_us(forward_backward(op, inputs, gy))
+    # The supermodel's call: task-stacked [B * T, ...] tensors, views taken inside the node.
+    stacked = tuple(c.detach().transpose(0, 1).reshape(-1, *c.shape[2:]) for c in (s, p, k))
+    stacked_inputs = (*(c.requires_grad_() for c in stacked), w)
+    ops = (
+        ("triton", fused_mix3(False), inputs),
+        ("eager", eager_mix3, inputs),
+        ("triton, stacked", routing.mix3_stacked, stacked_inputs),
+    )
+    for name, op, args in ops:
+        times[f"{name} forward (autograd on)"] = host_us(lambda op=op, args=args: op(*args))
+        grad = gy.transpose(0, 1).reshape(stacked[0].shape) if args is stacked_inputs else gy
+        times[f"{name} forward + backward"] = host_us(forward_backward(op, args, grad))
     return [f"{name:<40}{us:>9.1f}" for name, us in times.items()]
 
 
 def main() -> int:
+    host_only = "--host-only" in sys.argv[1:]  # just the host-cost table
     if not torch.cuda.is_available():
         print("bench_routing: no CUDA device here; nothing to measure (run it on a GPU machine).")
         return 0
@@ -227,7 +242,7 @@ def main() -> int:
         f"{'case':<36} {'pass':<8}{'triton':>9}{'eager':>9}{'compile':>9}"
         f"{'GB/s':>9}{'%copy':>8}{'eager/T':>10}{'compile/T':>11}"
     )
-    for case in CASES:
+    for case in () if host_only else CASES:
         for row in run_case(case, copy_bw):
             print(row, flush=True)
         torch.cuda.empty_cache()
