@@ -26,7 +26,7 @@ branches per task outweigh the backbone at small inputs) for 1x1 read-outs, so t
 routed backbone, where the two variants differ, dominates the step.
 
 Run: `python benchmarks/bench_supermodel.py [--models resnet34 mobilenetv2 resnet_tiny] [--steps 5]
-[--heads conv1x1] [--threads N] [--profile] [--device cuda]`.
+[--heads conv1x1] [--threads N] [--profile] [--device cuda] [--cudnn-benchmark]`.
 """
 
 from __future__ import annotations
@@ -431,6 +431,7 @@ def worker(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     roles = {"check": check, "time": time_both, "memory": memory}
     result = roles[args.worker](args)
     result["threads"] = torch.get_num_threads()
@@ -450,8 +451,8 @@ def run_worker(args: argparse.Namespace, role: str, variant: str = "") -> dict:
         "--threads": args.threads,
     }
     cmd = [sys.executable, __file__] + [str(a) for item in options.items() for a in item]
-    if args.profile:
-        cmd.append("--profile")
+    cmd += [flag for flag, on in (("--profile", args.profile),
+            ("--cudnn-benchmark", args.cudnn_benchmark)) if on]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"the {role} run failed:\n{proc.stderr}")
@@ -532,6 +533,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--tolerance", type=float, default=1e-6)
     parser.add_argument("--profile", action="store_true", help="print the top ops per variant")
+    parser.add_argument(
+        "--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms per shape"
+    )
     for hidden in ("--worker", "--variant", "--source", "--folder"):
         parser.add_argument(hidden, default="", help=argparse.SUPPRESS)
     args = parser.parse_args()

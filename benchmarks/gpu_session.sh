@@ -5,7 +5,8 @@
 #
 # Steps (all when none are named): tests, routing, supermodel, stacking, search, demo, amp;
 # profile (ResNet-34's search step under the profiler), backbone (the supermodel benchmark with
-# 1x1 heads), host (the mixture's host cost per call) and deploy (inference) run only when named.
+# 1x1 heads), cudnn (it with cuDNN's benchmark mode), host (the mixture's host cost per call) and
+# deploy (inference) run only when named.
 # Each step's output goes to OUT_DIR/STEP.txt and to the terminal; a step that fails or runs past
 # its time limit is reported and the next one runs. Wheels missing on the machine (lark, for
 # one) are installed from ./.whl when that folder exists; see benchmarks/NOTES.md.
@@ -55,6 +56,8 @@ for step in "${steps[@]}"; do
         --models resnet34 --steps 5 --profile ;;
     backbone) run_step backbone 240 python3 benchmarks/bench_supermodel.py --device cuda \
         --steps 20 --heads conv1x1 ;;
+    cudnn) run_step cudnn 200 python3 benchmarks/bench_supermodel.py --device cuda --steps 20 \
+        --models resnet34 resnet_tiny --cudnn-benchmark ;;
     host) run_step host 90 python3 benchmarks/bench_routing.py --host-only ;;
     deploy) run_step deploy 120 python3 benchmarks/bench_deploy.py --device cuda ;;
     stacking) run_step stacking 100 python3 benchmarks/bench_stacking.py --device cuda ;;
