@@ -89,6 +89,10 @@ def test_prune_with_weights_writes_the_deployment(tmp_path, load_generated, run_
     assert {p.name for p in out.iterdir()} == written
     assert (out / "model.dot").read_text().startswith("digraph")
     assert json.loads((out / "policy.json").read_text()) == policy
+    # listed in the order the files are written
+    order = ["model.py", "model.dot", "policy.json", "model.pt", "report.txt", "model.svg"]
+    listed = next(line for line in result.stdout.splitlines() if line.startswith("wrote "))
+    assert listed == "wrote " + ", ".join(str(out / n) for n in order if n in written)
 
     pruned = prune_model(MODEL, policy)
     table = report_table(size_report(pruned.model), baselines(MODEL))

@@ -34,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from mtsc.render import dot_available, finish_render, how_to_render, start_render
 
     out = Path(args.out)
-    names = ["model.py", "model.dot", "policy.json", "report.txt"]
+    names = ["model.py", "model.dot", "policy.json"]  # in the order they are written
     names += ["model.pt"] if args.weights else []
+    names += ["report.txt"]
     names += ["model.svg"] if not args.no_svg and dot_available() else []
     written = [out / name for name in names]
     check_output_folder(out)  # before the work: an output that cannot be written fails at once
