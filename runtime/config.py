@@ -27,7 +27,7 @@ class SearchConfig:
     held_out: float = 0.2  # fraction of the training split kept for policy steps
     weight_lr: float = 0.05
     momentum: float = 0.9
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # not on PReLU slopes
     policy_lr: float = 0.01
     # Gumbel-softmax temperature: tau = max(tau_min, tau_init * tau_decay ** (step / 100))
     tau_init: float = 5.0
@@ -57,7 +57,7 @@ class TrainConfig:
     steps: int = 800
     lr: float = 0.05
     momentum: float = 0.9
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # not on PReLU slopes
     eval_every: int = 200
     eval_batches: int = 0
     checkpoint_every: int = 200

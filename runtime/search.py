@@ -44,6 +44,7 @@ from mtsc.runtime.trainer import (
     refuse_existing_run,
     restore_scaler,
     run_steps,
+    sgd_groups,
     start_run,
     write_checkpoint,
 )
@@ -129,10 +130,9 @@ def search(
             world=world,
         ),
         weight_opt=torch.optim.SGD(
-            model.weight_parameters(),
+            sgd_groups(model.weight_parameters(), model, config.weight_decay),
             lr=config.weight_lr,
             momentum=config.momentum,
-            weight_decay=config.weight_decay,
         ),
         policy_opt=torch.optim.Adam(model.policy_parameters(), lr=config.policy_lr),
         scaler=grad_scaler(config.amp, device),

@@ -31,6 +31,7 @@ from mtsc.runtime.trainer import (
     refuse_existing_run,
     restore_scaler,
     run_steps,
+    sgd_groups,
     start_run,
     write_checkpoint,
 )
@@ -82,7 +83,9 @@ def train(
     device, rank, world = start_run(model, config.seed, config.amp)
     forward = DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        sgd_groups(model.parameters(), model, config.weight_decay),
+        lr=config.lr,
+        momentum=config.momentum,
     )
     steps = max(1, config.steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(

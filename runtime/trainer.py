@@ -9,7 +9,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,6 +216,16 @@ def evaluate(
 # ---------------------------------------------------------------------- runs
 
 CHECKPOINT = "last.pt"
+
+
+def sgd_groups(weights: Iterable[torch.nn.Parameter], model: torch.nn.Module, decay: float):
+    """SGD parameter groups: `decay` for every weight but PReLU slopes, which take none (as
+    in He et al. 2015 and Caffe's `decay_mult: 0`): decay would pull them to a plain ReLU."""
+    slopes = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.PReLU)}
+    weights = list(weights)
+    groups = [{"params": [p for p in weights if id(p) not in slopes], "weight_decay": decay}]
+    free = [p for p in weights if id(p) in slopes]
+    return groups + ([{"params": free, "weight_decay": 0.0}] if free else [])
 
 
 def start_run(

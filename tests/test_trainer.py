@@ -12,7 +12,7 @@ import torch
 from mtsc.api import load_supermodel
 from mtsc.errors import MtscError
 from mtsc.runtime.data import open_dataset
-from mtsc.runtime.trainer import BatchStream, TaskObjective, evaluate, run_steps
+from mtsc.runtime.trainer import BatchStream, TaskObjective, evaluate, run_steps, sgd_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -143,3 +143,28 @@ def test_the_progress_bar_is_drawn_on_a_terminal_only(monkeypatch, stderr, drawn
     run_steps(run, 3, lambda r: {"loss": 1.0}, lambda r: None, progress=True)
     assert logged == [1, 2, 3]
     assert ("\r" in stderr.getvalue()) == drawn
+
+
+def test_sgd_groups_leave_prelu_slopes_undecayed(models_dir, tmp_path) -> None:
+    """tiny.mtl has per-channel and channel-shared PReLUs: in the supermodel they are per-task
+    TaskPReLU slopes, which take no weight decay; every other weight takes it."""
+    model = load_supermodel(models_dir / "tiny.mtl", out_dir=tmp_path)
+    slopes = [m.weight for m in model.modules() if isinstance(m, torch.nn.PReLU)]
+    assert len(slopes) >= 2
+    decayed, free = sgd_groups(model.weight_parameters(), model, 1e-4)
+    assert free == {"params": slopes, "weight_decay": 0.0}
+    assert decayed["weight_decay"] == 1e-4
+    assert len(decayed["params"]) + len(slopes) == len(model.weight_parameters())
+    # the optimizer takes the groups; a zero gradient leaves a slope as it was
+    opt = torch.optim.SGD([decayed, free], lr=0.1)
+    before = [s.detach().clone() for s in slopes]
+    for p in model.weight_parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert all(torch.equal(s, b) for s, b in zip(slopes, before, strict=True))
+
+
+def test_sgd_groups_without_prelu_are_one_group(examples_dir, tmp_path) -> None:
+    model = load_supermodel(examples_dir / "resnet_tiny.mtl", out_dir=tmp_path)
+    groups = sgd_groups(model.weight_parameters(), model, 1e-4)
+    assert [len(g["params"]) for g in groups] == [len(model.weight_parameters())]
