@@ -56,7 +56,7 @@ for step in "${steps[@]}"; do
         --models resnet34 --steps 5 --profile ;;
     backbone) run_step backbone 240 python3 benchmarks/bench_supermodel.py --device cuda \
         --steps 20 --heads conv1x1 ;;
-    cudnn) run_step cudnn 200 python3 benchmarks/bench_supermodel.py --device cuda --steps 20 \
+    cudnn) run_step cudnn 400 python3 benchmarks/bench_supermodel.py --device cuda --steps 20 \
         --models resnet34 resnet_tiny --cudnn-benchmark ;;
     host) run_step host 90 python3 benchmarks/bench_routing.py --host-only ;;
     deploy) run_step deploy 120 python3 benchmarks/bench_deploy.py --device cuda ;;
