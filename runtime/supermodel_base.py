@@ -7,8 +7,8 @@ copy: a shared op runs over all `B * T` rows; a per-task op views the same memor
 and writes it as `[T, B, C, H, W]` (strided views).
 
 This file is copied into every generated `supermodel.py` below the marker line, so that code
-imports only torch (and triton, through `mix3_stacked`). Above the marker: imports, which the code
-generator hoists to the top of the generated file (dropping those of mtsc itself).
+imports only torch (and triton, through `mix3_stacked`). Above the marker: imports, which the
+code generator hoists to the top of the generated file (dropping those of mtsc itself).
 """
 
 import math
