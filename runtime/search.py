@@ -42,6 +42,7 @@ from mtsc.runtime.trainer import (
     loss_logs,
     optimizer_step,
     refuse_existing_run,
+    restore_optimizer,
     restore_scaler,
     run_steps,
     sgd_groups,
@@ -297,8 +298,8 @@ def _restore(run: _Run, path: Path) -> None:
     ):
         raise MtscError(None, f"{path} holds weights of a different network than this model")
     run.model.load_state_dict(state["model"])
-    run.weight_opt.load_state_dict(state["weight_opt"])
-    run.policy_opt.load_state_dict(state["policy_opt"])
+    restore_optimizer(run.weight_opt, state["weight_opt"], path)
+    restore_optimizer(run.policy_opt, state["policy_opt"], path)
     restore_scaler(run, state)
     run.model.tau = state["tau"]
     run.stage, run.step = state["stage"], state["step"]

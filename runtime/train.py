@@ -29,6 +29,7 @@ from mtsc.runtime.trainer import (
     loss_logs,
     optimizer_step,
     refuse_existing_run,
+    restore_optimizer,
     restore_scaler,
     run_steps,
     sgd_groups,
@@ -176,7 +177,7 @@ def _restore(run: _Train, path: Path) -> None:
     if state.get("tasks") != list(run.model.TASKS) or set(state["model"]) != set(ours):
         raise MtscError(None, f"{path} is a run of a different model")
     run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
+    restore_optimizer(run.optimizer, state["optimizer"], path)
     run.schedule.load_state_dict(state["schedule"])
     restore_scaler(run, state)
     run.stage, run.step = state.get("stage", "train"), state["step"]

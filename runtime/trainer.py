@@ -395,6 +395,17 @@ def optimizer_step(run: Any, loss: torch.Tensor, optimizer: torch.optim.Optimize
     return scale is None or run.scaler.get_scale() >= scale
 
 
+def restore_optimizer(optimizer: torch.optim.Optimizer, saved: Mapping, path: Path) -> None:
+    """An optimizer's state from a checkpoint; one that does not fit (another model, or a
+    checkpoint of an mtsc with other parameter groups) is a clear error, not a traceback."""
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError) as err:
+        raise MtscError(
+            None, f"{path}: its optimizer state does not fit this run ({err}); start a new run"
+        ) from None
+
+
 def restore_scaler(run: Any, state: Mapping[str, Any]) -> None:
     """The loss scale of an fp16 run; an empty state is a run without one."""
     saved = state.get("scaler") or {}

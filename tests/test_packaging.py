@@ -21,7 +21,8 @@ def package_dirs(repo) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def wheel(repo, tmp_path_factory):
-    """A wheel built from a copy of the sources (setuptools writes build files beside them)."""
+    """A wheel built from a copy of the sources (setuptools writes build files beside them),
+    offline: the build backend is the dev extra's setuptools."""
     source = tmp_path_factory.mktemp("source")
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (repo / name).exists():

@@ -155,6 +155,22 @@ def test_a_checkpoint_without_saved_command_settings_still_resumes(
     assert load(cut / "last.pt")["policy"] == load(interrupted_search[0] / "last.pt")["policy"]
 
 
+def test_an_optimizer_state_that_does_not_fit_is_a_clear_error(
+    interrupted_search, model_file, tmp_path, capsys
+):
+    """A checkpoint whose SGD state has other parameter groups (an mtsc from before PReLU
+    slopes went undecayed, for one) is refused with its path, not a traceback."""
+    cut = copy_run(interrupted_search[1], tmp_path / "cut")
+    state = load(cut / "last.pt")
+    groups = state["weight_opt"]["param_groups"]
+    state["weight_opt"]["param_groups"] = groups + [{**groups[0], "params": []}]
+    save_checkpoint(cut / "last.pt", state)
+    assert main(["search", str(model_file), "--resume", str(cut), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {cut / 'last.pt'}: its optimizer state does not fit this run (")
+    assert err.endswith("); start a new run\n")
+
+
 def test_run_logger_rewinds_to_a_checkpoint(tmp_path):
     steps = [("warmup", 2), ("warmup", 4), ("search", 1), ("search", 2), ("search", 3)]
     lines = [{"stage": s, "step": n} for s, n in steps]
