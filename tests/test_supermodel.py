@@ -13,6 +13,8 @@ t's filters at rows `t * out ... (t + 1) * out`, a TaskBatchNorm2d has `T * C` c
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import random
 import shutil
 import subprocess
@@ -713,8 +715,9 @@ _RUN_WITHOUT_MTSC = textwrap.dedent(
     spec = importlib.util.spec_from_file_location("supermodel", "supermodel.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    model = module.Supermodel().set_mode("search")
-    out = model(torch.randn(2, 3, 12, 12))
+    device = sys.argv[1]
+    model = module.Supermodel().to(device).set_mode("search")
+    out = model(torch.randn(2, 3, 12, 12, device=device))
     sum(v.sum() for v in out.values()).backward()
     print({t: tuple(v.shape) for t, v in out.items()})
     print(all(p.grad is not None for p in model.policy_parameters()), "mtsc" in sys.modules)
@@ -722,15 +725,32 @@ _RUN_WITHOUT_MTSC = textwrap.dedent(
 )
 
 
-def test_source_runs_without_mtsc(mini, tmp_path) -> None:
-    shutil.copy(mini.folder / "supermodel.py", tmp_path / "supermodel.py")
+def run_without_mtsc(folder: Path, tmp_path: Path, device: str, env: dict[str, str]) -> None:
+    shutil.copy(folder / "supermodel.py", tmp_path / "supermodel.py")
     # -I: no PYTHONPATH, no user site, no script folder; the finder blocks the installed mtsc.
     proc = subprocess.run(
-        [sys.executable, "-I", "-c", _RUN_WITHOUT_MTSC],
+        [sys.executable, "-I", "-c", _RUN_WITHOUT_MTSC, device],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, **env},
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:2] == ["{'segment': (2, 3), 'depth': (2, 2)}", "True False"]
+
+
+def test_source_runs_without_mtsc(mini, tmp_path) -> None:
+    run_without_mtsc(mini.folder, tmp_path, "cpu", {"MTSC_ROUTING": "torch"})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+def test_source_runs_its_own_triton_kernels_without_mtsc(mini, tmp_path) -> None:
+    """The file's copy of the kernels, forced, under the interpreter: what a GPU runs."""
+    env = {"MTSC_ROUTING": "triton", "TRITON_INTERPRET": "1"}
+    run_without_mtsc(mini.folder, tmp_path, "cpu", env)
+
+
+@pytest.mark.gpu
+def test_source_runs_without_mtsc_on_a_gpu(mini, tmp_path) -> None:
+    run_without_mtsc(mini.folder, tmp_path, "cuda", {"MTSC_ROUTING": "triton"})
