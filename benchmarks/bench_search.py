@@ -25,9 +25,9 @@ pass shows what that costs. "outside" is the share of the step that is neither t
 (with its loss) nor the backward.
 
 Run: `python benchmarks/bench_search.py [--models resnet_tiny resnet34 mobilenetv2]
-[--steps 10] [--skip 3] [--batch N] [--size S] [--threads N]`. It runs on CUDA when a device
-is there, else on the CPU; ResNet-34 and MobileNetV2 are measured only on CUDA (on a CPU one
-of their steps takes minutes).
+[--steps 10] [--skip 3] [--batch N] [--size S] [--threads N] [--num-workers N]`. It runs on
+CUDA when a device is there, else on the CPU; ResNet-34 and MobileNetV2 are measured only on
+CUDA (on a CPU one of their steps takes minutes).
 """
 
 from __future__ import annotations
@@ -164,7 +164,8 @@ def run_search(name: str, args: argparse.Namespace, device: str, *, instrumented
     n_train = max(64, 8 * batch)  # the held-out fifth must hold a batch
     data = {"size": size, "n_train": n_train, "n_val": batch, "n_test": batch}
     splits = [open_dataset("shapes", split, **data) for split in ("train", "val")]
-    config = SearchConfig(seed=SEED, batch_size=batch, warmup_steps=args.skip + args.steps,
+    config = SearchConfig(seed=SEED, batch_size=batch, num_workers=args.num_workers,
+                          warmup_steps=args.skip + args.steps,
                           search_steps=args.skip + args.steps, eval_every=0,
                           checkpoint_every=10**9)  # fmt: skip
     torch.manual_seed(SEED)
@@ -217,6 +218,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="batch size (default: per model)")
     parser.add_argument("--size", type=int, help="input size (default: the model's)")
     parser.add_argument("--threads", type=int, help="torch threads on the CPU")
+    parser.add_argument("--num-workers", type=int, default=0, help="data loader processes")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
