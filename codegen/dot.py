@@ -16,6 +16,7 @@ from mtsc.ir.stats import node_params
 _COLOURS = {
     Op.INPUT: "#d9d9d9",
     Op.CONV2D: "#9ecae1",
+    Op.DECONV2D: "#9ecae1",
     Op.LINEAR: "#9ecae1",
     Op.BATCHNORM: "#e5e5e5",
     Op.SCALE: "#e5e5e5",
@@ -58,11 +59,11 @@ def task_outputs(w: SourceWriter, g: Graph, tasks: tuple[str, ...]) -> None:
 
 def op_label(node: Node) -> str:
     a = node.attrs
-    if node.op is Op.CONV2D:
+    if node.op in (Op.CONV2D, Op.DECONV2D):
         kh, kw = a["kernel"]
-        text = f"conv {kh}x{kw}"
+        text = f"{'conv' if node.op is Op.CONV2D else 'deconv'} {kh}x{kw}"
         if a["stride"] != (1, 1):
-            text += f" /{a['stride'][0]}"
+            text += f" {'/' if node.op is Op.CONV2D else 'x'}{a['stride'][0]}"
         if a["dilation"] != (1, 1):
             text += f" d{a['dilation'][0]}"
         if a["groups"] != 1:

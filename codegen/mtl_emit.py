@@ -17,15 +17,13 @@ from typing import Any
 
 from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Graph, Node, TaskSpec
-from mtsc.ir.ops import Attr, Kind, Op, OpError, OpSpec, spec_of
+from mtsc.ir.ops import DSL_SPELLING, Attr, Kind, Op, OpError, OpSpec, spec_of
 
 # Words of the .mtl grammar that cannot be labels or variable names.
 KEYWORDS = frozenset(
     "and assert backbone block elif else false for if import in input loss metric not or "
     "repeat return tasks true weight".split()
 )
-# The DSL's usual spelling of an op, where it is not the op's own name.
-_SPELLING = {Op.CONV2D: "conv", Op.BATCHNORM: "bn"}
 _COMMENT_WIDTH = 96
 _OPTION_PREFIX = re.compile(r"loss|metric|weight")
 
@@ -157,7 +155,7 @@ def _expression(node: Node, args: list[str]) -> str:
             continue
         value = _literal(attr, given[attr.name])
         parts.append(value if attr.name in spec.positional else f"{_short(attr)}={value}")
-    return f"{_SPELLING.get(node.op, node.op.value)}({', '.join(parts)})"
+    return f"{DSL_SPELLING.get(node.op, node.op.value)}({', '.join(parts)})"
 
 
 def _needed_attrs(spec: OpSpec, attrs: dict[str, Any]) -> dict[str, Any]:

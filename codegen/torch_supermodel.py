@@ -28,6 +28,7 @@ RUNTIME_FILES = ("routing.py", "policy_format.py", "supermodel_base.py")
 # The per-task form of each parametric torch module: same arguments, the task count first.
 TASK_FORMS = {
     "nn.Conv2d": "TaskConv2d",
+    "nn.ConvTranspose2d": "TaskConvTranspose2d",
     "nn.BatchNorm2d": "TaskBatchNorm2d",
     "nn.Linear": "TaskLinear",
     "nn.PReLU": "TaskPReLU",

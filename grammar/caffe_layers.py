@@ -104,6 +104,7 @@ PARAM_FIELDS = {
     "BatchNorm": "batch_norm_param",
     "Concat": "concat_param",
     "Convolution": "convolution_param",
+    "Deconvolution": "convolution_param",
     "Dropout": "dropout_param",
     "Eltwise": "eltwise_param",
     "Flatten": "flatten_param",
@@ -151,13 +152,14 @@ def _axis(layer: Layer, axis: int, shape: Shape, what: str) -> None:
 # ----------------------------------------------------------------------------- converters
 
 
-def convolution(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+def _convolution_attrs(layer: Layer, ins: Sequence[Shape]) -> dict:
+    """The attributes of a Convolution or Deconvolution (one parameter block for both)."""
     p = _params(layer)
     where = _param_field(layer)
     if not p.num_output:
         raise layer.error("needs num_output", where)
     _axis(layer, p.axis, ins[0], "convolution")
-    attrs = {
+    return {
         "out": p.num_output,
         "kernel": _pair(layer, p, "kernel_size", h="kernel_h", w="kernel_w"),
         "stride": _pair(layer, p, "stride", h="stride_h", w="stride_w", default=1),
@@ -166,7 +168,15 @@ def convolution(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
         "groups": p.group,
         "bias": p.bias_term,
     }
-    return [Step(Op.CONV2D, attrs)]
+
+
+def convolution(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    return [Step(Op.CONV2D, _convolution_attrs(layer, ins))]
+
+
+def deconvolution(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    """FCN's upsampling; its usual bilinear weight filler is an initialisation, not kept."""
+    return [Step(Op.DECONV2D, _convolution_attrs(layer, ins))]
 
 
 def _dilation(layer: Layer, p: Message) -> tuple[int, int]:
@@ -479,6 +489,7 @@ CONVERTERS: dict[str, Converter] = {
     "BatchNorm": batch_norm,
     "Concat": concat,
     "Convolution": convolution,
+    "Deconvolution": deconvolution,
     "Dropout": dropout,
     "Eltwise": eltwise,
     "Flatten": flatten,
@@ -513,6 +524,7 @@ GATES: dict[str, tuple[int, int]] = {"Axpy": (0, 1), "Scale": (1, 0)}
 V1_TYPES = {
     "CONCAT": "Concat",
     "CONVOLUTION": "Convolution",
+    "DECONVOLUTION": "Deconvolution",
     "DROPOUT": "Dropout",
     "ELTWISE": "Eltwise",
     "FLATTEN": "Flatten",

@@ -21,12 +21,22 @@ from mtsc.grammar import ast
 from mtsc.grammar.parser import parse
 from mtsc.ir.errors import MtscError, Span
 from mtsc.ir.graph import Call, Graph, Node, Sharing, TaskSpec
-from mtsc.ir.ops import Op, OpError, Shape, did_you_mean, infer_shape, op_by_name, spec_of
+from mtsc.ir.ops import (
+    DSL_SPELLING,
+    Op,
+    OpError,
+    Shape,
+    did_you_mean,
+    infer_shape,
+    op_by_name,
+    spec_of,
+)
 from mtsc.runtime.objectives import check_loss, check_metric
 
 # DSL spellings of ops, beyond their canonical names.
 OP_ALIASES: dict[str, Op] = {
     "conv": Op.CONV2D,
+    "deconv": Op.DECONV2D,
     "bn": Op.BATCHNORM,
     "batchnorm2d": Op.BATCHNORM,
     "cat": Op.CONCAT,
@@ -701,7 +711,7 @@ class Lowerer:
             shape = infer_shape(op, normalized, [t.shape for t in inputs])
         except OpError as err:
             raise MtscError(span, str(err)) from None
-        base = {"conv2d": "conv", "batchnorm": "bn"}.get(op.value, op.value)
+        base = DSL_SPELLING.get(op, op.value)
         name = scope.child_name(base, block=False)
         self._check_name(name, span)
         meta = {"var": self.var_hint} if self.var_hint else {}

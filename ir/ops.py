@@ -21,6 +21,7 @@ Shape = tuple[int, ...]
 class Op(enum.Enum):
     INPUT = "input"
     CONV2D = "conv2d"
+    DECONV2D = "deconv2d"
     BATCHNORM = "batchnorm"
     SCALE = "scale"
     RELU = "relu"
@@ -49,10 +50,13 @@ class Op(enum.Enum):
     ROUTE = "route"
 
 
+# The DSL's usual spelling of an op, where it is not the op's own name: calls in emitted .mtl
+# and the base of generated node names (`stem.conv1`).
+DSL_SPELLING = {Op.CONV2D: "conv", Op.DECONV2D: "deconv", Op.BATCHNORM: "bn"}
 # Ops whose computation the supermodel routes per task (shared / task-specific / skip).
 ROUTABLE = frozenset({Op.CONV2D, Op.LINEAR})
 # Ops with learned parameters or running statistics.
-PARAMETRIC = frozenset({Op.CONV2D, Op.BATCHNORM, Op.SCALE, Op.LINEAR, Op.PRELU})
+PARAMETRIC = frozenset({Op.CONV2D, Op.DECONV2D, Op.BATCHNORM, Op.SCALE, Op.LINEAR, Op.PRELU})
 
 
 class OpError(Exception):
@@ -400,6 +404,59 @@ _register(
         macs=_conv_macs,
         finish=_conv_finish,
         doc="2-D convolution",
+    )
+)
+
+# deconv2d (a transposed convolution, Caffe's Deconvolution) ------------------------------
+
+
+def _deconv_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    c, h, w = _spatial("deconv2d", ins[0])
+    g = a["groups"]
+    if c % g:
+        raise OpError(f"deconv2d: {c} input channels not divisible by groups={g}")
+    if a["out"] % g:
+        raise OpError(f"deconv2d: {a['out']} output channels not divisible by groups={g}")
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = a["kernel"], a["stride"], a["padding"], a["dilation"]
+    # The inverse of the convolution's rule: each input pixel spreads a dilated kernel.
+    out = ((h - 1) * sh - 2 * ph + dh * (kh - 1) + 1, (w - 1) * sw - 2 * pw + dw * (kw - 1) + 1)
+    if min(out) < 1:
+        raise OpError(
+            f"deconv2d: padding {_fmt_pair((ph, pw))} leaves no output "
+            f"(its size would be {_fmt_pair(out)})"
+        )
+    return (a["out"], *out)
+
+
+def _deconv_params(a: Mapping[str, Any], ins: Sequence[Shape], out: Shape) -> int:
+    kh, kw = a["kernel"]
+    weights = ins[0][0] * (a["out"] // a["groups"]) * kh * kw
+    return weights + (a["out"] if a["bias"] else 0)
+
+
+def _deconv_macs(a: Mapping[str, Any], ins: Sequence[Shape], out: Shape) -> int:
+    kh, kw = a["kernel"]
+    return _numel(ins[0]) * (a["out"] // a["groups"]) * kh * kw
+
+
+_register(
+    OpSpec(
+        Op.DECONV2D,
+        attrs=(
+            Attr("out", Kind.INT, aliases=("channels",), minimum=1),
+            Attr("kernel", Kind.PAIR, aliases=("k",), minimum=1),
+            Attr("stride", Kind.PAIR, (1, 1), aliases=("s",), minimum=1),
+            Attr("padding", Kind.PAIR, (0, 0), aliases=("p",), minimum=0),
+            Attr("dilation", Kind.PAIR, (1, 1), aliases=("d",), minimum=1),
+            Attr("groups", Kind.INT, 1, aliases=("g",), minimum=1),
+            Attr("bias", Kind.BOOL, False),
+        ),
+        shape=_deconv_shape,
+        torch=TorchModule("nn.ConvTranspose2d", _conv_args),
+        positional=("out",),
+        params=_deconv_params,
+        macs=_deconv_macs,
+        doc="2-D transposed convolution (upsampling by `stride`)",
     )
 )
 

@@ -184,9 +184,12 @@ def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
                 continue
             if not isinstance(value, torch.Tensor):
                 raise MtscError(None, f"the checkpoint's {key} is not a tensor")
+            lead = channels
+            if op is Op.DECONV2D and suffix == "weight":  # its rows are the input channels
+                lead = sm.in_shapes(nid)[0][0]
             # A checkpoint of another model, or built with(out) --share-bn, has other shapes:
             # say so rather than fail in a reshape or carry a wrong slice.
-            rows = tasks if op is Op.LINEAR else tasks * channels
+            rows = tasks if op is Op.LINEAR else tasks * lead
             if task is not None and value.dim() > 0:
                 if value.shape[0] != rows:
                     raise MtscError(None, _misfit(key, value, name, op))
@@ -194,7 +197,7 @@ def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
                     value = value[task]
                 else:
                     value = value.reshape(tasks, -1, *value.shape[1:])[task]
-            if value.dim() > 0 and value.shape[0] != channels:
+            if value.dim() > 0 and value.shape[0] != lead:
                 raise MtscError(None, _misfit(key, value, name, op))
             picked[suffix] = value
         if not picked:

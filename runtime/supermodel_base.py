@@ -26,8 +26,10 @@ from mtsc.runtime.routing import mix3_stacked
 MODES = ("warmup", "search", "hard")
 
 
-class TaskConv2d(nn.Conv2d):
-    """One conv per task, run as a single grouped conv over the task-stacked batch."""
+class _TaskGroups:
+    """A conv layer per task, run as one grouped call over the task-stacked batch viewed as
+    `[B, T * C, H, W]`: task t's groups are its input channels t*C_in... and output channels
+    t*C_out... (a transposed conv's weight rows are its input channels)."""
 
     def __init__(
         self,
@@ -56,6 +58,14 @@ class TaskConv2d(nn.Conv2d):
     def forward(self, x):
         y = super().forward(x.reshape(-1, self.in_channels, *x.shape[2:]))
         return y.view(-1, self.out_channels // self.tasks, *y.shape[2:])
+
+
+class TaskConv2d(_TaskGroups, nn.Conv2d):
+    """One conv per task, run as a single grouped conv over the task-stacked batch."""
+
+
+class TaskConvTranspose2d(_TaskGroups, nn.ConvTranspose2d):
+    """One transposed conv per task, run as a single grouped call."""
 
 
 class TaskBatchNorm2d(nn.BatchNorm2d):

@@ -296,7 +296,7 @@ def test_tasks_section_is_kept(models_dir) -> None:
         None,
         1.0,
     )
-    assert (segment.loc.line, segment.head.loc.line, segment.head.loc.column) == (28, 28, 14)
+    assert (segment.loc.line, segment.head.loc.line, segment.head.loc.column) == (29, 29, 14)
 
 
 def test_task_heads_are_lowered_after_the_backbone(models_dir) -> None:

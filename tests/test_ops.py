@@ -288,6 +288,20 @@ def test_conv_shape_rule_matches_torch(case) -> None:
     assert ir == _torch_shape(F.conv2d, x, weight, stride=s, padding=p, dilation=d)
 
 
+@settings(max_examples=150, deadline=None)
+@given(windows, st.integers(1, 3))
+def test_deconv_shape_rule_matches_torch(case, groups) -> None:
+    """Torch also returns an empty map where padding eats the output; mtsc refuses that."""
+    h, w, k, s, p, d = (case[key] for key in "hwkspd")
+    attrs = {"out": 2 * groups, "k": k, "s": s, "p": p, "d": d, "g": groups}
+    ir = _ir_shape(Op.DECONV2D, attrs, (groups, h, w))
+    x, weight = torch.zeros(1, groups, h, w), torch.zeros(groups, 2, k, k)
+    expected = _torch_shape(
+        F.conv_transpose2d, x, weight, stride=s, padding=p, dilation=d, groups=groups
+    )
+    assert ir == (None if expected is None or 0 in expected else expected)
+
+
 @settings(max_examples=200, deadline=None)
 @given(windows, st.booleans(), st.sampled_from(["maxpool", "avgpool"]))
 def test_pool_shape_rule_matches_torch_with_ceil_mode(case, ceil, kind) -> None:
@@ -505,6 +519,24 @@ def test_attribute_errors(op, attrs, message) -> None:
             {"out": 8, "k": 1},
             [(30,)],
             "conv2d: needs a feature map (C x H x W), got a flat vector of 30",
+        ),
+        (
+            Op.DECONV2D,
+            {"out": 4, "k": 2, "g": 3},
+            [(6, 4, 4)],
+            "deconv2d: 4 output channels not divisible by groups=3",
+        ),
+        (
+            Op.DECONV2D,
+            {"out": 4, "k": 2, "g": 4},
+            [(6, 4, 4)],
+            "deconv2d: 6 input channels not divisible by groups=4",
+        ),
+        (
+            Op.DECONV2D,
+            {"out": 4, "k": 1, "p": 1},
+            [(6, 1, 3)],
+            "deconv2d: padding 1x1 leaves no output (its size would be -1x1)",
         ),
         (Op.ADD, {}, [(64, 4, 4), (128, 4, 4)], "add: 64 vs 128 channels"),
         (Op.MUL, {}, [(8, 4, 4), (8, 4, 5)], "mul: spatial size 4x4 vs 4x5"),

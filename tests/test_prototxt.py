@@ -61,6 +61,8 @@ FIXTURE_SHAPES = {
     "se_blocks": ((3, 12, 12), (5,)),
     # See the comments in the fixture: 9x7 -> 17x13 -> 9x7 -> 13x10 -> 5x6 -> 9x7 -> fc 5.
     "interp_forms": ((3, 9, 7), (5,)),
+    # See the comments in the fixture: 10x8 -> 5x4 -> 10x8 -> 23x19.
+    "fcn_upsample": ((3, 10, 8), (6, 23, 19)),
 }
 # Shapes of named inner layers, by hand: they pin the rounding of each pooling layer.
 INNER_SHAPES = {
@@ -89,6 +91,7 @@ INNER_SHAPES = {
         "fixed": (4, 5, 6),
         "back": (4, 9, 7),
     },
+    "fcn_upsample": {"conv1": (8, 5, 4), "score": (4, 5, 4), "upscore": (4, 10, 8)},
 }
 
 
@@ -473,11 +476,24 @@ def se_blocks_reference(p: dict, x):
     return pooled.flatten(1) @ p["fc.weight"].T + p["fc.bias"]
 
 
+def fcn_upsample_reference(p: dict, x):
+    """The fcn_upsample network written by hand (float64); Caffe's Deconvolution blob is
+    `[C_in, C_out / group, kh, kw]`, as torch's transposed conv weight."""
+    import torch
+    import torch.nn.functional as F
+
+    y = torch.relu(F.conv2d(x, p["conv1.weight"], p["conv1.bias"], stride=2, padding=1))
+    y = F.conv2d(y, p["score.weight"], p["score.bias"])
+    y = F.conv_transpose2d(y, p["upscore.weight"], None, stride=2, padding=1, groups=4)
+    return F.conv_transpose2d(y, p["up2.weight"], p["up2.bias"], stride=2, dilation=2)
+
+
 # fixture: (its hand-written reference, the input's size)
 REFERENCES = {
     "small_numeric": (small_numeric_reference, (13, 11)),
     "se_blocks": (se_blocks_reference, (12, 12)),
     "interp_forms": (interp_forms_reference, (9, 7)),
+    "fcn_upsample": (fcn_upsample_reference, (10, 8)),
 }
 
 
@@ -498,7 +514,7 @@ def test_generated_backbone_matches_a_hand_written_reference(built, fixture):
         x = torch.randn(2, 3, *size, generator=generator, dtype=torch.float64)
         out = model(x)
         expected = reference(params, x)
-    assert out.shape == (2, 5)
+    assert out.shape == (2, *FIXTURE_SHAPES[fixture][1])
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -756,8 +772,9 @@ ERRORS = {
         INPUT + layer("s", "Slice", "data"),
         None,
         "layer 's' (Slice): unsupported layer type 'Slice'; mtsc supports Axpy, BN, BatchNorm, "
-        "Concat, Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, Interp, LRN, PReLU, "
-        "Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH (to import the network up "
+        "Concat, Convolution, Deconvolution, Dropout, Eltwise, Flatten, InnerProduct, Input, "
+        "Interp, LRN, PReLU, Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH (to "
+        "import the network up "
         "to a blob before this layer, use --output BLOB)",
         'type: "Slice"',
     ),
@@ -765,8 +782,9 @@ ERRORS = {
         INPUT + 'layers { name: "l" type: SPLIT bottom: "data" top: "l" }',
         None,
         "layer 'l' (SPLIT): unsupported layer type 'SPLIT'; mtsc supports Axpy, BN, BatchNorm, "
-        "Concat, Convolution, Dropout, Eltwise, Flatten, InnerProduct, Input, Interp, LRN, PReLU, "
-        "Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH (to import the network up "
+        "Concat, Convolution, Deconvolution, Dropout, Eltwise, Flatten, InnerProduct, Input, "
+        "Interp, LRN, PReLU, Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH (to "
+        "import the network up "
         "to a blob before this layer, use --output BLOB)",
         "type: SPLIT",
     ),
@@ -1466,3 +1484,14 @@ def test_a_reshaped_gate_that_another_layer_reads_stays_flat_and_is_refused():
         "only by an N x C x 1 x 1 gate, or one reshaped from it to N x C (compute the "
         "excitation with 1x1 convolutions)"
     )
+
+
+def test_v1_deconvolution_imports_as_a_transposed_conv():
+    text = INPUT + (
+        'layers { name: "up" type: DECONVOLUTION bottom: "data" top: "up"\n'
+        "  convolution_param { num_output: 4 kernel_size: 2 stride: 2 group: 1 } }\n"
+    )
+    g = import_text(text, "n.prototxt").graph
+    up = nodes_by_name(g)["up"]
+    assert (up.op, up.shape) == (Op.DECONV2D, (4, 16, 16))
+    assert (up.attrs["kernel"], up.attrs["stride"], up.attrs["bias"]) == ((2, 2), (2, 2), True)

@@ -165,8 +165,9 @@ def header_params(source: str) -> int:
 
 class OpCounter:
     """MACs and parameters of the modules a forward call runs, counted from the modules'
-    own shapes (conv: output elements x input channels per group x kernel area; batchnorm:
-    output elements; linear: in x out features), per sample."""
+    own shapes (conv: output elements x input channels per group x kernel area; transposed
+    conv: input elements x output channels per group x kernel area; batchnorm: output
+    elements; linear: in x out features), per sample."""
 
     def __init__(self, net: nn.Module) -> None:
         self.net = net
@@ -175,13 +176,16 @@ class OpCounter:
         macs = 0
         used: dict[int, nn.Module] = {}
 
-        def hook(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             nonlocal macs
             used[id(module)] = module
             per_sample = output.numel() // batch
             if isinstance(module, nn.Conv2d):
                 area = math.prod(module.kernel_size)
                 macs += per_sample * module.in_channels // module.groups * area
+            elif isinstance(module, nn.ConvTranspose2d):
+                area = math.prod(module.kernel_size)
+                macs += inputs[0].numel() // batch * module.out_channels // module.groups * area
             elif isinstance(module, nn.BatchNorm2d):
                 macs += per_sample
             elif isinstance(module, nn.Linear):
@@ -460,6 +464,22 @@ def test_carry_weights_rejects_per_task_slopes_of_another_count(load_generated, 
         "the checkpoint's slope.weight has shape [32], which does not fit slope: "
         "is it a checkpoint of this model?"
     )
+
+
+def test_carry_weights_reads_a_deconv_by_its_input_channel_rows(load_generated, tmp_path):
+    """tiny.mtl's `lift` deconv (16 -> 16 channels, groups 2) is per task: its weight's rows
+    are each task's input channels. A weight with output-channel rows (a conv's) is refused."""
+    pruned = prune_model(TINY, "specific")
+    (tmp_path / "sm.py").write_text(emit_supermodel(pruned.supermodel, source_name="m").text)
+    state = load_generated(tmp_path / "sm.py").Supermodel().state_dict()
+    assert state["lift_deconv1.weight"].shape == (2 * 16, 8, 4, 4)
+    carried = carry_weights(pruned, state)
+    rows = state["lift_deconv1.weight"].split(16)  # segment's input channels, then depth's
+    assert torch.equal(carried["segment_lift_deconv1.weight"], rows[0])
+    assert torch.equal(carried["depth_lift_deconv1.weight"], rows[1])
+    state["lift_deconv1.weight"] = torch.zeros(2 * 8, 16, 4, 4)
+    with pytest.raises(MtscError, match=r"lift_deconv1\.weight has shape \[16, 16, 4, 4\]"):
+        carry_weights(pruned, state)
 
 
 # ---------------------------------------------------------------------- model.py itself

@@ -165,6 +165,17 @@ def apply_parametric(
         return F.conv2d(
             x, part("weight"), part("bias"), a["stride"], a["padding"], a["dilation"], a["groups"]
         )
+    if node.op is Op.DECONV2D:  # task t's weight rows are its input channels
+        return F.conv_transpose2d(
+            x,
+            part("weight"),
+            part("bias"),
+            a["stride"],
+            a["padding"],
+            0,
+            a["groups"],
+            a["dilation"],
+        )
     if node.op is Op.BATCHNORM:
         # Batch statistics must not update the supermodel's buffers a second time.
         mean, var = part("running_mean").clone(), part("running_var").clone()
@@ -225,7 +236,7 @@ def run_task(
             values[nid] = x
         elif node.op is Op.ROUTE:
             values[nid] = mix(node.attrs["op"], t, xs)
-        elif node.op in (Op.CONV2D, Op.BATCHNORM, Op.LINEAR, Op.PRELU):
+        elif node.op in (Op.CONV2D, Op.DECONV2D, Op.BATCHNORM, Op.LINEAR, Op.PRELU):
             values[nid] = apply_parametric(model, node, t, xs[0], bn_training)
         else:
             values[nid] = apply_plain(node, xs)

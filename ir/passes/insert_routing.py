@@ -66,7 +66,7 @@ def _role_of(node: Node, options: RoutingOptions) -> Role:
         return Role.SHARED
     if node.op in (Op.BATCHNORM, Op.SCALE) and not options.share_bn:
         return Role.SPECIFIC
-    if node.op is Op.PRELU:
+    if node.op in (Op.PRELU, Op.DECONV2D):  # per task, so all-specific is T networks
         return Role.SPECIFIC
     return Role.SHARED
 
