@@ -104,6 +104,7 @@ PARAM_FIELDS = {
     "BatchNorm": "batch_norm_param",
     "Concat": "concat_param",
     "Convolution": "convolution_param",
+    "Crop": "crop_param",
     "Deconvolution": "convolution_param",
     "Dropout": "dropout_param",
     "Eltwise": "eltwise_param",
@@ -172,6 +173,23 @@ def _convolution_attrs(layer: Layer, ins: Sequence[Shape]) -> dict:
 
 def convolution(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     return [Step(Op.CONV2D, _convolution_attrs(layer, ins))]
+
+
+def crop(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    """FCN's Crop: the first bottom cut to the second's height and width."""
+    p = _params(layer)
+    rank = len(ins[0]) + 1
+    if (p.axis + rank if p.axis < 0 else p.axis) != 2:
+        raise layer.error(
+            f"only cropping from axis 2 (height and width) is supported, not {p.axis}", "crop_param"
+        )
+    offsets = tuple(p.offset)
+    if len(offsets) > 2:
+        raise layer.error(
+            f"offset has {len(offsets)} values; a crop from axis 2 takes 1 or 2", "crop_param"
+        )
+    offset = offsets * 2 if len(offsets) == 1 else offsets or (0, 0)
+    return [Step(Op.CROP, {"offset": offset})]
 
 
 def deconvolution(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
@@ -489,6 +507,7 @@ CONVERTERS: dict[str, Converter] = {
     "BatchNorm": batch_norm,
     "Concat": concat,
     "Convolution": convolution,
+    "Crop": crop,
     "Deconvolution": deconvolution,
     "Dropout": dropout,
     "Eltwise": eltwise,
@@ -509,6 +528,7 @@ SUPPORTED_TYPES = tuple(sorted({*CONVERTERS, "Input", "Softmax"}))
 
 # How many bottoms each type takes: (at least, at most); None is "any number".
 BOTTOMS: dict[str, tuple[int, int | None]] = {
+    "Crop": (2, 2),
     "Eltwise": (2, None),
     "Concat": (2, None),
     "Axpy": (3, 3),

@@ -43,6 +43,7 @@ class Op(enum.Enum):
     DROPOUT = "dropout"
     UPSAMPLE = "upsample"
     INTERP = "interp"
+    CROP = "crop"
     LRN = "lrn"
     # Structure of the multi-task supermodel, inserted by `insert_routing`.
     TASK_STACK = "task_stack"
@@ -934,6 +935,42 @@ _register(
         max_inputs=2,
         doc="Caffe's Interp: bilinear with corners aligned, to (n - 1) // shrink * zoom + 1 "
         "per side, to `size`, or to the size of a second input",
+    )
+)
+
+
+# crop (Caffe's Crop: FCN aligns its upsampled scores with the image) ----------------------
+
+
+def _crop_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    c, h, w = _spatial("crop", ins[0])
+    _, rh, rw = _spatial("crop", ins[1])
+    (oh, ow) = a["offset"]
+    if oh + rh > h or ow + rw > w:
+        raise OpError(
+            f"crop: offset {_fmt_pair((oh, ow))} and the reference's {_fmt_pair((rh, rw))} "
+            f"reach past the input's {_fmt_pair((h, w))}"
+        )
+    return (c, rh, rw)
+
+
+def _crop_expr(a: Mapping[str, Any], xs: Sequence[str]) -> str:
+    x, ref = xs
+    (oh, ow) = a["offset"]
+    rows = f"{oh} : {oh} + {ref}.shape[-2]" if oh else f": {ref}.shape[-2]"
+    cols = f"{ow} : {ow} + {ref}.shape[-1]" if ow else f": {ref}.shape[-1]"
+    return f"{x}[:, :, {rows}, {cols}]"
+
+
+_register(
+    OpSpec(
+        Op.CROP,
+        attrs=(Attr("offset", Kind.PAIR, (0, 0), minimum=0),),
+        shape=_crop_shape,
+        torch=TorchExpr(_crop_expr),
+        min_inputs=2,
+        max_inputs=2,
+        doc="the first input cut to the height and width of the second, from `offset`",
     )
 )
 

@@ -538,6 +538,13 @@ def test_attribute_errors(op, attrs, message) -> None:
             [(6, 1, 3)],
             "deconv2d: padding 1x1 leaves no output (its size would be -1x1)",
         ),
+        (
+            Op.CROP,
+            {"offset": (2, 1)},
+            [(4, 8, 8), (3, 7, 6)],
+            "crop: offset 2x1 and the reference's 7x6 reach past the input's 8x8",
+        ),
+        (Op.CROP, {}, [(4, 8, 8)], "crop: takes 2 input(s), got 1"),
         (Op.ADD, {}, [(64, 4, 4), (128, 4, 4)], "add: 64 vs 128 channels"),
         (Op.MUL, {}, [(8, 4, 4), (8, 4, 5)], "mul: spatial size 4x4 vs 4x5"),
         (Op.MUL, {}, [(8, 4, 4), (4, 1, 1)], "mul: 8 vs 4 channels"),

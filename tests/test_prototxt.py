@@ -61,8 +61,8 @@ FIXTURE_SHAPES = {
     "se_blocks": ((3, 12, 12), (5,)),
     # See the comments in the fixture: 9x7 -> 17x13 -> 9x7 -> 13x10 -> 5x6 -> 9x7 -> fc 5.
     "interp_forms": ((3, 9, 7), (5,)),
-    # See the comments in the fixture: 10x8 -> 5x4 -> 10x8 -> 23x19.
-    "fcn_upsample": ((3, 10, 8), (6, 23, 19)),
+    # See the comments in the fixture: 10x8 -> 5x4 -> 10x8 -> 23x19 -> crop to 10x8.
+    "fcn_upsample": ((3, 10, 8), (6, 10, 8)),
 }
 # Shapes of named inner layers, by hand: they pin the rounding of each pooling layer.
 INNER_SHAPES = {
@@ -91,7 +91,12 @@ INNER_SHAPES = {
         "fixed": (4, 5, 6),
         "back": (4, 9, 7),
     },
-    "fcn_upsample": {"conv1": (8, 5, 4), "score": (4, 5, 4), "upscore": (4, 10, 8)},
+    "fcn_upsample": {
+        "conv1": (8, 5, 4),
+        "score": (4, 5, 4),
+        "upscore": (4, 10, 8),
+        "up2": (6, 23, 19),
+    },
 }
 
 
@@ -485,7 +490,8 @@ def fcn_upsample_reference(p: dict, x):
     y = torch.relu(F.conv2d(x, p["conv1.weight"], p["conv1.bias"], stride=2, padding=1))
     y = F.conv2d(y, p["score.weight"], p["score.bias"])
     y = F.conv_transpose2d(y, p["upscore.weight"], None, stride=2, padding=1, groups=4)
-    return F.conv_transpose2d(y, p["up2.weight"], p["up2.bias"], stride=2, dilation=2)
+    y = F.conv_transpose2d(y, p["up2.weight"], p["up2.bias"], stride=2, dilation=2)
+    return y[:, :, 5:15, 4:12]
 
 
 # fixture: (its hand-written reference, the input's size)
@@ -683,12 +689,12 @@ def test_cli_errors_exit_2_with_a_located_message(tmp_path, capsys):
     bad = tmp_path / "bad.prototxt"
     bad.write_text(
         'input: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 8\ninput_dim: 8\n'
-        'layer { name: "n" type: "Crop" bottom: "data" top: "n" }\n'
+        'layer { name: "n" type: "Slice" bottom: "data" top: "n" }\n'
     )
     assert main(["build", str(bad), "-o", str(tmp_path / "o"), "--no-svg"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith(f"{bad}:6:19: error: layer 'n' (Crop): unsupported layer type")
-    assert err[2].strip() == "^" * len('type: "Crop"')
+    assert err[0].startswith(f"{bad}:6:19: error: layer 'n' (Slice): unsupported layer type")
+    assert err[2].strip() == "^" * len('type: "Slice"')
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -772,20 +778,18 @@ ERRORS = {
         INPUT + layer("s", "Slice", "data"),
         None,
         "layer 's' (Slice): unsupported layer type 'Slice'; mtsc supports Axpy, BN, BatchNorm, "
-        "Concat, Convolution, Deconvolution, Dropout, Eltwise, Flatten, InnerProduct, Input, "
-        "Interp, LRN, PReLU, Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH (to "
-        "import the network up "
-        "to a blob before this layer, use --output BLOB)",
+        "Concat, Convolution, Crop, Deconvolution, Dropout, Eltwise, Flatten, InnerProduct, "
+        "Input, Interp, LRN, PReLU, Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH "
+        "(to import the network up to a blob before this layer, use --output BLOB)",
         'type: "Slice"',
     ),
     "unsupported V1 type": (
         INPUT + 'layers { name: "l" type: SPLIT bottom: "data" top: "l" }',
         None,
         "layer 'l' (SPLIT): unsupported layer type 'SPLIT'; mtsc supports Axpy, BN, BatchNorm, "
-        "Concat, Convolution, Deconvolution, Dropout, Eltwise, Flatten, InnerProduct, Input, "
-        "Interp, LRN, PReLU, Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH (to "
-        "import the network up "
-        "to a blob before this layer, use --output BLOB)",
+        "Concat, Convolution, Crop, Deconvolution, Dropout, Eltwise, Flatten, InnerProduct, "
+        "Input, Interp, LRN, PReLU, Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH "
+        "(to import the network up to a blob before this layer, use --output BLOB)",
         "type: SPLIT",
     ),
     "softmax inside": (
@@ -1225,6 +1229,36 @@ ERRORS = {
         None,
         "layer 'i' (Interp): zoom_factor must be at least 1, got 0",
         "interp_param",
+    ),
+    "crop of channels": (
+        INPUT
+        + layer("p", "Pooling", "data", body="pooling_param { pool: MAX kernel_size: 2 }")
+        + layer("c", "Crop", "data", "p", body="crop_param { axis: 1 }"),
+        None,
+        "layer 'c' (Crop): only cropping from axis 2 (height and width) is supported, not 1",
+        "crop_param",
+    ),
+    "crop offsets": (
+        INPUT
+        + layer("p", "Pooling", "data", body="pooling_param { pool: MAX kernel_size: 2 }")
+        + layer("c", "Crop", "data", "p", body="crop_param { offset: 1 offset: 2 offset: 3 }"),
+        None,
+        "layer 'c' (Crop): offset has 3 values; a crop from axis 2 takes 1 or 2",
+        "crop_param",
+    ),
+    "crop past the input": (
+        INPUT
+        + layer("p", "Pooling", "data", body="pooling_param { pool: MAX kernel_size: 2 }")
+        + layer("c", "Crop", "data", "p", body="crop_param { offset: 5 }"),
+        None,
+        "layer 'c' (Crop): crop: offset 5x5 and the reference's 7x7 reach past the input's 8x8",
+        'layer {\n  name: "c"',
+    ),
+    "crop of one bottom": (
+        INPUT + layer("c", "Crop", "data"),
+        None,
+        "layer 'c' (Crop): takes 2 bottom(s), got 1",
+        'bottom: "data"',
     ),
     "dropout ratio": (
         INPUT + layer("d", "Dropout", "data", body="dropout_param { dropout_ratio: 1 }"),
