@@ -346,13 +346,31 @@ def _conv_finish(a: dict[str, Any]) -> None:
         raise OpError("conv2d: out channels must be positive")
 
 
-def _conv_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
-    c, _, _ = _spatial("conv2d", ins[0])
+# The attributes of conv2d and deconv2d.
+_CONV_ATTRS = (
+    Attr("out", Kind.INT, aliases=("channels",), minimum=1),
+    Attr("kernel", Kind.PAIR, aliases=("k",), minimum=1),
+    Attr("stride", Kind.PAIR, (1, 1), aliases=("s",), minimum=1),
+    Attr("padding", Kind.PAIR, (0, 0), aliases=("p",), minimum=0),
+    Attr("dilation", Kind.PAIR, (1, 1), aliases=("d",), minimum=1),
+    Attr("groups", Kind.INT, 1, aliases=("g",), minimum=1),
+    Attr("bias", Kind.BOOL, False),
+)
+
+
+def _grouped_channels(op: str, a: Mapping[str, Any], shape: Shape) -> tuple[int, int, int]:
+    """The input's (C, H, W), its channels and the output's divisible by the groups."""
+    c, h, w = _spatial(op, shape)
     g = a["groups"]
     if c % g:
-        raise OpError(f"conv2d: {c} input channels not divisible by groups={g}")
+        raise OpError(f"{op}: {c} input channels not divisible by groups={g}")
     if a["out"] % g:
-        raise OpError(f"conv2d: {a['out']} output channels not divisible by groups={g}")
+        raise OpError(f"{op}: {a['out']} output channels not divisible by groups={g}")
+    return c, h, w
+
+
+def _conv_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    _grouped_channels("conv2d", a, ins[0])
     h, w = _windowed("conv2d", a, ins[0], ceil=False)
     return (a["out"], h, w)
 
@@ -389,15 +407,7 @@ def _short(pair: tuple[int, int]) -> int | tuple[int, int]:
 _register(
     OpSpec(
         Op.CONV2D,
-        attrs=(
-            Attr("out", Kind.INT, aliases=("channels",), minimum=1),
-            Attr("kernel", Kind.PAIR, aliases=("k",), minimum=1),
-            Attr("stride", Kind.PAIR, (1, 1), aliases=("s",), minimum=1),
-            Attr("padding", Kind.PAIR, (0, 0), aliases=("p",), minimum=0),
-            Attr("dilation", Kind.PAIR, (1, 1), aliases=("d",), minimum=1),
-            Attr("groups", Kind.INT, 1, aliases=("g",), minimum=1),
-            Attr("bias", Kind.BOOL, False),
-        ),
+        attrs=_CONV_ATTRS,
         shape=_conv_shape,
         torch=TorchModule("nn.Conv2d", _conv_args),
         positional=("out",),
@@ -412,12 +422,7 @@ _register(
 
 
 def _deconv_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
-    c, h, w = _spatial("deconv2d", ins[0])
-    g = a["groups"]
-    if c % g:
-        raise OpError(f"deconv2d: {c} input channels not divisible by groups={g}")
-    if a["out"] % g:
-        raise OpError(f"deconv2d: {a['out']} output channels not divisible by groups={g}")
+    _, h, w = _grouped_channels("deconv2d", a, ins[0])
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = a["kernel"], a["stride"], a["padding"], a["dilation"]
     # The inverse of the convolution's rule: each input pixel spreads a dilated kernel.
     out = ((h - 1) * sh - 2 * ph + dh * (kh - 1) + 1, (w - 1) * sw - 2 * pw + dw * (kw - 1) + 1)
@@ -443,15 +448,7 @@ def _deconv_macs(a: Mapping[str, Any], ins: Sequence[Shape], out: Shape) -> int:
 _register(
     OpSpec(
         Op.DECONV2D,
-        attrs=(
-            Attr("out", Kind.INT, aliases=("channels",), minimum=1),
-            Attr("kernel", Kind.PAIR, aliases=("k",), minimum=1),
-            Attr("stride", Kind.PAIR, (1, 1), aliases=("s",), minimum=1),
-            Attr("padding", Kind.PAIR, (0, 0), aliases=("p",), minimum=0),
-            Attr("dilation", Kind.PAIR, (1, 1), aliases=("d",), minimum=1),
-            Attr("groups", Kind.INT, 1, aliases=("g",), minimum=1),
-            Attr("bias", Kind.BOOL, False),
-        ),
+        attrs=_CONV_ATTRS,
         shape=_deconv_shape,
         torch=TorchModule("nn.ConvTranspose2d", _conv_args),
         positional=("out",),
