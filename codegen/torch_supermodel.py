@@ -216,7 +216,9 @@ def _emit_forward(
         return f"def forward(self, {typed}) -> dict[str, torch.Tensor]:"
 
     def returns(outs: dict[str, str]) -> str:
-        return "return {" + ", ".join(f"{py_literal(t)}: {outs[t]}" for t in tasks) + "}"
+        return (
+            "return self.outputs({" + ", ".join(f"{py_literal(t)}: {outs[t]}" for t in tasks) + "})"
+        )
 
     emit_forward(
         w,

@@ -584,13 +584,18 @@ def _check_inputs(
             )
     if not like.is_floating_point():
         raise TypeError(f"mix3: candidates must be floating point, got {like.dtype}")
+    if stacked and not 1 <= like.dim() < _MAX_RANK:  # the kernels see [T, B, ...]: one more
+        raise ValueError(
+            f"mix3_stacked: candidates must have rank 1 to {_MAX_RANK - 1} ([B * T, ...]), "
+            f"got rank {like.dim()}"
+        )
     if not 1 <= like.dim() <= _MAX_RANK:
         raise ValueError(
             f"mix3: candidates must have rank 1 to {_MAX_RANK} ([T, ...]), got rank {like.dim()}"
         )
     if w.dim() != 2 or w.shape[1] != 3:
         raise ValueError(f"mix3: w must have shape [T, 3], got {list(w.shape)}")
-    if stacked and like.shape[0] % w.shape[0]:
+    if stacked and (w.shape[0] == 0 or like.shape[0] % w.shape[0]):
         raise ValueError(
             f"mix3_stacked: w has {w.shape[0]} tasks, which do not divide the candidates' "
             f"first dim {like.shape[0]} (batch * tasks)"

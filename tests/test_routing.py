@@ -383,10 +383,29 @@ def test_torch_path_mix3_stacked_matches_float64(hard, monkeypatch):
     check_mix3_stacked(hard, torch.float32)
 
 
-def test_mix3_stacked_needs_rows_a_multiple_of_the_tasks():
-    x = torch.randn(5, 2)
-    with pytest.raises(ValueError, match=r"3 tasks, which do not divide the candidates' first"):
-        routing.mix3_stacked(x, x, x, torch.rand(3, 3))
+@pytest.mark.parametrize(
+    ("x", "w", "message"),
+    [
+        (
+            torch.randn(5, 2),
+            torch.rand(3, 3),
+            r"3 tasks, which do not divide the candidates' first",
+        ),
+        (
+            torch.randn(4, 2),
+            torch.rand(0, 3),
+            r"0 tasks, which do not divide the candidates' first",
+        ),
+        (
+            torch.randn(2, 1, 1, 1, 1),
+            torch.rand(2, 3),
+            r"rank 1 to 4 \(\[B \* T, ...\]\), got rank 5",
+        ),
+    ],
+)
+def test_mix3_stacked_refuses_what_the_per_task_view_cannot_take(x, w, message):
+    with pytest.raises(ValueError, match=message):
+        routing.mix3_stacked(x, x, x, w)
 
 
 @interpreter_only

@@ -13,6 +13,7 @@ t's filters at rows `t * out ... (t + 1) * out`, a TaskBatchNorm2d has `T * C` c
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import random
@@ -472,6 +473,26 @@ def test_search_mode_samples_noise_without_fixed_noise(mini) -> None:
     first = model(x)["depth"]
     torch.manual_seed(1)
     assert not torch.allclose(first, model(x)["depth"])
+
+
+def test_search_weights_live_for_one_forward(mini) -> None:
+    """A forward draws every routed op's weights once; after it, nothing is kept: a changed
+    tau counts at once, a route called on its own gets its own draw (so backward through it
+    twice works), and the model still deep-copies (no graph tensors left in it)."""
+    model = random_model(mini, 8).set_mode("search").train()
+    model.gumbel_noise = fixed_noise(model, 8)
+    model.tau = 5.0
+    sum(v.sum() for v in model(torch.randn(MINI_INPUT)).values()).backward()
+    model.tau = 0.05
+    expected = gumbel_weights(model, model.gumbel_noise, 0.05)["down.conv1"]
+    torch.testing.assert_close(model.routing_weights("down.conv1", torch.empty(0)), expected)
+    x = torch.randn(3 * len(model.TASKS), 16, 6, 6)
+    for _ in range(2):
+        skip = model.down_conv1_skip
+        model.route(
+            "down.conv1", x, model.down_conv1, model.down_conv1_specific, skip
+        ).sum().backward()
+    copy.deepcopy(model)
 
 
 def test_gradcheck_search_mode_float64(mini) -> None:

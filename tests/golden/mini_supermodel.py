@@ -554,13 +554,18 @@ def _check_inputs(
             )
     if not like.is_floating_point():
         raise TypeError(f"mix3: candidates must be floating point, got {like.dtype}")
+    if stacked and not 1 <= like.dim() < _MAX_RANK:  # the kernels see [T, B, ...]: one more
+        raise ValueError(
+            f"mix3_stacked: candidates must have rank 1 to {_MAX_RANK - 1} ([B * T, ...]), "
+            f"got rank {like.dim()}"
+        )
     if not 1 <= like.dim() <= _MAX_RANK:
         raise ValueError(
             f"mix3: candidates must have rank 1 to {_MAX_RANK} ([T, ...]), got rank {like.dim()}"
         )
     if w.dim() != 2 or w.shape[1] != 3:
         raise ValueError(f"mix3: w must have shape [T, 3], got {list(w.shape)}")
-    if stacked and like.shape[0] % w.shape[0]:
+    if stacked and (w.shape[0] == 0 or like.shape[0] % w.shape[0]):
         raise ValueError(
             f"mix3_stacked: w has {w.shape[0]} tasks, which do not divide the candidates' "
             f"first dim {like.shape[0]} (batch * tasks)"
@@ -947,7 +952,9 @@ class SupermodelBase(nn.Module):
         self.gumbel_noise = None  # {op name: [T, 3] tensor}: fixed noise instead of sampling
         self._hard = {}
         self._constant_weights = {}  # (op name, device) -> [T, 3]: hard and warm-up weights
-        self._search_weights = None  # {op name: [T, 3]}, drawn for all routed ops at once
+        # {op name: [T, 3]}: search mode's weights, drawn for all routed ops at once, kept for
+        # one forward (stack() opens it, outputs() closes it); None outside a forward
+        self._search_weights = None
         self._has_skip = {name: skip for name, skip, _ in self.ROUTED}
         self.policy = nn.ParameterDict(
             {
@@ -1009,8 +1016,10 @@ class SupermodelBase(nn.Module):
             if key not in self._constant_weights:
                 self._constant_weights[key] = self.constant_weights(name).to(like.device)
             return self._constant_weights[key]
-        if self._search_weights is None:
-            self._search_weights = self.draw_search_weights()
+        if self._search_weights is None:  # outside a forward: a fresh draw, not kept
+            return self.draw_search_weights()[name]
+        if not self._search_weights:
+            self._search_weights.update(self.draw_search_weights())
         return self._search_weights[name]
 
     def draw_search_weights(self):
@@ -1032,8 +1041,8 @@ class SupermodelBase(nn.Module):
 
     def stack(self, x):
         """One input batch for all tasks (or a dict task -> batch) as `[B * T, ...]`. A forward
-        starts here, so search mode draws fresh Gumbel noise for it."""
-        self._search_weights = None
+        starts here: search mode draws fresh Gumbel noise for it, once."""
+        self._search_weights = {}
         if isinstance(x, dict):
             missing = [t for t in self.TASKS if t not in x]
             if missing:
@@ -1046,6 +1055,12 @@ class SupermodelBase(nn.Module):
                 raise ValueError(f"input batches must have one shape; got {got}")
             return torch.stack([x[t] for t in self.TASKS], dim=1).flatten(0, 1)
         return x.repeat_interleave(len(self.TASKS), dim=0)
+
+    def outputs(self, out):
+        """The forward's `{task: output}`; it ends here, and its search weights are dropped
+        (they hold the step's graph, and a later call must not reuse them)."""
+        self._search_weights = None
+        return out
 
     def task_slice(self, x, t):
         """Task `t`'s part of a task-stacked value (a strided view, no copy)."""
@@ -1285,4 +1300,4 @@ class Supermodel(SupermodelBase):
 
         # heads.depth
         out = self.heads_depth_linear1(task_slice)  # mini_tasks.mtl:10
-        return {"segment": out_1, "depth": out}
+        return self.outputs({"segment": out_1, "depth": out})
