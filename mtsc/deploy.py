@@ -11,7 +11,7 @@ from mtsc.codegen.torch_common import weight_key
 from mtsc.driver import Pass, load, run_pipeline, supermodel_pipeline
 from mtsc.errors import MtscError
 from mtsc.ir.graph import Graph
-from mtsc.ir.ops import PARAMETRIC, Op
+from mtsc.ir.ops import PARAMETRIC, Op, TorchModule, spec_of, torch_class
 from mtsc.ir.passes.eliminate_dead import eliminate_dead
 from mtsc.ir.passes.fold_batchnorm import fold_batchnorm
 from mtsc.ir.passes.insert_routing import RoutingOptions
@@ -172,9 +172,7 @@ def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
         if name not in sm_names:
             raise MtscError(None, f"no supermodel module for {name}")
         nid, attr = sm_names[name]
-        op, channels = sm.node(nid).op, sm.node(nid).shape[0]
-        if op is Op.PRELU and sm.node(nid).attrs["channel_shared"]:
-            channels = 1  # one slope (per task), whatever the channels
+        op, leads = sm.node(nid).op, _leading_sizes(sm, nid)
         picked = {}
         for key, value in sm_state.items():
             if not key.startswith(attr + "."):
@@ -184,21 +182,21 @@ def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
                 continue
             if not isinstance(value, torch.Tensor):
                 raise MtscError(None, f"the checkpoint's {key} is not a tensor")
-            lead = channels
-            if op is Op.DECONV2D and suffix == "weight":  # its rows are the input channels
-                lead = sm.in_shapes(nid)[0][0]
-            # A checkpoint of another model, or built with(out) --share-bn, has other shapes:
-            # say so rather than fail in a reshape or carry a wrong slice.
-            rows = tasks if op is Op.LINEAR else tasks * lead
-            if task is not None and value.dim() > 0:
-                if value.shape[0] != rows:
+            if value.dim() > 0:
+                # A checkpoint of another model, or built with(out) --share-bn, has other
+                # shapes: say so rather than fail in a reshape or carry a wrong slice.
+                lead = leads.get(suffix)
+                if lead is None:
                     raise MtscError(None, _misfit(key, value, name, op))
-                if op is Op.LINEAR:
-                    value = value[task]
-                else:
-                    value = value.reshape(tasks, -1, *value.shape[1:])[task]
-            if value.dim() > 0 and value.shape[0] != lead:
-                raise MtscError(None, _misfit(key, value, name, op))
+                if task is not None:
+                    if value.shape[0] != (tasks if op is Op.LINEAR else tasks * lead):
+                        raise MtscError(None, _misfit(key, value, name, op))
+                    if op is Op.LINEAR:
+                        value = value[task]
+                    else:
+                        value = value.reshape(tasks, lead, *value.shape[1:])[task]
+                if value.shape[0] != lead:
+                    raise MtscError(None, _misfit(key, value, name, op))
             picked[suffix] = value
         if not picked:
             raise MtscError(None, f"the checkpoint has no weights for {attr} ({name})")
@@ -225,6 +223,21 @@ def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
         for suffix, value in weights.items():
             state[f"{attr}.{suffix}"] = value.clone()
     return state
+
+
+def _leading_sizes(g: Graph, nid: int) -> dict[str, int]:
+    """The leading size of each parameter and buffer of one task's module for an op, read off
+    that module built on the meta device (no memory): a conv's weight rows are its output
+    channels, a transposed conv's its input channels, a channel-shared PReLU has one slope."""
+    import torch
+
+    node = g.node(nid)
+    form = spec_of(node.op).torch
+    assert isinstance(form, TorchModule)
+    args, kwargs = form.args(node.attrs, g.in_shapes(nid))
+    cls = getattr(torch.nn, torch_class(node.op, node.attrs).removeprefix("nn."))
+    module = cls(*args, **kwargs, device="meta")
+    return {key: v.shape[0] for key, v in module.state_dict().items() if v.dim() > 0}
 
 
 def _misfit(key: str, value, name: str, op: Op) -> str:
