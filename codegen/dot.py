@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from mtsc.codegen.torch_common import module_names, shape_text
 from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Graph, Node
-from mtsc.ir.ops import PARAMETRIC, Op
+from mtsc.ir.ops import DSL_SPELLING, PARAMETRIC, Op
 from mtsc.ir.stats import node_params
 
 # Fill colours by op family, light enough for black text.
@@ -61,7 +61,7 @@ def op_label(node: Node) -> str:
     a = node.attrs
     if node.op in (Op.CONV2D, Op.DECONV2D):
         kh, kw = a["kernel"]
-        text = f"{'conv' if node.op is Op.CONV2D else 'deconv'} {kh}x{kw}"
+        text = f"{DSL_SPELLING[node.op]} {kh}x{kw}"
         if a["stride"] != (1, 1):
             text += f" {'/' if node.op is Op.CONV2D else 'x'}{a['stride'][0]}"
         if a["dilation"] != (1, 1):

@@ -434,12 +434,6 @@ def _deconv_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
     return (a["out"], *out)
 
 
-def _deconv_params(a: Mapping[str, Any], ins: Sequence[Shape], out: Shape) -> int:
-    kh, kw = a["kernel"]
-    weights = ins[0][0] * (a["out"] // a["groups"]) * kh * kw
-    return weights + (a["out"] if a["bias"] else 0)
-
-
 def _deconv_macs(a: Mapping[str, Any], ins: Sequence[Shape], out: Shape) -> int:
     kh, kw = a["kernel"]
     return _numel(ins[0]) * (a["out"] // a["groups"]) * kh * kw
@@ -452,7 +446,7 @@ _register(
         shape=_deconv_shape,
         torch=TorchModule("nn.ConvTranspose2d", _conv_args),
         positional=("out",),
-        params=_deconv_params,
+        params=_conv_params,  # in x out / groups x kernel area (+ bias), as a conv
         macs=_deconv_macs,
         doc="2-D transposed convolution (upsampling by `stride`)",
     )

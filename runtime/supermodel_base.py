@@ -138,6 +138,7 @@ class SupermodelBase(nn.Module):
         # one forward (stack() opens it, outputs() closes it); None outside a forward
         self._search_weights = None
         self._has_skip = {name: skip for name, skip, _ in self.ROUTED}
+        self._route_index = {name: i for i, (name, _, _) in enumerate(self.ROUTED)}
         self.policy = nn.ParameterDict(
             {
                 self.policy_key(name): nn.Parameter(torch.zeros(len(self.TASKS), 3))
@@ -177,9 +178,7 @@ class SupermodelBase(nn.Module):
     def policy_logits(self, name):
         """The logits [T, 3] of a routed op, with an impossible skip masked out."""
         logits = self.policy[self.policy_key(name)]
-        if not self._has_skip[name]:  # made on the logits' device: no copy from the host
-            logits = torch.cat([logits[:, :2], torch.full_like(logits[:, 2:], -math.inf)], 1)
-        return logits
+        return logits + self.skip_mask[self._route_index[name]].to(logits)
 
     def constant_weights(self, name):
         """The fixed mixture weights [T, 3] of the hard and warm-up modes, on the CPU."""
