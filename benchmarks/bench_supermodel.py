@@ -21,6 +21,10 @@ CUDA `torch.cuda.max_memory_allocated` and its growth over what was allocated be
 CPU a third step counts the storages that ops create and free (a dispatch mode): the most the
 step's tensors hold at once, which RSS blurs with what the C allocator keeps or fragments.
 
+Each process sets the C allocator as `mtsc search` does (`runtime/cpu_memory.py`: freed
+blocks stay in the heap, so that large activations are not faulted in afresh each step);
+`MTSC_MALLOC=system` measures with glibc's defaults instead.
+
 `--heads conv1x1` swaps the examples' heads (ASPP for ResNet-34, whose four dilated 1024-wide
 branches per task outweigh the backbone at small inputs) for 1x1 read-outs, so that the
 routed backbone, where the two variants differ, dominates the step.
@@ -429,11 +433,14 @@ def profile_step(runner, x) -> str:
 def worker(args: argparse.Namespace) -> None:
     import torch
 
+    from mtsc.runtime.cpu_memory import keep_freed_memory
+
+    result = {"malloc": "keep" if keep_freed_memory() else "system"}
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     roles = {"check": check, "time": time_both, "memory": memory}
-    result = roles[args.worker](args)
+    result |= roles[args.worker](args)
     result["threads"] = torch.get_num_threads()
     print(json.dumps(result))
 
@@ -497,7 +504,7 @@ def bench_model(args: argparse.Namespace, name: str, tmp: Path) -> list[str]:
         raise SystemExit(f"{name}: the variants disagree beyond {args.tolerance}; not timing")
     timed = run_worker(args, "time")
     memory = {v: run_worker(args, "memory", v) for v in VARIANTS}
-    args.threads_used = timed["threads"]
+    args.threads_used, args.malloc = timed["threads"], timed["malloc"]
     shape = f"{args.batch}x3x{args.size}x{args.size}"
     rows = []
     for variant in VARIANTS:
@@ -554,7 +561,8 @@ def main() -> None:
             rows += bench_model(args, name, Path(tmp))
     print(
         f"\none search step (forward + backward, 3 tasks, search mode), heads {args.heads}, "
-        f"{args.steps} timed steps each, device {args.device}, {args.threads_used} torch threads"
+        f"{args.steps} timed steps each, device {args.device}, {args.threads_used} torch threads, "
+        f"C allocator: {args.malloc}"
     )
     print("\n".join(rows))
 

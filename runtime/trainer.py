@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from mtsc.errors import MtscError
 from mtsc.runtime.checkpoint import save_checkpoint, seed_everything, write_text_atomic
+from mtsc.runtime.cpu_memory import keep_freed_memory
 from mtsc.runtime.losses import make_loss
 from mtsc.runtime.metrics import Metric, make_metric
 
@@ -232,7 +233,8 @@ def start_run(
     model: torch.nn.Module, seed: int, amp: str | None = None
 ) -> tuple[torch.device, int, int]:
     """Join the process group (under torchrun), seed every stream, move the model to its
-    device; returns (device, rank, world size)."""
+    device; keep freed CPU memory for the next step. Returns (device, rank, world size)."""
+    keep_freed_memory()
     device = init_distributed()
     seed_everything(seed)
     model.to(device)
