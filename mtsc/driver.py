@@ -18,6 +18,7 @@ from mtsc.ir.passes.eliminate_dead import eliminate_dead
 from mtsc.ir.passes.extract_backbone import extract_backbone
 from mtsc.ir.passes.infer_shapes import infer_shapes
 from mtsc.ir.passes.insert_routing import RoutingOptions, insert_routing
+from mtsc.ir.passes.stack_heads import stack_heads
 from mtsc.ir.stats import Summary, summarize
 from mtsc.render import dot_available, finish_render, how_to_render, start_render
 
@@ -83,7 +84,7 @@ def load_backbone(path: str | Path, **options) -> Graph:
 
 def supermodel_pipeline(options: RoutingOptions) -> tuple[Pass, ...]:
     """From the model to the multi-task supermodel."""
-    return (functools.partial(insert_routing, options=options),)
+    return (functools.partial(insert_routing, options=options), stack_heads)
 
 
 def load_supermodel(path: str | Path, options: RoutingOptions | None = None) -> Graph:

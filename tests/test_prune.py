@@ -41,12 +41,13 @@ LINEAR = MODELS / "deploy_linear.mtl"  # routed linear layers, linear heads
 MINI = MODELS / "deploy_mini.mtl"  # the golden file's model
 TINY = MODELS / "tiny.mtl"  # sharing pins, scale, max, gate, upsample, prelu
 RESNET_TINY = REPO / "examples" / "resnet_tiny.mtl"
+TWIN_HEADS = MODELS / "deploy_twin_heads.mtl"  # identical heads: stacked whole in the supermodel
 # Every example with a backbone (resnet_blocks.mtl only holds blocks for the others).
 EXAMPLES = sorted(
     p for p in (REPO / "examples").glob("*.mtl") if re.search(r"^backbone\b", p.read_text(), re.M)
 )
 # Models that run at any input size use 32x32; the linear one needs its declared 8x8.
-SMALL = [(RESIDUAL, 32), (LINEAR, 8), (TINY, 32), (RESNET_TINY, 32)]
+SMALL = [(RESIDUAL, 32), (LINEAR, 8), (TINY, 32), (RESNET_TINY, 32), (TWIN_HEADS, 16)]
 BIG = [p for p in EXAMPLES if p != RESNET_TINY]
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -207,9 +208,16 @@ def backbone_and_heads(path: Path, supermodel: nn.Module, tmp_path: Path, load_g
     file = tmp_path / f"{path.stem}_backbone.py"
     file.write_text(emit_backbone(load_backbone(path), source_name=path.name).text)
     backbone = load_generated(file).Backbone()
+    tasks = supermodel.TASKS
+    head_modules = [(n, m) for n, m in supermodel.named_children() if n.startswith("heads_")]
+    # the ops all heads have in common are stacked: one module holding every task's weights
+    stacked = sum(
+        numel(m) for n, m in head_modules if not any(n.startswith(f"heads_{t}_") for t in tasks)
+    )
     heads = {
-        t: sum(numel(m) for n, m in supermodel.named_children() if n.startswith(f"heads_{t}_"))
-        for t in supermodel.TASKS
+        t: stacked // len(tasks)
+        + sum(numel(m) for n, m in head_modules if n.startswith(f"heads_{t}_"))
+        for t in tasks
     }
     return backbone, heads
 

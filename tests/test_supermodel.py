@@ -323,8 +323,15 @@ class Fcn(nn.Module):
 def reference_head(model: nn.Module, task: str, features: int) -> nn.Module:
     name, kwargs = model.TASK_SPECS[task]["head"]
     head = Readout(features, **kwargs) if name == "readout" else Fcn(features, **kwargs)
-    state = model.state_dict()
-    head.load_state_dict({k: state[f"heads_{task}_{k}"] for k in head.state_dict()})
+    state, t, tasks = model.state_dict(), model.TASKS.index(task), len(model.TASKS)
+    # an op every head has is stacked (`heads_<name>`, all tasks' weights); the rest per task
+    loaded = {
+        k: state[f"heads_{task}_{k}"]
+        if f"heads_{task}_{k}" in state
+        else slice_like(state[f"heads_{k}"], like, t, tasks)
+        for k, like in head.state_dict().items()
+    }
+    head.load_state_dict(loaded)
     return head.eval()
 
 

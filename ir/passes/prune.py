@@ -42,17 +42,21 @@ def prune(g: Graph, policy: dict) -> Graph:
                 value[nid] = value[ins[CHOICE_INDEX[choice]]]
             else:
                 per_task = node.role in (Role.SPECIFIC, Role.SKIP)
+                # a stacked head op: each task's copy takes the name it has in that task's head
+                meta = dict(node.meta)
+                stacked_names = meta.pop("task_names", None)
+                origin = stacked_names[t_index] if stacked_names else node.name
                 copy = Node(
                     node.op,
-                    f"{task}.{node.name}",
+                    f"{task}.{origin}",
                     dict(node.attrs),
                     node.shape,
                     node.loc,
                     task=task,
                     meta={
-                        **node.meta,
+                        **meta,
                         "weights": (node.name, t_index if per_task else None),
-                        "origin": node.name,
+                        "origin": origin,
                     },
                 )
                 value[nid] = out.add(copy, [value[i] for i in ins])
