@@ -93,20 +93,15 @@ def _slice_for_heads(g: Graph, tasks: tuple[str, ...]) -> None:
             if src_node.task is None:
                 key = (src, node.task)
                 if key not in slices:
-                    slices[key] = g.add(
-                        Node(
-                            Op.TASK_SLICE,
-                            f"{src_node.name}.{node.task}",
-                            {"task": node.task},
-                            src_node.shape,
-                            src_node.loc,
-                            task=node.task,
-                        ),
-                        [src],
-                    )
+                    slices[key] = g.add(task_slice_node(src_node, node.task), [src])
                 src = slices[key]
             new_inputs.append(src)
         g.set_inputs(nid, new_inputs)
+
+
+def task_slice_node(src: Node, task: str) -> Node:
+    """The node taking `task`'s part of the task-stacked value of `src`."""
+    return Node(Op.TASK_SLICE, f"{src.name}.{task}", {"task": task}, src.shape, src.loc, task=task)
 
 
 def _route(g: Graph, nid: int, depth: int) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from mtsc.ir.graph import Graph, Node, Role
 from mtsc.ir.ops import PARAMETRIC, Op
+from mtsc.ir.passes.insert_routing import task_slice_node
 
 
 def stack_heads(g: Graph) -> Graph:
@@ -33,8 +34,7 @@ def stack_heads(g: Graph) -> Graph:
     stacked: dict[int, int] = {}  # signature -> the trunk value all tasks read, or stacked op
     for nid in g.topo_order():
         node = g.node(nid)
-        group = members.get(signature.get(nid), {})
-        if node.task != tasks[0] or len(group) != len(tasks):
+        if node.task != tasks[0] or len(group := members[signature[nid]]) != len(tasks):
             continue
         if node.op is Op.TASK_SLICE:
             stacked[signature[nid]] = g.inputs(nid)[0]
@@ -92,18 +92,7 @@ def _read_through_slices(g: Graph, signature: dict[int, int], stacked: dict[int,
 
     def slice_of(src: int, task: str) -> int:
         if (src, task) not in slices:
-            node = g.node(src)
-            slices[src, task] = g.add(
-                Node(
-                    Op.TASK_SLICE,
-                    f"{node.name}.{task}",
-                    {"task": task},
-                    node.shape,
-                    node.loc,
-                    task=task,
-                ),
-                [src],
-            )
+            slices[src, task] = g.add(task_slice_node(g.node(src), task), [src])
         return slices[src, task]
 
     def replaced(nid: int) -> bool:  # a head op now computed by a stacked one
