@@ -42,13 +42,15 @@ class Step:
 
     `inputs` picks the layer's bottoms the op reads, by position; a later step reads them after
     the previous step's output. None: the first step reads every bottom, a later one only the
-    previous step's output.
+    previous step's output. `top`: which of the layer's tops the step computes (only Slice has
+    more than one); each top's steps start afresh from the bottoms.
     """
 
     op: Op
     attrs: dict[str, Any] = field(default_factory=dict)
     suffix: str = ""
     inputs: tuple[int, ...] | None = None
+    top: int = 0
 
 
 Converter = Callable[[Layer, Sequence[Shape]], list[Step]]
@@ -117,6 +119,7 @@ PARAM_FIELDS = {
     "ReLU": "relu_param",
     "Reshape": "reshape_param",
     "Scale": "scale_param",
+    "Slice": "slice_param",
 }
 
 # Fields of those blocks that never change what the network computes, missing from the schema
@@ -424,6 +427,39 @@ def flatten(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     return [Step(Op.FLATTEN)]
 
 
+def slice_(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    """Caffe's Slice along the channels: one `slice` op per top, named `<layer>.<top>`."""
+    p = _params(layer)
+    if p.HasField("axis") and p.HasField("slice_dim"):
+        raise layer.error("give axis or slice_dim, not both", "slice_param")
+    _axis(layer, p.slice_dim if p.HasField("slice_dim") else p.axis, ins[0], "slicing")
+    channels, tops = ins[0][0], len(layer.tops)
+    points = list(p.slice_point)
+    if not points:
+        if channels % tops:
+            raise layer.error(
+                f"{channels} channels do not split into {tops} equal tops; give slice_point",
+                "slice_param",
+            )
+        points = [channels // tops * k for k in range(1, tops)]
+    if len(points) != tops - 1:
+        raise layer.error(
+            f"{len(points)} slice_point(s) for {tops} tops; give one fewer than the tops",
+            "slice_param",
+        )
+    bounds = [0, *points, channels]
+    if any(a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
+        raise layer.error(
+            f"slice_point {', '.join(map(str, points))} must rise strictly within the "
+            f"input's {channels} channels",
+            "slice_param",
+        )
+    return [
+        Step(Op.SLICE, {"start": a, "end": b}, suffix=f".{top}", top=k)
+        for k, (top, a, b) in enumerate(zip(layer.tops, bounds, bounds[1:], strict=False))
+    ]
+
+
 def reshape(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     """Caffe's Reshape where it is a flatten: N x C x H x W (or N x F) -> N x (C * H * W)."""
     p = _params(layer)
@@ -522,6 +558,7 @@ CONVERTERS: dict[str, Converter] = {
     "Reshape": reshape,
     "Scale": scale,
     "Sigmoid": _simple(Op.SIGMOID),
+    "Slice": slice_,
     "TanH": _simple(Op.TANH),
 }
 SUPPORTED_TYPES = tuple(sorted({*CONVERTERS, "Input", "Softmax"}))
@@ -553,6 +590,7 @@ V1_TYPES = {
     "POOLING": "Pooling",
     "RELU": "ReLU",
     "SIGMOID": "Sigmoid",
+    "SLICE": "Slice",
     "SOFTMAX": "Softmax",
     "TANH": "TanH",
 }

@@ -422,7 +422,7 @@ class _Builder:
             return
         self._check_supported(layer)
         for t, v in enumerate(writes[1:], start=1):
-            if v in self.needed:  # only a max-pooling mask gets here (_check_supported)
+            if v in self.needed and layer.type != "Slice":  # a max-pooling mask (see above)
                 raise layer.error(
                     f"top {layer.tops[t]!r} is the max-pooling mask, which only Caffe's "
                     "unpooling reads; mtsc supports neither",
@@ -448,6 +448,13 @@ class _Builder:
             return
         self._check_gate(layer)
         notes = [self.views[v][1] for v in dict.fromkeys(reads) if v in self.views]
+        for top, v in enumerate(writes):
+            top_steps = [step for step in steps if step.top == top]
+            if top_steps and v in self.needed:
+                self.node_of[v] = self._add_steps(layer, top_steps, ins, notes)
+
+    def _add_steps(self, layer: Layer, steps: list[Step], ins: list[int], notes: list[str]) -> int:
+        """The nodes of one top's steps, chained; returns the last."""
         last: int | None = None
         for step in steps:
             picked = ins if step.inputs is None else [ins[k] for k in step.inputs]
@@ -461,12 +468,12 @@ class _Builder:
             except OpError as err:
                 raise layer.error(str(err)) from None
             self._claim(name, layer.block.field_span("name"))
-            meta = {"var": layer.tops[0]}
+            meta = {"var": layer.tops[step.top]}
             if notes and last is None:
                 meta["note"] = "; ".join(notes)
             node = Node(step.op, name, attrs, shape, layer.block.span, meta=meta)
             last = self.graph.add(node, picked)
-        self.node_of[writes[0]] = last
+        return last
 
     def _shape(self, v: int) -> Shape:
         return self.graph.node(self.node_of[v]).shape
@@ -530,7 +537,7 @@ class _Builder:
         # SegNet's max pooling writes the argmax as a second top, the mask for unpooling.
         pooling = layer.param.pooling_param
         mask = layer.type == "Pooling" and pooling.pool == pooling.MAX and len(layer.tops) == 2
-        if len(layer.tops) != 1 and not mask:
+        if len(layer.tops) != 1 and not mask and layer.type != "Slice":
             raise layer.error(f"has {len(layer.tops)} tops; mtsc needs exactly one", "top")
         low, high = BOTTOMS.get(layer.type, (1, 1))
         n = len(layer.bottoms)

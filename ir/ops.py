@@ -44,6 +44,7 @@ class Op(enum.Enum):
     UPSAMPLE = "upsample"
     INTERP = "interp"
     CROP = "crop"
+    SLICE = "slice"
     LRN = "lrn"
     # Structure of the multi-task supermodel, inserted by `insert_routing`.
     TASK_STACK = "task_stack"
@@ -962,6 +963,29 @@ _register(
         min_inputs=2,
         max_inputs=2,
         doc="the first input cut to the height and width of the second, from `offset`",
+    )
+)
+
+
+# slice (Caffe's Slice: each top a range of the channels) ---------------------------------
+
+
+def _slice_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    (shape,) = ins
+    start, end = a["start"], a["end"]
+    if not start < end <= shape[0]:
+        raise OpError(f"slice: channels {start} to {end} are not a range of the input's {shape[0]}")
+    return (end - start, *shape[1:])
+
+
+_register(
+    OpSpec(
+        Op.SLICE,
+        attrs=(Attr("start", Kind.INT, minimum=0), Attr("end", Kind.INT, minimum=1)),
+        shape=_slice_shape,
+        torch=TorchExpr(lambda a, xs: f"{xs[0]}[:, {a['start']}:{a['end']}]"),
+        positional=("start", "end"),
+        doc="channels `start` (included) to `end` (excluded) of the input",
     )
 )
 

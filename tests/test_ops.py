@@ -180,6 +180,13 @@ CASES = [
         "flatten(a) | fc(features=7, bias=false)",
         lambda m, a: a.reshape(len(a), -1) @ m["linear1"].weight.T,
     ),
+    ("slice", {"a": (6, 4, 5)}, "slice(a, 1, 4)", lambda m, a: a[:, 1:4]),
+    (
+        "slice_features",
+        {"a": (3, 4, 5)},
+        "flatten(a) | slice(start=10, end=25)",
+        lambda m, a: a.reshape(len(a), -1)[:, 10:25],
+    ),
     ("dropout_eval", {"a": (3, 4, 5)}, "dropout(a, p=0.3)", lambda m, a: a),
     ("upsample_nearest", {"a": (3, 4, 5)}, "upsample(a, scale=2)", lambda m, a: _nearest2(a)),
     (
@@ -545,6 +552,18 @@ def test_attribute_errors(op, attrs, message) -> None:
             "crop: offset 2x1 and the reference's 7x6 reach past the input's 8x8",
         ),
         (Op.CROP, {}, [(4, 8, 8)], "crop: takes 2 input(s), got 1"),
+        (
+            Op.SLICE,
+            {"start": 2, "end": 9},
+            [(8, 4, 4)],
+            "slice: channels 2 to 9 are not a range of the input's 8",
+        ),
+        (
+            Op.SLICE,
+            {"start": 3, "end": 3},
+            [(8, 4, 4)],
+            "slice: channels 3 to 3 are not a range of the input's 8",
+        ),
         (Op.ADD, {}, [(64, 4, 4), (128, 4, 4)], "add: 64 vs 128 channels"),
         (Op.MUL, {}, [(8, 4, 4), (8, 4, 5)], "mul: spatial size 4x4 vs 4x5"),
         (Op.MUL, {}, [(8, 4, 4), (4, 1, 1)], "mul: 8 vs 4 channels"),

@@ -63,6 +63,8 @@ FIXTURE_SHAPES = {
     "interp_forms": ((3, 9, 7), (5,)),
     # See the comments in the fixture: 10x8 -> 5x4 -> 10x8 -> 23x19 -> crop to 10x8.
     "fcn_upsample": ((3, 10, 8), (6, 10, 8)),
+    # See the comments in the fixture: 8x8x8 sliced and rejoined to 6x8x8 -> fc 5.
+    "slice_branches": ((3, 8, 8), (5,)),
 }
 # Shapes of named inner layers, by hand: they pin the rounding of each pooling layer.
 INNER_SHAPES = {
@@ -96,6 +98,13 @@ INNER_SHAPES = {
         "score": (4, 5, 4),
         "upscore": (4, 10, 8),
         "up2": (6, 23, 19),
+    },
+    "slice_branches": {
+        "split.b": (2, 8, 8),
+        "split.c": (4, 8, 8),
+        "halves.h1": (2, 8, 8),
+        "halves.h2": (2, 8, 8),
+        "cat": (6, 8, 8),
     },
 }
 
@@ -494,12 +503,24 @@ def fcn_upsample_reference(p: dict, x):
     return y[:, :, 5:15, 4:12]
 
 
+def slice_branches_reference(p: dict, x):
+    """The slice_branches network written by hand (float64)."""
+    import torch
+    import torch.nn.functional as F
+
+    y = F.conv2d(x, p["conv1.weight"], p["conv1.bias"], padding=1)
+    total = F.conv2d(y[:, 2:4], p["conv_b.weight"], p["conv_b.bias"]) + y[:, 4:8]
+    joined = torch.cat([total[:, 2:], total[:, :2], y[:, :2]], dim=1)
+    return joined.flatten(1) @ p["fc.weight"].T + p["fc.bias"]
+
+
 # fixture: (its hand-written reference, the input's size)
 REFERENCES = {
     "small_numeric": (small_numeric_reference, (13, 11)),
     "se_blocks": (se_blocks_reference, (12, 12)),
     "interp_forms": (interp_forms_reference, (9, 7)),
     "fcn_upsample": (fcn_upsample_reference, (10, 8)),
+    "slice_branches": (slice_branches_reference, (8, 8)),
 }
 
 
@@ -689,12 +710,12 @@ def test_cli_errors_exit_2_with_a_located_message(tmp_path, capsys):
     bad = tmp_path / "bad.prototxt"
     bad.write_text(
         'input: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 8\ninput_dim: 8\n'
-        'layer { name: "n" type: "Slice" bottom: "data" top: "n" }\n'
+        'layer { name: "n" type: "ArgMax" bottom: "data" top: "n" }\n'
     )
     assert main(["build", str(bad), "-o", str(tmp_path / "o"), "--no-svg"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith(f"{bad}:6:19: error: layer 'n' (Slice): unsupported layer type")
-    assert err[2].strip() == "^" * len('type: "Slice"')
+    assert err[0].startswith(f"{bad}:6:19: error: layer 'n' (ArgMax): unsupported layer type")
+    assert err[2].strip() == "^" * len('type: "ArgMax"')
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -775,21 +796,21 @@ ERRORS = {
         "pool: MEDIAN",
     ),
     "unsupported type": (
-        INPUT + layer("s", "Slice", "data"),
+        INPUT + layer("s", "ArgMax", "data"),
         None,
-        "layer 's' (Slice): unsupported layer type 'Slice'; mtsc supports Axpy, BN, BatchNorm, "
+        "layer 's' (ArgMax): unsupported layer type 'ArgMax'; mtsc supports Axpy, BN, BatchNorm, "
         "Concat, Convolution, Crop, Deconvolution, Dropout, Eltwise, Flatten, InnerProduct, "
-        "Input, Interp, LRN, PReLU, Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH "
-        "(to import the network up to a blob before this layer, use --output BLOB)",
-        'type: "Slice"',
+        "Input, Interp, LRN, PReLU, Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Slice, Softmax, "
+        "TanH (to import the network up to a blob before this layer, use --output BLOB)",
+        'type: "ArgMax"',
     ),
     "unsupported V1 type": (
         INPUT + 'layers { name: "l" type: SPLIT bottom: "data" top: "l" }',
         None,
         "layer 'l' (SPLIT): unsupported layer type 'SPLIT'; mtsc supports Axpy, BN, BatchNorm, "
         "Concat, Convolution, Crop, Deconvolution, Dropout, Eltwise, Flatten, InnerProduct, "
-        "Input, Interp, LRN, PReLU, Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Softmax, TanH "
-        "(to import the network up to a blob before this layer, use --output BLOB)",
+        "Input, Interp, LRN, PReLU, Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Slice, Softmax, "
+        "TanH (to import the network up to a blob before this layer, use --output BLOB)",
         "type: SPLIT",
     ),
     "softmax inside": (
@@ -1260,6 +1281,53 @@ ERRORS = {
         "layer 'c' (Crop): takes 2 bottom(s), got 1",
         'bottom: "data"',
     ),
+    "slice of the height": (
+        INPUT + layer("s", "Slice", "data", body="slice_param { axis: 2 }"),
+        None,
+        "layer 's' (Slice): only slicing along the channel axis (1) is supported, not 2",
+        "slice_param",
+    ),
+    "slice axis twice": (
+        INPUT + layer("s", "Slice", "data", body="slice_param { axis: 1 slice_dim: 1 }"),
+        None,
+        "layer 's' (Slice): give axis or slice_dim, not both",
+        "slice_param",
+    ),
+    "slice into unequal parts": (
+        INPUT
+        + 'layer { name: "s" type: "Slice" bottom: "data" top: "a" top: "b" }\n'
+        + layer("cat", "Concat", "a", "b"),
+        None,
+        "layer 's' (Slice): 3 channels do not split into 2 equal tops; give slice_point",
+        'layer { name: "s"',
+    ),
+    "slice points for the tops": (
+        INPUT
+        + 'layer { name: "s" type: "Slice" bottom: "data" top: "a" top: "b"\n'
+        + "  slice_param { slice_point: 1 slice_point: 2 } }\n"
+        + layer("cat", "Concat", "a", "b"),
+        None,
+        "layer 's' (Slice): 2 slice_point(s) for 2 tops; give one fewer than the tops",
+        "slice_param",
+    ),
+    "slice points out of order": (
+        INPUT
+        + 'layer { name: "s" type: "Slice" bottom: "data" top: "a" top: "b" top: "c"\n'
+        + "  slice_param { slice_point: 2 slice_point: 1 } }\n"
+        + layer("cat", "Concat", "a", "b", "c"),
+        None,
+        "layer 's' (Slice): slice_point 2, 1 must rise strictly within the input's 3 channels",
+        "slice_param",
+    ),
+    "slice point past the channels": (
+        INPUT
+        + 'layer { name: "s" type: "Slice" bottom: "data" top: "a" top: "b"\n'
+        + "  slice_param { slice_point: 3 } }\n"
+        + layer("cat", "Concat", "a", "b"),
+        None,
+        "layer 's' (Slice): slice_point 3 must rise strictly within the input's 3 channels",
+        "slice_param",
+    ),
     "dropout ratio": (
         INPUT + layer("d", "Dropout", "data", body="dropout_param { dropout_ratio: 1 }"),
         None,
@@ -1267,6 +1335,24 @@ ERRORS = {
         'layer {\n  name: "d"',
     ),
 }
+
+
+def test_slice_tops_the_output_does_not_need_are_left_out():
+    graph = import_prototxt(fixture("slice_branches"), output="conv_b").graph
+    assert sorted(nodes_by_name(graph)) == ["conv1", "conv_b", "data", "split.b"]
+    assert nodes_by_name(graph)["split.b"].attrs == {"start": 2, "end": 4}
+
+
+def test_v1_slice_imports():
+    text = (
+        INPUT
+        + 'layers { name: "s" type: SLICE bottom: "data" top: "a" top: "b"\n'
+        + "  slice_param { slice_point: 1 } }\n"
+        + 'layers { name: "cat" type: CONCAT bottom: "b" bottom: "a" top: "cat" }\n'
+    )
+    nodes = nodes_by_name(import_text(text, "net.prototxt").graph)
+    assert (nodes["s.a"].attrs, nodes["s.a"].shape) == ({"start": 0, "end": 1}, (1, 8, 8))
+    assert (nodes["s.b"].attrs, nodes["s.b"].shape) == ({"start": 1, "end": 3}, (2, 8, 8))
 
 
 @pytest.mark.parametrize("case", sorted(ERRORS))
