@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from mtsc.errors import MtscError
-from mtsc.runtime.cpu_memory import _is_glibc, keep_freed_memory
+from mtsc.runtime.cpu_memory import _is_glibc, keep_freed_memory, set_keeping
 
 needs_glibc = pytest.mark.skipif(not _is_glibc(), reason="mallopt is glibc's")
 
@@ -41,7 +41,7 @@ def refill_faults(**env: str) -> tuple[int, str]:
         capture_output=True,
         text=True,
         check=True,
-        env={k: v for k, v in os.environ.items() if k not in ("MTSC_MALLOC", "GLIBC_TUNABLES")}
+        env={k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and "MALLOC" not in k}
         | env,
     )
     return int(proc.stdout), proc.stderr.strip()
@@ -66,6 +66,52 @@ def test_malloc_tunables_set_by_the_user_are_left_alone():
     faults, kept = refill_faults(GLIBC_TUNABLES="glibc.malloc.check=0")
     assert kept == "False"
     assert faults > 2 * PAGES_OF_64_MIB
+
+
+@needs_glibc
+def test_an_empty_setting_is_the_default():
+    faults, kept = refill_faults(MTSC_MALLOC="")
+    assert kept == "True"
+    assert faults < PAGES_OF_64_MIB // 16
+
+
+@needs_glibc
+def test_glibc_malloc_variables_set_by_the_user_are_left_alone():
+    faults, kept = refill_faults(MALLOC_TOP_PAD_="0")
+    assert kept == "False"
+    assert faults > 2 * PAGES_OF_64_MIB
+
+
+def test_a_glibc_that_caps_the_mmap_threshold_stops_mapping_blocks_instead():
+    """Before 2.35 glibc refuses mmap thresholds above 32 MiB; mapping can still be turned off."""
+    calls = []
+
+    def capped_mallopt(param: int, value: int) -> int:
+        calls.append((param, value))
+        return 0 if param == -3 and value > 32 << 20 else 1
+
+    assert set_keeping(capped_mallopt)
+    assert calls == [(-3, 2**31 - 1), (-4, 0), (-1, 2**31 - 1)]
+
+
+@needs_glibc
+def test_with_mapping_turned_off_freed_blocks_are_reused_too():
+    script = FAULTS_OF_A_REFILL.replace(
+        "print(keep_freed_memory(), file=sys.stderr)",
+        "import ctypes\n"
+        "from mtsc.runtime.cpu_memory import set_keeping\n"
+        "mallopt = ctypes.CDLL(None).mallopt\n"
+        "print(set_keeping(lambda p, v: 0 if p == -3 else mallopt(p, v)), file=sys.stderr)",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert proc.stderr.strip() == "True"
+    assert int(proc.stdout) < PAGES_OF_64_MIB // 16
+
+
+def test_a_malloc_that_takes_no_setting_is_reported():
+    assert not set_keeping(lambda param, value: 0)
 
 
 def test_an_unknown_setting_is_an_error(monkeypatch):

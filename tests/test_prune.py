@@ -42,12 +42,22 @@ MINI = MODELS / "deploy_mini.mtl"  # the golden file's model
 TINY = MODELS / "tiny.mtl"  # sharing pins, scale, max, gate, upsample, prelu
 RESNET_TINY = REPO / "examples" / "resnet_tiny.mtl"
 TWIN_HEADS = MODELS / "deploy_twin_heads.mtl"  # identical heads: stacked whole in the supermodel
+STACKED = MODELS / "stacked_heads.mtl"  # heads stacked but for their class scores: every op kind
+STACKED_LINEAR = MODELS / "stacked_linear_heads.mtl"  # stacked hidden linear + PReLU
 # Every example with a backbone (resnet_blocks.mtl only holds blocks for the others).
 EXAMPLES = sorted(
     p for p in (REPO / "examples").glob("*.mtl") if re.search(r"^backbone\b", p.read_text(), re.M)
 )
 # Models that run at any input size use 32x32; the linear one needs its declared 8x8.
-SMALL = [(RESIDUAL, 32), (LINEAR, 8), (TINY, 32), (RESNET_TINY, 32), (TWIN_HEADS, 16)]
+SMALL = [
+    (RESIDUAL, 32),
+    (LINEAR, 8),
+    (TINY, 32),
+    (RESNET_TINY, 32),
+    (TWIN_HEADS, 16),
+    (STACKED, 16),
+    (STACKED_LINEAR, 8),
+]
 BIG = [p for p in EXAMPLES if p != RESNET_TINY]
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 

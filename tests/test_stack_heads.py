@@ -2,12 +2,14 @@
 
 The pruned models of heads stacked this way are checked numerically against the supermodel
 in test_prune.py (resnet_tiny: partly stacked heads; deploy_twin_heads.mtl: whole heads;
-deploy_linear.mtl: a stacked hidden linear layer)."""
+deploy_linear.mtl and stacked_linear_heads.mtl: stacked linear layers; stacked_heads.mtl:
+pools, dropout, batchnorm, PReLU, a transposed conv, a scale and a resize to the image)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,16 +17,17 @@ from hypothesis import strategies as st
 from mtsc.api import import_generated
 from mtsc.codegen.torch_pruned import emit_pruned
 from mtsc.codegen.torch_supermodel import emit_supermodel
-from mtsc.deploy import carry_weights, prune_model
-from mtsc.driver import load, load_supermodel
+from mtsc.deploy import carry_weights, prune_model, prune_pipeline
+from mtsc.driver import load, load_supermodel, run_pipeline
 from mtsc.ir.graph import Graph, Role
 from mtsc.ir.ops import Op
-from mtsc.ir.passes.insert_routing import insert_routing
+from mtsc.ir.passes.insert_routing import RoutingOptions, insert_routing
 from mtsc.ir.passes.stack_heads import stack_heads
 from mtsc.ir.verify import verify
 
 REPO = Path(__file__).resolve().parent.parent
 RESNET_TINY = REPO / "examples" / "resnet_tiny.mtl"
+MODELS = REPO / "tests" / "models"
 TASKS = ("a", "b", "c")
 
 MODEL = """\
@@ -51,7 +54,7 @@ def model_text(heads: list[tuple[int, int]]) -> str:
 
 
 def stacked_names(g: Graph) -> set[str]:
-    return {n.name for _, n in g.nodes() if n.name.startswith("heads.") and n.task is None}
+    return {n.name for _, n in g.nodes() if "task_names" in n.meta}
 
 
 def test_the_ops_before_the_class_scores_are_stacked():
@@ -92,6 +95,56 @@ def test_one_task_keeps_its_head_as_it_is():
     g = insert_routing(load(RESNET_TINY), tasks=("depth",))
     before = {n.name for _, n in g.nodes()}
     assert {n.name for _, n in stack_heads(g).nodes()} == before
+
+
+def test_a_stacked_name_the_trunk_has_keeps_the_heads_per_task(write_model):
+    """A backbone statement labelled `heads` takes `heads.conv1`: the heads' first conv, and
+    all after it, stay per task rather than clash."""
+    path = write_model(
+        model_text([(2, 4), (1, 4)]).replace(
+            "    x = conv(image, 4, k=3, p=1)", "    heads: x = conv(image, 4, k=3, p=1)"
+        )
+    )
+    g = load_supermodel(path)
+    verify(g, after="stack_heads")
+    assert stacked_names(g) == set()
+    assert {"heads.a.conv1", "heads.b.conv1", "heads.conv1"} <= set(g.by_name())
+
+
+def test_a_task_subset_stacks_its_own_heads():
+    g = stack_heads(insert_routing(load(RESNET_TINY), tasks=("depth", "segment")))
+    verify(g, after="stack_heads")
+    assert g.node(g.by_name()["heads.conv1"]).meta["task_names"] == (
+        "heads.depth.conv1",
+        "heads.segment.conv1",
+    )
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        RESNET_TINY,
+        MODELS / "deploy_twin_heads.mtl",
+        MODELS / "stacked_heads.mtl",
+        MODELS / "stacked_linear_heads.mtl",
+    ],
+    ids=lambda p: p.stem,
+)
+@pytest.mark.parametrize("policy", ["shared", "specific"])
+@pytest.mark.parametrize("share_bn", [False, True])
+def test_the_pruned_model_is_the_one_of_unstacked_heads(model, policy, share_bn):
+    """Stacking changes the supermodel only: each task's pruned head has its own ops, named
+    and stored as before (a stateless op too, so that a dropout draws a mask per task)."""
+    options = RoutingOptions(share_bn=share_bn)
+    pruned = prune_model(model, policy, routing=options)
+    unstacked = insert_routing(load(model), options=options)
+    plain = run_pipeline(unstacked, prune_pipeline(pruned.policy))
+    assert stacked_names(pruned.supermodel), "nothing was stacked: the test tests nothing"
+
+    def source(g: Graph) -> str:
+        return emit_pruned(g, source_name=model.name, policy_name="policy.json").text
+
+    assert source(pruned.model) == source(plain)
 
 
 @settings(max_examples=12, deadline=None)

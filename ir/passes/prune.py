@@ -42,10 +42,12 @@ def prune(g: Graph, policy: dict) -> Graph:
                 value[nid] = value[ins[CHOICE_INDEX[choice]]]
             else:
                 per_task = node.role in (Role.SPECIFIC, Role.SKIP)
-                # a stacked head op: each task's copy takes the name it has in that task's head
+                # A stacked head op: each task's copy is the op of that task's head (its name,
+                # and for a stateless op its own module: a dropout draws a mask per task).
                 meta = dict(node.meta)
                 stacked_names = meta.pop("task_names", None)
                 origin = stacked_names[t_index] if stacked_names else node.name
+                weights = (node.name, t_index) if per_task else (origin, None)
                 copy = Node(
                     node.op,
                     f"{task}.{origin}",
@@ -55,7 +57,7 @@ def prune(g: Graph, policy: dict) -> Graph:
                     task=task,
                     meta={
                         **meta,
-                        "weights": (node.name, t_index if per_task else None),
+                        "weights": weights,
                         "origin": origin,
                     },
                 )

@@ -28,7 +28,7 @@ def stack_heads(g: Graph) -> Graph:
     members: dict[int, dict[str, int]] = {}
     for nid in g.topo_order():
         node = g.node(nid)
-        if node.task is not None:
+        if node.task in tasks:
             members.setdefault(signature[nid], {})[node.task] = nid
     taken = set(g.by_name())
     stacked: dict[int, int] = {}  # signature -> the trunk value all tasks read, or stacked op
