@@ -446,7 +446,7 @@ class _Builder:
             self.views[writes[0]] = ((channels,), note)
             self.node_of[writes[0]] = ins[0]
             return
-        self._check_gate(layer)
+        ins = self._gate_as_map(layer, ins)
         notes = [self.views[v][1] for v in dict.fromkeys(reads) if v in self.views]
         for top, v in enumerate(writes):
             top_steps = [step for step in steps if step.top == top]
@@ -495,24 +495,23 @@ class _Builder:
                 return False
         return True
 
-    def _check_gate(self, layer: Layer) -> None:
-        """A flat N x C gate of a feature map (an InnerProduct's) has no C x 1 x 1 form in the
-        IR; say so rather than the mul's shape error."""
-        if layer.type not in GATES:
-            return
+    def _gate_as_map(self, layer: Layer, ins: list[int]) -> list[int]:
+        """A flat N x C gate of a feature map (InnerProduct excitations, as in SE-MobileNet)
+        multiplies each channel: the IR's mul takes it reshaped to N x C x 1 x 1."""
         reads = self.flow.reads[layer.index]
+        if layer.type not in GATES or GATES[layer.type][0] >= len(reads):
+            return ins
         k, gated = GATES[layer.type]
-        if k >= len(reads) or reads[k] in self.views:
-            return
         gate = self._shape(reads[k])
-        if len(gate) == 1 and len(self._shape(reads[gated])) == 3:
-            raise layer.error(
-                f"the gate {layer.bottoms[k]!r} is a flat N x {gate[0]} blob; mtsc multiplies a "
-                "feature map only by an N x C x 1 x 1 gate, or one reshaped from it to N x C "
-                "(compute the excitation with 1x1 convolutions)",
-                "bottom",
-                k,
-            )
+        if reads[k] in self.views or len(gate) != 1 or len(self._shape(reads[gated])) != 3:
+            return ins
+        name = f"{layer.name}.gate"
+        self._claim(name, layer.block.field_span("name"))
+        note = f"{name}: the N x {gate[0]} gate {layer.bottoms[k]!r} as N x {gate[0]} x 1 x 1"
+        meta = {"var": f"{layer.bottoms[k]}_map", "note": note}
+        attrs = {"shape": (gate[0], 1, 1)}
+        node = Node(Op.RESHAPE, name, attrs, attrs["shape"], layer.block.span, meta=meta)
+        return [self.graph.add(node, [n]) if i == k else n for i, n in enumerate(ins)]
 
     def _check_supported(self, layer: Layer) -> None:
         if layer.type == "Softmax":

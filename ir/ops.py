@@ -45,6 +45,7 @@ class Op(enum.Enum):
     INTERP = "interp"
     CROP = "crop"
     SLICE = "slice"
+    RESHAPE = "reshape"
     LRN = "lrn"
     # Structure of the multi-task supermodel, inserted by `insert_routing`.
     TASK_STACK = "task_stack"
@@ -986,6 +987,30 @@ _register(
         torch=TorchExpr(lambda a, xs: f"{xs[0]}[:, {a['start']}:{a['end']}]"),
         positional=("start", "end"),
         doc="channels `start` (included) to `end` (excluded) of the input",
+    )
+)
+
+
+# reshape (a flat squeeze-and-excitation gate as the C x 1 x 1 map a mul broadcasts) ------
+
+
+def _reshape_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    if _numel(a["shape"]) != _numel(ins[0]):
+        raise OpError(
+            f"reshape: {'x'.join(map(str, ins[0]))} has {_numel(ins[0])} values per sample, "
+            f"{'x'.join(map(str, a['shape']))} holds {_numel(a['shape'])}"
+        )
+    return a["shape"]
+
+
+_register(
+    OpSpec(
+        Op.RESHAPE,
+        attrs=(Attr("shape", Kind.SHAPE),),
+        shape=_reshape_shape,
+        torch=TorchExpr(lambda a, xs: f"{xs[0]}.reshape(-1, {', '.join(map(str, a['shape']))})"),
+        positional=("shape",),
+        doc="the same values per sample in another shape (a flat gate as C x 1 x 1)",
     )
 )
 

@@ -187,6 +187,12 @@ CASES = [
         "flatten(a) | slice(start=10, end=25)",
         lambda m, a: a.reshape(len(a), -1)[:, 10:25],
     ),
+    (
+        "reshape_gate",
+        {"a": (3, 4, 5)},
+        "a * (avgpool(a, global=true) | flatten | reshape((3, 1, 1)))",
+        lambda m, a: a * a.mean(dim=(2, 3), keepdim=True),
+    ),
     ("dropout_eval", {"a": (3, 4, 5)}, "dropout(a, p=0.3)", lambda m, a: a),
     ("upsample_nearest", {"a": (3, 4, 5)}, "upsample(a, scale=2)", lambda m, a: _nearest2(a)),
     (
@@ -552,6 +558,12 @@ def test_attribute_errors(op, attrs, message) -> None:
             "crop: offset 2x1 and the reference's 7x6 reach past the input's 8x8",
         ),
         (Op.CROP, {}, [(4, 8, 8)], "crop: takes 2 input(s), got 1"),
+        (
+            Op.RESHAPE,
+            {"shape": (4, 1, 1)},
+            [(3,)],
+            "reshape: 3 has 3 values per sample, 4x1x1 holds 4",
+        ),
         (
             Op.SLICE,
             {"start": 2, "end": 9},

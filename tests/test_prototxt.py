@@ -65,6 +65,8 @@ FIXTURE_SHAPES = {
     "fcn_upsample": ((3, 10, 8), (6, 10, 8)),
     # See the comments in the fixture: 8x8x8 sliced and rejoined to 6x8x8 -> fc 5.
     "slice_branches": ((3, 8, 8), (5,)),
+    # 12 -> conv 3/2 p1: 6 -> depthwise, scaled by its gate -> global average -> fc 5.
+    "se_inner_product": ((3, 12, 12), (5,)),
 }
 # Shapes of named inner layers, by hand: they pin the rounding of each pooling layer.
 INNER_SHAPES = {
@@ -105,6 +107,11 @@ INNER_SHAPES = {
         "halves.h1": (2, 8, 8),
         "halves.h2": (2, 8, 8),
         "cat": (6, 8, 8),
+    },
+    "se_inner_product": {
+        "se2/ip2": (8,),
+        "se2/scale.gate": (8, 1, 1),
+        "se2/scale": (8, 6, 6),
     },
 }
 
@@ -514,6 +521,20 @@ def slice_branches_reference(p: dict, x):
     return joined.flatten(1) @ p["fc.weight"].T + p["fc.bias"]
 
 
+def se_inner_product_reference(p: dict, x):
+    """The se_inner_product network written by hand (float64)."""
+    import torch
+    import torch.nn.functional as F
+
+    y = F.conv2d(x, p["conv1.weight"], p["conv1.bias"], stride=2, padding=1)
+    y = F.conv2d(y, p["conv2_dw.weight"], None, padding=1, groups=8)
+    squeezed = y.mean(dim=(2, 3))
+    hidden = torch.relu(squeezed @ p["se2_ip1.weight"].T + p["se2_ip1.bias"])
+    gate = torch.sigmoid(hidden @ p["se2_ip2.weight"].T + p["se2_ip2.bias"])
+    pooled = (y * gate[:, :, None, None]).mean(dim=(2, 3))
+    return pooled @ p["fc.weight"].T + p["fc.bias"]
+
+
 # fixture: (its hand-written reference, the input's size)
 REFERENCES = {
     "small_numeric": (small_numeric_reference, (13, 11)),
@@ -521,6 +542,7 @@ REFERENCES = {
     "interp_forms": (interp_forms_reference, (9, 7)),
     "fcn_upsample": (fcn_upsample_reference, (10, 8)),
     "slice_branches": (slice_branches_reference, (8, 8)),
+    "se_inner_product": (se_inner_product_reference, (12, 12)),
 }
 
 
@@ -1146,17 +1168,6 @@ ERRORS = {
         "add the bias with a layer of its own)",
         "scale_param",
     ),
-    "scale by an inner product's gate": (
-        gate_net(
-            layer("fc", "InnerProduct", "g", body="inner_product_param { num_output: 3 }")
-            + layer("s", "Scale", "data", "fc", body="scale_param { axis: 0 }")
-        ),
-        None,
-        "layer 's' (Scale): the gate 'fc' is a flat N x 3 blob; mtsc multiplies a feature map "
-        "only by an N x C x 1 x 1 gate, or one reshaped from it to N x C (compute the "
-        "excitation with 1x1 convolutions)",
-        'bottom: "fc"',
-    ),
     "axpy with x and y of different shapes": (
         gate_net(conv("c") + layer("a", "Axpy", "g", "data", "c")),
         None,
@@ -1170,17 +1181,6 @@ ERRORS = {
         "layer 'a' (Axpy): the first bottom (N x 3 x 8 x 8) must be a gate of N x 3 x 1 x 1 or "
         "N x 3, one value per channel of x (N x 3 x 8 x 8)",
         'bottom: "data"',
-    ),
-    "axpy with an inner product's gate": (
-        gate_net(
-            layer("fc", "InnerProduct", "g", body="inner_product_param { num_output: 3 }")
-            + layer("a", "Axpy", "fc", "data", "data")
-        ),
-        None,
-        "layer 'a' (Axpy): the gate 'fc' is a flat N x 3 blob; mtsc multiplies a feature map "
-        "only by an N x C x 1 x 1 gate, or one reshaped from it to N x C (compute the "
-        "excitation with 1x1 convolutions)",
-        'bottom: "fc"',
     ),
     "axpy with two bottoms": (
         gate_net(layer("a", "Axpy", "g", "data")),
@@ -1591,19 +1591,34 @@ def test_scale_by_a_blob_of_the_same_shape_is_an_elementwise_mul():
     assert (out.op, out.shape) == (Op.MUL, (3, 8, 8))
 
 
-def test_a_reshaped_gate_that_another_layer_reads_stays_flat_and_is_refused():
-    # fc reads the scaled map; `e` adds the N x 3 gate to it: r must exist as a flat blob.
+def test_a_reshaped_gate_that_another_layer_reads_stays_flat_and_scales_as_a_map():
+    # fc reads the scaled map; `e` adds the N x 3 gate to it: r stays a flat blob, and the
+    # Scale reads it reshaped to N x 3 x 1 x 1.
     scale = layer("s", "Scale", "data", "r", body="scale_param { axis: 0 }")
     fc = layer("fc", "InnerProduct", "s", body="inner_product_param { num_output: 3 }")
-    text = gate_net(RESHAPED + scale + fc + layer("e", "Eltwise", "fc", "r"))
-    with pytest.raises(MtscError) as info:
-        import_text(text, "n.prototxt")
-    assert info.value.span.line == line_of(text, 'bottom: "r"')
-    assert info.value.message == (
-        "layer 's' (Scale): the gate 'r' is a flat N x 3 blob; mtsc multiplies a feature map "
-        "only by an N x C x 1 x 1 gate, or one reshaped from it to N x C (compute the "
-        "excitation with 1x1 convolutions)"
-    )
+    g = import_text(gate_net(RESHAPED + scale + fc + layer("e", "Eltwise", "fc", "r")), "n").graph
+    nodes = nodes_by_name(g)
+    assert (nodes["r"].op, nodes["r"].shape) == (Op.FLATTEN, (3,))
+    assert (nodes["s.gate"].op, nodes["s.gate"].shape) == (Op.RESHAPE, (3, 1, 1))
+    assert [g.node(i).name for i in g.inputs(g.by_name()["s"])] == ["data", "s.gate"]
+    assert nodes["e"].shape == (3,)
+
+
+@pytest.mark.parametrize(
+    "gated",
+    [
+        layer("s", "Scale", "data", "fc", body="scale_param { axis: 0 }"),
+        layer("s", "Axpy", "fc", "data", "data"),
+    ],
+    ids=["scale", "axpy"],
+)
+def test_an_inner_product_gate_multiplies_each_channel(gated):
+    fc = layer("fc", "InnerProduct", "g", body="inner_product_param { num_output: 3 }")
+    g = import_text(gate_net(fc + gated), "n.prototxt").graph
+    gate = g.by_name()["s.gate"]
+    assert (g.node(gate).op, g.node(gate).attrs) == (Op.RESHAPE, {"shape": (3, 1, 1)})
+    assert g.node(g.inputs(gate)[0]).name == "fc"
+    assert g.node(g.outputs["backbone"]).shape == (3, 8, 8)
 
 
 def test_v1_deconvolution_imports_as_a_transposed_conv():

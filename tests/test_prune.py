@@ -582,8 +582,11 @@ def test_the_test_models_hold_what_they_claim():
     depthwise = [n for n in nodes if n.op is Op.CONV2D and n.attrs["groups"] > 1]
     assert depthwise and all(n.attrs["groups"] == n.shape[0] for n in depthwise)
     assert routed_ops(g)["valid.conv1"] is False  # no skip candidate
-    assert routed_ops(load_supermodel(LINEAR)) == {
+    linear = load_supermodel(LINEAR)
+    assert Op.RESHAPE in {n.op for _, n in linear.nodes()}
+    assert routed_ops(linear) == {
         "stem.conv1": True,
+        "excite.linear1": True,
         "fc1.linear1": True,
         "fc2.linear1": True,
     }
