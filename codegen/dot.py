@@ -75,6 +75,8 @@ def op_label(node: Node) -> str:
         return f"{node.op.value} {a['kernel'][0]}/{a['stride'][0]}"
     if node.op is Op.LINEAR:
         return f"linear, {a['out']}"
+    if node.op is Op.SLICE:
+        return f"slice {a['start']}:{a['end']}"
     return node.op.value
 
 

@@ -302,7 +302,8 @@ def _choose_output(layers: list[Layer], flow: _Flow, output: str | None) -> int:
         for v in sorted(set(flow.final.values()) - read):
             producer = flow.values[v].layer
             if producer is not None and (
-                _is_source(layers[producer]) or v != flow.writes[producer][0]
+                _is_source(layers[producer])
+                or (v != flow.writes[producer][0] and layers[producer].type == "Pooling")
             ):
                 continue  # a data layer's label, a max-pooling mask: not network results
             # A final Softmax turns scores into probabilities: the backbone ends before it.
@@ -536,6 +537,8 @@ class _Builder:
         # SegNet's max pooling writes the argmax as a second top, the mask for unpooling.
         pooling = layer.param.pooling_param
         mask = layer.type == "Pooling" and pooling.pool == pooling.MAX and len(layer.tops) == 2
+        if len(set(layer.tops)) != len(layer.tops):
+            raise layer.error("writes a top twice; each top of a layer needs its own name", "top")
         if len(layer.tops) != 1 and not mask and layer.type != "Slice":
             raise layer.error(f"has {len(layer.tops)} tops; mtsc needs exactly one", "top")
         low, high = BOTTOMS.get(layer.type, (1, 1))

@@ -133,8 +133,13 @@ class Attr:
                 self._check_min(v)
             return pair
         if kind is Kind.SHAPE:
-            if not isinstance(value, tuple) or not all(isinstance(v, int) and v > 0 for v in value):
-                raise OpError(f"{self.name} must be a shape of positive integers, got {value!r}")
+            if not isinstance(value, tuple) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+            ):
+                hint = " (one dimension is written (n,))" if isinstance(value, int) else ""
+                raise OpError(
+                    f"{self.name} must be a shape of positive integers, got {value!r}{hint}"
+                )
             return value
         if kind is Kind.FLOATS:
             if not isinstance(value, tuple) or not all(
@@ -995,6 +1000,11 @@ _register(
 
 
 def _reshape_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    if len(a["shape"]) not in (1, 3):
+        raise OpError(
+            f"reshape: a sample is a vector (F) or a map (C x H x W), not "
+            f"{'x'.join(map(str, a['shape']))}"
+        )
     if _numel(a["shape"]) != _numel(ins[0]):
         raise OpError(
             f"reshape: {'x'.join(map(str, ins[0]))} has {_numel(ins[0])} values per sample, "

@@ -480,6 +480,16 @@ def test_normalize_resolves_aliases_and_fills_defaults() -> None:
         (Op.CONV2D, {"out": 8}, "conv2d: missing required attribute 'kernel'"),
         (Op.CONV2D, {"out": 8, "k": 3, "kernel": 3}, "conv2d: attribute 'kernel' given twice"),
         (Op.CONV2D, {"out": 8, "k": 1.5}, "kernel must be an integer or an (h, w) pair, got 1.5"),
+        (
+            Op.RESHAPE,
+            {"shape": (True, 512)},
+            "shape must be a shape of positive integers, got (True, 512)",
+        ),
+        (
+            Op.RESHAPE,
+            {"shape": 512},
+            "shape must be a shape of positive integers, got 512 (one dimension is written (n,))",
+        ),
         (Op.CONV2D, {"out": 8, "k": (1, 2, 3)}, "kernel must be an integer or an (h, w) pair"),
         (Op.CONV2D, {"out": 8, "k": 3, "s": 0}, "stride must be at least 1, got 0"),
         (Op.CONV2D, {"out": 8, "k": 3, "bias": 1}, "bias must be true or false, got 1"),
@@ -563,6 +573,12 @@ def test_attribute_errors(op, attrs, message) -> None:
             {"shape": (4, 1, 1)},
             [(3,)],
             "reshape: 3 has 3 values per sample, 4x1x1 holds 4",
+        ),
+        (
+            Op.RESHAPE,
+            {"shape": (8, 64)},
+            [(8, 8, 8)],
+            "reshape: a sample is a vector (F) or a map (C x H x W), not 8x64",
         ),
         (
             Op.SLICE,

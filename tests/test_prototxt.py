@@ -1287,6 +1287,28 @@ ERRORS = {
         "layer 's' (Slice): only slicing along the channel axis (1) is supported, not 2",
         "slice_param",
     ),
+    "slice of the batch": (
+        INPUT + layer("s", "Slice", "data", body="slice_param { slice_dim: 0 }"),
+        None,
+        "layer 's' (Slice): only slicing along the channel axis (1) is supported, not 0",
+        "slice_param",
+    ),
+    "slice tops nobody reads": (
+        INPUT
+        + 'layer { name: "s" type: "Slice" bottom: "data" top: "a" top: "b"\n'
+        + "  slice_param { slice_point: 1 } }\n",
+        None,
+        "the network has 2 outputs ('a', 'b'); choose the backbone's with --output BLOB",
+        'layer { name: "s"',
+    ),
+    "slice top twice": (
+        INPUT
+        + 'layer { name: "s" type: "Slice" bottom: "data" top: "a" top: "a"\n'
+        + "  slice_param { slice_point: 1 } }\n",
+        None,
+        "layer 's' (Slice): writes a top twice; each top of a layer needs its own name",
+        'top: "a"',
+    ),
     "slice axis twice": (
         INPUT + layer("s", "Slice", "data", body="slice_param { axis: 1 slice_dim: 1 }"),
         None,
@@ -1618,6 +1640,8 @@ def test_an_inner_product_gate_multiplies_each_channel(gated):
     gate = g.by_name()["s.gate"]
     assert (g.node(gate).op, g.node(gate).attrs) == (Op.RESHAPE, {"shape": (3, 1, 1)})
     assert g.node(g.inputs(gate)[0]).name == "fc"
+    (mul,) = [n for n in g.node_ids() if g.node(n).op is Op.MUL]
+    assert gate in g.inputs(mul)
     assert g.node(g.outputs["backbone"]).shape == (3, 8, 8)
 
 

@@ -582,6 +582,7 @@ def test_the_test_models_hold_what_they_claim():
     depthwise = [n for n in nodes if n.op is Op.CONV2D and n.attrs["groups"] > 1]
     assert depthwise and all(n.attrs["groups"] == n.shape[0] for n in depthwise)
     assert routed_ops(g)["valid.conv1"] is False  # no skip candidate
+    assert {(n.attrs["start"], n.attrs["end"]) for n in nodes if n.op is Op.SLICE} == {(4, 12)}
     linear = load_supermodel(LINEAR)
     assert Op.RESHAPE in {n.op for _, n in linear.nodes()}
     assert routed_ops(linear) == {
