@@ -185,6 +185,8 @@ def _literal(attr: Attr, value: Any) -> str:
         return f'"{value}"'
     if attr.kind is Kind.PAIR:
         return str(value[0]) if value[0] == value[1] else f"({value[0]}, {value[1]})"
+    if attr.kind is Kind.SHAPE:
+        return repr(value)  # (8, 1, 1), (512,): the README's spelling of a shape
     if isinstance(value, tuple):
         return "[" + ", ".join(repr(v) for v in value) + "]"
     return repr(value)
