@@ -18,6 +18,7 @@ layer's line, and `meta["var"]` its top blob, which generated code uses as varia
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -497,21 +498,25 @@ class _Builder:
         return True
 
     def _gate_as_map(self, layer: Layer, ins: list[int]) -> list[int]:
-        """A flat N x C gate of a feature map (InnerProduct excitations, as in SE-MobileNet)
-        multiplies each channel: the IR's mul takes it reshaped to N x C x 1 x 1."""
+        """A per-channel gate in the rank of what it gates. A flat N x C gate of a feature map
+        (InnerProduct excitations, as in SE-MobileNet) multiplies each channel: the IR's mul
+        takes it as N x C x 1 x 1. A gate reshaped to N x C, which the IR keeps as N x C x 1 x 1
+        (see _is_gate_view), gating a flat N x C blob is taken back to N x C."""
         reads = self.flow.reads[layer.index]
         if layer.type not in GATES or GATES[layer.type][0] >= len(reads):
             return ins
         k, gated = GATES[layer.type]
-        gate = self._shape(reads[k])
-        if reads[k] in self.views or len(gate) != 1 or len(self._shape(reads[gated])) != 3:
+        gate, target = self._shape(reads[k]), self._shape(reads[gated])
+        channels = gate[0]
+        want = (channels, 1, 1) if len(target) == 3 else (channels,)
+        if gate == want or math.prod(gate) != channels or len(target) not in (1, 3):
             return ins
         name = f"{layer.name}.gate"
         self._claim(name, layer.block.field_span("name"))
-        note = f"{name}: the N x {gate[0]} gate {layer.bottoms[k]!r} as N x {gate[0]} x 1 x 1"
-        meta = {"var": f"{layer.bottoms[k]}_map", "note": note}
-        attrs = {"shape": (gate[0], 1, 1)}
-        node = Node(Op.RESHAPE, name, attrs, attrs["shape"], layer.block.span, meta=meta)
+        shown = " x ".join(map(str, ("N", *want)))
+        note = f"{name}: the gate {layer.bottoms[k]!r} as {shown}"
+        meta = {"var": f"{layer.bottoms[k]}_{'map' if len(want) == 3 else 'flat'}", "note": note}
+        node = Node(Op.RESHAPE, name, {"shape": want}, want, layer.block.span, meta=meta)
         return [self.graph.add(node, [n]) if i == k else n for i, n in enumerate(ins)]
 
     def _check_supported(self, layer: Layer) -> None:

@@ -1626,6 +1626,17 @@ def test_a_reshaped_gate_that_another_layer_reads_stays_flat_and_scales_as_a_map
     assert nodes["e"].shape == (3,)
 
 
+def test_a_reshaped_gate_of_a_flat_blob_scales_it_flat():
+    # SE-BN-Inception's N x C view of the pooled map, gating an N x C InnerProduct output.
+    fc = layer("fc", "InnerProduct", "g", body="inner_product_param { num_output: 3 }")
+    scale = layer("s", "Scale", "fc", "r", body="scale_param { axis: 0 }")
+    g = import_text(gate_net(RESHAPED + fc + scale), "n.prototxt").graph
+    nodes = nodes_by_name(g)
+    assert (nodes["s.gate"].op, nodes["s.gate"].shape) == (Op.RESHAPE, (3,))
+    assert [g.node(i).name for i in g.inputs(g.by_name()["s"])] == ["fc", "s.gate"]
+    assert nodes["s"].shape == (3,)
+
+
 @pytest.mark.parametrize(
     "gated",
     [
