@@ -527,13 +527,15 @@ def interp(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
 
 
 def lrn(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    """Across channels, or WITHIN_CHANNEL over a local_size x local_size window; Caffe's
+    within-channel form has no `k` (it adds 1), so k is not read there, as Caffe does not."""
     p = _params(layer)
-    if p.norm_region != p.ACROSS_CHANNELS:
-        raise layer.error("only norm_region: ACROSS_CHANNELS is supported", "lrn_param")
     if p.local_size % 2 == 0:
         raise layer.error(f"local_size must be odd, got {p.local_size}", "lrn_param")
-    attrs = {"size": p.local_size, "alpha": f32(p.alpha), "beta": f32(p.beta), "k": f32(p.k)}
-    return [Step(Op.LRN, attrs)]
+    attrs = {"size": p.local_size, "alpha": f32(p.alpha), "beta": f32(p.beta)}
+    if p.norm_region == p.WITHIN_CHANNEL:
+        return [Step(Op.LRN, {**attrs, "region": "within"})]
+    return [Step(Op.LRN, {**attrs, "k": f32(p.k)})]
 
 
 # The types the importer converts; Input and Softmax are handled by the importer itself.

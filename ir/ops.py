@@ -834,9 +834,25 @@ def _raise(message: str) -> None:
 # local response normalisation -----------------------------------------------------------
 
 
-def _lrn_args(a: Mapping[str, Any], ins: Sequence[Shape]) -> tuple[tuple, dict]:
+def _lrn_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    if a["region"] == "within" and a["size"] % 2 == 0:
+        raise OpError(
+            f"lrn: a window within a channel is centred, so size must be odd, got {a['size']}"
+        )
+    return _spatial("lrn", ins[0])
+
+
+def _lrn_expr(a: Mapping[str, Any], xs: Sequence[str]) -> str:
+    (x,) = xs
+    size, alpha, beta = a["size"], a["alpha"], a["beta"]
+    if a["region"] == "within":
+        # Caffe's WITHIN_CHANNEL: the mean square over a size x size window (zero-padded,
+        # always divided by size * size), as 1 + alpha * mean, to the power -beta
+        mean = f"F.avg_pool2d({x} * {x}, {size}, stride=1, padding={size // 2})"
+        return f"{x} * (1 + {alpha!r} * {mean}).pow({-beta!r})"
     defaults = {"alpha": 1e-4, "beta": 0.75, "k": 1.0}
-    return (a["size"],), {k: a[k] for k, v in defaults.items() if a[k] != v}
+    given = "".join(f", {k}={a[k]!r}" for k, v in defaults.items() if a[k] != v)
+    return f"F.local_response_norm({x}, {size}{given})"
 
 
 _register(
@@ -847,10 +863,12 @@ _register(
             Attr("alpha", Kind.FLOAT, 1e-4, minimum=0),
             Attr("beta", Kind.FLOAT, 0.75, minimum=0),
             Attr("k", Kind.FLOAT, 1.0, minimum=0),
+            Attr("region", Kind.STR, "across", choices=("across", "within")),
         ),
-        shape=_channels("lrn"),
-        torch=TorchModule("nn.LocalResponseNorm", _lrn_args),
-        doc="local response normalisation across `size` neighbouring channels (GoogLeNet)",
+        shape=_lrn_shape,
+        torch=TorchExpr(_lrn_expr),
+        doc="local response normalisation across `size` neighbouring channels (GoogLeNet), or "
+        'with region="within" over a size x size window of each channel',
     )
 )
 

@@ -193,6 +193,18 @@ CASES = [
         "a * (avgpool(a, global=true) | flatten | reshape((3, 1, 1)))",
         lambda m, a: a * a.mean(dim=(2, 3), keepdim=True),
     ),
+    (
+        "lrn_across",
+        {"a": (6, 4, 5)},
+        "lrn(a, size=3, alpha=0.5, beta=0.6, k=2)",
+        lambda m, a: _lrn_across(a, 3, 0.5, 0.6, 2.0),
+    ),
+    (
+        "lrn_within",
+        {"a": (3, 4, 5)},
+        'lrn(a, size=3, alpha=0.5, beta=0.6, region="within")',
+        lambda m, a: _lrn_within(a, 3, 0.5, 0.6),
+    ),
     ("dropout_eval", {"a": (3, 4, 5)}, "dropout(a, p=0.3)", lambda m, a: a),
     ("upsample_nearest", {"a": (3, 4, 5)}, "upsample(a, scale=2)", lambda m, a: _nearest2(a)),
     (
@@ -227,6 +239,25 @@ CASES = [
         lambda m, a, b: F.interpolate(a, size=(6, 2), mode="bilinear", align_corners=True),
     ),
 ]
+
+
+def _lrn_across(a: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """Caffe's formula, loop by loop: x / (k + alpha / size * sum of nearby squares)^beta."""
+    half, channels = size // 2, a.shape[1]
+    sums = torch.stack(
+        [(a[:, max(0, c - half) : c + half + 1] ** 2).sum(1) for c in range(channels)], dim=1
+    )
+    return a / (k + alpha / size * sums) ** beta
+
+
+def _lrn_within(a: torch.Tensor, size: int, alpha: float, beta: float) -> torch.Tensor:
+    """Caffe's WITHIN_CHANNEL: x / (1 + alpha / size^2 * sum of squares in the zero-padded
+    size x size window)^beta."""
+    half = size // 2
+    squares = F.pad(a**2, (half, half, half, half))
+    h, w = a.shape[2:]
+    sums = sum(squares[:, :, i : i + h, j : j + w] for i in range(size) for j in range(size))
+    return a / (1 + alpha / size**2 * sums) ** beta
 
 
 def _module_names(model: nn.Module) -> dict[str, nn.Module]:
@@ -573,6 +604,12 @@ def test_attribute_errors(op, attrs, message) -> None:
             {"shape": (4, 1, 1)},
             [(3,)],
             "reshape: 3 has 3 values per sample, 4x1x1 holds 4",
+        ),
+        (
+            Op.LRN,
+            {"size": 4, "region": "within"},
+            [(8, 4, 4)],
+            "lrn: a window within a channel is centred, so size must be odd, got 4",
         ),
         (
             Op.RESHAPE,

@@ -338,7 +338,13 @@ def test_interp_with_a_size_of_its_own_does_not_read_a_second_bottom():
 def test_names_with_slashes_lrn_and_the_implicit_flatten_of_inner_product():
     g = import_prototxt(fixture("googlenet_names")).graph
     named = nodes_by_name(g)
-    assert named["pool1/norm1"].attrs == {"size": 5, "alpha": 0.0001, "beta": 0.75, "k": 1.0}
+    assert named["pool1/norm1"].attrs == {
+        "size": 5,
+        "alpha": 0.0001,
+        "beta": 0.75,
+        "k": 1.0,
+        "region": "across",
+    }
     # Caffe's InnerProduct flattens C x H x W itself; the IR spells it out.
     assert named["loss3/classifier.flatten"].op is Op.FLATTEN
     assert named["loss3/classifier.flatten"].shape == (20,)
@@ -1083,12 +1089,6 @@ ERRORS = {
         "layer 'f' (Flatten): only flattening everything after the batch axis is supported",
         "flatten_param",
     ),
-    "lrn within channel": (
-        INPUT + layer("n", "LRN", "data", body="lrn_param { norm_region: WITHIN_CHANNEL }"),
-        None,
-        "layer 'n' (LRN): only norm_region: ACROSS_CHANNELS is supported",
-        "lrn_param",
-    ),
     "lrn even size": (
         INPUT + layer("n", "LRN", "data", body="lrn_param { local_size: 4 }"),
         None,
@@ -1363,6 +1363,18 @@ def test_slice_tops_the_output_does_not_need_are_left_out():
     graph = import_prototxt(fixture("slice_branches"), output="conv_b").graph
     assert sorted(nodes_by_name(graph)) == ["conv1", "conv_b", "data", "split.b"]
     assert nodes_by_name(graph)["split.b"].attrs == {"start": 2, "end": 4}
+
+
+def test_lrn_within_channel_imports_without_k():
+    body = "lrn_param { norm_region: WITHIN_CHANNEL local_size: 3 alpha: 0.5 k: 2 }"
+    g = import_text(INPUT + layer("n", "LRN", "data", body=body), "n.prototxt").graph
+    assert nodes_by_name(g)["n"].attrs == {
+        "size": 3,
+        "alpha": 0.5,
+        "beta": 0.75,
+        "k": 1.0,
+        "region": "within",
+    }
 
 
 def test_v1_slice_imports():
