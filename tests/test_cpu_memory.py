@@ -48,36 +48,25 @@ def refill_faults(**env: str) -> tuple[int, str]:
 
 
 @needs_glibc
-def test_freed_blocks_are_reused_without_page_faults():
-    faults, kept = refill_faults()
+@pytest.mark.parametrize("env", [{}, {"MTSC_MALLOC": ""}], ids=["unset", "empty"])
+def test_freed_blocks_are_reused_without_page_faults(env):
+    faults, kept = refill_faults(**env)
     assert kept == "True"
     assert faults < PAGES_OF_64_MIB // 16
 
 
 @needs_glibc
-def test_the_system_setting_maps_each_large_block_afresh():
-    faults, kept = refill_faults(MTSC_MALLOC="system")
-    assert kept == "False"
-    assert faults > 2 * PAGES_OF_64_MIB
-
-
-@needs_glibc
-def test_malloc_tunables_set_by_the_user_are_left_alone():
-    faults, kept = refill_faults(GLIBC_TUNABLES="glibc.malloc.check=0")
-    assert kept == "False"
-    assert faults > 2 * PAGES_OF_64_MIB
-
-
-@needs_glibc
-def test_an_empty_setting_is_the_default():
-    faults, kept = refill_faults(MTSC_MALLOC="")
-    assert kept == "True"
-    assert faults < PAGES_OF_64_MIB // 16
-
-
-@needs_glibc
-def test_glibc_malloc_variables_set_by_the_user_are_left_alone():
-    faults, kept = refill_faults(MALLOC_TOP_PAD_="0")
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"MTSC_MALLOC": "system"},
+        {"GLIBC_TUNABLES": "glibc.malloc.check=0"},  # the user's malloc settings stay theirs
+        {"MALLOC_TOP_PAD_": "0"},  # glibc's older spelling of one
+    ],
+    ids=["system", "tunables", "malloc-variable"],
+)
+def test_otherwise_each_large_block_is_mapped_afresh(env):
+    faults, kept = refill_faults(**env)
     assert kept == "False"
     assert faults > 2 * PAGES_OF_64_MIB
 
