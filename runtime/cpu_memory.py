@@ -4,7 +4,7 @@ PyTorch has no caching allocator on the CPU: every tensor comes from the C libra
 glibc serves blocks above its mmap threshold (adaptive, at most 32 MiB) with a fresh mapping
 and unmaps them on free, so each step faults in every large activation again, one 4 KiB page
 at a time. The supermodel's task-stacked activations are T times larger than one task's, so
-more of them cross the threshold: mobilenetv2 at 4x3x160x160 took 78,000 to 154,000 minor
+more of them cross the threshold: mobilenetv2 at 4x3x160x160 took 7,000 to 154,000 minor
 faults per search step, resnet_tiny at the demo's sizes 14,000 to 16,000, and none at all
 once freed blocks stay in the heap (benchmarks/NOTES.md). Raising the mmap and trim
 thresholds does that: large blocks come from the heap and go back to it.
