@@ -144,10 +144,14 @@ def _params(layer: Layer) -> Message:
     return getattr(layer.param, _param_field(layer))
 
 
+def _caffe_axis(axis: int, shape: Shape) -> int:
+    """A Caffe axis of a blob whose per-sample shape is `shape`, counted from the batch axis
+    (0): 1 is channels (features); a negative one counts from the end."""
+    return axis + len(shape) + 1 if axis < 0 else axis
+
+
 def _axis(layer: Layer, axis: int, shape: Shape, what: str) -> None:
-    """Caffe axes count the batch: 1 is channels (features); negative counts from the end."""
-    rank = len(shape) + 1
-    if (axis + rank if axis < 0 else axis) != 1:
+    if _caffe_axis(axis, shape) != 1:
         raise layer.error(
             f"only {what} along the channel axis (1) is supported, not {axis}", _param_field(layer)
         )
@@ -181,8 +185,7 @@ def convolution(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
 def crop(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     """FCN's Crop: the first bottom cut to the second's height and width."""
     p = _params(layer)
-    rank = len(ins[0]) + 1
-    if (p.axis + rank if p.axis < 0 else p.axis) != 2:
+    if _caffe_axis(p.axis, ins[0]) != 2:
         raise layer.error(
             f"only cropping from axis 2 (height and width) is supported, not {p.axis}", "crop_param"
         )
@@ -254,9 +257,7 @@ def _scale_by_blob(layer: Layer, x: Shape, s: Shape) -> list[Step]:
     N x C x 1 x 1 gate to N x C and scale with axis 0: a per-channel gate, the IR's mul. (With
     per-sample shapes C x H x W or F, the only other match is a blob of the same shape.)"""
     p = _params(layer)
-    rank = len(x) + 1
-    axis = p.axis + rank if p.axis < 0 else p.axis
-    if axis != 0:
+    if _caffe_axis(p.axis, x) != 0:
         raise layer.error(
             f"the second bottom ({_shown(s)}) starts with the batch axis, which Caffe lines up "
             f"with bottom 0's axis {p.axis} ({_shown(x)}); a per-channel gate needs axis: 0",
@@ -418,9 +419,7 @@ def flatten(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     if "flatten_param" not in layer.param.DESCRIPTOR.fields_by_name:
         return [Step(Op.FLATTEN)]  # Caffe's first format has no flatten settings
     p = _params(layer)
-    rank = len(ins[0]) + 1
-    end = p.end_axis + rank if p.end_axis < 0 else p.end_axis
-    if p.axis != 1 or end != rank - 1:
+    if p.axis != 1 or _caffe_axis(p.end_axis, ins[0]) != len(ins[0]):
         raise layer.error(
             "only flattening everything after the batch axis is supported", "flatten_param"
         )
