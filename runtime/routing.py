@@ -778,9 +778,14 @@ def mix3(
     like = _check_inputs(s, p, k, w, hard)
     if _use_triton(like):
         return _Mix3Function.apply(w, hard, keep_layout, 0, s, p, k)
-    if hard or like.dtype not in _TORCH_FUSED_DTYPES:
+    return _mix3_torch(s, p, k, w, hard, keep_layout, like.dtype)
+
+
+def _mix3_torch(s, p, k, w, hard: bool, keep_layout: bool, dtype: torch.dtype) -> torch.Tensor:
+    """The torch paths of ``mix3``, for checked ``[T, ...]`` candidates of ``dtype``."""
+    if hard or dtype not in _TORCH_FUSED_DTYPES:
         return mix3_reference(s, p, k, w, hard=hard, keep_layout=keep_layout)
-    return _Mix3TorchFunction.apply(w.to(like.dtype), keep_layout, s, p, k)
+    return _Mix3TorchFunction.apply(w.to(dtype), keep_layout, s, p, k)
 
 
 def mix3_stacked(
@@ -799,5 +804,5 @@ def mix3_stacked(
     if _use_triton(like):
         return _Mix3Function.apply(w, hard, True, tasks, s, p, k)
     per_task = (_task_view(c, tasks) for c in (s, p, k))
-    y = mix3(*per_task, w, hard=hard, keep_layout=True)
+    y = _mix3_torch(*per_task, w, hard, True, like.dtype)  # checked above: not again per view
     return y.transpose(0, 1).reshape(like.shape)
