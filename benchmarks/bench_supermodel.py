@@ -237,7 +237,7 @@ def load_variant(args: argparse.Namespace, variant: str, dtype: str = "float32")
     path = Path(args.folder) / "supermodel.py"
     generated = import_generated(path, "bench_supermodel_generated")
     torch.manual_seed(SEED)
-    supermodel = generated.Supermodel().set_mode("search").train()
+    supermodel = generated.Supermodel().set_mode("search").set_mixing(args.mixing).train()
     supermodel.tau = TAU
     gen = torch.Generator().manual_seed(SEED)
     noise = {
@@ -361,10 +361,11 @@ def tensor_peak_mib(runner, x) -> float:
     from torch.utils._pytree import tree_leaves
 
     class StorageCounter(TorchDispatchMode):
-        def __init__(self) -> None:
+        def __init__(self, existing: set[int]) -> None:
             super().__init__()
             self.live = self.peak = 0
             self.counted: set[int] = set()
+            self.existing = existing  # weights, buffers, input: views of them cost nothing
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
@@ -375,7 +376,7 @@ def tensor_peak_mib(runner, x) -> float:
 
         def count(self, storage) -> None:
             key, size = storage.data_ptr(), storage.nbytes()
-            if key and key not in self.counted:
+            if key and key not in self.counted and key not in self.existing:
                 self.counted.add(key)
                 self.live += size
                 self.peak = max(self.peak, self.live)
@@ -386,7 +387,8 @@ def tensor_peak_mib(runner, x) -> float:
             self.live -= size
 
     runner.zero_grad(set_to_none=True)
-    with StorageCounter() as counter:
+    tensors = [x, *runner.parameters(), *runner.buffers()]
+    with StorageCounter({t.untyped_storage().data_ptr() for t in tensors}) as counter:
         search_step(runner, x)
     return counter.peak / 2**20
 
@@ -456,6 +458,7 @@ def run_worker(args: argparse.Namespace, role: str, variant: str = "") -> dict:
         "--steps": args.steps,
         "--device": args.device,
         "--threads": args.threads,
+        "--mixing": args.mixing,
     }
     cmd = [sys.executable, __file__] + [str(a) for item in options.items() for a in item]
     cmd += [flag for flag, on in (("--profile", args.profile),
@@ -539,6 +542,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--tolerance", type=float, default=1e-6)
+    parser.add_argument(
+        "--mixing",
+        choices=("outputs", "weights"),
+        default="outputs",
+        help="the supermodel's mixing (Supermodel.set_mixing); task-by-task mixes outputs",
+    )
     parser.add_argument("--profile", action="store_true", help="print the top ops per variant")
     parser.add_argument(
         "--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms per shape"
@@ -562,7 +571,7 @@ def main() -> None:
     print(
         f"\none search step (forward + backward, 3 tasks, search mode), heads {args.heads}, "
         f"{args.steps} timed steps each, device {args.device}, {args.threads_used} torch threads, "
-        f"C allocator: {args.malloc}"
+        f"C allocator: {args.malloc}, the supermodel mixing {args.mixing}"
     )
     print("\n".join(rows))
 

@@ -1,9 +1,9 @@
 """Routed IR -> `supermodel.py`: a standalone `class Supermodel` that runs all tasks in one
 forward (task-stacked activations, grouped per-task ops, one `mix3` call per routed op).
 
-The routing kernel and the per-task layers are copied from `runtime/routing.py` and
-`runtime/supermodel_base.py` (their single source of truth), so the file imports only torch,
-and triton when it is installed.
+The routing kernel, the weight mixing and the per-task layers are copied from
+`runtime/routing.py`, `runtime/weight_mixing.py` and `runtime/supermodel_base.py` (their single
+source of truth), so the file imports only torch, and triton when it is installed.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from mtsc.ir.graph import Graph, Role
 from mtsc.ir.ops import PARAMETRIC, Op, TorchModule, spec_of, torch_class
 from mtsc.ir.stats import supermodel_params
 
-RUNTIME_FILES = ("routing.py", "policy_format.py", "supermodel_base.py")
+RUNTIME_FILES = ("routing.py", "policy_format.py", "weight_mixing.py", "supermodel_base.py")
 # The per-task form of each parametric torch module: same arguments, the task count first.
 TASK_FORMS = {
     "nn.Conv2d": "TaskConv2d",
@@ -98,8 +98,9 @@ def emit_supermodel(g: Graph, *, source_name: str) -> GeneratedSource:
     w.line()
     w.line("The model is the last section, `class Supermodel`. The sections before it are copied")
     w.line("from mtsc's runtime, so that this file needs only torch (and triton, on a GPU): the")
-    w.line("routing op `mix3` (a Triton kernel on GPU), the policy format, and the per-task layers")
-    w.line("and `SupermodelBase` (modes, policy export and load, the sharing regulariser).")
+    w.line("routing op `mix3` (a Triton kernel on GPU), the policy format, the mixture folded into")
+    w.line('the weights (`set_mixing("weights")`), and the per-task layers and `SupermodelBase`')
+    w.line("(modes, policy export and load, the sharing regulariser).")
     w.line('"""')
     w.line()
     for imp in merge_imports(*(r.imports for r in runtime), HEADER_IMPORTS):

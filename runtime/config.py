@@ -44,6 +44,9 @@ class SearchConfig:
     log_every: int = 10
     num_workers: int = 0
     amp: str | None = None  # "bf16" or "fp16" autocast (fp16 with loss scaling)
+    # how routed ops mix their candidates (Supermodel.set_mixing): "outputs" (mix3) or
+    # "weights" (one grouped call with mixed weights: the same search, less work)
+    mixing: str = "outputs"
     data: dict[str, Any] = field(default_factory=dict)  # options for open_dataset
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,6 +245,8 @@ def _check(config: Any) -> None:
         problems.append("budget must be a fraction in (0, 1]")
     if getattr(config, "derive", "argmax") not in ("argmax", "sample"):
         problems.append("derive must be 'argmax' or 'sample'")
+    if getattr(config, "mixing", "outputs") not in ("outputs", "weights"):
+        problems.append("mixing must be 'outputs' or 'weights'")
     if config.amp not in (None, "bf16", "fp16"):
         problems.append("amp must be bf16 or fp16")
     if problems:

@@ -102,6 +102,7 @@ def search(
     `command`: the command's settings outside `config`, saved in the checkpoint."""
     run_dir = Path(run_dir)
     device, rank, world = start_run(model, config.seed, config.amp)
+    model.set_mixing(config.mixing)
     objective = TaskObjective(model.TASK_SPECS, train_set.info)
     weight_idx, policy_idx = split_held_out(len(train_set), config.held_out, config.seed)
     forward = model

@@ -20,10 +20,12 @@ from torch import nn
 
 from mtsc.runtime.policy_format import CHOICES, check_policy
 from mtsc.runtime.routing import mix3_stacked
+from mtsc.runtime.weight_mixing import mix_in_weights
 
 # --- mtsc: inline below ---
 
 MODES = ("warmup", "search", "hard")
+MIXINGS = ("outputs", "weights")
 
 
 class _TaskGroups:
@@ -130,6 +132,7 @@ class SupermodelBase(nn.Module):
     def __init__(self):
         super().__init__()
         self.mode = "warmup"
+        self.mixing = "outputs"
         self.tau = 5.0
         self.gumbel_noise = None  # {op name: [T, 3] tensor}: fixed noise instead of sampling
         self._hard = {}
@@ -166,6 +169,18 @@ class SupermodelBase(nn.Module):
             self._hard = {
                 name: self.policy_logits(name).argmax(1).tolist() for name, _, _ in self.ROUTED
             }
+        return self
+
+    def set_mixing(self, mixing):
+        """How warm-up and search mix a routed op's candidates. "outputs" (the default): run
+        the shared op and the task copies, and mix their outputs with `mix3_stacked` (a Triton
+        kernel on GPU). "weights": mix the candidates' weights per task and run one grouped
+        call (`mix_in_weights`): the same values and gradients, to rounding, for half the
+        convolution work and less memory. Hard mode computes only the chosen candidates
+        either way."""
+        if mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
+        self.mixing = mixing
         return self
 
     def policy_parameters(self):
@@ -251,6 +266,11 @@ class SupermodelBase(nn.Module):
         """Mix the candidates of routed op `name` per task; `skip` None means identity."""
         w = self.routing_weights(name, x)
         hard = self.mode == "hard"
+        if self.mixing == "weights" and not hard:
+            identity = skip is None and self._has_skip[name]
+            y = mix_in_weights(x, w, shared, specific, skip, identity)
+            if y is not None:
+                return y
         used = [True, True, self._has_skip[name]]
         if hard:
             used = [any(c == j for c in self._hard[name]) for j in range(3)]

@@ -585,3 +585,15 @@ def test_tensorboard_events_are_written_when_installed(tmp_path, model_file, dat
     api_search(model_file, datasets, tmp_path, warmup_steps=2, search_steps=2)
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_weights_mixing_searches_like_outputs_mixing(api_run, workdir, model_file, datasets):
+    """The same search with the mixture folded into the weights: the same policy, and
+    weights that differ by float32 rounding only."""
+    model, result = api_run
+    folded, folded_result = api_search(model_file, datasets, workdir / "api-w", mixing="weights")
+    assert folded.mixing == "weights"
+    assert folded_result.policy == result.policy
+    expected = model.state_dict()
+    for name, value in folded.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-3, atol=1e-4, msg=name)

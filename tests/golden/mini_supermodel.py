@@ -5,8 +5,9 @@ task-specific or skipped per task, as the policy says.
 
 The model is the last section, `class Supermodel`. The sections before it are copied
 from mtsc's runtime, so that this file needs only torch (and triton, on a GPU): the
-routing op `mix3` (a Triton kernel on GPU), the policy format, and the per-task layers
-and `SupermodelBase` (modes, policy export and load, the sharing regulariser).
+routing op `mix3` (a Triton kernel on GPU), the policy format, the mixture folded into
+the weights (`set_mixing("weights")`), and the per-task layers and `SupermodelBase`
+(modes, policy export and load, the sharing regulariser).
 """
 
 import math
@@ -844,9 +845,160 @@ def _same_tasks(listed, tasks):
 def _first_names(names):
     return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
 
+# ---- copied from mtsc/runtime/weight_mixing.py ----------------------------------------
+
+def mix_in_weights(x, w, shared, specific, skip, identity):
+    """Routed op `shared` / `specific` with its mixture `w` [T, 3] folded into the weights,
+    over the task-stacked batch `x`; `skip` is the projection module or None, `identity`
+    whether a None skip is the identity (else the op has no skip). None where the fold
+    does not apply (an identity that no tap of the kernel can express)."""
+    if isinstance(shared, nn.Linear):
+        return _mixed_linear(x, w, shared, specific, skip, identity)
+    return _mixed_conv(x, w, shared, specific, skip, identity)
+
+
+def _mixed_conv(x, w, shared, specific, skip, identity):
+    tasks = specific.tasks
+    out_channels, in_per_group = shared.weight.shape[:2]
+    diagonal = None
+    if identity:
+        tap = _identity_tap(shared, x.shape[2:])
+        if tap is None:
+            return None
+        # flat index of weight[o, o % in_per_group, tap]: each output channel's own input
+        o = torch.arange(out_channels, device=x.device)
+        diagonal = ((o * in_per_group + o % in_per_group) * shared.kernel_size[0] + tap[0]) * (
+            shared.kernel_size[1]
+        ) + tap[1]
+
+    def weight():
+        return mix_weights(w, shared.weight, specific.weight, None, diagonal).view(
+            tasks * out_channels, *shared.weight.shape[1:]
+        )
+
+    bias = None
+    if shared.bias is not None:
+        bias = mix_weights(w, shared.bias, specific.bias, None, None).flatten()
+    stacked = x.reshape(-1, tasks * shared.in_channels, *x.shape[2:])
+    y = _recomputing_weight(
+        weight,
+        lambda mixed: F.conv2d(
+            stacked, mixed, bias, shared.stride, shared.padding, shared.dilation, specific.groups
+        ),
+    )
+    y = y.view(-1, out_channels, *y.shape[2:])
+    if skip is None:
+        return y
+    projection = skip(x).to(y.dtype)
+    per_task = (-1, tasks, *y.shape[1:])
+    scale = w[:, 2].to(y.dtype).view(1, tasks, 1, 1, 1)
+    return torch.addcmul(y.view(per_task), projection.view(per_task), scale).view(y.shape)
+
+
+def _mixed_linear(x, w, shared, specific, skip, identity):
+    tasks, features = specific.tasks, shared.out_features
+    diagonal = torch.arange(features, device=x.device) * (features + 1) if identity else None
+    projection = skip[0].weight if skip is not None else None
+
+    def weight():
+        mixed = mix_weights(w, shared.weight, specific.weight, projection, diagonal)
+        return mixed.view(tasks, features, -1)
+
+    per_task = x.reshape(-1, tasks, x.shape[-1])
+    y = _recomputing_weight(weight, lambda mixed: torch.einsum("btf,tof->bto", per_task, mixed))
+    if shared.bias is not None:
+        y = y + mix_weights(w, shared.bias, specific.bias, None, None)
+    return y.reshape(-1, features)
+
+
+def mix_weights(w, shared, per_task, skip, diagonal):
+    """Per-task mixed weights [T, N]: w0[t] * shared + w1[t] * per_task[t] + w2[t] * skip[t],
+    plus w2[t] at the flat positions `diagonal` (an identity skip). Always in the weights'
+    dtype: autocast would round the mixture of float32 weights to 16 bits."""
+    tasks = w.shape[0]
+    skip = skip.reshape(tasks, -1) if skip is not None else None
+    with torch.autocast(w.device.type, enabled=False):
+        return _MixWeights.apply(
+            w.to(shared.dtype), shared.reshape(-1), per_task.reshape(tasks, -1), skip, diagonal
+        )
+
+
+class _MixWeights(torch.autograd.Function):
+    """The mixture of weights with a backward of matrix-vector products. Autograd's backward
+    of broadcast multiplies makes a [T, N] temporary per term and then reduces it: several
+    passes over T times the weights, as costly on a CPU as the convolutions saved."""
+
+    @staticmethod
+    def forward(ctx, w, shared, per_task, skip, diagonal):
+        mixed = per_task * w[:, 1:2]
+        mixed.addr_(w[:, 0], shared)
+        if skip is not None:
+            mixed.addcmul_(skip, w[:, 2:3])
+        if diagonal is not None:
+            mixed[:, diagonal] += w[:, 2:3]
+        ctx.save_for_backward(w, shared, per_task, skip, diagonal)
+        return mixed
+
+    @staticmethod
+    def backward(ctx, grad):
+        w, shared, per_task, skip, diagonal = ctx.saved_tensors
+        need_w, need_shared, need_per_task, need_skip, _ = ctx.needs_input_grad
+        grad_w = grad_shared = grad_per_task = grad_skip = None
+        if need_w:
+            grad_w = torch.zeros_like(w)
+            grad_w[:, 0] = grad @ shared
+            grad_w[:, 1] = torch.einsum("tn,tn->t", grad, per_task)
+            if skip is not None:
+                grad_w[:, 2] = torch.einsum("tn,tn->t", grad, skip)
+            if diagonal is not None:
+                grad_w[:, 2] = grad[:, diagonal].sum(1)
+        if need_shared:
+            grad_shared = w[:, 0] @ grad
+        if need_per_task:
+            grad_per_task = grad * w[:, 1:2]
+        if need_skip:
+            grad_skip = grad * w[:, 2:3]
+        return grad_w, grad_shared, grad_per_task, grad_skip, None
+
+
+def _recomputing_weight(make_weight, call):
+    """`call(make_weight())`, keeping for the backward not the mixed weight (T times the op's
+    weights) but the recipe: the backward makes it again. A tensor the call saves that is not
+    a view of the weight (under autocast, its 16-bit copy) is kept as usual."""
+    weight = make_weight()
+    storage, dtype = weight.untyped_storage().data_ptr(), weight.dtype
+
+    def pack(saved):
+        if saved.dtype == dtype and saved.untyped_storage().data_ptr() == storage:
+            return (saved.shape, saved.stride(), saved.storage_offset())
+        return saved
+
+    def unpack(packed):
+        if isinstance(packed, torch.Tensor):
+            return packed
+        return make_weight().as_strided(*packed)
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        return call(weight)
+
+
+def _identity_tap(conv, size):
+    """The kernel tap (row, column) that reads each output pixel's own input pixel, if the
+    conv keeps `size` and one tap does that for every pixel; else None."""
+    tap = []
+    for n, k, s, p, d in zip(
+        size, conv.kernel_size, conv.stride, conv.padding, conv.dilation, strict=True
+    ):
+        out = (n + 2 * p - d * (k - 1) - 1) // s + 1
+        if out != n or p % d or p // d >= k or (s != 1 and n != 1):
+            return None
+        tap.append(p // d)
+    return tap
+
 # ---- copied from mtsc/runtime/supermodel_base.py ----------------------------------------
 
 MODES = ("warmup", "search", "hard")
+MIXINGS = ("outputs", "weights")
 
 
 class _TaskGroups:
@@ -953,6 +1105,7 @@ class SupermodelBase(nn.Module):
     def __init__(self):
         super().__init__()
         self.mode = "warmup"
+        self.mixing = "outputs"
         self.tau = 5.0
         self.gumbel_noise = None  # {op name: [T, 3] tensor}: fixed noise instead of sampling
         self._hard = {}
@@ -989,6 +1142,18 @@ class SupermodelBase(nn.Module):
             self._hard = {
                 name: self.policy_logits(name).argmax(1).tolist() for name, _, _ in self.ROUTED
             }
+        return self
+
+    def set_mixing(self, mixing):
+        """How warm-up and search mix a routed op's candidates. "outputs" (the default): run
+        the shared op and the task copies, and mix their outputs with `mix3_stacked` (a Triton
+        kernel on GPU). "weights": mix the candidates' weights per task and run one grouped
+        call (`mix_in_weights`): the same values and gradients, to rounding, for half the
+        convolution work and less memory. Hard mode computes only the chosen candidates
+        either way."""
+        if mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
+        self.mixing = mixing
         return self
 
     def policy_parameters(self):
@@ -1074,6 +1239,11 @@ class SupermodelBase(nn.Module):
         """Mix the candidates of routed op `name` per task; `skip` None means identity."""
         w = self.routing_weights(name, x)
         hard = self.mode == "hard"
+        if self.mixing == "weights" and not hard:
+            identity = skip is None and self._has_skip[name]
+            y = mix_in_weights(x, w, shared, specific, skip, identity)
+            if y is not None:
+                return y
         used = [True, True, self._has_skip[name]]
         if hard:
             used = [any(c == j for c in self._hard[name]) for j in range(3)]

@@ -1,0 +1,265 @@
+"""`Supermodel.set_mixing("weights")`: routed ops mix their candidates' weights per task and
+run one grouped call (`runtime/weight_mixing.py`). The reference is the same supermodel
+mixing outputs (`mix3_stacked`), which test_supermodel.py checks against per-task
+references: in float64 both must give the same outputs and the same gradient for every
+weight, batchnorm and policy logit, in every mode, on models with every kind of routed op."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtsc.driver import build
+from mtsc.errors import MtscError
+from mtsc.runtime.config import SearchConfig, make_config
+from mtsc.runtime.weight_mixing import _identity_tap, _recomputing_weight
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TOL = {"rtol": 1e-9, "atol": 1e-10}
+# (folder fixture, file, input): identity skips (with and without bias, depthwise, dilated),
+# projection skips, ops without a skip, linear layers with identity and projection skips
+MODELS = [
+    ("models_dir", "mini_tasks.mtl", (2, 3, 12, 12)),
+    ("models_dir", "deploy_residual.mtl", (2, 3, 32, 32)),
+    ("models_dir", "deploy_linear.mtl", (3, 3, 8, 8)),
+    ("examples_dir", "resnet_tiny.mtl", (2, 3, 32, 32)),
+    ("examples_dir", "mobilenetv2.mtl", (2, 3, 64, 64)),
+]
+# A shape-keeping conv whose identity no tap of its kernel can express (k=2, d=2, p=1 reads
+# x[i-1] and x[i+1], never x[i]): that route mixes outputs, the others weights.
+NO_TAP = """
+input image: 3x8x8
+
+backbone {
+    stem: x = conv(image, 4, k=3, p=1) | bn | relu
+    gap: x = conv(x, 4, k=2, d=2, p=1) | bn | relu
+    x = conv(x, 4, k=3, p=1) | bn | relu
+    return x
+}
+
+tasks {
+    a: conv1x1(classes=2)
+    b: conv1x1(classes=3)
+}
+"""
+
+
+def generated_module(path: Path, tmp_path: Path, load_generated):
+    build(path, tmp_path, render=False)
+    return load_generated(tmp_path / "supermodel.py")
+
+
+def random_pair(module, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """Two float64 copies of one supermodel with random batchnorms and policy logits, fixed
+    Gumbel noise, mixing outputs and mixing weights."""
+    torch.manual_seed(seed)
+    model = module.Supermodel().double()
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, nn.BatchNorm2d):
+                layer.running_mean.uniform_(-0.5, 0.5)
+                layer.running_var.uniform_(0.5, 1.5)
+                layer.weight.uniform_(0.5, 1.5)
+                layer.bias.uniform_(-0.2, 0.2)
+        for logits in model.policy_parameters():
+            logits.normal_()
+    model.tau = 0.7
+    model.gumbel_noise = {
+        name: -torch.log(-torch.log(torch.rand(len(model.TASKS), 3, dtype=torch.float64)))
+        for name, _, _ in model.ROUTED
+    }
+    return model, copy.deepcopy(model).set_mixing("weights")
+
+
+def step(model: nn.Module, x: torch.Tensor) -> tuple[dict, dict]:
+    """Outputs and the gradient of every parameter of one forward and backward; dropout's
+    masks are drawn from one seed, so that both models draw the same."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    out = model(x)
+    probes = torch.Generator().manual_seed(2)
+    loss = sum(
+        (v * torch.randn(v.shape, generator=probes, dtype=v.dtype)).sum() for v in out.values()
+    )
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in out.items()}, grads
+
+
+def assert_same_step(reference: nn.Module, model: nn.Module, x: torch.Tensor) -> None:
+    out, grads = step(reference, x)
+    got_out, got_grads = step(model, x)
+    for task in out:
+        torch.testing.assert_close(got_out[task], out[task], **TOL, msg=task)
+    assert got_grads.keys() == grads.keys()
+    assert any(name.startswith("policy.") for name in grads) == (model.mode == "search")
+    # A bias that a training-mode batchnorm follows has a gradient of zero up to rounding:
+    # absolute errors count against the largest gradient of the model.
+    scale = max(g.abs().max().item() for g in grads.values())
+    for name in grads:
+        torch.testing.assert_close(
+            got_grads[name], grads[name], rtol=TOL["rtol"], atol=TOL["atol"] * scale, msg=name
+        )
+
+
+def count_mixtures(module, monkeypatch) -> list[bool]:
+    """Record the `hard` flag of every `mix3_stacked` call the generated module makes."""
+    calls = []
+    mix3_stacked = module.mix3_stacked
+
+    def counted(*args, hard=False):
+        calls.append(hard)
+        return mix3_stacked(*args, hard=hard)
+
+    monkeypatch.setattr(module, "mix3_stacked", counted)
+    return calls
+
+
+@pytest.mark.parametrize("folder, name, shape", MODELS, ids=[m[1] for m in MODELS])
+@pytest.mark.parametrize("mode", ["warmup", "search"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_weights_mixing_equals_outputs_mixing(
+    folder, name, shape, mode, train, request, tmp_path, load_generated, monkeypatch
+) -> None:
+    module = generated_module(request.getfixturevalue(folder) / name, tmp_path, load_generated)
+    reference, model = random_pair(module)
+    for m in (reference, model):
+        m.set_mode(mode).train(train)
+    x = torch.randn(shape, dtype=torch.float64)
+    calls = count_mixtures(module, monkeypatch)
+    step(model, x)
+    assert calls == [], "every route of these models folds its mixture into the weights"
+    assert_same_step(reference, model, x)
+
+
+def test_an_identity_no_tap_expresses_mixes_outputs(
+    write_model, tmp_path, load_generated, monkeypatch
+):
+    module = generated_module(write_model(NO_TAP), tmp_path / "out", load_generated)
+    reference, model = random_pair(module)
+    for m in (reference, model):
+        m.set_mode("search").train()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    calls = count_mixtures(module, monkeypatch)
+    step(model, x)
+    assert calls == [False]  # the `gap` conv's route only
+    assert_same_step(reference, model, x)
+
+
+def test_hard_mode_computes_only_the_chosen_candidates_either_way(
+    models_dir, tmp_path, load_generated, monkeypatch
+) -> None:
+    module = generated_module(models_dir / "mini_tasks.mtl", tmp_path, load_generated)
+    reference, model = random_pair(module)
+    for m in (reference, model):
+        m.set_mode("hard").train()
+    calls = count_mixtures(module, monkeypatch)
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    assert_same_step(reference, model, x)
+    assert calls and all(calls)  # both went through the hard mixture
+
+
+def test_gradcheck_weights_mixing_float64(models_dir, tmp_path, load_generated) -> None:
+    module = generated_module(models_dir / "mini_tasks.mtl", tmp_path, load_generated)
+    _, model = random_pair(module, seed=5)
+    model.set_mode("search").eval()
+    names = [
+        "policy.body_conv1",  # identity skip, conv with bias
+        "policy.down_conv1",  # projection skip
+        "policy.valid_conv1",  # no skip
+        "policy.fc_linear1",  # linear, identity skip
+        "policy.linear1",  # linear, projection skip
+        "dw_conv1_specific.weight",
+        "down_conv1.weight",
+        "body_conv1.bias",
+        "linear1_skip.0.weight",
+    ]
+    params = dict(model.named_parameters())
+    inputs = [params[n].detach().clone().requires_grad_() for n in names]
+    x = torch.randn(1, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+
+    def outputs(x: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        out = torch.func.functional_call(model, dict(zip(names, values, strict=True)), (x,))
+        return torch.cat([o.flatten() for o in out.values()])
+
+    assert torch.autograd.gradcheck(outputs, (x, *inputs), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_bf16_autocast_on_the_cpu(models_dir, tmp_path, load_generated) -> None:
+    module = generated_module(models_dir / "deploy_residual.mtl", tmp_path, load_generated)
+    reference, model = (m.float().set_mode("search").train() for m in random_pair(module))
+    for m in (reference, model):
+        m.gumbel_noise = {k: v.float() for k, v in m.gumbel_noise.items()}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = reference(x), model(x)
+    for task in expected:
+        assert got[task].dtype == expected[task].dtype
+        torch.testing.assert_close(got[task].float(), expected[task].float(), rtol=0.1, atol=0.1)
+    sum(v.float().sum() for v in got.values()).backward()
+    assert all(p.grad is not None for p in model.policy_parameters())
+
+
+def test_the_mixed_weight_is_made_again_for_the_backward_not_kept() -> None:
+    """The mixed weights are T times the op's: the call keeps the recipe, not the tensor."""
+    torch.manual_seed(0)
+    base = torch.randn(6, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    made = []
+
+    def make_weight() -> torch.Tensor:
+        weight = base * 2
+        made.append(weakref.ref(weight))
+        return weight
+
+    y = _recomputing_weight(make_weight, lambda w: F.conv2d(x, w, padding=1))
+    gc.collect()
+    assert len(made) == 1 and made[0]() is None
+    y.square().sum().backward()
+    assert len(made) == 2
+    got = base.grad.clone(), x.grad.clone()
+    base.grad = x.grad = None
+    F.conv2d(x, base * 2, padding=1).square().sum().backward()
+    torch.testing.assert_close(got, (base.grad, x.grad))
+
+
+@pytest.mark.parametrize(
+    "conv, size, tap",
+    [
+        (nn.Conv2d(4, 4, 3, padding=1), (5, 5), [1, 1]),
+        (nn.Conv2d(4, 4, 3, padding=2, dilation=2), (7, 7), [1, 1]),
+        (nn.Conv2d(4, 4, (1, 5), padding=(0, 2)), (3, 6), [0, 2]),
+        (nn.Conv2d(4, 4, 1), (4, 4), [0, 0]),
+        (nn.Conv2d(4, 4, 2, padding=1, dilation=2), (6, 6), None),  # no tap on the pixel
+        (nn.Conv2d(4, 4, 3), (5, 5), None),  # 5 -> 3: not the shape
+        (nn.Conv2d(4, 4, 3, stride=2, padding=1), (1, 1), [1, 1]),  # 1x1 stays 1x1
+        (nn.Conv2d(4, 4, 3, stride=2, padding=1), (4, 4), None),
+    ],
+)
+def test_identity_tap(conv, size, tap) -> None:
+    assert _identity_tap(conv, size) == tap
+
+
+def test_set_mixing_names_the_choices(models_dir, tmp_path, load_generated) -> None:
+    module = generated_module(models_dir / "mini_tasks.mtl", tmp_path, load_generated)
+    model = module.Supermodel()
+    assert model.mixing == "outputs"
+    with pytest.raises(
+        ValueError, match=r"mixing must be one of \('outputs', 'weights'\), got 'w'"
+    ):
+        model.set_mixing("w")
+    assert model.set_mixing("weights").mixing == "weights"
+
+
+def test_search_config_mixing() -> None:
+    assert make_config(SearchConfig, None, {"mixing": "weights"}).mixing == "weights"
+    with pytest.raises(MtscError, match="bad config: mixing must be 'outputs' or 'weights'"):
+        make_config(SearchConfig, None, {"mixing": "both"})
