@@ -25,7 +25,8 @@ pass shows what that costs. "outside" is the share of the step that is neither t
 (with its loss) nor the backward.
 
 Run: `python benchmarks/bench_search.py [--models resnet_tiny resnet34 mobilenetv2]
-[--steps 10] [--skip 3] [--batch N] [--size S] [--threads N] [--num-workers N]`. It runs on
+[--steps 10] [--skip 3] [--batch N] [--size S] [--threads N] [--num-workers N]
+[--mixing outputs|weights]`. It runs on
 CUDA when a device is there, else on the CPU; ResNet-34 and MobileNetV2 are measured only on
 CUDA (on a CPU one of their steps takes minutes).
 """
@@ -167,7 +168,7 @@ def run_search(name: str, args: argparse.Namespace, device: str, *, instrumented
     config = SearchConfig(seed=SEED, batch_size=batch, num_workers=args.num_workers,
                           warmup_steps=args.skip + args.steps,
                           search_steps=args.skip + args.steps, eval_every=0,
-                          checkpoint_every=10**9)  # fmt: skip
+                          checkpoint_every=10**9, mixing=args.mixing)  # fmt: skip
     torch.manual_seed(SEED)
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
         model = load_supermodel(ROOT / "examples" / example, out_dir=tmp)
@@ -219,12 +220,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, help="input size (default: the model's)")
     parser.add_argument("--threads", type=int, help="torch threads on the CPU")
     parser.add_argument("--num-workers", type=int, default=0, help="data loader processes")
+    parser.add_argument(
+        "--mixing", choices=("outputs", "weights"), default="outputs", help="SearchConfig.mixing"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # where `search` puts the model
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    print(f"device: {name}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(f"device: {name}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
+          f"mixing {args.mixing}")  # fmt: skip
     rows = []
     for model in args.models:
         if MODELS[model][3] and device != "cuda":

@@ -4,8 +4,9 @@
 #   benchmarks/gpu_session.sh OUT_DIR [STEP ...]
 #
 # Steps (all when none are named): tests, routing, supermodel, stacking, search, demo, amp;
-# profile (ResNet-34's search step under the profiler), backbone (the supermodel benchmark with
-# 1x1 heads), cudnn (it with cuDNN's benchmark mode), host (the mixture's host cost per call) and
+# profile (ResNet-34's search step under the profiler), weights (the supermodel benchmark
+# with the mixture folded into the weights), backbone (the supermodel benchmark with 1x1 heads),
+# cudnn (it with cuDNN's benchmark mode), host (the mixture's host cost per call) and
 # deploy (inference) run only when named.
 # Each step's output goes to OUT_DIR/STEP.txt and to the terminal; a step that fails or runs past
 # its time limit is reported and the next one runs. Wheels missing on the machine (lark, for
@@ -52,6 +53,8 @@ for step in "${steps[@]}"; do
     tests) run_step tests 150 python3 -m pytest -m gpu -q -p no:cacheprovider ;;
     routing) run_step routing 200 python3 benchmarks/bench_routing.py ;;
     supermodel) run_step supermodel 300 python3 benchmarks/bench_supermodel.py --device cuda --steps 20 ;;
+    weights) run_step weights 300 python3 benchmarks/bench_supermodel.py --device cuda --steps 20 \
+        --mixing weights ;;
     profile) run_step profile 150 python3 benchmarks/bench_supermodel.py --device cuda \
         --models resnet34 --steps 5 --profile ;;
     backbone) run_step backbone 240 python3 benchmarks/bench_supermodel.py --device cuda \

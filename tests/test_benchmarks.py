@@ -10,11 +10,13 @@ import pytest
 
 RUNS = {
     "bench_search.py": (
-        ["--models", "resnet_tiny", "--steps", "1", "--skip", "1", "--batch", "2", "--size", "32"],
+        ["--models", "resnet_tiny", "--steps", "1", "--skip", "1", "--batch", "2", "--size", "32"]
+        + ["--mixing", "weights"],
         "steps/s",
     ),
     "bench_supermodel.py": (
-        ["--models", "resnet_tiny", "--batch", "1", "--size", "32", "--steps", "1"],
+        ["--models", "resnet_tiny", "--batch", "1", "--size", "32", "--steps", "1"]
+        + ["--mixing", "weights"],
         "task-by-task / supermodel",
     ),
     "bench_stacking.py": (["--repeats", "1", "--batch", "1"], "per task / stacked"),

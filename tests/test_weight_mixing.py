@@ -87,7 +87,8 @@ def step(model: nn.Module, x: torch.Tensor) -> tuple[dict, dict]:
     out = model(x)
     probes = torch.Generator().manual_seed(2)
     loss = sum(
-        (v * torch.randn(v.shape, generator=probes, dtype=v.dtype)).sum() for v in out.values()
+        (v * torch.randn(v.shape, generator=probes, dtype=torch.float64).to(v)).sum()
+        for v in out.values()
     )
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
@@ -263,3 +264,26 @@ def test_search_config_mixing() -> None:
     assert make_config(SearchConfig, None, {"mixing": "weights"}).mixing == "weights"
     with pytest.raises(MtscError, match="bad config: mixing must be 'outputs' or 'weights'"):
         make_config(SearchConfig, None, {"mixing": "both"})
+
+
+@pytest.mark.gpu
+def test_cuda_weights_mixing_equals_float64_cpu(examples_dir, tmp_path, load_generated) -> None:
+    """A training-mode search step mixing weights on CUDA (float32, no TF32) against the
+    float64 CPU step mixing outputs: outputs and every gradient, relative to its norm."""
+    module = generated_module(examples_dir / "resnet_tiny.mtl", tmp_path, load_generated)
+    reference, model = random_pair(module, seed=6)
+    reference.set_mode("search").train()
+    model = model.float().cuda().set_mode("search").train()
+    model.gumbel_noise = {k: v.float().cuda() for k, v in model.gumbel_noise.items()}
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    expected_out, expected_grads = step(reference, x)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        out, grads = step(model, x.float().cuda())
+    assert grads.keys() == expected_grads.keys()
+
+    def error(got: torch.Tensor, want: torch.Tensor) -> float:
+        return ((got.double().cpu() - want).norm() / want.norm().clamp_min(1.0)).item()
+
+    errors = {f"output {t}": error(out[t], expected_out[t]) for t in out}
+    errors |= {n: error(grads[n], g) for n, g in expected_grads.items()}
+    assert max(errors.values()) < 1e-4, sorted(errors.items(), key=lambda e: -e[1])[:5]
