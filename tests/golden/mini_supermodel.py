@@ -924,14 +924,15 @@ def mix_weights(w, shared, per_task, skip, diagonal):
 
 
 class _MixWeights(torch.autograd.Function):
-    """The mixture of weights with a backward of matrix-vector products. Autograd's backward
-    of broadcast multiplies makes a [T, N] temporary per term and then reduces it: several
-    passes over T times the weights, as costly on a CPU as the convolutions saved."""
+    """The mixture of weights with a backward of matrix-vector and row-wise dot products.
+    Autograd's backward of broadcast multiplies makes a [T, N] temporary per term and then
+    reduces it: several passes over T times the weights, as costly on a CPU as the
+    convolutions saved. (`vecdot` here: an einsum's batched matrix product was 7x slower.)"""
 
     @staticmethod
     def forward(ctx, w, shared, per_task, skip, diagonal):
         mixed = per_task * w[:, 1:2]
-        mixed.addr_(w[:, 0], shared)
+        mixed.addcmul_(shared, w[:, 0:1])
         if skip is not None:
             mixed.addcmul_(skip, w[:, 2:3])
         if diagonal is not None:
@@ -947,9 +948,9 @@ class _MixWeights(torch.autograd.Function):
         if need_w:
             grad_w = torch.zeros_like(w)
             grad_w[:, 0] = grad @ shared
-            grad_w[:, 1] = torch.einsum("tn,tn->t", grad, per_task)
+            grad_w[:, 1] = torch.linalg.vecdot(grad, per_task)
             if skip is not None:
-                grad_w[:, 2] = torch.einsum("tn,tn->t", grad, skip)
+                grad_w[:, 2] = torch.linalg.vecdot(grad, skip)
             if diagonal is not None:
                 grad_w[:, 2] = grad[:, diagonal].sum(1)
         if need_shared:
