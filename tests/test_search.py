@@ -597,3 +597,16 @@ def test_weights_mixing_searches_like_outputs_mixing(api_run, workdir, model_fil
     expected = model.state_dict()
     for name, value in folded.state_dict().items():
         torch.testing.assert_close(value, expected[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_cli_mixing_weights_derives_the_cli_runs_policy(cli_run, workdir, model_file, config_file):
+    out = workdir / "cli-weights"
+    done = run_mtsc(
+        "search", model_file, "--config", config_file, "--seed", SEED, "--out", out,
+        "--mixing", "weights", "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    reference, _ = cli_run
+    assert load(out / "last.pt")["config"]["mixing"] == "weights"
+    policy = json.loads((out / "policy.json").read_text())
+    assert policy == json.loads((reference / "policy.json").read_text())

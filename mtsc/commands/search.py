@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--amp", choices=("bf16", "fp16"), help="mixed precision (autocast; fp16 with loss scaling)"
     )
+    p.add_argument(
+        "--mixing",
+        choices=("outputs", "weights"),
+        help="how routed ops mix their candidates: outputs (mix3, the default) or weights "
+        "(one grouped call with mixed weights: the same search, about half the conv work)",
+    )
     # default None: a resumed run tells "not given" (the run's own) from "given"
     p.add_argument(
         "--share-bn", action="store_true", default=None, help="share batchnorm across tasks"
@@ -171,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         "budget": args.budget,
         "derive": args.derive,
         "amp": args.amp,
+        "mixing": args.mixing,
         **parse_sets(args.set),
     }
     config, command = run_settings(
