@@ -52,6 +52,33 @@ tasks {
 """
 
 
+# Identity skips at every kind of tap: grouped, non-square and dilated kernels, and a linear
+# layer reading the flat features.
+TAPS = """
+input image: 3x8x8
+
+backbone {
+    stem: x = conv(image, 8, k=3, p=1) | bn | relu
+    grouped: x = conv(x, 8, k=3, p=1, g=2) | bn | relu
+    wide: x = conv(x, 8, k=(1, 5), p=(0, 2), g=4, bias=true) | bn | relu
+    dilated: x = conv(x, 8, k=(3, 1), p=(2, 0), d=2) | bn | relu
+    x = avgpool(x, global=true) | flatten
+    fc: x = linear(x, 8) | relu
+    return x
+}
+
+tasks {
+    a: head(classes=2)
+    b: head(classes=3)
+    c: head(classes=4)
+}
+
+block head(x, input, classes) {
+    return linear(x, classes)
+}
+"""
+
+
 def generated_module(path: Path, tmp_path: Path, load_generated):
     build(path, tmp_path, render=False)
     return load_generated(tmp_path / "supermodel.py")
@@ -138,6 +165,21 @@ def test_weights_mixing_equals_outputs_mixing(
     calls = count_mixtures(module, monkeypatch)
     step(model, x)
     assert calls == [], "every route of these models folds its mixture into the weights"
+    assert_same_step(reference, model, x)
+
+
+@pytest.mark.parametrize("mode", ["warmup", "search"])
+def test_identity_taps_of_grouped_and_non_square_kernels(
+    mode, write_model, tmp_path, load_generated, monkeypatch
+) -> None:
+    module = generated_module(write_model(TAPS), tmp_path / "out", load_generated)
+    reference, model = random_pair(module)
+    for m in (reference, model):
+        m.set_mode(mode).train()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    calls = count_mixtures(module, monkeypatch)
+    step(model, x)
+    assert calls == []
     assert_same_step(reference, model, x)
 
 

@@ -865,11 +865,9 @@ def _mixed_conv(x, w, shared, specific, skip, identity):
         tap = _identity_tap(shared, x.shape[2:])
         if tap is None:
             return None
-        # flat index of weight[o, o % in_per_group, tap]: each output channel's own input
-        o = torch.arange(out_channels, device=x.device)
-        diagonal = ((o * in_per_group + o % in_per_group) * shared.kernel_size[0] + tap[0]) * (
-            shared.kernel_size[1]
-        ) + tap[1]
+        kh, kw = shared.kernel_size
+        # out == in channels: the groups' square [out, in] blocks, at the tap
+        diagonal = (shared.groups, in_per_group, kh * kw, tap[0] * kw + tap[1])
 
     def weight():
         return mix_weights(w, shared.weight, specific.weight, None, diagonal).view(
@@ -897,7 +895,7 @@ def _mixed_conv(x, w, shared, specific, skip, identity):
 
 def _mixed_linear(x, w, shared, specific, skip, identity):
     tasks, features = specific.tasks, shared.out_features
-    diagonal = torch.arange(features, device=x.device) * (features + 1) if identity else None
+    diagonal = (1, features, 1, 0) if identity else None
     projection = skip[0].weight if skip is not None else None
 
     def weight():
@@ -913,8 +911,9 @@ def _mixed_linear(x, w, shared, specific, skip, identity):
 
 def mix_weights(w, shared, per_task, skip, diagonal):
     """Per-task mixed weights [T, N]: w0[t] * shared + w1[t] * per_task[t] + w2[t] * skip[t],
-    plus w2[t] at the flat positions `diagonal` (an identity skip). Always in the weights'
-    dtype: autocast would round the mixture of float32 weights to 16 bits."""
+    plus w2[t] on the identity's positions when `diagonal` is (groups, channels per group,
+    kernel taps, the tap), the weights being [groups * channels, channels, taps]. Always in
+    the weights' dtype: autocast would round the mixture of float32 weights to 16 bits."""
     tasks = w.shape[0]
     skip = skip.reshape(tasks, -1) if skip is not None else None
     with torch.autocast(w.device.type, enabled=False):
@@ -936,13 +935,15 @@ class _MixWeights(torch.autograd.Function):
         if skip is not None:
             mixed.addcmul_(skip, w[:, 2:3])
         if diagonal is not None:
-            mixed[:, diagonal] += w[:, 2:3]
-        ctx.save_for_backward(w, shared, per_task, skip, diagonal)
+            _identity_entries(mixed, diagonal).add_(w[:, 2].view(-1, 1, 1))
+        ctx.save_for_backward(w, shared, per_task, skip)
+        ctx.diagonal = diagonal
         return mixed
 
     @staticmethod
     def backward(ctx, grad):
-        w, shared, per_task, skip, diagonal = ctx.saved_tensors
+        w, shared, per_task, skip = ctx.saved_tensors
+        diagonal = ctx.diagonal
         need_w, need_shared, need_per_task, need_skip, _ = ctx.needs_input_grad
         grad_w = grad_shared = grad_per_task = grad_skip = None
         if need_w:
@@ -952,7 +953,7 @@ class _MixWeights(torch.autograd.Function):
             if skip is not None:
                 grad_w[:, 2] = torch.linalg.vecdot(grad, skip)
             if diagonal is not None:
-                grad_w[:, 2] = grad[:, diagonal].sum(1)
+                grad_w[:, 2] = _identity_entries(grad, diagonal).sum((1, 2))
         if need_shared:
             grad_shared = w[:, 0] @ grad
         if need_per_task:
@@ -960,6 +961,14 @@ class _MixWeights(torch.autograd.Function):
         if need_skip:
             grad_skip = grad * w[:, 2:3]
         return grad_w, grad_shared, grad_per_task, grad_skip, None
+
+
+def _identity_entries(mixed, diagonal):
+    """The view [T, groups, channels] of `mixed` [T, N] holding the identity's entries: in
+    each group's square block, input channel j of output channel j, at the tap."""
+    groups, channels, taps, tap = diagonal
+    blocks = mixed.view(mixed.shape[0], groups, channels, channels, taps)[..., tap]
+    return torch.diagonal(blocks, dim1=2, dim2=3)
 
 
 def _recomputing_weight(make_weight, call):
