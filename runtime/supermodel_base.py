@@ -177,7 +177,10 @@ class SupermodelBase(nn.Module):
         kernel on GPU). "weights": mix the candidates' weights per task and run one grouped
         call (`mix_in_weights`): the same values and gradients, to rounding, for half the
         convolution work and less memory. Hard mode computes only the chosen candidates
-        either way."""
+        either way. Mixing weights reads the routed modules' parameters without calling
+        them: their forward hooks do not run (hook-based pruning or `weight_norm` do not
+        apply; `torch.nn.utils.parametrize` does), and a caller's own saved-tensor hooks
+        (checkpointing, `save_on_cpu`) do not reach the routed calls' tensors."""
         if mixing not in MIXINGS:
             raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
         self.mixing = mixing

@@ -329,3 +329,65 @@ def test_cuda_weights_mixing_equals_float64_cpu(examples_dir, tmp_path, load_gen
     errors = {f"output {t}": error(out[t], expected_out[t]) for t in out}
     errors |= {n: error(grads[n], g) for n, g in expected_grads.items()}
     assert max(errors.values()) < 1e-4, sorted(errors.items(), key=lambda e: -e[1])[:5]
+
+
+def test_functional_call_weights_reach_the_backward(models_dir, tmp_path, load_generated) -> None:
+    """Weights given for one call (torch.func.functional_call) are the ones the backward
+    remakes the mixture from, not the module's own."""
+    module = generated_module(models_dir / "mini_tasks.mtl", tmp_path, load_generated)
+    reference, model = random_pair(module, seed=3)
+    names = ["body_conv1.weight", "body_conv1_specific.weight", "fc_linear1.weight"]
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    grads = []
+    for m in (reference, model):
+        m.set_mode("search").eval()
+        torch.manual_seed(4)
+        params = dict(m.named_parameters())
+        values = {
+            n: (params[n].detach() + torch.randn_like(params[n])).requires_grad_() for n in names
+        }
+        inputs = x.clone().requires_grad_()
+        out = torch.func.functional_call(m, values, (inputs,))
+        sum(v.square().sum() for v in out.values()).backward()
+        grads.append([inputs.grad, *(values[n].grad for n in names)])
+    for got, expected in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, expected, **TOL)
+
+
+def test_an_input_changed_in_place_after_the_forward_is_refused(
+    models_dir, tmp_path, load_generated
+) -> None:
+    module = generated_module(models_dir / "mini_tasks.mtl", tmp_path, load_generated)
+    _, model = random_pair(module)
+    model.set_mode("search")
+    x = torch.randn(2 * len(model.TASKS), 8, 6, 6, dtype=torch.float64, requires_grad=True) * 1.0
+    y = model.route("body.conv1", x, model.body_conv1, model.body_conv1_specific, None)
+    with torch.no_grad():
+        x.mul_(3)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_autocast_routes_keep_the_lower_precision(models_dir, tmp_path, load_generated) -> None:
+    """Every routed op's output has the dtype that mixing outputs gives it (linear layers
+    with a bias included), so later layers run in bf16 too."""
+    module = generated_module(models_dir / "mini_tasks.mtl", tmp_path, load_generated)
+    dtypes = []
+    for m in random_pair(module):
+        m.float().set_mode("search")
+        m.gumbel_noise = {k: v.float() for k, v in m.gumbel_noise.items()}
+        seen = {}
+        route = m.route
+        m.route = lambda name, *args, route=route, seen=seen: _record(
+            seen, name, route(name, *args)
+        )
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            m(torch.randn(2, 3, 12, 12))
+        dtypes.append(seen)
+    assert dtypes[1] == dtypes[0]
+    assert set(dtypes[1].values()) == {torch.bfloat16}
+
+
+def _record(seen: dict, name: str, value: torch.Tensor) -> torch.Tensor:
+    seen[name] = value.dtype
+    return value

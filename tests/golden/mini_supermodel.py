@@ -869,9 +869,13 @@ def _mixed_conv(x, w, shared, specific, skip, identity):
         # out == in channels: the groups' square [out, in] blocks, at the tap
         diagonal = (shared.groups, in_per_group, kh * kw, tap[0] * kw + tap[1])
 
+    # the tensors of this call: the backward's remaking must not read the modules again
+    # (torch.func.functional_call swaps their parameters for the call only)
+    shared_weight, task_weights = shared.weight, specific.weight
+
     def weight():
-        return mix_weights(w, shared.weight, specific.weight, None, diagonal).view(
-            tasks * out_channels, *shared.weight.shape[1:]
+        return mix_weights(w, shared_weight, task_weights, None, diagonal).view(
+            tasks * out_channels, *shared_weight.shape[1:]
         )
 
     bias = None
@@ -897,15 +901,16 @@ def _mixed_linear(x, w, shared, specific, skip, identity):
     tasks, features = specific.tasks, shared.out_features
     diagonal = (1, features, 1, 0) if identity else None
     projection = skip[0].weight if skip is not None else None
+    shared_weight, task_weights = shared.weight, specific.weight  # this call's, as for convs
 
     def weight():
-        mixed = mix_weights(w, shared.weight, specific.weight, projection, diagonal)
+        mixed = mix_weights(w, shared_weight, task_weights, projection, diagonal)
         return mixed.view(tasks, features, -1)
 
     per_task = x.reshape(-1, tasks, x.shape[-1])
     y = _recomputing_weight(weight, lambda mixed: torch.einsum("btf,tof->bto", per_task, mixed))
     if shared.bias is not None:
-        y = y + mix_weights(w, shared.bias, specific.bias, None, None)
+        y = y + mix_weights(w, shared.bias, specific.bias, None, None).to(y.dtype)
     return y.reshape(-1, features)
 
 
@@ -973,20 +978,29 @@ def _identity_entries(mixed, diagonal):
 
 def _recomputing_weight(make_weight, call):
     """`call(make_weight())`, keeping for the backward not the mixed weight (T times the op's
-    weights) but the recipe: the backward makes it again. A tensor the call saves that is not
-    a view of the weight (under autocast, its 16-bit copy) is kept as usual."""
+    weights) but the recipe: the backward makes it again. The other tensors the call saves
+    (under autocast, the weight's 16-bit copy too) are kept, with autograd's check that they
+    were not changed in place since. These hooks are the innermost, so a caller's own
+    saved-tensor hooks (`torch.utils.checkpoint`, `save_on_cpu`) do not see the call's
+    tensors: the gradients stay right, but those tensors stay in memory."""
     weight = make_weight()
     storage, dtype = weight.untyped_storage().data_ptr(), weight.dtype
 
     def pack(saved):
         if saved.dtype == dtype and saved.untyped_storage().data_ptr() == storage:
-            return (saved.shape, saved.stride(), saved.storage_offset())
-        return saved
+            return None, (saved.shape, saved.stride(), saved.storage_offset())
+        return saved, saved._version
 
     def unpack(packed):
-        if isinstance(packed, torch.Tensor):
-            return packed
-        return make_weight().as_strided(*packed)
+        saved, check = packed  # (None, the weight's view) or (a tensor, its version)
+        if saved is None:
+            return make_weight().as_strided(*check)
+        if saved._version != check:
+            raise RuntimeError(
+                "a tensor the mixed call saved for the backward was modified by an inplace "
+                f"operation: it is at version {saved._version}; expected version {check}"
+            )
+        return saved
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         return call(weight)
@@ -1160,7 +1174,10 @@ class SupermodelBase(nn.Module):
         kernel on GPU). "weights": mix the candidates' weights per task and run one grouped
         call (`mix_in_weights`): the same values and gradients, to rounding, for half the
         convolution work and less memory. Hard mode computes only the chosen candidates
-        either way."""
+        either way. Mixing weights reads the routed modules' parameters without calling
+        them: their forward hooks do not run (hook-based pruning or `weight_norm` do not
+        apply; `torch.nn.utils.parametrize` does), and a caller's own saved-tensor hooks
+        (checkpointing, `save_on_cpu`) do not reach the routed calls' tensors."""
         if mixing not in MIXINGS:
             raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
         self.mixing = mixing
