@@ -49,6 +49,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 try:
     import triton
@@ -531,6 +532,7 @@ class _Mix3Function(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiated
     def backward(ctx, gy):
         w, s, p, k = ctx.saved_tensors
         grad_w = ctx.needs_input_grad[0]
@@ -712,6 +714,7 @@ class _Mix3TorchFunction(torch.autograd.Function):
         return y if keep_layout and _dense_strides(s) is not None else y.contiguous()
 
     @staticmethod
+    @once_differentiable  # its copies of the candidates carry no graph: second order is refused
     def backward(ctx, gy):
         w, *candidates = ctx.saved_tensors
         order, inverse = ctx.order, _inverse(ctx.order)

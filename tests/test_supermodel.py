@@ -525,6 +525,18 @@ def test_gradcheck_search_mode_float64(mini) -> None:
     assert torch.autograd.gradcheck(outputs, (x, *inputs), eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
+def test_second_order_gradients_through_the_mixture_are_refused(mini) -> None:
+    """The mixture's backward is not differentiable itself: a gradient of a gradient is an
+    error, not a silently wrong number."""
+    model = random_model(mini, 2).double().set_mode("search")
+    model.gumbel_noise = {n: v.double() for n, v in fixed_noise(model, 2).items()}
+    out = model(torch.randn(MINI_INPUT, dtype=torch.float64))
+    loss = sum(v.square().sum() for v in out.values())
+    (grad,) = torch.autograd.grad(loss, [model.body_conv1.weight], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.square().sum().backward()
+
+
 def test_route_through_torch_mixture(mini, monkeypatch) -> None:
     """One route with MTSC_ROUTING=torch, on the task-stacked layout the forward uses."""
     monkeypatch.setenv("MTSC_ROUTING", "torch")
