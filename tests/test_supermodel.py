@@ -502,17 +502,22 @@ def test_search_weights_live_for_one_forward(mini) -> None:
     copy.deepcopy(model)
 
 
-def test_gradcheck_search_mode_float64(mini) -> None:
-    model = random_model(mini, 5).double().set_mode("search")
+@pytest.mark.parametrize("mixing", ["outputs", "weights"])
+def test_gradcheck_search_mode_float64(mixing, mini) -> None:
+    model = random_model(mini, 5).double().set_mode("search").set_mixing(mixing)
     model.tau = 0.9
     model.gumbel_noise = {n: v.double() for n, v in fixed_noise(model, 5).items()}
     names = [
-        "policy.body_conv1",
-        "policy.down_conv1",
-        "policy.valid_conv1",
-        "policy.linear1",
+        "policy.body_conv1",  # identity skip, conv with bias
+        "policy.down_conv1",  # projection skip
+        "policy.valid_conv1",  # no skip
+        "policy.fc_linear1",  # linear, identity skip
+        "policy.linear1",  # linear, projection skip
         "fc_linear1_specific.weight",
+        "dw_conv1_specific.weight",
+        "down_conv1.weight",
         "body_conv1.bias",
+        "linear1_skip.0.weight",
     ]
     params = dict(model.named_parameters())
     inputs = [params[n].detach().clone().requires_grad_() for n in names]

@@ -2,7 +2,8 @@
 run one grouped call (`runtime/weight_mixing.py`). The reference is the same supermodel
 mixing outputs (`mix3_stacked`), which test_supermodel.py checks against per-task
 references: in float64 both must give the same outputs and the same gradient for every
-weight, batchnorm and policy logit, in every mode, on models with every kind of routed op."""
+weight, batchnorm and policy logit, in every mode, on models with every kind of routed op.
+(test_supermodel.py's gradcheck runs both mixings.)"""
 
 from __future__ import annotations
 
@@ -208,32 +209,6 @@ def test_hard_mode_computes_only_the_chosen_candidates_either_way(
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
     assert_same_step(reference, model, x)
     assert calls and all(calls)  # both went through the hard mixture
-
-
-def test_gradcheck_weights_mixing_float64(models_dir, tmp_path, load_generated) -> None:
-    module = generated_module(models_dir / "mini_tasks.mtl", tmp_path, load_generated)
-    _, model = random_pair(module, seed=5)
-    model.set_mode("search").eval()
-    names = [
-        "policy.body_conv1",  # identity skip, conv with bias
-        "policy.down_conv1",  # projection skip
-        "policy.valid_conv1",  # no skip
-        "policy.fc_linear1",  # linear, identity skip
-        "policy.linear1",  # linear, projection skip
-        "dw_conv1_specific.weight",
-        "down_conv1.weight",
-        "body_conv1.bias",
-        "linear1_skip.0.weight",
-    ]
-    params = dict(model.named_parameters())
-    inputs = [params[n].detach().clone().requires_grad_() for n in names]
-    x = torch.randn(1, 3, 6, 6, dtype=torch.float64, requires_grad=True)
-
-    def outputs(x: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
-        out = torch.func.functional_call(model, dict(zip(names, values, strict=True)), (x,))
-        return torch.cat([o.flatten() for o in out.values()])
-
-    assert torch.autograd.gradcheck(outputs, (x, *inputs), eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
 def test_bf16_autocast_on_the_cpu(models_dir, tmp_path, load_generated) -> None:
