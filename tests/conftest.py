@@ -1,6 +1,7 @@
 """Shared fixtures: the repository's folders, compiling `.mtl` text, importing generated code,
-running the `mtsc` command, golden files and the `--accept` flag that refreshes them, the
-linter for generated code, and one torch thread for modules of tiny tensors."""
+random batchnorm statistics, running the `mtsc` command, golden files and the `--accept` flag
+that refreshes them, the linter for generated code, and one torch thread for modules of tiny
+tensors."""
 
 from __future__ import annotations
 
@@ -142,6 +143,30 @@ def import_path(path: Path) -> ModuleType:
 @pytest.fixture(scope="session")
 def load_generated() -> Callable[[Path], ModuleType]:
     return import_path
+
+
+def randomize_statistics(net, seed: int) -> None:
+    """Seeded random batchnorm statistics and affine parameters (not the identity), and
+    random PReLU slopes (every task's different)."""
+    import torch
+    from torch import nn
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
+            if isinstance(m, nn.PReLU):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) - 0.5)
+
+
+@pytest.fixture(scope="session")
+def randomize_norms() -> Callable[..., None]:
+    return randomize_statistics
 
 
 def signature(g) -> list[tuple]:

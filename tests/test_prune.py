@@ -80,20 +80,6 @@ def random_policy(path: Path, seed: int, *, share_bn: bool = False) -> dict:
     return {"model": sm.name, "tasks": tasks, "choices": choices}
 
 
-def randomize_statistics(net: nn.Module, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-                if m.affine:
-                    m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
-            if isinstance(m, nn.PReLU):  # every task's slopes different
-                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) - 0.5)
-
-
 def numel(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -107,7 +93,7 @@ class Deployed:
 
 
 @pytest.fixture
-def deploy(tmp_path: Path, load_generated) -> Callable[..., Deployed]:
+def deploy(tmp_path: Path, load_generated, randomize_norms) -> Callable[..., Deployed]:
     """`deploy(path, policy, share_bn=False, fold_bn=False, seed=0)`."""
     count = itertools.count()
 
@@ -121,7 +107,7 @@ def deploy(tmp_path: Path, load_generated) -> Callable[..., Deployed]:
         sm_file.write_text(emit_supermodel(pruned.supermodel, source_name=path.name).text)
         torch.manual_seed(seed)
         supermodel = load_generated(sm_file).Supermodel()
-        randomize_statistics(supermodel, seed)
+        randomize_norms(supermodel, seed)
         supermodel.load_policy(pruned.policy).set_mode("hard").eval()
         source = emit_pruned(pruned.model, source_name=path.name, policy_name="policy.json").text
         (folder / "model.py").write_text(source)

@@ -85,26 +85,26 @@ def generated_module(path: Path, tmp_path: Path, load_generated):
     return load_generated(tmp_path / "supermodel.py")
 
 
-def random_pair(module, seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    """Two float64 copies of one supermodel with random batchnorms and policy logits, fixed
-    Gumbel noise, mixing outputs and mixing weights."""
-    torch.manual_seed(seed)
-    model = module.Supermodel().double()
-    with torch.no_grad():
-        for layer in model.modules():
-            if isinstance(layer, nn.BatchNorm2d):
-                layer.running_mean.uniform_(-0.5, 0.5)
-                layer.running_var.uniform_(0.5, 1.5)
-                layer.weight.uniform_(0.5, 1.5)
-                layer.bias.uniform_(-0.2, 0.2)
-        for logits in model.policy_parameters():
-            logits.normal_()
-    model.tau = 0.7
-    model.gumbel_noise = {
-        name: -torch.log(-torch.log(torch.rand(len(model.TASKS), 3, dtype=torch.float64)))
-        for name, _, _ in model.ROUTED
-    }
-    return model, copy.deepcopy(model).set_mixing("weights")
+@pytest.fixture
+def random_pair(randomize_norms):
+    """`random_pair(module, seed=0)`: two float64 copies of one supermodel with random
+    batchnorms and policy logits, fixed Gumbel noise, mixing outputs and mixing weights."""
+
+    def make(module, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+        torch.manual_seed(seed)
+        model = module.Supermodel().double()
+        randomize_norms(model, seed)
+        with torch.no_grad():
+            for logits in model.policy_parameters():
+                logits.normal_()
+        model.tau = 0.7
+        model.gumbel_noise = {
+            name: -torch.log(-torch.log(torch.rand(len(model.TASKS), 3, dtype=torch.float64)))
+            for name, _, _ in model.ROUTED
+        }
+        return model, copy.deepcopy(model).set_mixing("weights")
+
+    return make
 
 
 def step(model: nn.Module, x: torch.Tensor) -> tuple[dict, dict]:
@@ -156,7 +156,7 @@ def count_mixtures(module, monkeypatch) -> list[bool]:
 @pytest.mark.parametrize("mode", ["warmup", "search"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_weights_mixing_equals_outputs_mixing(
-    folder, name, shape, mode, train, request, tmp_path, load_generated, monkeypatch
+    folder, name, shape, mode, train, request, tmp_path, load_generated, monkeypatch, random_pair
 ) -> None:
     module = generated_module(request.getfixturevalue(folder) / name, tmp_path, load_generated)
     reference, model = random_pair(module)
@@ -171,7 +171,7 @@ def test_weights_mixing_equals_outputs_mixing(
 
 @pytest.mark.parametrize("mode", ["warmup", "search"])
 def test_identity_taps_of_grouped_and_non_square_kernels(
-    mode, write_model, tmp_path, load_generated, monkeypatch
+    mode, write_model, tmp_path, load_generated, monkeypatch, random_pair
 ) -> None:
     module = generated_module(write_model(TAPS), tmp_path / "out", load_generated)
     reference, model = random_pair(module)
@@ -185,8 +185,8 @@ def test_identity_taps_of_grouped_and_non_square_kernels(
 
 
 def test_an_identity_no_tap_expresses_mixes_outputs(
-    write_model, tmp_path, load_generated, monkeypatch
-):
+    write_model, tmp_path, load_generated, monkeypatch, random_pair
+) -> None:
     module = generated_module(write_model(NO_TAP), tmp_path / "out", load_generated)
     reference, model = random_pair(module)
     for m in (reference, model):
@@ -199,7 +199,7 @@ def test_an_identity_no_tap_expresses_mixes_outputs(
 
 
 def test_hard_mode_computes_only_the_chosen_candidates_either_way(
-    models_dir, tmp_path, load_generated, monkeypatch
+    models_dir, tmp_path, load_generated, monkeypatch, random_pair
 ) -> None:
     module = generated_module(models_dir / "mini_tasks.mtl", tmp_path, load_generated)
     reference, model = random_pair(module)
@@ -211,7 +211,7 @@ def test_hard_mode_computes_only_the_chosen_candidates_either_way(
     assert calls and all(calls)  # both went through the hard mixture
 
 
-def test_bf16_autocast_on_the_cpu(models_dir, tmp_path, load_generated) -> None:
+def test_bf16_autocast_on_the_cpu(models_dir, tmp_path, load_generated, random_pair) -> None:
     module = generated_module(models_dir / "deploy_residual.mtl", tmp_path, load_generated)
     reference, model = (m.float().set_mode("search").train() for m in random_pair(module))
     for m in (reference, model):
@@ -284,7 +284,9 @@ def test_search_config_mixing() -> None:
 
 
 @pytest.mark.gpu
-def test_cuda_weights_mixing_equals_float64_cpu(examples_dir, tmp_path, load_generated) -> None:
+def test_cuda_weights_mixing_equals_float64_cpu(
+    examples_dir, tmp_path, load_generated, random_pair
+) -> None:
     """A training-mode search step mixing weights on CUDA (float32, no TF32) against the
     float64 CPU step mixing outputs: outputs and every gradient, relative to its norm."""
     module = generated_module(examples_dir / "resnet_tiny.mtl", tmp_path, load_generated)
@@ -306,7 +308,9 @@ def test_cuda_weights_mixing_equals_float64_cpu(examples_dir, tmp_path, load_gen
     assert max(errors.values()) < 1e-4, sorted(errors.items(), key=lambda e: -e[1])[:5]
 
 
-def test_functional_call_weights_reach_the_backward(models_dir, tmp_path, load_generated) -> None:
+def test_functional_call_weights_reach_the_backward(
+    models_dir, tmp_path, load_generated, random_pair
+) -> None:
     """Weights given for one call (torch.func.functional_call) are the ones the backward
     remakes the mixture from, not the module's own."""
     module = generated_module(models_dir / "mini_tasks.mtl", tmp_path, load_generated)
@@ -330,7 +334,7 @@ def test_functional_call_weights_reach_the_backward(models_dir, tmp_path, load_g
 
 
 def test_an_input_changed_in_place_after_the_forward_is_refused(
-    models_dir, tmp_path, load_generated
+    models_dir, tmp_path, load_generated, random_pair
 ) -> None:
     module = generated_module(models_dir / "mini_tasks.mtl", tmp_path, load_generated)
     _, model = random_pair(module)
@@ -343,7 +347,9 @@ def test_an_input_changed_in_place_after_the_forward_is_refused(
         y.sum().backward()
 
 
-def test_autocast_routes_keep_the_lower_precision(models_dir, tmp_path, load_generated) -> None:
+def test_autocast_routes_keep_the_lower_precision(
+    models_dir, tmp_path, load_generated, random_pair
+) -> None:
     """Every routed op's output has the dtype that mixing outputs gives it (linear layers
     with a bias included), so later layers run in bf16 too."""
     module = generated_module(models_dir / "mini_tasks.mtl", tmp_path, load_generated)
