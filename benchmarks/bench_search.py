@@ -26,7 +26,7 @@ pass shows what that costs. "outside" is the share of the step that is neither t
 
 Run: `python benchmarks/bench_search.py [--models resnet_tiny resnet34 mobilenetv2]
 [--steps 10] [--skip 3] [--batch N] [--size S] [--threads N] [--num-workers N]
-[--mixing outputs|weights]`. It runs on
+[--mixing auto|outputs|weights]`. It runs on
 CUDA when a device is there, else on the CPU; ResNet-34 and MobileNetV2 are measured only on
 CUDA (on a CPU one of their steps takes minutes).
 """
@@ -49,7 +49,7 @@ import torch
 import mtsc.runtime.search as search_module
 import mtsc.runtime.trainer as trainer_module
 from mtsc.api import load_supermodel
-from mtsc.runtime.config import SearchConfig
+from mtsc.runtime.config import MIXING_CHOICES, SearchConfig, resolve_mixing
 from mtsc.runtime.data import open_dataset
 from mtsc.runtime.trainer import BatchStream, RunLogger, TaskObjective
 
@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads on the CPU")
     parser.add_argument("--num-workers", type=int, default=0, help="data loader processes")
     parser.add_argument(
-        "--mixing", choices=("outputs", "weights"), default="outputs", help="SearchConfig.mixing"
+        "--mixing", choices=MIXING_CHOICES, default="auto", help="SearchConfig.mixing"
     )
     args = parser.parse_args()
     if args.threads:
@@ -229,7 +229,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"  # where `search` puts the model
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
-          f"mixing {args.mixing}")  # fmt: skip
+          f"mixing {resolve_mixing(args.mixing, device)}")  # fmt: skip
     rows = []
     for model in args.models:
         if MODELS[model][3] and device != "cuda":

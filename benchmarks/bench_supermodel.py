@@ -29,8 +29,12 @@ blocks stay in the heap, so that large activations are not faulted in afresh eac
 branches per task outweigh the backbone at small inputs) for 1x1 read-outs, so that the
 routed backbone, where the two variants differ, dominates the step.
 
+The supermodel mixes as `mtsc search` does by default (`--mixing auto`): its candidates'
+weights on a CPU, their outputs (the fused `mix3` kernel) on CUDA.
+
 Run: `python benchmarks/bench_supermodel.py [--models resnet34 mobilenetv2 resnet_tiny] [--steps 5]
-[--heads conv1x1] [--threads N] [--profile] [--device cuda] [--cudnn-benchmark]`.
+[--heads conv1x1] [--threads N] [--profile] [--device cuda] [--cudnn-benchmark]
+[--mixing auto|outputs|weights]`.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from mtsc.runtime.config import MIXING_CHOICES, resolve_mixing
 
 ROOT = Path(__file__).resolve().parent.parent
 # model: (example file, default batch, default input size for a CPU run)
@@ -544,9 +550,10 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=1e-6)
     parser.add_argument(
         "--mixing",
-        choices=("outputs", "weights"),
-        default="outputs",
-        help="the supermodel's mixing (Supermodel.set_mixing); task-by-task mixes outputs",
+        choices=MIXING_CHOICES,
+        default="auto",
+        help="the supermodel's mixing (SearchConfig.mixing; auto, as in mtsc search: weights "
+        "on a CPU, outputs on CUDA); task-by-task mixes outputs",
     )
     parser.add_argument("--profile", action="store_true", help="print the top ops per variant")
     parser.add_argument(
@@ -555,6 +562,7 @@ def main() -> None:
     for hidden in ("--worker", "--variant", "--source", "--folder"):
         parser.add_argument(hidden, default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.mixing = resolve_mixing(args.mixing, args.device.split(":")[0])
     if args.worker:
         args.batch, args.size = args.batch_option, args.size_option
         worker(args)

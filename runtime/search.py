@@ -30,7 +30,7 @@ from mtsc.runtime.checkpoint import (
     set_rng_state,
     write_text_atomic,
 )
-from mtsc.runtime.config import SearchConfig
+from mtsc.runtime.config import SearchConfig, resolve_mixing
 from mtsc.runtime.policy_format import CHOICES
 from mtsc.runtime.trainer import (
     CHECKPOINT,
@@ -102,7 +102,7 @@ def search(
     `command`: the command's settings outside `config`, saved in the checkpoint."""
     run_dir = Path(run_dir)
     device, rank, world = start_run(model, config.seed, config.amp)
-    model.set_mixing(config.mixing)
+    model.set_mixing(resolve_mixing(config.mixing, device.type))
     objective = TaskObjective(model.TASK_SPECS, train_set.info)
     weight_idx, policy_idx = split_held_out(len(train_set), config.held_out, config.seed)
     forward = model

@@ -587,26 +587,31 @@ def test_tensorboard_events_are_written_when_installed(tmp_path, model_file, dat
     assert events and events[0].stat().st_size > 0
 
 
-def test_weights_mixing_searches_like_outputs_mixing(api_run, workdir, model_file, datasets):
-    """The same search with the mixture folded into the weights: the same policy, and
-    weights that differ by float32 rounding only."""
+def test_outputs_mixing_searches_like_the_default_weights_mixing(
+    api_run, workdir, model_file, datasets
+):
+    """On a CPU the default ("auto") folds the mixture into the weights; mixing outputs (the
+    fused mix3 on a GPU) is the same search: the same policy, and weights that differ by
+    float32 rounding only."""
     model, result = api_run
-    folded, folded_result = api_search(model_file, datasets, workdir / "api-w", mixing="weights")
-    assert folded.mixing == "weights"
-    assert folded_result.policy == result.policy
+    assert model.mixing == "weights"
+    mixed, mixed_result = api_search(model_file, datasets, workdir / "api-o", mixing="outputs")
+    assert mixed.mixing == "outputs"
+    assert mixed_result.policy == result.policy
     expected = model.state_dict()
-    for name, value in folded.state_dict().items():
+    for name, value in mixed.state_dict().items():
         torch.testing.assert_close(value, expected[name], rtol=1e-3, atol=1e-4, msg=name)
 
 
-def test_cli_mixing_weights_derives_the_cli_runs_policy(cli_run, workdir, model_file, config_file):
-    out = workdir / "cli-weights"
+def test_cli_mixing_outputs_derives_the_cli_runs_policy(cli_run, workdir, model_file, config_file):
+    out = workdir / "cli-outputs"
     done = run_mtsc(
         "search", model_file, "--config", config_file, "--seed", SEED, "--out", out,
-        "--mixing", "weights", "--no-progress",
+        "--mixing", "outputs", "--no-progress",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     reference, _ = cli_run
-    assert load(out / "last.pt")["config"]["mixing"] == "weights"
+    assert load(reference / "last.pt")["config"]["mixing"] == "auto"
+    assert load(out / "last.pt")["config"]["mixing"] == "outputs"
     policy = json.loads((out / "policy.json").read_text())
     assert policy == json.loads((reference / "policy.json").read_text())

@@ -19,7 +19,7 @@ from torch import nn
 
 from mtsc.driver import build
 from mtsc.errors import MtscError
-from mtsc.runtime.config import SearchConfig, make_config
+from mtsc.runtime.config import SearchConfig, make_config, resolve_mixing
 from mtsc.runtime.weight_mixing import _identity_tap, _recomputing_weight
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -279,8 +279,19 @@ def test_set_mixing_names_the_choices(models_dir, tmp_path, load_generated) -> N
 
 def test_search_config_mixing() -> None:
     assert make_config(SearchConfig, None, {"mixing": "weights"}).mixing == "weights"
-    with pytest.raises(MtscError, match="bad config: mixing must be 'outputs' or 'weights'"):
+    with pytest.raises(
+        MtscError, match="bad config: mixing must be 'auto', 'outputs' or 'weights'"
+    ):
         make_config(SearchConfig, None, {"mixing": "both"})
+
+
+def test_auto_mixing_folds_weights_on_a_cpu_only() -> None:
+    assert SearchConfig().mixing == "auto"
+    assert resolve_mixing("auto", "cpu") == "weights"
+    assert resolve_mixing("auto", "cuda") == "outputs"
+    for device_type in ("cpu", "cuda"):
+        assert resolve_mixing("outputs", device_type) == "outputs"
+        assert resolve_mixing("weights", device_type) == "weights"
 
 
 @pytest.mark.gpu

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mtsc.runtime.config import MIXING_CHOICES
+
 # What a search writes into its run folder (and TensorBoard events when installed).
 SEARCH_FILES = ("supermodel.py", "policy.json", "policy.txt", "last.pt", "metrics.jsonl")
 
@@ -39,9 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--mixing",
-        choices=("outputs", "weights"),
-        help="how routed ops mix their candidates: outputs (mix3, the default) or weights "
-        "(one grouped call with mixed weights: the same search, about half the conv work)",
+        choices=MIXING_CHOICES,
+        help="how routed ops mix their candidates: outputs (mix3, the fused kernel), weights "
+        "(one grouped call with mixed weights: the same search, about half the conv work) or "
+        "auto (the default: weights on a CPU, outputs on a GPU)",
     )
     # default None: a resumed run tells "not given" (the run's own) from "given"
     p.add_argument(
