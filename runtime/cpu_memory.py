@@ -39,9 +39,10 @@ def keep_freed_memory() -> bool:
     """Set glibc's malloc to keep freed blocks for reuse; True when it now does.
 
     Off with ``MTSC_MALLOC=system``; left alone when the user already sets malloc
-    (``GLIBC_TUNABLES`` or glibc's ``MALLOC_*_`` variables), and on C libraries other than
-    glibc. Process-wide and one-way: the heap then holds its high-water mark, as PyTorch's
-    CUDA allocator holds its cached blocks.
+    (``GLIBC_TUNABLES`` or glibc's ``MALLOC_*_`` variables), on C libraries other than glibc,
+    and where another malloc (jemalloc, tcmalloc, mimalloc: ``LD_PRELOAD``) replaces glibc's,
+    as mallopt would then tune an allocator nothing uses. Process-wide and one-way: the heap
+    then holds its high-water mark, as PyTorch's CUDA allocator holds its cached blocks.
     """
     choice = os.environ.get(MALLOC_ENV) or "keep"
     if choice not in MALLOC_CHOICES:
@@ -51,7 +52,7 @@ def keep_freed_memory() -> bool:
     user_set = "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "") or any(
         name in os.environ for name in _LEGACY_MALLOC_ENV
     )
-    if choice == "system" or user_set or not _is_glibc():
+    if choice == "system" or user_set or not _mallocs_are_glibcs():
         return False
     return set_keeping(ctypes.CDLL(None).mallopt)
 
@@ -68,3 +69,19 @@ def _is_glibc() -> bool:
         return os.confstr("CS_GNU_LIBC_VERSION") is not None
     except (AttributeError, ValueError, OSError):  # no confstr, or no such name, off glibc
         return False
+
+
+def _mallocs_are_glibcs() -> bool:
+    """Whether this process allocates with glibc's malloc: glibc, and the `malloc` the process
+    resolves is libc's own, not one interposed with LD_PRELOAD."""
+    if not _is_glibc():
+        return False
+    try:
+        own = ctypes.CDLL("libc.so.6").malloc
+    except OSError:  # glibc under another soname: no way to tell, so as before
+        return True
+    return _address(ctypes.CDLL(None).malloc) == _address(own)
+
+
+def _address(function) -> int | None:
+    return ctypes.cast(function, ctypes.c_void_p).value

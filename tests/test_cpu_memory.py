@@ -99,6 +99,24 @@ def test_with_mapping_turned_off_freed_blocks_are_reused_too():
     assert int(proc.stdout) < PAGES_OF_64_MIB // 16
 
 
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+
+
+@needs_glibc
+@pytest.mark.skipif(not os.path.exists(JEMALLOC), reason="needs Debian's libjemalloc2")
+def test_a_preloaded_malloc_is_left_alone():
+    """Under LD_PRELOAD=jemalloc, mallopt still exists (glibc's) but tunes a heap nothing
+    allocates from: keep_freed_memory must say it does nothing."""
+    proc = subprocess.run(
+        [sys.executable, "-c", FAULTS_OF_A_REFILL],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "LD_PRELOAD": JEMALLOC},
+    )
+    assert proc.stderr.strip() == "False"
+
+
 def test_a_malloc_that_takes_no_setting_is_reported():
     assert not set_keeping(lambda param, value: 0)
 
