@@ -2,6 +2,8 @@
 
 1. Parse the text against our schema, grammar/caffe.proto (unknown fields are skipped).
 2. Scan the text for where each layer and field is, for error spans and node locations.
+   Layers whose `include` / `exclude` rules leave them out of Caffe's TEST network (or the
+   network of the file's `state`) are left out and listed in the notes.
 3. Declare the inputs (`input` + `input_dim`, `input` + `input_shape`, or `Input` layers).
 4. Trace what each bottom reads: a blob name means the value its latest writer produced, so
    in-place layers and layers writing a top again need nothing special.
@@ -75,13 +77,13 @@ def import_text(text: str, file: str, *, output: str | None = None) -> Imported:
     """Import prototxt source text; `file` names it in spans and messages."""
     net = _parse(text, file)
     layout = scan(text, file)
-    layers = _layers(net, layout)
+    layers, phase_notes = _layers(net, layout)
     inputs = _declared_inputs(net, layout)
     flow = _trace(layers, inputs)
     out = _choose_output(layers, flow, output)
     needed = _needed(flow, out)
     graph = _Builder(file, layers, flow, out, needed).build()
-    notes = _dropped_notes(layers, flow, out, needed)
+    notes = (*phase_notes, *_dropped_notes(layers, flow, out, needed))
     unknown = [w for i in _used(flow, needed) for w in _unknown_fields(layers[i])]
     warnings = [*flow.warnings, *unknown]
     return Imported(graph, notes, tuple(warnings))
@@ -105,7 +107,7 @@ def _parse(text: str, file: str) -> Message:
     return net
 
 
-def _layers(net: Message, layout: Layout) -> list[Layer]:
+def _layers(net: Message, layout: Layout) -> tuple[list[Layer], tuple[str, ...]]:
     if net.layer and net.layers:
         raise MtscError(
             layout.blocks["layers"][0].span,
@@ -118,7 +120,7 @@ def _layers(net: Message, layout: Layout) -> list[Layer]:
         raise InternalError(
             f"prototxt scan found {len(blocks)} layer blocks, protobuf {len(params)}"
         )
-    layers = []
+    layers, left_out = [], []
     for i, (p, block) in enumerate(zip(params, blocks, strict=True)):
         if v1:
             v1_name = p.DESCRIPTOR.fields_by_name["type"].enum_type.values_by_number[p.type].name
@@ -126,8 +128,49 @@ def _layers(net: Message, layout: Layout) -> list[Layer]:
         else:
             type_ = p.type
         name = p.name or f"layer{i + 1}"
-        layers.append(Layer(i, name, type_, tuple(p.bottom), tuple(p.top), p, block))
-    return layers
+        if _in_network(p, block, net.state):
+            layers.append(Layer(len(layers), name, type_, tuple(p.bottom), tuple(p.top), p, block))
+        else:
+            left_out.append(f"{name} ({type_})")
+    notes = ()
+    if left_out:
+        notes = (f"Not imported: outside {_network_name(net.state)}: {', '.join(left_out)}.",)
+    return layers, notes
+
+
+def _in_network(param: Message, block: Block, state: Message) -> bool:
+    """Whether Caffe builds the layer into the network of `state` (its NetState: TEST,
+    level 0, no stages unless the file says otherwise): with `include` rules, when one
+    matches; with `exclude` rules, when none does."""
+    if param.include and param.exclude:
+        raise MtscError(
+            block.field_span("exclude"),
+            f"layer {param.name!r}: give `include` or `exclude` rules, not both (as Caffe says)",
+        )
+    if param.include:
+        return any(_rule_matches(rule, state) for rule in param.include)
+    return not any(_rule_matches(rule, state) for rule in param.exclude)
+
+
+def _rule_matches(rule: Message, state: Message) -> bool:
+    """Caffe's StateMeetsRule: every condition the rule sets holds for the state."""
+    return (
+        (not rule.HasField("phase") or rule.phase == state.phase)
+        and (not rule.HasField("min_level") or state.level >= rule.min_level)
+        and (not rule.HasField("max_level") or state.level <= rule.max_level)
+        and all(stage in state.stage for stage in rule.stage)
+        and not any(stage in state.stage for stage in rule.not_stage)
+    )
+
+
+def _network_name(state: Message) -> str:
+    phase = state.DESCRIPTOR.fields_by_name["phase"].enum_type.values_by_number[state.phase]
+    name = f"Caffe's {phase.name} network"
+    if state.level:
+        name += f" at level {state.level}"
+    if state.stage:
+        name += f" with stage {', '.join(state.stage)}"
+    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +239,8 @@ def _input_layer_shapes(layer: Layer) -> list[Shape]:
 def _unknown_fields(layer: Layer) -> list[Diagnostic]:
     """Warnings for what the parse skipped and the layer may depend on: an unknown field in its
     parameter block (a fork's setting), or, where it has no such block, an unknown block named
-    like one (`relu_params`, a misspelling or a fork's name). Fillers, `engine`, `param { }`,
-    `include` and other types' blocks stay silent: they do not change what the layer computes."""
+    like one (`relu_params`, a misspelling or a fork's name). Fillers, `engine`, `param { }`
+    and other types' blocks stay silent: they do not change what the layer computes."""
     own = PARAM_FIELDS.get(layer.type)
     known = layer.param.DESCRIPTOR.fields_by_name
     if own is None or own not in known:

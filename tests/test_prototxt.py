@@ -322,6 +322,99 @@ def test_v1_layers_map_enum_types():
     assert named["drop6"].attrs == {"p": 0.5}
 
 
+def ruled(name: str, rule: str) -> str:
+    """A ReLU on `data`, in place, with an include / exclude `rule`."""
+    return layer(name, "ReLU", "data", top="data", body=rule)
+
+
+def kept_layers(text: str) -> list[str]:
+    g = import_text(text, "net.prototxt").graph
+    return sorted(n for n, node in nodes_by_name(g).items() if node.op is Op.RELU)
+
+
+# (rules of the layers a, b, c; the file's `state`, or None) -> the layers imported
+PHASE_CASES = {
+    "phases, TEST by default": (
+        ("include { phase: TRAIN }", "include { phase: TEST }", "exclude { phase: TEST }"),
+        None,
+        ["b"],
+    ),
+    "the file's state": (
+        ("include { phase: TRAIN }", "include { phase: TEST }", "exclude { phase: TEST }"),
+        "state { phase: TRAIN }",
+        ["a", "c"],
+    ),
+    "stages": (
+        ("include { stage: 'deploy' }", "exclude { stage: 'deploy' }",
+         "include { not_stage: 'deploy' }"),
+        "state { stage: 'deploy' stage: 'fast' }",
+        ["a"],
+    ),
+    "any include rule, all of one rule's conditions": (
+        ("include { phase: TRAIN } include { stage: 'x' }",
+         "include { phase: TEST stage: 'x' }", "include { phase: TEST }"),
+        "state { stage: 'x' }",
+        ["a", "b", "c"],
+    ),
+    "levels": (
+        ("include { min_level: 1 }", "include { max_level: 1 }", "include { min_level: 3 }"),
+        "state { level: 2 }",
+        ["a"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(PHASE_CASES))
+def test_layers_outside_the_networks_state_are_left_out(case):
+    """Caffe's NetState rules: a layer with `include` rules is built when one of them matches
+    the state, one with `exclude` rules when none does; a rule matches when its phase, level
+    range, stages and not-stages all hold."""
+    rules, state, expected = PHASE_CASES[case]
+    body = "".join(ruled(name, rule) for name, rule in zip("abc", rules, strict=True))
+    text = (state or "") + "\n" + INPUT + body
+    assert kept_layers(text) == expected
+
+
+def test_train_and_test_copies_of_a_layer_import_the_test_one():
+    """A train_val file's TRAIN / TEST pair (the same name and top, in place) and a Dropout
+    excluded from TEST: the TEST network, with a note naming what was left out."""
+    text = (
+        INPUT
+        + conv("conv1")
+        + layer("bn1", "BatchNorm", "conv1", top="conv1",
+                body="batch_norm_param { use_global_stats: false } include { phase: TRAIN }")
+        + layer("bn1", "BatchNorm", "conv1", top="conv1",
+                body="batch_norm_param { use_global_stats: true eps: 0.001 } "
+                "include { phase: TEST }")
+        + layer("drop", "Dropout", "conv1", top="conv1", body="exclude { phase: TEST }")
+    )  # fmt: skip
+    imported = import_text(text, "net.prototxt")
+    named = nodes_by_name(imported.graph)
+    assert named["bn1"].attrs["eps"] == pytest.approx(0.001)
+    assert "drop" not in named
+    assert imported.notes == (
+        "Not imported: outside Caffe's TEST network: bn1 (BatchNorm), drop (Dropout).",
+    )
+    v1 = INPUT + (
+        'layers { name: "r" type: RELU bottom: "data" top: "r" include { phase: TRAIN } }\n'
+        'layers { name: "s" type: SIGMOID bottom: "data" top: "s" include { phase: TEST } }\n'
+    )
+    imported = import_text(v1, "net.prototxt")
+    assert "r" not in nodes_by_name(imported.graph)
+    assert imported.notes == ("Not imported: outside Caffe's TEST network: r (ReLU).",)
+
+
+def test_the_note_names_the_files_state():
+    text = (
+        "state { phase: TRAIN level: 2 stage: 'a' stage: 'b' }\n"
+        + INPUT
+        + (ruled("r", "include { phase: TEST }") + ruled("s", "include { phase: TRAIN }"))
+    )
+    assert import_text(text, "net.prototxt").notes == (
+        "Not imported: outside Caffe's TRAIN network at level 2 with stage a, b: r (ReLU).",
+    )
+
+
 def test_interp_with_a_size_of_its_own_does_not_read_a_second_bottom():
     """Caffe's InterpLayer takes the second bottom's size only when no factor, height or width
     is given."""
@@ -810,6 +903,13 @@ RESHAPED = layer("r", "Reshape", "g", body="reshape_param { shape { dim: 0 dim: 
 
 # (text, --output, message, the text that the error's line holds)
 ERRORS = {
+    "include and exclude": (
+        INPUT
+        + layer("r", "ReLU", "data", body="include { phase: TEST }\n  exclude { stage: 'x' }"),
+        None,
+        "layer 'r': give `include` or `exclude` rules, not both (as Caffe says)",
+        "exclude { stage",
+    ),
     "syntax": (
         INPUT + "layer { name: 'a' type: 'ReLU' bottom: 'data' top: 'a' ",
         None,
@@ -1432,7 +1532,7 @@ def test_unknown_fields_that_change_nothing_stay_silent():
             "c",
             "Convolution",
             "data",
-            body="include { phase: TEST } exclude { stage: 'x' } param { lr_mult: 1 } "
+            body="include { phase: TEST } param { lr_mult: 1 } "
             "convolution_param { num_output: 4 kernel_size: 1 force_nd_im2col: false "
             "bias_filler { type: 'constant' odd: 1 } } pooling_param { hole_size: 2 } "
             "loss_weight: 1 propagate_down: false",
