@@ -73,8 +73,10 @@ def _pair(
     h: str | None = None,
     w: str | None = None,
     default: int | None = None,
+    one_sided: bool = False,
 ) -> tuple[int, int]:
-    """Caffe's spatial settings: `base` once (both), twice (h, w), or as `h` and `w` fields."""
+    """Caffe's spatial settings: `base` once (both), twice (h, w), or as `h` and `w` fields;
+    with `one_sided` (a convolution's padding), `h` or `w` alone, the other 0."""
     where = _param_field(layer)
     raw = getattr(param, base)
     if isinstance(raw, int):
@@ -84,7 +86,7 @@ def _pair(
     has_h = h is not None and param.HasField(h)
     has_w = w is not None and param.HasField(w)
     if has_h or has_w:
-        if not (has_h and has_w):
+        if not (has_h and has_w or one_sided):
             raise layer.error(f"{h} and {w} must be given together", where)
         if values:
             raise layer.error(f"give {base} or {h} and {w}, not both", where)
@@ -106,8 +108,10 @@ PARAM_FIELDS = {
     "BatchNorm": "batch_norm_param",
     "Concat": "concat_param",
     "Convolution": "convolution_param",
+    "ConvolutionDepthwise": "convolution_param",
     "Crop": "crop_param",
     "Deconvolution": "convolution_param",
+    "DepthwiseConvolution": "convolution_param",
     "Dropout": "dropout_param",
     "Eltwise": "eltwise_param",
     "Flatten": "flatten_param",
@@ -171,7 +175,7 @@ def _convolution_attrs(layer: Layer, ins: Sequence[Shape]) -> dict:
         "out": p.num_output,
         "kernel": _pair(layer, p, "kernel_size", h="kernel_h", w="kernel_w"),
         "stride": _pair(layer, p, "stride", h="stride_h", w="stride_w", default=1),
-        "padding": _pair(layer, p, "pad", h="pad_h", w="pad_w", default=0),
+        "padding": _pair(layer, p, "pad", h="pad_h", w="pad_w", default=0, one_sided=True),
         "dilation": _dilation(layer, p),
         "groups": p.group,
         "bias": p.bias_term,
@@ -196,6 +200,20 @@ def crop(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
         )
     offset = offsets * 2 if len(offsets) == 1 else offsets or (0, 0)
     return [Step(Op.CROP, {"offset": offset})]
+
+
+def depthwise_convolution(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    """The forks' DepthwiseConvolution and ConvolutionDepthwise (MobileNet ports): a
+    Convolution with one group per input channel, whether or not its `group` says so."""
+    channels = ins[0][0]
+    p = _params(layer)
+    if p.HasField("group") and p.group != channels:
+        raise layer.error(
+            f"group {p.group} on {channels} input channels; a depthwise convolution has one "
+            "group per channel",
+            _param_field(layer),
+        )
+    return [Step(Op.CONV2D, {**_convolution_attrs(layer, ins), "groups": channels})]
 
 
 def deconvolution(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
@@ -544,8 +562,10 @@ CONVERTERS: dict[str, Converter] = {
     "BatchNorm": batch_norm,
     "Concat": concat,
     "Convolution": convolution,
+    "ConvolutionDepthwise": depthwise_convolution,
     "Crop": crop,
     "Deconvolution": deconvolution,
+    "DepthwiseConvolution": depthwise_convolution,
     "Dropout": dropout,
     "Eltwise": eltwise,
     "Flatten": flatten,

@@ -176,8 +176,12 @@ def _network_name(state: Message) -> str:
 @dataclass(frozen=True, slots=True)
 class _Input:
     name: str
-    shape: Shape  # C x H x W
+    dims: tuple[int, ...]  # as declared (N x C x H x W when usable): checked once it is used
     span: Span | None
+    dims_span: Span | None  # where the dims are written
+
+    def shape(self) -> Shape:
+        return _feature_shape(self.dims, self.dims_span, f"input {self.name!r}")
 
 
 def _feature_shape(dims: tuple[int, ...], span: Span | None, what: str) -> Shape:
@@ -216,24 +220,17 @@ def _declared_inputs(net: Message, layout: Layout) -> list[_Input]:
             "dim: 224 }, or four input_dim values",
         )
     spans = [layout.top_span("input", i) for i in range(len(names))]
-    return [
-        _Input(name, _feature_shape(dims[i], spans[i], f"input {name!r}"), spans[i])
-        for i, name in enumerate(names)
-    ]
+    return [_Input(name, dims[i], spans[i], spans[i]) for i, name in enumerate(names)]
 
 
-def _input_layer_shapes(layer: Layer) -> list[Shape]:
+def _input_layer_dims(layer: Layer) -> list[tuple[int, ...]]:
     shapes = layer.param.input_param.shape if layer.param.HasField("input_param") else []
     if len(shapes) not in (1, len(layer.tops)):
         raise layer.error(
             f"needs one input_param shape, or one per top ({len(layer.tops)}); got {len(shapes)}",
             "input_param" if shapes else None,
         )
-    where = layer.block.field_span("input_param")
-    return [
-        _feature_shape(tuple(shapes[min(t, len(shapes) - 1)].dim), where, f"input {top!r}")
-        for t, top in enumerate(layer.tops)
-    ]
+    return [tuple(shapes[min(t, len(shapes) - 1)].dim) for t in range(len(layer.tops))]
 
 
 def _unknown_fields(layer: Layer) -> list[Diagnostic]:
@@ -321,10 +318,11 @@ def _trace(layers: list[Layer], inputs: list[_Input]) -> _Flow:
                 )
             reads.append(v)
         first_reader = first_reader and not layer.bottoms
-        shapes = _input_layer_shapes(layer) if layer.type == "Input" else None
+        dims = _input_layer_dims(layer) if layer.type == "Input" else None
+        where = layer.block.field_span("input_param")
         writes = []
         for t, blob in enumerate(layer.tops):
-            decl = _Input(blob, shapes[t], layer.block.span) if shapes else None
+            decl = _Input(blob, dims[t], layer.block.span, where) if dims else None
             writes.append(flow.new(_Value(blob, layer.index, decl)))
         flow.reads.append(reads)
         flow.writes.append(writes)
@@ -455,7 +453,8 @@ class _Builder:
 
     def _add_input(self, v: int, decl: _Input) -> None:
         self._claim(decl.name, decl.span)
-        node = Node(Op.INPUT, decl.name, {"shape": decl.shape}, decl.shape, decl.span)
+        shape = decl.shape()
+        node = Node(Op.INPUT, decl.name, {"shape": shape}, shape, decl.span)
         self.node_of[v] = self.graph.add(node)
 
     def _convert(self, layer: Layer) -> None:

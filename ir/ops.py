@@ -579,7 +579,9 @@ def _pool_finish(op: str) -> Callable[[dict[str, Any]], None]:
             a["stride"] = a["kernel"]
         for p, k in zip(a["padding"], a["kernel"], strict=True):
             if 2 * p > k:
-                raise OpError(f"{op}: padding {p} must be at most half the kernel size {k}")
+                raise OpError(
+                    f"{op}: padding {p} must be at most half the kernel size {k} (as PyTorch pools)"
+                )
 
     return finish
 

@@ -530,7 +530,11 @@ def test_normalize_resolves_aliases_and_fills_defaults() -> None:
         (Op.ADD, {"coeffs": (1, math.nan)}, "coeffs must be a tuple of finite numbers"),
         (Op.UPSAMPLE, {"mode": "cubic"}, "mode must be one of 'nearest', 'bilinear'"),
         (Op.MAXPOOL, {}, "maxpool: needs a kernel size (k=...) or global=true"),
-        (Op.AVGPOOL, {"k": 2, "p": 2}, "avgpool: padding 2 must be at most half the kernel size 2"),
+        (
+            Op.AVGPOOL,
+            {"k": 2, "p": 2},
+            "avgpool: padding 2 must be at most half the kernel size 2 (as PyTorch pools)",
+        ),
         (Op.DROPOUT, {"p": 1}, "dropout: p must be below 1, got 1.0"),
         (Op.LINEAR, {"out": 0}, "out must be at least 1, got 0"),
     ],

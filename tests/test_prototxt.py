@@ -404,6 +404,54 @@ def test_train_and_test_copies_of_a_layer_import_the_test_one():
     assert imported.notes == ("Not imported: outside Caffe's TEST network: r (ReLU).",)
 
 
+@pytest.mark.parametrize("type_", ["DepthwiseConvolution", "ConvolutionDepthwise"])
+def test_the_forks_depthwise_convolutions_are_grouped_per_channel(type_):
+    """MobileNet ports' depthwise layers: a Convolution with one group per input channel, with
+    or without `group`; another group count is an error."""
+    params = "num_output: 6 kernel_size: 3 pad: 1 stride: 2 bias_term: false"
+    for group in ("", " group: 3"):
+        text = INPUT + layer("dw", type_, "data", body=f"convolution_param {{ {params}{group} }}")
+        dw = nodes_by_name(import_text(text, "net.prototxt").graph)["dw"]
+        assert dw.op is Op.CONV2D and dw.shape == (6, 4, 4)
+        assert (dw.attrs["groups"], dw.attrs["stride"], dw.attrs["bias"]) == (3, (2, 2), False)
+    text = INPUT + layer("dw", type_, "data", body=f"convolution_param {{ {params} group: 1 }}")
+    with pytest.raises(MtscError) as info:
+        import_text(text, "net.prototxt")
+    assert info.value.message == (
+        f"layer 'dw' ({type_}): group 1 on 3 input channels; a depthwise convolution has one "
+        "group per channel"
+    )
+    assert info.value.span.line == line_of(text, "convolution_param")
+
+
+def test_a_convolution_takes_pad_h_or_pad_w_alone():
+    """Caffe's convolution reads pad_h and pad_w when either is set, the other being 0
+    (pooling needs both: an error above)."""
+    text = INPUT + conv("c", params="num_output: 4 kernel_size: 3 pad_w: 1")
+    c = nodes_by_name(import_text(text, "net.prototxt").graph)["c"]
+    assert c.attrs["padding"] == (0, 1) and c.shape == (4, 6, 8)
+
+
+def test_an_unused_input_of_any_shape_is_only_noted():
+    """Faster R-CNN's `im_info` (1 x 3) beside the image: cut before anything reads it, the
+    import goes on; read, its shape is the error."""
+    text = (
+        'input: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+        'input: "im_info"\ninput_shape { dim: 1 dim: 3 }\n'
+        + conv("c")
+        + layer("proposal", "Eltwise", "c", "im_info")
+    )
+    imported = import_text(text, "net.prototxt", output="c")
+    assert "im_info" not in nodes_by_name(imported.graph)
+    assert imported.notes[-1] == "Not imported: the unused input(s) 'im_info'."
+    with pytest.raises(MtscError) as info:
+        import_text(text, "net.prototxt")
+    assert info.value.message == (
+        "input 'im_info' has shape 1x3; mtsc needs N x C x H x W, all positive"
+    )
+    assert info.value.span.line == line_of(text, 'input: "im_info"')
+
+
 def test_the_note_names_the_files_state():
     text = (
         "state { phase: TRAIN level: 2 stage: 'a' stage: 'b' }\n"
@@ -927,7 +975,8 @@ ERRORS = {
         INPUT + layer("s", "ArgMax", "data"),
         None,
         "layer 's' (ArgMax): unsupported layer type 'ArgMax'; mtsc supports Axpy, BN, BatchNorm, "
-        "Concat, Convolution, Crop, Deconvolution, Dropout, Eltwise, Flatten, InnerProduct, "
+        "Concat, Convolution, ConvolutionDepthwise, Crop, Deconvolution, DepthwiseConvolution, "
+        "Dropout, Eltwise, Flatten, InnerProduct, "
         "Input, Interp, LRN, PReLU, Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Slice, Softmax, "
         "TanH (to import the network up to a blob before this layer, use --output BLOB)",
         'type: "ArgMax"',
@@ -936,7 +985,8 @@ ERRORS = {
         INPUT + 'layers { name: "l" type: SPLIT bottom: "data" top: "l" }',
         None,
         "layer 'l' (SPLIT): unsupported layer type 'SPLIT'; mtsc supports Axpy, BN, BatchNorm, "
-        "Concat, Convolution, Crop, Deconvolution, Dropout, Eltwise, Flatten, InnerProduct, "
+        "Concat, Convolution, ConvolutionDepthwise, Crop, Deconvolution, DepthwiseConvolution, "
+        "Dropout, Eltwise, Flatten, InnerProduct, "
         "Input, Interp, LRN, PReLU, Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Slice, Softmax, "
         "TanH (to import the network up to a blob before this layer, use --output BLOB)",
         "type: SPLIT",
@@ -1062,6 +1112,12 @@ ERRORS = {
         "layer 'c' (Convolution): needs kernel_size",
         "convolution_param",
     ),
+    "pooling pad_w alone": (
+        INPUT + pool("p", "pool: MAX kernel_size: 3 pad_w: 1"),
+        None,
+        "layer 'p' (Pooling): pad_h and pad_w must be given together",
+        "pooling_param",
+    ),
     "kernel_h alone": (
         INPUT + conv("c", params="num_output: 4 kernel_h: 3"),
         None,
@@ -1140,7 +1196,8 @@ ERRORS = {
     "pooling padding too large for PyTorch": (
         INPUT + pool("p", "kernel_size: 3 pad: 2"),
         None,
-        "layer 'p' (Pooling): maxpool: padding 2 must be at most half the kernel size 3",
+        "layer 'p' (Pooling): maxpool: padding 2 must be at most half the kernel size 3 "
+        "(as PyTorch pools)",
         "layer {",
     ),
     "eltwise coefficients count": (
