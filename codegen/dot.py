@@ -218,7 +218,10 @@ def emit_supermodel_dot(g: Graph, *, title: str, policy: dict | None = None) -> 
                 label = _route_label(g, nid, tasks, policy)
                 return f'n{nid} [label={label}, fillcolor="#deebf7", tooltip={quote(node.name)}];'
             if node.op in (Op.TASK_STACK, Op.TASK_SLICE):
+                # a head may slice two values (its features, and the image it upsamples to):
+                # the shape tells them apart
                 text = "stack tasks" if node.op is Op.TASK_STACK else node.attrs["task"]
+                text += f"\n{shape_text(node.shape)}"
                 return f'n{nid} [label={quote(text)}, shape=oval, fillcolor="#ffffff"];'
             label = f"{node.name.rsplit('.', 1)[-1]}\n{op_label(node)}\n{shape_text(node.shape)}"
             if node.role is Role.SPECIFIC and node.op in PARAMETRIC:
