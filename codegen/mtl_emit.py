@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mtsc.codegen.pyliteral import comment_text
 from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Graph, Node, TaskSpec
 from mtsc.ir.ops import DSL_SPELLING, Attr, Kind, Op, OpError, OpSpec, spec_of
@@ -88,12 +89,12 @@ def emit_mtl(g: Graph, *, header: Sequence[str] = ()) -> MtlSource:
 
 
 def _comment(w: SourceWriter, text: str) -> None:
-    for line in textwrap.wrap(text, _COMMENT_WIDTH, subsequent_indent="  ") or [""]:
+    for line in textwrap.wrap(comment_text(text), _COMMENT_WIDTH, subsequent_indent="  ") or [""]:
         w.line(f"# {line}".rstrip())
 
 
 def _original(node: Node, label: str) -> str:
-    return f"  # {node.name}" if node.name != label else ""
+    return f"  # {comment_text(node.name)}" if node.name != label else ""
 
 
 def _labels(g: Graph, order: Sequence[int]) -> dict[int, str]:

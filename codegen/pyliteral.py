@@ -1,16 +1,40 @@
-"""Python source for the plain values an op's constructor takes."""
+"""Python source for the plain values an op's constructor takes, and for user text (model,
+file and layer names) in generated comments and docstrings."""
 
 from __future__ import annotations
 
 from typing import Any
 
 
+def _escaped(text: str, *, quotes: bool) -> str:
+    """`text` with each unprintable character (a newline, a NUL) written as its escape and,
+    with `quotes`, backslashes and double quotes escaped too."""
+    out = []
+    for ch in text:
+        if quotes and ch in '\\"':
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(repr(ch)[1:-1])
+    return "".join(out)
+
+
+def comment_text(text: str) -> str:
+    """`text` fit for one `#` comment line: `a<newline>b` -> `a\\nb`."""
+    return _escaped(text, quotes=False)
+
+
+def docstring_text(text: str) -> str:
+    """`text` fit inside a `\"\"\"` docstring, whose value it then is."""
+    return _escaped(text, quotes=True)
+
+
 def py_literal(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
+        return f'"{_escaped(value, quotes=True)}"'
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, dict):

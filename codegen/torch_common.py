@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import PurePath
 
 from mtsc.codegen.names import Namespace, sanitize
-from mtsc.codegen.pyliteral import call_args, py_literal
+from mtsc.codegen.pyliteral import call_args, comment_text, py_literal
 from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Call, Graph, Node, TaskSpec
 from mtsc.ir.ops import Op, TorchExpr, TorchModule, spec_of, torch_class
@@ -128,12 +128,12 @@ def emit_forward(
                 if scope:
                     if not first:
                         w.blank()
-                    w.line(f"# {scope}")
+                    w.comment(scope)
             first = False
             rhs = rhs_of(nid, [alloc.var[i] for i in inputs_of(nid)])
             var = alloc.assign(nid, variable_hint(node))
             loc = location(node)
-            comment = f"  # {loc}" if loc else ""
+            comment = f"  # {comment_text(loc)}" if loc else ""
             w.line(f"{var} = {rhs}{comment}", node=nid)
         w.line(returns({key: alloc.var[nid] for key, nid in outputs.items()}))
 

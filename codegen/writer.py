@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from mtsc.codegen.pyliteral import comment_text
+
 
 class SourceWriter:
     def __init__(self, indent: str = "    ") -> None:
@@ -17,6 +19,10 @@ class SourceWriter:
         self._lines.append(f"{self._indent * self._level}{text}" if text else "")
         if node is not None:
             self.line_nodes[len(self._lines)] = node
+
+    def comment(self, text: str) -> None:
+        """A `#` comment line; names in `text` may hold anything, a newline included."""
+        self.line(f"# {comment_text(text)}")
 
     def blank(self) -> None:
         if self._lines and self._lines[-1]:
