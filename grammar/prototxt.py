@@ -80,7 +80,7 @@ def import_text(text: str, file: str, *, output: str | None = None) -> Imported:
     layers, phase_notes = _layers(net, layout)
     inputs = _declared_inputs(net, layout)
     flow = _trace(layers, inputs)
-    out = _choose_output(layers, flow, output)
+    out = _choose_output(layers, flow, output, file)
     needed = _needed(flow, out)
     graph = _Builder(file, layers, flow, out, needed).build()
     notes = (*phase_notes, *_dropped_notes(layers, flow, out, needed))
@@ -329,7 +329,7 @@ def _trace(layers: list[Layer], inputs: list[_Input]) -> _Flow:
     return flow
 
 
-def _choose_output(layers: list[Layer], flow: _Flow, output: str | None) -> int:
+def _choose_output(layers: list[Layer], flow: _Flow, output: str | None, file: str) -> int:
     if output is not None:
         out = flow.final.get(output)
         if out is None:
@@ -354,7 +354,7 @@ def _choose_output(layers: list[Layer], flow: _Flow, output: str | None) -> int:
             if flow.values[v].input is None and v not in ends:
                 ends.append(v)
         if not ends:
-            raise MtscError(None, "the network has no layers to import")
+            raise MtscError(None, f"{file}: the network has no layers to import")
         if len(ends) > 1:
             blobs = ", ".join(repr(flow.values[v].blob) for v in ends)
             raise MtscError(

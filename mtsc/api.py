@@ -98,13 +98,14 @@ def search(
     from mtsc.runtime.config import SearchConfig, given_values, make_config, resumed_config
     from mtsc.runtime.search import search as run_search
     from mtsc.runtime.task_fit import check_heads_fit_data
-    from mtsc.runtime.trainer import CHECKPOINT
+    from mtsc.runtime.trainer import CHECKPOINT, check_run_kind
 
     cfg = config.pop("config", None)
     checkpoint = Path(run_dir) / CHECKPOINT
     if cfg is None and resume and checkpoint.is_file():
         given = given_values(SearchConfig, None, config)
         state = load_checkpoint(checkpoint, mmap=True)  # the run loads its weights itself
+        check_run_kind(state, checkpoint, "search")  # before its settings are compared
         cfg = resumed_config(SearchConfig, given, state, checkpoint)
     cfg = cfg or make_config(SearchConfig, None, config)
     check_heads_fit_data(model.TASK_SPECS, train_set.info, train_set.info.name)

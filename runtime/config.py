@@ -4,6 +4,7 @@ data with `resnet_tiny.mtl`; overridable from a TOML file and from the command l
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -11,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtsc.errors import MtscError
+from mtsc.errors import MtscError, Span
+from mtsc.fsutil import read_source
 
 # SearchConfig.mixing: "auto" or one of Supermodel.set_mixing's choices
 MIXING_CHOICES = ("auto", "outputs", "weights")
@@ -121,22 +123,67 @@ def given_values(
     """The values a command sets (`--quick`'s, then the TOML file's, then the overrides that
     are not None), checked for names and types; the rest keep the defaults."""
     values: dict[str, Any] = dict(QUICK[cls]) if quick else {}
+    text = ""
     if toml_path is not None:
-        try:
-            values.update(tomllib.loads(Path(toml_path).read_text()))
-        except OSError as err:
-            raise MtscError(None, f"cannot read config {toml_path}: {err.strerror}") from None
-        except tomllib.TOMLDecodeError as err:
-            raise MtscError(None, f"{toml_path}: invalid TOML: {err}") from None
+        text = _read_toml(Path(toml_path))
+        values.update(_parse_toml(text, str(toml_path)))
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
+        # located at the first one the file sets; those from --set have no place to show
+        spans = [_key_span(text, str(toml_path), k) for k in unknown] if text else []
         raise MtscError(
-            None, f"unknown config keys: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            min((s for s in spans if s is not None), key=lambda s: s.line, default=None),
+            f"unknown config keys: {', '.join(unknown)}; known: {', '.join(sorted(known))}",
         )
     _check_types(cls, values)
     return values
+
+
+def _read_toml(path: Path) -> str:
+    try:
+        return read_source(path)
+    except OSError as err:
+        raise MtscError(None, f"cannot read config {path}: {err.strerror}") from None
+
+
+# tomllib (3.11) gives the place only in its message: "Invalid value (at line 2, column 14)"
+_TOML_PLACE = re.compile(r"\s*\((?:at line (\d+), column (\d+)|at end of document)\)$")
+
+
+def _parse_toml(text: str, file: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        message = str(err)
+        place = _TOML_PLACE.search(message)
+        if place is None:
+            raise MtscError(None, f"{file}: invalid TOML: {message}") from None
+        if place[1]:
+            line, column = int(place[1]), int(place[2])
+        else:
+            lines = text.split("\n")
+            line, column = len(lines), len(lines[-1]) + 1
+        span = Span(file, line, column, source=text)
+        raise MtscError(span, f"invalid TOML: {message[: place.start()]}") from None
+
+
+def _key_span(text: str, file: str, key: str) -> Span | None:
+    """Where a TOML file sets top-level `key`: `key = ...` (or `key.x = ...`) before the first
+    table, or a table `[key]`, `[key.x]`, `[[key]]`. None when no line reads so."""
+    name = rf"(?:{re.escape(key)}|\"{re.escape(key)}\"|'{re.escape(key)}')"
+    assignment = re.compile(rf"\s*({name})\s*[.=]")
+    table = re.compile(rf"\s*\[\[?\s*({name})\s*[.\]]")
+    at_top = True
+    for number, line in enumerate(text.split("\n"), 1):  # as tomllib counts lines
+        found = table.match(line) or (assignment.match(line) if at_top else None)
+        if found:
+            start, end = found.span(1)
+            return Span(file, number, start + 1, number, end + 1, source=text)
+        if line.lstrip().startswith("["):
+            at_top = False
+    return None
 
 
 def resumed_config(

@@ -48,18 +48,60 @@ def check_policy(policy, model, tasks, has_skip, pinned=()):
             "pinned by the model (@shared or @specific), so they take no choice: "
             + _first_names(pinned_given)
         )
+    # ops whose tasks are wrong the same way (a misspelled task: all of them) make one problem
+    wrong_tasks = {}  # what is wrong -> the ops it is wrong in
+    choice_problems = []
     for name, per_task in policy["choices"].items():
         if name not in has_skip:
             continue
         if not isinstance(per_task, dict) or set(per_task) != set(tasks):
-            problems.append(f"{name}: needs one choice for each of {list(tasks)}")
+            wrong_tasks.setdefault(_task_mismatch(per_task, tasks), []).append(name)
             continue
         for task, choice in per_task.items():
             if choice not in CHOICES:
-                problems.append(f"{name}/{task}: {choice!r} is not one of {CHOICES}")
+                choice_problems.append(f"{name}/{task}: {choice!r} is not one of {CHOICES}")
             elif choice == "skip" and not has_skip[name]:
-                problems.append(f"{name}/{task}: this op cannot be skipped (its shape changes)")
-    return problems
+                choice_problems.append(
+                    f"{name}/{task}: this op cannot be skipped (its shape changes)"
+                )
+    for mismatch, names in wrong_tasks.items():
+        problems.append(_wrong_tasks_problem(names, mismatch, tasks, len(has_skip)))
+    return problems + choice_problems
+
+
+def _task_mismatch(per_task, tasks):
+    """How an op's {task: choice} misses the model's tasks; None when it is no dict at all."""
+    if not isinstance(per_task, dict):
+        return None
+    extra = [t for t in per_task if t not in tasks]
+    lacking = [t for t in tasks if t not in per_task]
+    parts = []
+    if extra:
+        parts.append(f"a choice for unknown {_tasks_named(extra)}")
+    if lacking:
+        parts.append(f"no choice for {_tasks_named(lacking)}")
+    return " and ".join(parts)
+
+
+def _tasks_named(names):
+    return ("tasks " if len(names) > 1 else "task ") + ", ".join(map(repr, names))
+
+
+def _wrong_tasks_problem(names, mismatch, tasks, routed):
+    if len(names) == 1:
+        head = f"{names[0]}: needs one choice for each of {list(tasks)}"
+        has = "it has"
+    else:
+        who = (
+            f"all {routed} routed ops"
+            if len(names) == routed
+            else f"{len(names)} ops ({_first_names(names)})"
+        )
+        head = f"{who} need one choice for each of {list(tasks)}"
+        has = "they have"
+    if mismatch is None:
+        return head + ", as {task: choice}"
+    return f"{head}; {has} {mismatch}"
 
 
 def _same_tasks(listed, tasks):

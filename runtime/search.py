@@ -15,6 +15,7 @@ torchrun (DDP; rank 0 writes).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +33,14 @@ from mtsc.runtime.checkpoint import (
 )
 from mtsc.runtime.config import SearchConfig, resolve_mixing
 from mtsc.runtime.policy_format import CHOICES
+from mtsc.runtime.routing import _use_triton
 from mtsc.runtime.trainer import (
     CHECKPOINT,
     BatchStream,
     RunLogger,
     TaskObjective,
     batch_loss,
+    check_run_kind,
     grad_scaler,
     loss_logs,
     optimizer_step,
@@ -83,6 +86,18 @@ class _Run:
     command: dict = field(default_factory=dict)  # the settings outside the config (--data)
 
 
+def check_routing_setting(device: torch.device) -> None:
+    """MTSC_ROUTING, checked once before the run rather than at the first mixture (which may
+    come late, or never when mixing weights): a value it cannot take is a user error."""
+    choice = os.environ.get("MTSC_ROUTING", "")
+    if choice not in ("", "auto", "torch", "triton"):
+        raise MtscError(None, f"MTSC_ROUTING must be auto, torch or triton, got {choice!r}")
+    try:
+        _use_triton(torch.empty(0, device=device))
+    except (RuntimeError, TypeError) as err:  # triton asked for where it cannot run
+        raise MtscError(None, str(err)) from None
+
+
 def tau_at(config: SearchConfig, step: int) -> float:
     return max(config.tau_min, config.tau_init * config.tau_decay ** (step / 100))
 
@@ -102,6 +117,7 @@ def search(
     `command`: the command's settings outside `config`, saved in the checkpoint."""
     run_dir = Path(run_dir)
     device, rank, world = start_run(model, config.seed, config.amp)
+    check_routing_setting(device)
     model.set_mixing(resolve_mixing(config.mixing, device.type))
     objective = TaskObjective(model.TASK_SPECS, train_set.info)
     weight_idx, policy_idx = split_held_out(len(train_set), config.held_out, config.seed)
@@ -287,6 +303,7 @@ def _restore(run: _Run, path: Path) -> None:
     if not path.exists():
         raise MtscError(None, f"nothing to resume: {path} does not exist")
     state = load_checkpoint(path)
+    check_run_kind(state, path, "search")
     if state.get("model_name") != run.model.MODEL or state.get("tasks") != list(run.model.TASKS):
         raise MtscError(
             None,

@@ -24,6 +24,7 @@ from mtsc.runtime.trainer import (
     RunLogger,
     TaskObjective,
     batch_loss,
+    check_run_kind,
     evaluate,
     grad_scaler,
     loss_logs,
@@ -173,6 +174,7 @@ def _restore(run: _Train, path: Path) -> None:
     if not path.exists():
         raise MtscError(None, f"nothing to resume: {path} does not exist")
     state = load_checkpoint(path)
+    check_run_kind(state, path, "train")
     ours = run.model.state_dict()
     if state.get("tasks") != list(run.model.TASKS) or set(state["model"]) != set(ours):
         raise MtscError(None, f"{path} is a run of a different model")

@@ -253,6 +253,19 @@ def refuse_existing_run(run_dir: Path, resume: bool) -> None:
         raise MtscError(None, f"{run_dir} already holds a run; use --resume to continue it")
 
 
+def check_run_kind(state: Mapping[str, Any], path: Path, kind: str) -> None:
+    """A run is resumed by the command that started it (`kind`: "search" or "train"). The
+    checkpoints tell: a search's holds its two optimizers ("weight_opt", "policy_opt"), a
+    training's one ("optimizer"); one with neither is left to the checks that follow."""
+    found = "search" if "policy_opt" in state else "train" if "optimizer" in state else kind
+    if found != kind:
+        raise MtscError(
+            None,
+            f"{path} is a {found} run, not a {kind} run; "
+            f"`mtsc {found} MODEL --resume {Path(path).parent}` continues it",
+        )
+
+
 def write_checkpoint(run_dir: Path, state: Callable[[], dict[str, Any]]) -> None:
     """Rank 0 writes `state()` to the run's checkpoint; every rank waits for it."""
     if dist_info()[0] == 0:

@@ -1,13 +1,14 @@
 """What the commands leave behind and say when they fail: no half-written run or output folder,
 a `dot` that stops reading, a file where a folder should be, weights files that are not a
-supermodel's checkpoint, --resume with --out, heads that do not fit the data, every file
-`mtsc train` and `mtsc search` write in their "wrote" line, and the outputs of an earlier build
-or prune that a new one removes."""
+supermodel's checkpoint, --resume with --out, another command's folder or run, heads that do
+not fit the data, every file `mtsc train` and `mtsc search` write in their "wrote" line, and the
+outputs of an earlier build or prune that a new one removes."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -353,6 +354,103 @@ def test_train_resume_with_weights_is_refused(tmp_path, model_file, capsys, monk
     assert list(tmp_path.iterdir()) == []
 
 
+# ---------------------------------------------------------------------- another command's folder
+
+# The files each command's folder holds here (a prune with --weights and --no-svg)
+HELD = {
+    "prune": "model.py, model.dot, policy.json, model.pt, report.txt",
+    "train": "model.py, model.pt, last.pt, metrics.jsonl, eval.json, policy.json",
+    "search": "supermodel.py, policy.json, policy.txt, last.pt, metrics.jsonl",
+}
+
+
+@pytest.fixture(scope="module")
+def searched(workdir, model_file, config_file) -> Path:
+    """One short `mtsc search`: its run folder."""
+    run = workdir / "searched"
+    args = ["search", model_file, "--config", config_file, "--out", run, *SEARCH]
+    assert main([str(a) for a in args]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def pruned(workdir, model_file, searched) -> Path:
+    """`mtsc prune` of the searched policy and weights: its folder."""
+    out = workdir / "pruned"
+    args = ["prune", model_file, "--policy", searched / "policy.json", "--weights"]
+    args += [searched / "last.pt", "-o", out, "--no-svg"]
+    assert main([str(a) for a in args]) == 0
+    return out
+
+
+def folder_of(command: str, request) -> Path:
+    """A copy of the folder of `mtsc COMMAND` (the module's: the tests must not change it)."""
+    if command == "train":
+        folder = request.getfixturevalue("trained")[0]
+    else:
+        folder = request.getfixturevalue("searched" if command == "search" else "pruned")
+    return Path(shutil.copytree(folder, request.getfixturevalue("tmp_path") / command))
+
+
+def files_below(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("command", "holder"),
+    [
+        ("train", "prune"),
+        ("search", "prune"),
+        ("prune", "train"),
+        ("search", "train"),
+        ("prune", "search"),
+        ("train", "search"),
+    ],
+)
+def test_a_command_refuses_another_commands_folder(
+    command, holder, request, model_file, config_file, capsys
+):
+    folder = folder_of(holder, request)
+    before = files_below(folder)
+    options = {
+        "prune": ["--policy", folder / "policy.json", "--no-svg", "-o"],
+        "train": ["--policy", "shared", "--config", config_file, *TRAIN, "--out"],
+        "search": ["--config", config_file, *SEARCH, "--out"],
+    }
+    assert cli([command, model_file, *options[command], folder], capsys) == (
+        2,
+        f"error: {folder} holds the outputs of `mtsc {holder}` ({HELD[holder]}); "
+        f"give `mtsc {command}` another folder\n",
+    )
+    assert files_below(folder) == before
+
+
+def test_a_build_folder_and_a_users_files_are_no_other_commands(tmp_path, model_file, capsys):
+    """`mtsc build` writes a supermodel.py, as a search does; files of no command are a user's."""
+    out = tmp_path / "out"
+    out_lines(["build", model_file, "-o", out, "--no-svg"], capsys)
+    (out / "notes.txt").write_text("mine\n")
+    out_lines(["prune", model_file, "--policy", "shared", "-o", out, "--no-svg"], capsys)
+    assert {"supermodel.py", "notes.txt", "model.py", "report.txt"} <= set(files_below(out))
+
+
+@pytest.mark.parametrize(("command", "kind"), [("train", "search"), ("search", "train")])
+def test_resuming_another_commands_run_is_refused(
+    command, kind, request, model_file, config_file, capsys
+):
+    run = folder_of(kind, request)
+    before = files_below(run)
+    steps = TRAIN if command == "train" else SEARCH
+    args = [command, model_file, "--config", config_file, *steps, "--resume", run]
+    assert cli(args, capsys) == (
+        2,
+        f"error: {run / 'last.pt'} is a {kind} run, not a {command} run; "
+        f"`mtsc {kind} MODEL --resume {run}` continues it\n",
+    )
+    assert files_below(run) == before
+
+
 # ---------------------------------------------------------------------- heads and data
 
 SEGMENT_3 = (
@@ -391,7 +489,50 @@ def test_a_head_that_does_not_fit_the_data_is_named_before_training(
     model.write_text(TINY.replace(old, new))
     policy = ["--policy", "shared"] if command == "train" else []
     args = [command, model, *policy, "--config", config_file, "--out", run, "--no-progress"]
-    assert cli(args, capsys) == (2, f"error: {message}\n")
+    code, stderr = cli(args, capsys)
+    head = message.split(":")[0]  # the task: the error points at its head in the model
+    where = "" if head == "the data has no targets for task(s) edges" else f"{model}:"
+    assert code == 2 and stderr.splitlines()[0].endswith(f"error: {message}")
+    assert stderr.startswith(where)
+    if where:
+        line = next(i for i, text in enumerate(TINY.replace(old, new).splitlines(), 1)
+                    if text.lstrip().startswith(f"{head}:"))  # fmt: skip
+        assert stderr.startswith(f"{model}:{line}:")
+    assert not run.exists()
+
+
+# (the model's change, the first line of the error after the model's path and line)
+INPUT_MISFITS = {
+    "grey input": (
+        ("3x16x16", "1x16x16"),
+        "3:1: error: input 'image' takes 1 channel, but the shapes images have 3 "
+        "(declare `input image: 3x16x16`)",
+    ),
+    "declared larger than the data": (
+        ("3x16x16", "3x64x64", "conv(x, 16, k=3, s=2, p=1)", "conv(x, 16, k=20)"),
+        "9:12: error: on the shapes images (16x16): conv2d: kernel 20x20 larger than the padded "
+        "input 16x16",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INPUT_MISFITS))
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_a_model_that_cannot_take_the_datas_images_is_refused_before_training(
+    command, case, tmp_path, config_file, capsys
+):
+    """The data's images are 16x16 RGB (the config): a model for grey images, or one whose
+    convolutions need larger images, fails at its own line, not in PyTorch's first forward."""
+    changes, first_line = INPUT_MISFITS[case]
+    text = TINY
+    for old, new in zip(changes[::2], changes[1::2], strict=True):
+        text = text.replace(old, new)
+    model, run = tmp_path / "model.mtl", tmp_path / "run"
+    model.write_text(text)
+    policy = ["--policy", "shared"] if command == "train" else []
+    args = [command, model, *policy, "--config", config_file, "--out", run, "--no-progress"]
+    code, stderr = cli(args, capsys)
+    assert (code, stderr.splitlines()[0]) == (2, f"{model}:{first_line}")
     assert not run.exists()
 
 

@@ -179,12 +179,34 @@ def test_every_problem_is_reported_at_once():
     assert message == "bad config: batch_size must be at least 1; amp must be bf16 or fp16"
 
 
+def _error(cls, overrides, toml) -> MtscError:
+    with pytest.raises(MtscError) as err:
+        make_config(cls, toml, overrides)
+    return err.value
+
+
 def test_bad_toml_names_the_file_and_the_place(tmp_path):
     toml = tmp_path / "bad.toml"
-    toml.write_text("warmup_steps = 10\nbatch_size = \n")
-    message = _message(SearchConfig, {}, toml)
-    assert message.startswith(f"{toml}: invalid TOML: ")
-    assert "line 2" in message
+    toml.write_text("warmup_steps = 10\nbatch_size = ;\n")
+    assert _error(SearchConfig, {}, toml).render() == (
+        f"{toml}:2:14: error: invalid TOML: Invalid value\n    batch_size = ;\n                 ^"
+    )
+    toml.write_text('seed = """\nabc')
+    assert str(_error(SearchConfig, {}, toml).span) == f"{toml}:2:4"  # at the end
+
+
+def test_unknown_keys_in_a_toml_file_are_shown_where_the_file_sets_them(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('seed = 1\n "warmup" = 3\n\n[data]\nsize = 16\n[extra.x]\n')
+    err = _error(SearchConfig, {"lr": 0.1}, toml)
+    assert err.render().splitlines()[:3] == [
+        f"{toml}:2:2: error: unknown config keys: extra, lr, warmup; known: "
+        + ", ".join(sorted(f.name for f in dataclasses.fields(SearchConfig))),
+        '     "warmup" = 3',
+        "     ^^^^^^^^",
+    ]
+    toml.write_text("seed = 1\n")
+    assert _error(SearchConfig, {"lr": 0.1}, toml).span is None  # from --set: no place
 
 
 def test_missing_toml_file(tmp_path):
@@ -275,7 +297,22 @@ def test_command_line_bad_toml(examples_dir, tmp_path, capsys):
     out = str(tmp_path / "run")
     code = main(["train", model, "--policy", "shared", "--config", str(toml), "--out", out])
     assert code == 2
-    assert capsys.readouterr().err.startswith(f"error: {toml}: invalid TOML: ")
+    assert capsys.readouterr().err == (
+        f"{toml}:1:6: error: invalid TOML: Expected ']' at the end of a table declaration\n"
+        "    [data\n         ^\n"
+    )
+
+
+def test_command_line_unknown_key_in_the_config_file(examples_dir, tmp_path, capsys):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("seed = 1\nwarmup = 3\n")
+    model = str(examples_dir / "resnet_tiny.mtl")
+    out = tmp_path / "r"
+    assert main(["search", model, "--quick", "--out", str(out), "--config", str(toml)]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"{toml}:2:1: error: unknown config keys: warmup; known: amp, batch_size, "
+    )
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -312,3 +349,14 @@ def test_the_example_config_lists_every_key_at_its_default(cls, examples_dir, tm
     config = make_config(cls, uncommented, {})
     assert all(getattr(config, f) is not None for f in none_by_default)
     assert config.data and set(config.data) <= set(COMMON_OPTIONS)
+
+
+def test_train_without_validation_prints_no_empty_validation_line(examples_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    data = f"data={{size=32, n_train=8, n_val=4, cache_dir='{tmp_path / 'cache'}'}}"
+    args = ["--set", "eval_every=0", "--set", "steps=2", "--set", "batch_size=2", "--set", data]
+    model = str(examples_dir / "resnet_tiny.mtl")
+    code = main(["train", model, "--policy", "shared", "--out", str(out), "--no-progress", *args])
+    assert code == 0
+    (line,) = capsys.readouterr().out.splitlines()  # no "validation: " line before it
+    assert line.startswith(f"wrote {out / 'model.py'}, ")

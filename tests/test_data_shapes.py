@@ -444,8 +444,6 @@ def test_shapes_dataset_task_subset_and_errors(tmp_path):
     assert set(targets) == {"depth", "valid"} and set(targets["valid"]) == {"depth"}
     with pytest.raises(MtscError, match="shapes has no split 'dev'"):
         open_dataset("shapes", "dev", cache_dir=tmp_path)
-    with pytest.raises(MtscError, match=r"shapes: unknown option 'colour' \(accepted: cache_dir,"):
-        open_dataset("shapes", "val", colour=1)
     with pytest.raises(MtscError, match="shapes has no task 'edges'"):
         open_dataset("shapes", "val", tasks=("edges",))
     with pytest.raises(MtscError, match="size must be an integer or a pair"):
@@ -508,8 +506,42 @@ def test_data_shapes_command_writes_dataset_and_preview(tmp_path, capsys):
     assert picture.ndim == 3 and picture.shape[1] > 4 * 16  # four panels side by side
     ds = open_dataset(f"shapes:{tmp_path / 'out'}", "val")
     assert len(ds) == 2 and ds[0][0].shape == (3, 16, 16)
-    with pytest.raises(MtscError, match="shapes:DIR: unknown option 'seed'"):
+    with pytest.raises(MtscError) as err:
         open_dataset(f"shapes:{tmp_path / 'out'}", "val", seed=1)
+    assert err.value.message == (
+        "shapes:DIR: unknown option 'seed' (accepted: augment, flip, scales, tasks)"
+    )
+    # what the listing names is accepted
+    ds = open_dataset(
+        f"shapes:{tmp_path / 'out'}",
+        "val",
+        augment=False,
+        flip=False,
+        scales=[1.0],
+        tasks=["depth"],
+    )
+    assert set(ds[0][1]) == {"depth", "valid"}
+
+
+def test_an_unknown_shapes_option_lists_every_option_shapes_takes(tmp_path):
+    with pytest.raises(MtscError) as err:
+        open_dataset("shapes", "val", colour=1)
+    assert err.value.message == (
+        "shapes: unknown option 'colour' (accepted: augment, cache_dir, flip, n_test, n_train, "
+        "n_val, objects, scales, seed, size, tasks)"
+    )
+    ds = open_dataset(
+        "shapes",
+        "test",
+        n_test=1,
+        size=16,
+        cache_dir=tmp_path,
+        augment=True,
+        flip=False,
+        scales=[1.0, 1.5],
+        tasks=["segment"],
+    )
+    assert ds.augment and set(ds[0][1]) == {"segment", "valid"}
 
 
 def test_data_shapes_command_user_errors(tmp_path):

@@ -108,6 +108,39 @@ def test_a_different_task_set_is_rejected(tasks, shown, mini_graph):
     ]
 
 
+def misspelled(policy: dict, ops, task: str = "depth", typo: str = "dpeth") -> dict:
+    choices = {
+        op: {(typo if t == task and op in ops else t): c for t, c in per_task.items()}
+        for op, per_task in policy["choices"].items()
+    }
+    return {**policy, "choices": choices}
+
+
+def test_a_misspelled_task_in_every_op_is_one_problem(tmp_path, models_dir, run_mtsc):
+    file = tmp_path / "policy.json"
+    file.write_text(json.dumps(misspelled(POLICY, POLICY["choices"])))
+    assert stats_error(run_mtsc, models_dir, file) == (
+        f"error: {file}: the policy does not match {models_dir / MINI}\n"
+        "note: all 6 routed ops need one choice for each of ['segment', 'depth']; they have a "
+        "choice for unknown task 'dpeth' and no choice for task 'depth'\n"
+    )
+
+
+def test_ops_whose_tasks_are_wrong_the_same_way_are_named_together(mini_graph):
+    policy = misspelled(POLICY, ["body.conv1", "dw.conv1"])
+    policy["choices"]["down.conv1"] = {"segment": "skip", "depth": "specific", "edges": "skip"}
+    policy["choices"]["valid.conv1"] = "shared"
+    policy["choices"]["linear1"] = {"segment": "maybe", "depth": "skip"}
+    assert problems(policy, mini_graph) == [
+        "2 ops (body.conv1, dw.conv1) need one choice for each of ['segment', 'depth']; they "
+        "have a choice for unknown task 'dpeth' and no choice for task 'depth'",
+        "down.conv1: needs one choice for each of ['segment', 'depth']; it has a choice for "
+        "unknown task 'edges'",
+        "valid.conv1: needs one choice for each of ['segment', 'depth'], as {task: choice}",
+        "linear1/segment: 'maybe' is not one of ('shared', 'specific', 'skip')",
+    ]
+
+
 def test_prune_does_not_depend_on_the_task_order(tmp_path, models_dir, run_mtsc):
     models = []
     for name, policy in (("in_order", POLICY), ("reordered", reordered(POLICY))):

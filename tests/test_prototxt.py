@@ -887,6 +887,40 @@ def test_cli_errors_exit_2_with_a_located_message(tmp_path, capsys):
     assert err[2].strip() == "^" * len('type: "ArgMax"')
 
 
+def test_an_empty_prototxt_is_named_in_its_error(tmp_path, capsys):
+    empty = tmp_path / "empty.prototxt"
+    empty.write_text("")
+    for command in (["import", str(empty)], ["check", str(empty)]):
+        assert main(command) == 2
+        assert capsys.readouterr().err == f"error: {empty}: the network has no layers to import\n"
+
+
+@pytest.mark.parametrize("out", ["same", "other spelling", "symlink", "hard link"])
+def test_import_refuses_to_write_over_its_prototxt(out, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    source = fixture("mobilenet_dw").read_text()
+    (tmp_path / "sub").mkdir()
+    net = Path("v.prototxt")
+    net.write_text(source)
+    target = {
+        "same": "v.prototxt",
+        "other spelling": "sub/../v.prototxt",
+        "symlink": "link.prototxt",
+        "hard link": "hard.prototxt",
+    }[out]
+    Path("link.prototxt").symlink_to("v.prototxt")
+    Path("hard.prototxt").hardlink_to("v.prototxt")
+    assert main(["import", "v.prototxt", "-o", target]) == 2
+    assert capsys.readouterr() == (
+        "",
+        f"error: -o {target} would overwrite the model file v.prototxt; write the .mtl to "
+        "another file (such as v.mtl)\n",
+    )
+    assert net.read_text() == source
+    assert main(["import", "link.prototxt", "-o", "v.mtl"]) == 0  # a new file is fine
+    assert capsys.readouterr().out == "wrote v.mtl\n"
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -1036,7 +1070,7 @@ ERRORS = {
         "the network has 2 outputs ('c1', 'c2'); choose the backbone's with --output BLOB",
         'layer {\n  name: "c2"',
     ),
-    "no layers": (INPUT, None, "the network has no layers to import", None),
+    "no layers": (INPUT, None, "net.prototxt: the network has no layers to import", None),
     "input without shape": (
         'input: "data"\n' + conv("c1"),
         None,

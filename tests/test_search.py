@@ -342,6 +342,18 @@ def test_api_resume_checks_the_model_against_the_checkpoint(cli_run, tmp_path, d
     )
 
 
+def test_api_resume_of_a_train_run_is_refused(tmp_path, model_file, datasets):
+    """A training's checkpoint (its one optimizer tells it) is not a search's of no model."""
+    run = tmp_path / "run"
+    save_checkpoint(run / "last.pt", {"model": {}, "tasks": TASKS, "optimizer": {}, "step": 1})
+    with pytest.raises(MtscError) as err:
+        search(load_supermodel(model_file), *datasets, run, resume=True, progress=False, **STEPS)
+    assert err.value.message == (
+        f"{run / 'last.pt'} is a train run, not a search run; "
+        f"`mtsc train MODEL --resume {run}` continues it"
+    )
+
+
 def test_existing_run_folder_needs_resume(cli_run, tmp_path, model_file, config_file, capsys):
     run = tmp_path / "run"
     shutil.copytree(cli_run[0], run)
@@ -615,3 +627,42 @@ def test_cli_mixing_outputs_derives_the_cli_runs_policy(cli_run, workdir, model_
     assert load(out / "last.pt")["config"]["mixing"] == "outputs"
     policy = json.loads((out / "policy.json").read_text())
     assert policy == json.loads((reference / "policy.json").read_text())
+
+
+# ---------------------------------------------------------------------- MTSC_ROUTING
+
+
+def triton_runs_here() -> bool:
+    from mtsc.runtime import routing
+
+    return routing.triton is not None and torch.cuda.is_available()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("bogus", "error: MTSC_ROUTING must be auto, torch or triton, got 'bogus'"),
+        (
+            "triton",
+            "error: MTSC_ROUTING=triton needs CUDA tensors, got cpu; to run the kernels on the "
+            "CPU, set TRITON_INTERPRET=1 before this module is imported",
+        ),
+    ],
+)
+def test_a_routing_setting_the_run_cannot_take_is_refused_up_front(
+    value, message, tmp_path, model_file, config_file
+):
+    """Checked before the first step, in either mixing: with weights mixing (the CPU default)
+    the mixture may never run, and a bad value used to pass unnoticed."""
+    if value == "triton" and triton_runs_here():
+        pytest.skip("triton runs on this machine's GPU")
+    out = tmp_path / "run"
+    done = subprocess.run(
+        mtsc_command("search", model_file, "--config", config_file, "--out", out, "--no-progress"),
+        capture_output=True,
+        text=True,
+        env={**cli_env(), "MTSC_ROUTING": value, "TRITON_INTERPRET": ""},
+        timeout=120,
+    )
+    assert (done.returncode, done.stderr.strip()) == (2, message)
+    assert not out.exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,9 @@ import torch
 
 from mtsc.api import load_supermodel, search
 from mtsc.cli import main
+from mtsc.errors import MtscError
 from mtsc.runtime import train as train_module
+from mtsc.runtime.config import TrainConfig
 from mtsc.runtime.data import open_dataset
 
 TASKS = ["segment", "depth"]
@@ -233,4 +236,24 @@ def test_train_refuses_an_existing_run_without_resume(tmp_path, model_file, conf
     assert main(args) == 2
     assert capsys.readouterr().err == (
         f"error: {tmp_path} already holds a run; use --resume to continue it\n"
+    )
+
+
+def test_api_resume_of_a_search_run_is_refused(
+    searched, tmp_path, model_file, config_file, data_options, load_generated
+):
+    """A search's checkpoint (its policy's optimizer tells it) is not a training's of another
+    model."""
+    out = tmp_path / "trained"
+    assert main(["train", str(model_file), "--policy", "shared", "--config", str(config_file),
+                 "--out", str(out), "--set", "steps=0", "--no-progress"]) == 0  # fmt: skip
+    net = load_generated(out / "model.py").MultiTaskModel()
+    run = Path(shutil.copytree(searched, tmp_path / "search"))
+    splits = [open_dataset("shapes", s, **data_options) for s in ("train", "val")]
+    with pytest.raises(MtscError) as err:
+        train_module.train(net, *splits, TrainConfig(steps=1, batch_size=4), run, resume=True,
+                           progress=False)  # fmt: skip
+    assert err.value.message == (
+        f"{run / 'last.pt'} is a search run, not a train run; "
+        f"`mtsc search MODEL --resume {run}` continues it"
     )

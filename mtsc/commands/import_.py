@@ -7,6 +7,7 @@ Building the written file gives the same backbone as building the prototxt itsel
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,12 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.model)
     if path.suffix != ".prototxt":
         raise MtscError(None, f"{path}: mtsc import reads .prototxt files")
+    if args.out is not None and _same_file(Path(args.out), path):
+        raise MtscError(
+            None,
+            f"-o {args.out} would overwrite the model file {path}; write the .mtl to another "
+            f"file (such as {path.with_suffix('.mtl').name})",
+        )
     imported = import_prototxt(path, output=args.output)
     for warning in imported.warnings:
         print(warning.render(), file=sys.stderr)
@@ -44,3 +51,11 @@ def run(args: argparse.Namespace) -> int:
         write_atomic(Path(args.out), text)
         print(f"wrote {args.out}")
     return 0
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two names reach one file: another spelling, a symlink or a hard link."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False

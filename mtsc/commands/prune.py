@@ -6,6 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+# What a prune writes into its folder, in that order: model.pt only with --weights, model.svg
+# only where graphviz's `dot` draws it.
+PRUNE_FILES = ("model.py", "model.dot", "policy.json", "model.pt", "report.txt", "model.svg")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="cut the supermodel down to a policy's compact model")
@@ -22,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mtsc.codegen.dot import emit_pruned_dot
     from mtsc.codegen.torch_pruned import emit_pruned
+    from mtsc.commands import refuse_another_commands_folder
     from mtsc.deploy import prune_model, report_table, size_report, supermodel_baselines
     from mtsc.fsutil import (
         check_output_files,
@@ -34,13 +39,12 @@ def run(args: argparse.Namespace) -> int:
     from mtsc.render import dot_available, finish_render, how_to_render, start_render
 
     out = Path(args.out)
-    names = ["model.py", "model.dot", "policy.json"]  # in the order they are written
-    names += ["model.pt"] if args.weights else []
-    names += ["report.txt"]
-    names += ["model.svg"] if not args.no_svg and dot_available() else []
+    skipped = {"model.pt": not args.weights, "model.svg": args.no_svg or not dot_available()}
+    names = [name for name in PRUNE_FILES if not skipped.get(name)]
     written = [out / name for name in names]
     check_output_folder(out)  # before the work: an output that cannot be written fails at once
     check_output_files(written)
+    refuse_another_commands_folder(out, "prune")
     routing = RoutingOptions(share_bn=args.share_bn)
     pruned = prune_model(args.model, args.policy, routing=routing, fold_bn=args.fold_bn)
     g = pruned.model

@@ -88,7 +88,8 @@ def parse_sets(items: list[str]) -> dict:
 
 def run_folder(args: argparse.Namespace) -> Path:
     """The run folder, `--out DIR` or `--resume DIR`: checked before anything is written in it
-    (a resumed run must have its checkpoint)."""
+    (a resumed run must have its checkpoint; a new one takes no other command's folder)."""
+    from mtsc.commands import refuse_another_commands_folder
     from mtsc.errors import MtscError
     from mtsc.fsutil import check_output_folder
     from mtsc.runtime.trainer import CHECKPOINT
@@ -105,6 +106,8 @@ def run_folder(args: argparse.Namespace) -> Path:
     if args.resume and not (run_dir / CHECKPOINT).is_file():
         raise MtscError(None, f"nothing to resume: {run_dir / CHECKPOINT} does not exist")
     check_output_folder(run_dir)
+    if not args.resume:  # a resumed run's checkpoint says whose it is (run_settings)
+        refuse_another_commands_folder(run_dir, args.command)
     return run_dir
 
 
@@ -124,7 +127,7 @@ def run_settings(
     to learn, and a resume that continues exactly the run it says is the simple one."""
     from mtsc.runtime.checkpoint import load_checkpoint
     from mtsc.runtime.config import given_values, make_config, resumed_config
-    from mtsc.runtime.trainer import CHECKPOINT
+    from mtsc.runtime.trainer import CHECKPOINT, check_run_kind
 
     given_command = {k: v for k, v in command.items() if v is not None}
     if not args.resume:
@@ -133,6 +136,7 @@ def run_settings(
     given = given_values(cls, args.config, overrides, quick=args.quick)
     path = Path(args.resume) / CHECKPOINT
     state = load_checkpoint(path, mmap=True)  # the run loads its weights itself, later
+    check_run_kind(state, path, args.command)  # before its settings are compared with ours
     # a checkpoint from before the command settings were saved: the command line's, or defaults
     saved_command = {**COMMAND_DEFAULTS, **given_command, **(state.get("command") or {})}
     saved = resumed_config(
@@ -164,12 +168,12 @@ def undone_unless_resumable(run_dir: Path, resume: bool):
 def run(args: argparse.Namespace) -> int:
     from mtsc.api import import_generated, write_supermodel
     from mtsc.fsutil import check_output_files
+    from mtsc.model_fit import check_model_fits_data
     from mtsc.runtime.checkpoint import seed_everything
     from mtsc.runtime.config import SearchConfig
     from mtsc.runtime.data import open_dataset
     from mtsc.runtime.search import policy_table
     from mtsc.runtime.search import search as run_search
-    from mtsc.runtime.task_fit import check_heads_fit_data
     from mtsc.runtime.trainer import barrier, dist_info, init_distributed, refuse_existing_run
 
     run_dir = run_folder(args)
@@ -189,6 +193,11 @@ def run(args: argparse.Namespace) -> int:
     init_distributed()
     rank, _ = dist_info()
     check_output_files(run_dir / name for name in SEARCH_FILES)
+    data = dict(config.data)
+    train_set = open_dataset(command["data"], "train", **data)
+    val_set = open_dataset(command["data"], "val", **data)
+    # before the run folder is touched: a model that cannot take the data fails here, located
+    check_model_fits_data(args.model, val_set[0][0].shape, train_set.info, command["data"])
     # before supermodel.py is written: the run already there must stay resumable
     refuse_existing_run(run_dir, bool(args.resume))
     with undone_unless_resumable(run_dir, bool(args.resume)):
@@ -200,10 +209,6 @@ def run(args: argparse.Namespace) -> int:
         barrier()
         seed_everything(config.seed)  # torch's default seed is random: the weights need one
         supermodel = import_generated(path, "mtsc_run_supermodel").Supermodel()
-        data = dict(config.data)
-        train_set = open_dataset(command["data"], "train", **data)
-        val_set = open_dataset(command["data"], "val", **data)
-        check_heads_fit_data(supermodel.TASK_SPECS, train_set.info, command["data"])
         result = run_search(
             supermodel,
             train_set,

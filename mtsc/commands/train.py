@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             command=command,
         )
-    print(f"validation: {metrics_line(result['metrics'])}")
+    if result["metrics"]:  # none with eval_every = 0: the run never validated
+        print(f"validation: {metrics_line(result['metrics'])}")
     print_written(run_dir, TRAIN_FILES)
     return 0
 
@@ -121,12 +122,16 @@ def train_pruned(
     from mtsc.deploy import carry_weights, prune_model, read_checkpoint, size_report
     from mtsc.fsutil import write_atomic
     from mtsc.ir.passes.insert_routing import RoutingOptions
+    from mtsc.model_fit import check_model_fits_data
     from mtsc.runtime.checkpoint import seed_everything
     from mtsc.runtime.data import open_dataset
-    from mtsc.runtime.task_fit import check_heads_fit_data
     from mtsc.runtime.train import train
     from mtsc.runtime.trainer import refuse_existing_run
 
+    data_options = dict(config.data)
+    train_set = open_dataset(data, "train", **data_options)
+    val_set = open_dataset(data, "val", **data_options)
+    check_model_fits_data(model_path, val_set[0][0].shape, train_set.info, data)
     pruned = prune_model(model_path, policy, routing=RoutingOptions(share_bn=share_bn))
     name = policy if isinstance(policy, str) else "policy.json"
     source = emit_pruned(pruned.model, source_name=str(model_path), policy_name=str(name)).text
@@ -143,10 +148,6 @@ def train_pruned(
     net = module.MultiTaskModel()
     if start is not None:
         net.load_state_dict(start)
-    data_options = dict(config.data)
-    train_set = open_dataset(data, "train", **data_options)
-    val_set = open_dataset(data, "val", **data_options)
-    check_heads_fit_data(net.TASK_SPECS, train_set.info, data)
     result = train(
         net, train_set, val_set, config, run_dir, resume=resume, progress=progress, command=command
     )

@@ -44,7 +44,9 @@ from mtsc.runtime.data.shapes import (
     read_split,
 )
 
-COMMON_OPTIONS = ("tasks", "augment", "scales", "flip", "size")
+# every kind of dataset takes these (taken out of the options before `_check_options`)
+EVERY_KIND_OPTIONS = ("tasks", "augment", "scales", "flip")
+COMMON_OPTIONS = (*EVERY_KIND_OPTIONS, "size")
 SHAPES_RENDER_OPTIONS = ("objects", "seed", "n_train", "n_val", "n_test", "cache_dir")
 SPEC_FORMS = "shapes, shapes:DIR, nyuv2:PATH or cityscapes:PATH"
 
@@ -134,12 +136,14 @@ def _parse_spec(spec: str) -> tuple[str, str]:
     return kind, path
 
 
-def _check_options(kind: str, options: dict, accepted: tuple[str, ...]) -> None:
+def _check_options(kind: str, options: dict, own: tuple[str, ...]) -> None:
+    """Refuse options that `kind` does not take: those it takes are `own` and, already taken
+    out of `options`, `EVERY_KIND_OPTIONS`."""
+    accepted = sorted({*EVERY_KIND_OPTIONS, *own})
     for name in sorted(options):
         if name not in accepted:
             raise MtscError(
-                None,
-                f"{kind}: unknown option {name!r} (accepted: {', '.join(sorted(accepted))})",
+                None, f"{kind}: unknown option {name!r} (accepted: {', '.join(accepted)})"
             )
 
 
