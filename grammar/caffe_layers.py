@@ -582,7 +582,8 @@ CONVERTERS: dict[str, Converter] = {
     "Slice": slice_,
     "TanH": _simple(Op.TANH),
 }
-SUPPORTED_TYPES = tuple(sorted({*CONVERTERS, "Input", "Softmax"}))
+# Split computes nothing: its tops are its bottom again (the importer's data flow says so).
+SUPPORTED_TYPES = tuple(sorted({*CONVERTERS, "Input", "Softmax", "Split"}))
 
 # How many bottoms each type takes: (at least, at most); None is "any number".
 BOTTOMS: dict[str, tuple[int, int | None]] = {
@@ -613,5 +614,6 @@ V1_TYPES = {
     "SIGMOID": "Sigmoid",
     "SLICE": "Slice",
     "SOFTMAX": "Softmax",
+    "SPLIT": "Split",
     "TANH": "TanH",
 }

@@ -6,7 +6,8 @@
    network of the file's `state`) are left out and listed in the notes.
 3. Declare the inputs (`input` + `input_dim`, `input` + `input_shape`, or `Input` layers).
 4. Trace what each bottom reads: a blob name means the value its latest writer produced, so
-   in-place layers and layers writing a top again need nothing special.
+   in-place layers and layers writing a top again need nothing special; a Split's tops name
+   its bottom's value.
 5. Choose the backbone output: `output` (a blob name) if given, else the one blob no layer
    reads, a final Softmax dropped.
 6. Convert the layers that output needs, in file order, fusing BatchNorm + Scale pairs and
@@ -318,6 +319,16 @@ def _trace(layers: list[Layer], inputs: list[_Input]) -> _Flow:
                 )
             reads.append(v)
         first_reader = first_reader and not layer.bottoms
+        if layer.type == "Split":  # each top is the bottom's value again: no node, no copy
+            if len(reads) != 1:
+                raise layer.error(
+                    f"takes 1 bottom(s), got {len(reads)}", "bottom" if reads else None
+                )
+            for blob in layer.tops:
+                flow.final[blob] = reads[0]
+            flow.reads.append(reads)
+            flow.writes.append([])
+            continue
         dims = _input_layer_dims(layer) if layer.type == "Input" else None
         where = layer.block.field_span("input_param")
         writes = []
@@ -396,7 +407,11 @@ def _used(flow: _Flow, needed: set[int]) -> list[int]:
 
 def _dropped_notes(layers: list[Layer], flow: _Flow, out: int, needed: set[int]) -> tuple[str, ...]:
     used = {flow.values[v].layer for v in needed}
-    dropped = [f"{layer.name} ({layer.type})" for layer in layers if layer.index not in used]
+    dropped = [
+        f"{layer.name} ({layer.type})"
+        for layer in layers
+        if layer.index not in used and layer.type != "Split"  # a Split makes no value
+    ]
     unused = [
         flow.values[v].blob
         for v in range(len(flow.values))

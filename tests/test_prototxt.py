@@ -424,6 +424,34 @@ def test_the_forks_depthwise_convolutions_are_grouped_per_channel(type_):
     assert info.value.span.line == line_of(text, "convolution_param")
 
 
+def test_a_split_gives_its_bottom_under_each_top():
+    """Caffe's Split copies its bottom to every top: the tops are the bottom's value, read by
+    each branch, with no node of its own and no note of a layer left out."""
+    text = INPUT + (
+        conv("c")
+        + layer("split", "Split", "c", top="c_a").replace('top: "c_a"', 'top: "c_a"\n  top: "c_b"')
+        + layer("r", "ReLU", "c_a")
+        + layer("s", "Sigmoid", "c_b")
+        + layer("sum", "Eltwise", "r", "s")
+    )
+    imported = import_text(text, "net.prototxt")
+    g = imported.graph
+    named = nodes_by_name(g)
+    assert "split" not in named and imported.notes == ()
+    for name in ("r", "s"):
+        assert [g.node(n).name for n in g.inputs(g.by_name()[name])] == ["c"]
+    v1 = INPUT + (
+        'layers { name: "sp" type: SPLIT bottom: "data" top: "a" top: "b" }\n'
+        'layers { name: "cat" type: CONCAT bottom: "a" bottom: "b" top: "cat" }\n'
+    )
+    cat = import_text(v1, "net.prototxt").graph
+    assert nodes_by_name(cat)["cat"].shape == (6, 8, 8)
+    bad = INPUT + conv("c") + layer("split", "Split", "c", "data")
+    with pytest.raises(MtscError) as info:
+        import_text(bad, "net.prototxt")
+    assert info.value.message == "layer 'split' (Split): takes 1 bottom(s), got 2"
+
+
 def test_a_convolution_takes_pad_h_or_pad_w_alone():
     """Caffe's convolution reads pad_h and pad_w when either is set, the other being 0
     (pooling needs both: an error above)."""
@@ -1012,18 +1040,18 @@ ERRORS = {
         "Concat, Convolution, ConvolutionDepthwise, Crop, Deconvolution, DepthwiseConvolution, "
         "Dropout, Eltwise, Flatten, InnerProduct, "
         "Input, Interp, LRN, PReLU, Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Slice, Softmax, "
-        "TanH (to import the network up to a blob before this layer, use --output BLOB)",
+        "Split, TanH (to import the network up to a blob before this layer, use --output BLOB)",
         'type: "ArgMax"',
     ),
     "unsupported V1 type": (
-        INPUT + 'layers { name: "l" type: SPLIT bottom: "data" top: "l" }',
+        INPUT + 'layers { name: "l" type: ARGMAX bottom: "data" top: "l" }',
         None,
-        "layer 'l' (SPLIT): unsupported layer type 'SPLIT'; mtsc supports Axpy, BN, BatchNorm, "
+        "layer 'l' (ARGMAX): unsupported layer type 'ARGMAX'; mtsc supports Axpy, BN, BatchNorm, "
         "Concat, Convolution, ConvolutionDepthwise, Crop, Deconvolution, DepthwiseConvolution, "
         "Dropout, Eltwise, Flatten, InnerProduct, "
         "Input, Interp, LRN, PReLU, Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Slice, Softmax, "
-        "TanH (to import the network up to a blob before this layer, use --output BLOB)",
-        "type: SPLIT",
+        "Split, TanH (to import the network up to a blob before this layer, use --output BLOB)",
+        "type: ARGMAX",
     ),
     "softmax inside": (
         INPUT + layer("sm", "Softmax", "data") + layer("r", "ReLU", "sm"),
