@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mtsc.errors import MtscError
+from mtsc.errors import MtscError, Span
 from mtsc.fsutil import read_source
 from mtsc.ir.graph import Graph
 from mtsc.ir.ops import ROUTABLE, Op
@@ -44,11 +44,14 @@ def read_policy(spec: str, g: Graph) -> dict:
         return uniform_policy(g.name, tasks, list(ops), spec)
     path = Path(spec)
     try:
-        policy = json.loads(read_source(path))
+        text = read_source(path)
     except OSError as err:
         raise MtscError(None, f"cannot read policy {path}: {err.strerror}") from None
+    try:
+        policy = json.loads(text)
     except json.JSONDecodeError as err:
-        raise MtscError(None, f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+        span = Span(str(path), err.lineno, err.colno, source=text)
+        raise MtscError(span, f"invalid JSON: {err.msg}") from None
     problems = check_policy(policy, g.name, tasks, ops, pinned_ops(g))
     if problems:
         raise MtscError(

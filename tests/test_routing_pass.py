@@ -408,7 +408,7 @@ def test_graph_command_shows_the_policy(models_dir, tmp_path, run_mtsc) -> None:
                 "note: body.conv1: needs one choice for each of ['segment', 'depth']",
             ],
         ),
-        ("{bad", ["policy.json:1:2: invalid JSON: Expecting property name"]),
+        ("{bad", ["policy.json:1:2: error: invalid JSON: Expecting property name"]),
         (None, ["cannot read policy", "policy.json: No such file or directory"]),
     ],
     ids=["mismatch", "json", "missing"],
