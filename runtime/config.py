@@ -113,7 +113,8 @@ def make_config(
 ) -> Any:
     """Defaults, then `--quick`, then the TOML file, then command-line overrides."""
     config = cls(**given_values(cls, toml_path, overrides, quick=quick))
-    _check(config)
+    text = _read_toml(Path(toml_path)) if toml_path is not None else ""
+    _refuse(_check(config), text, toml_path, overrides)
     return config
 
 
@@ -137,8 +138,26 @@ def given_values(
             min((s for s in spans if s is not None), key=lambda s: s.line, default=None),
             f"unknown config keys: {', '.join(unknown)}; known: {', '.join(sorted(known))}",
         )
-    _check_types(cls, values)
+    _refuse(_check_types(cls, values), text, toml_path, overrides)
     return values
+
+
+def _refuse(
+    problems: list[tuple[str, str]],
+    text: str = "",
+    toml_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> None:
+    """Raise the config's problems (key, what is wrong) as one error, located at the first
+    line of the TOML file that sets one of those keys (not one a command-line value set)."""
+    if not problems:
+        return
+    from_file = [k for k, _ in problems if (overrides or {}).get(k) is None]
+    spans = [_key_span(text, str(toml_path), k) for k in from_file] if text else []
+    raise MtscError(
+        min((s for s in spans if s is not None), key=lambda s: s.line, default=None),
+        "bad config: " + "; ".join(message for _, message in problems),
+    )
 
 
 def _read_toml(path: Path) -> str:
@@ -210,9 +229,9 @@ def saved_config(cls: type, saved: dict[str, Any]) -> Any:
     dropped, one it added keeps its default."""
     known = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in saved.items() if k in known}
-    _check_types(cls, values)
+    _refuse(_check_types(cls, values))
     config = cls(**values)
-    _check(config)
+    _refuse(_check(config))
     return config
 
 
@@ -236,8 +255,9 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def _check_types(cls: type, values: dict[str, Any]) -> None:
-    """TOML and --set give typed values; a wrong type is a user's mistake, not a traceback."""
+def _check_types(cls: type, values: dict[str, Any]) -> list[tuple[str, str]]:
+    """TOML and --set give typed values; a wrong type is a user's mistake, not a traceback.
+    Returns the problems: (key, what is wrong)."""
     hints = typing.get_type_hints(cls)
     problems = []
     for name, value in values.items():
@@ -248,9 +268,8 @@ def _check_types(cls: type, values: dict[str, Any]) -> None:
             values[name] = float(value)  # TOML writes 1 for 1.0
         elif (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
             wanted = " or ".join("none" if a is type(None) else a.__name__ for a in allowed)
-            problems.append(f"{name} must be {wanted}, got {value!r}")
-    if problems:
-        raise MtscError(None, "bad config: " + "; ".join(problems))
+            problems.append((name, f"{name} must be {wanted}, got {value!r}"))
+    return problems
 
 
 # (names, test, wording): the ranges of the numeric values; `_check` skips the names its
@@ -296,19 +315,19 @@ _RANGES = (
 )
 
 
-def _check(config: Any) -> None:
+def _check(config: Any) -> list[tuple[str, str]]:
+    """The values out of range: (key, what is wrong)."""
     problems = []
     for names, allowed, wording in _RANGES:
         for name in names:
             if hasattr(config, name) and not allowed(getattr(config, name)):
-                problems.append(f"{name} must be {wording}")
+                problems.append((name, f"{name} must be {wording}"))
     if getattr(config, "budget", None) is not None and not 0 < config.budget <= 1:
-        problems.append("budget must be a fraction in (0, 1]")
+        problems.append(("budget", "budget must be a fraction in (0, 1]"))
     if getattr(config, "derive", "argmax") not in ("argmax", "sample"):
-        problems.append("derive must be 'argmax' or 'sample'")
+        problems.append(("derive", "derive must be 'argmax' or 'sample'"))
     if getattr(config, "mixing", "auto") not in MIXING_CHOICES:
-        problems.append("mixing must be 'auto', 'outputs' or 'weights'")
+        problems.append(("mixing", "mixing must be 'auto', 'outputs' or 'weights'"))
     if config.amp not in (None, "bf16", "fp16"):
-        problems.append("amp must be bf16 or fp16")
-    if problems:
-        raise MtscError(None, "bad config: " + "; ".join(problems))
+        problems.append(("amp", "amp must be bf16 or fp16"))
+    return problems

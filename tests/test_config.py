@@ -209,6 +209,21 @@ def test_unknown_keys_in_a_toml_file_are_shown_where_the_file_sets_them(tmp_path
     assert _error(SearchConfig, {"lr": 0.1}, toml).span is None  # from --set: no place
 
 
+def test_bad_values_in_a_toml_file_are_shown_where_the_file_sets_them(tmp_path):
+    """A wrong type or a value out of range, located at the first line that sets one; a
+    value the command line gave (and overrode the file with) has no place in the file."""
+    toml = tmp_path / "c.toml"
+    toml.write_text("seed = 1\namp = 'fp8'\nbatch_size = 0\n")
+    err = _error(SearchConfig, {}, toml)
+    assert err.render().splitlines()[:2] == [
+        f"{toml}:2:1: error: bad config: batch_size must be at least 1; amp must be bf16 or fp16",
+        "    amp = 'fp8'",
+    ]
+    toml.write_text("seed = 1\nwarmup_steps = 'many'\n")
+    assert str(_error(SearchConfig, {}, toml).span) == f"{toml}:2:1"
+    assert _error(SearchConfig, {"warmup_steps": "x"}, toml).span is None  # --set's value
+
+
 def test_missing_toml_file(tmp_path):
     missing = tmp_path / "none.toml"
     assert _message(SearchConfig, {}, missing) == (
