@@ -320,10 +320,7 @@ def _trace(layers: list[Layer], inputs: list[_Input]) -> _Flow:
             reads.append(v)
         first_reader = first_reader and not layer.bottoms
         if layer.type == "Split":  # each top is the bottom's value again: no node, no copy
-            if len(reads) != 1:
-                raise layer.error(
-                    f"takes 1 bottom(s), got {len(reads)}", "bottom" if reads else None
-                )
+            _check_bottom_count(layer)
             for blob in layer.tops:
                 flow.final[blob] = reads[0]
             flow.reads.append(reads)
@@ -338,6 +335,14 @@ def _trace(layers: list[Layer], inputs: list[_Input]) -> _Flow:
         flow.reads.append(reads)
         flow.writes.append(writes)
     return flow
+
+
+def _check_bottom_count(layer: Layer) -> None:
+    low, high = BOTTOMS.get(layer.type, (1, 1))
+    n = len(layer.bottoms)
+    if n < low or (high is not None and n > high):
+        want = str(low) if low == high else f"at least {low}"
+        raise layer.error(f"takes {want} bottom(s), got {n}", "bottom" if n else None)
 
 
 def _choose_output(layers: list[Layer], flow: _Flow, output: str | None, file: str) -> int:
@@ -603,11 +608,7 @@ class _Builder:
             raise layer.error("writes a top twice; each top of a layer needs its own name", "top")
         if len(layer.tops) != 1 and not mask and layer.type != "Slice":
             raise layer.error(f"has {len(layer.tops)} tops; mtsc needs exactly one", "top")
-        low, high = BOTTOMS.get(layer.type, (1, 1))
-        n = len(layer.bottoms)
-        if n < low or (high is not None and n > high):
-            want = str(low) if low == high else f"at least {low}"
-            raise layer.error(f"takes {want} bottom(s), got {n}", "bottom" if n else None)
+        _check_bottom_count(layer)
 
     def _fuse_scale(self, layer: Layer, ins: list[int]) -> int | None:
         """A Scale with bias right after a BatchNorm is that batchnorm's affine part."""
