@@ -112,8 +112,8 @@ def make_config(
     cls: type, toml_path: str | Path | None, overrides: dict[str, Any], *, quick: bool = False
 ) -> Any:
     """Defaults, then `--quick`, then the TOML file, then command-line overrides."""
-    config = cls(**given_values(cls, toml_path, overrides, quick=quick))
-    text = _read_toml(Path(toml_path)) if toml_path is not None else ""
+    values, text = _given(cls, toml_path, overrides, quick=quick)
+    config = cls(**values)
     _refuse(_check(config), text, toml_path, overrides)
     return config
 
@@ -123,6 +123,13 @@ def given_values(
 ) -> dict[str, Any]:
     """The values a command sets (`--quick`'s, then the TOML file's, then the overrides that
     are not None), checked for names and types; the rest keep the defaults."""
+    return _given(cls, toml_path, overrides, quick=quick)[0]
+
+
+def _given(
+    cls: type, toml_path: str | Path | None, overrides: dict[str, Any], *, quick: bool
+) -> tuple[dict[str, Any], str]:
+    """`given_values`, and the TOML file's text ("" without one) for locating later errors."""
     values: dict[str, Any] = dict(QUICK[cls]) if quick else {}
     text = ""
     if toml_path is not None:
@@ -133,13 +140,12 @@ def given_values(
     unknown = sorted(set(values) - set(known))
     if unknown:
         # located at the first one the file sets; those from --set have no place to show
-        spans = [_key_span(text, str(toml_path), k) for k in unknown] if text else []
         raise MtscError(
-            min((s for s in spans if s is not None), key=lambda s: s.line, default=None),
+            _where_set(text, toml_path, unknown),
             f"unknown config keys: {', '.join(unknown)}; known: {', '.join(sorted(known))}",
         )
     _refuse(_check_types(cls, values), text, toml_path, overrides)
-    return values
+    return values, text
 
 
 def _refuse(
@@ -153,11 +159,16 @@ def _refuse(
     if not problems:
         return
     from_file = [k for k, _ in problems if (overrides or {}).get(k) is None]
-    spans = [_key_span(text, str(toml_path), k) for k in from_file] if text else []
     raise MtscError(
-        min((s for s in spans if s is not None), key=lambda s: s.line, default=None),
+        _where_set(text, toml_path, from_file),
         "bad config: " + "; ".join(message for _, message in problems),
     )
+
+
+def _where_set(text: str, toml_path: str | Path | None, keys: list[str]) -> Span | None:
+    """The first line of the TOML `text` that sets one of `keys`; None if none does."""
+    spans = [_key_span(text, str(toml_path), k) for k in keys] if text else []
+    return min((s for s in spans if s is not None), key=lambda s: s.line, default=None)
 
 
 def _read_toml(path: Path) -> str:
