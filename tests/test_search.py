@@ -641,7 +641,7 @@ def triton_runs_here() -> bool:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("bogus", "error: MTSC_ROUTING must be auto, torch or triton, got 'bogus'"),
+        ("bogus", "error: MTSC_ROUTING must be 'triton', 'torch' or 'auto', got 'bogus'"),
         (
             "triton",
             "error: MTSC_ROUTING=triton needs CUDA tensors, got cpu; to run the kernels on the "
