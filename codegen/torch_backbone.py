@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtsc.codegen.pyliteral import docstring_text
 from mtsc.codegen.torch_common import (
     constructor,
     emit_forward,
@@ -35,12 +34,11 @@ def emit_backbone(g: Graph, *, source_name: str, class_name: str = "Backbone") -
         f"{g.name}: input {inputs} -> output {shape_text(g.node(out_id).shape)}; "
         f"{summary.params:,} parameters, {summary.macs:,} MACs, {summary.ops} ops."
     )
-    w.line(f'"""{docstring_text(f"The {g.name} backbone, compiled by mtsc.")}"""')
+    w.docstring(f"The {g.name} backbone, compiled by mtsc.")
     w.blank()
     body = SourceWriter()
     with body.indent():
-        doc = f"Input {inputs} (any size the network can take); returns one tensor."
-        body.line(f'"""{docstring_text(doc)}"""')
+        body.docstring(f"Input {inputs} (any size the network can take); returns one tensor.")
         body.blank()
         attrs = emit_init(body, g)
         body.blank()

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from mtsc.codegen.names import sanitize
-from mtsc.codegen.pyliteral import docstring_text, py_literal
+from mtsc.codegen.pyliteral import py_literal
 from mtsc.codegen.torch_backbone import GeneratedSource, emit_init
 from mtsc.codegen.torch_common import (
     emit_forward,
@@ -62,7 +62,7 @@ def emit_pruned(g: Graph, *, source_name: str, policy_name: str) -> GeneratedSou
         f"{g.name}: input {inputs}; tasks {', '.join(tasks)}; "
         f"{unique_params(g):,} parameters, {summary.macs:,} MACs."
     )
-    w.line(f'"""{docstring_text(f"The pruned {g.name} multi-task model, compiled by mtsc.")}"""')
+    w.docstring(f"The pruned {g.name} multi-task model, compiled by mtsc.")
     w.blank()
     # ClassVar: linters flag a mutable class attribute that is not marked as one (RUF012).
     w.line("from typing import ClassVar")

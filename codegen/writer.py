@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from mtsc.codegen.pyliteral import comment_text
+from mtsc.codegen.pyliteral import comment_text, docstring_text
 
 
 class SourceWriter:
@@ -23,6 +23,10 @@ class SourceWriter:
     def comment(self, text: str) -> None:
         """A `#` comment line; names in `text` may hold anything, a newline included."""
         self.line(f"# {comment_text(text)}")
+
+    def docstring(self, text: str) -> None:
+        """A one-line docstring whose value is `text`, whatever names it holds."""
+        self.line(f'"""{docstring_text(text)}"""')
 
     def blank(self) -> None:
         if self._lines and self._lines[-1]:
