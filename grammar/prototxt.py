@@ -351,7 +351,7 @@ def _choose_output(layers: list[Layer], flow: _Flow, output: str | None, file: s
         if out is None:
             raise MtscError(
                 None,
-                f"--output {output!r}: the network has no blob of that name"
+                f"{file}: --output {output!r}: the network has no blob of that name"
                 + did_you_mean(output, sorted(flow.final)),
             )
     else:
@@ -379,8 +379,11 @@ def _choose_output(layers: list[Layer], flow: _Flow, output: str | None, file: s
                 "with --output BLOB",
             )
         out = ends[0]
-    if flow.values[out].input is not None:
-        raise MtscError(None, f"the output {flow.values[out].blob!r} is an input of the network")
+    declared = flow.values[out].input
+    if declared is not None:
+        raise MtscError(
+            declared.span, f"the output {flow.values[out].blob!r} is an input of the network"
+        )
     return out
 
 

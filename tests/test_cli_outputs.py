@@ -16,7 +16,9 @@ import torch
 
 from mtsc.cli import main
 from mtsc.codegen.torch_supermodel import emit_supermodel
+from mtsc.commands import refuse_another_commands_folder
 from mtsc.driver import load_supermodel
+from mtsc.errors import MtscError
 from mtsc.runtime.data import open_dataset
 
 MODEL = Path(__file__).parent / "models" / "two_tasks.mtl"
@@ -433,6 +435,18 @@ def test_a_build_folder_and_a_users_files_are_no_other_commands(tmp_path, model_
     (out / "notes.txt").write_text("mine\n")
     out_lines(["prune", model_file, "--policy", "shared", "-o", out, "--no-svg"], capsys)
     assert {"supermodel.py", "notes.txt", "model.py", "report.txt"} <= set(files_below(out))
+
+
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_a_users_own_model_and_policy_alone_are_no_other_commands(command, tmp_path):
+    """A model.py or policy.json is what prune writes, but also what users name their own
+    files; with prune's report beside them, the folder is prune's."""
+    (tmp_path / "model.py").write_text("# mine\n")
+    (tmp_path / "policy.json").write_text("{}\n")
+    refuse_another_commands_folder(tmp_path, command)
+    (tmp_path / "report.txt").write_text("")
+    with pytest.raises(MtscError, match=r"holds the outputs of `mtsc prune` \(model.py, policy"):
+        refuse_another_commands_folder(tmp_path, command)
 
 
 @pytest.mark.parametrize(("command", "kind"), [("train", "search"), ("search", "train")])

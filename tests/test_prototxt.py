@@ -896,7 +896,8 @@ def test_mtsc_build_and_import_commands(tmp_path, run_mtsc):
 def test_cli_errors_exit_2_with_a_located_message(tmp_path, capsys):
     assert main(["check", str(fixture("resnet_bottleneck")), "--output", "res3b"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: --output 'res3b': the network has no blob of that name (did you mean 'res3a'?)"
+        f"error: {fixture('resnet_bottleneck')}: --output 'res3b': the network has no blob of "
+        "that name (did you mean 'res3a'?)"
     )
     assert main(["import", str(FIXTURES.parent.parent / "test_prototxt.py")]) == 2
     assert "mtsc import reads .prototxt files" in capsys.readouterr().err
@@ -1083,14 +1084,15 @@ ERRORS = {
     "unknown output": (
         INPUT + conv("conv1"),
         "conv9",
-        "--output 'conv9': the network has no blob of that name (did you mean 'conv1'?)",
+        "net.prototxt: --output 'conv9': the network has no blob of that name "
+        "(did you mean 'conv1'?)",
         None,
     ),
     "output is an input": (
         INPUT + conv("c1"),
         "data",
         "the output 'data' is an input of the network",
-        None,
+        'input: "data"',
     ),
     "two outputs": (
         INPUT + conv("c1") + conv("c2"),

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Names a user gives their own files too (a hand-written model or policy): alone, they do not
+# make a folder another command's.
+USERS_OWN_NAMES = frozenset({"model.py", "policy.json"})
+
 
 def refuse_another_commands_folder(folder: Path, command: str) -> None:
     """Refuse, before anything is written, a `folder` that holds the outputs of another of
@@ -21,7 +25,7 @@ def refuse_another_commands_folder(folder: Path, command: str) -> None:
     outputs = {"prune": PRUNE_FILES, "train": TRAIN_FILES, "search": SEARCH_FILES}
     folder = Path(folder)
     present = {name for names in outputs.values() for name in names if (folder / name).exists()}
-    if not present - set(outputs[command]) - set(BUILD_OUTPUTS):
+    if not present - set(outputs[command]) - set(BUILD_OUTPUTS) - USERS_OWN_NAMES:
         return
     # whose: the command that writes the most of them (train and search both write last.pt)
     owner = max((c for c in outputs if c != command), key=lambda c: len(present & {*outputs[c]}))
