@@ -106,6 +106,7 @@ def _pair(
 PARAM_FIELDS = {
     "BN": "bn_param",
     "BatchNorm": "batch_norm_param",
+    "Clip": "clip_param",
     "Concat": "concat_param",
     "Convolution": "convolution_param",
     "ConvolutionDepthwise": "convolution_param",
@@ -113,12 +114,14 @@ PARAM_FIELDS = {
     "Deconvolution": "convolution_param",
     "DepthwiseConvolution": "convolution_param",
     "Dropout": "dropout_param",
+    "ELU": "elu_param",
     "Eltwise": "eltwise_param",
     "Flatten": "flatten_param",
     "InnerProduct": "inner_product_param",
     "Interp": "interp_param",
     "LRN": "lrn_param",
     "Pooling": "pooling_param",
+    "Power": "power_param",
     "PReLU": "prelu_param",
     "ReLU": "relu_param",
     "Reshape": "reshape_param",
@@ -331,6 +334,23 @@ def relu(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
 
 def prelu(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     return [Step(Op.PRELU, {"channel_shared": _params(layer).channel_shared})]
+
+
+def elu(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    return [Step(Op.ELU, {"alpha": f32(_params(layer).alpha)})]
+
+
+def power(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    p = _params(layer)
+    return [Step(Op.POWER, {k: f32(getattr(p, k)) for k in ("power", "scale", "shift")})]
+
+
+def clip(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    p = _params(layer)
+    missing = [k for k in ("min", "max") if not p.HasField(k)]
+    if missing:
+        raise layer.error(f"clip_param needs {' and '.join(missing)}", "clip_param")
+    return [Step(Op.CLIP, {"min": f32(p.min), "max": f32(p.max)})]
 
 
 def _simple(op: Op) -> Converter:
@@ -557,9 +577,11 @@ def lrn(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
 
 # The types the importer converts; Input and Softmax are handled by the importer itself.
 CONVERTERS: dict[str, Converter] = {
+    "AbsVal": _simple(Op.ABS),
     "Axpy": axpy,
     "BN": bn,
     "BatchNorm": batch_norm,
+    "Clip": clip,
     "Concat": concat,
     "Convolution": convolution,
     "ConvolutionDepthwise": depthwise_convolution,
@@ -567,12 +589,14 @@ CONVERTERS: dict[str, Converter] = {
     "Deconvolution": deconvolution,
     "DepthwiseConvolution": depthwise_convolution,
     "Dropout": dropout,
+    "ELU": elu,
     "Eltwise": eltwise,
     "Flatten": flatten,
     "InnerProduct": inner_product,
     "Interp": interp,
     "LRN": lrn,
     "Pooling": pooling,
+    "Power": power,
     "PReLU": prelu,
     "ReLU": relu,
     "ReLU6": _simple(Op.RELU6),
@@ -601,6 +625,7 @@ GATES: dict[str, tuple[int, int]] = {"Axpy": (0, 1), "Scale": (1, 0)}
 
 # Caffe's first format names types with an enum; these are the supported ones.
 V1_TYPES = {
+    "ABSVAL": "AbsVal",
     "CONCAT": "Concat",
     "CONVOLUTION": "Convolution",
     "DECONVOLUTION": "Deconvolution",
@@ -610,6 +635,7 @@ V1_TYPES = {
     "INNER_PRODUCT": "InnerProduct",
     "LRN": "LRN",
     "POOLING": "Pooling",
+    "POWER": "Power",
     "RELU": "ReLU",
     "SIGMOID": "Sigmoid",
     "SLICE": "Slice",

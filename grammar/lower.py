@@ -561,8 +561,8 @@ class Lowerer:
         if name in self.blocks:
             return self.call_block(call, positional, kwargs, scope)
         op = OP_ALIASES.get(name) or op_by_name(name)
-        if name == "max" and not any(isinstance(v, Tensor) for v in positional):
-            op = None
+        if name in BUILTINS and not any(isinstance(v, Tensor) for v in positional):
+            op = None  # max() and abs() of numbers are the built-ins; of tensors, ops
         if op is not None and op is not Op.INPUT:
             return self.call_op(op, name, call, positional, kwargs, kw_spans, scope)
         builtin = BUILTINS.get(name)

@@ -531,6 +531,9 @@ class _Builder:
             name = layer.name + step.suffix
             try:
                 attrs = spec_of(step.op).normalize(step.attrs)
+            except OpError as err:  # a setting out of range: at the layer's parameter block
+                raise layer.error(str(err), PARAM_FIELDS.get(layer.type)) from None
+            try:
                 shape = infer_shape(step.op, attrs, shapes)
             except OpError as err:
                 raise layer.error(str(err)) from None

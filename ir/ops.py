@@ -32,6 +32,10 @@ class Op(enum.Enum):
     TANH = "tanh"
     SILU = "silu"
     HARDSWISH = "hardswish"
+    ELU = "elu"
+    ABS = "abs"
+    POWER = "power"
+    CLIP = "clip"
     MAXPOOL = "maxpool"
     AVGPOOL = "avgpool"
     ADD = "add"
@@ -547,6 +551,70 @@ _register(
         shape=_same_shape,
         torch=TorchModule("nn.LeakyReLU", lambda a, i: ((a["slope"],), {})),
         doc="x if x > 0 else slope * x",
+    )
+)
+
+
+_register(
+    OpSpec(
+        Op.ELU,
+        attrs=(Attr("alpha", Kind.FLOAT, 1.0),),
+        shape=_same_shape,
+        torch=TorchModule("nn.ELU", lambda a, i: ((a["alpha"],) if a["alpha"] != 1.0 else (), {})),
+        doc="x if x > 0 else alpha * (exp(x) - 1)",
+    )
+)
+
+_register(
+    OpSpec(
+        Op.ABS,
+        attrs=(),
+        shape=_same_shape,
+        torch=TorchExpr(lambda a, xs: f"{xs[0]}.abs()"),
+        doc="|x|",
+    )
+)
+
+
+def _power_expr(a: Mapping[str, Any], xs: Sequence[str]) -> str:
+    expr = xs[0] if a["scale"] == 1.0 else f"{a['scale']!r} * {xs[0]}"
+    if a["shift"] != 0.0:
+        sign = "-" if a["shift"] < 0 else "+"
+        expr = f"{expr} {sign} {abs(a['shift'])!r}"
+    if a["power"] == 1.0:
+        return expr
+    base = expr if expr == xs[0] else f"({expr})"
+    return f"{base} ** {a['power']!r}"
+
+
+_register(
+    OpSpec(
+        Op.POWER,
+        attrs=(
+            Attr("power", Kind.FLOAT, 1.0),
+            Attr("scale", Kind.FLOAT, 1.0),
+            Attr("shift", Kind.FLOAT, 0.0),
+        ),
+        shape=_same_shape,
+        torch=TorchExpr(_power_expr),
+        doc="(shift + scale * x) ** power (Caffe's Power layer)",
+    )
+)
+
+
+def _clip_finish(a: dict[str, Any]) -> None:
+    if a["min"] > a["max"]:
+        raise OpError(f"clip: min {a['min']:g} is above max {a['max']:g}")
+
+
+_register(
+    OpSpec(
+        Op.CLIP,
+        attrs=(Attr("min", Kind.FLOAT), Attr("max", Kind.FLOAT)),
+        shape=_same_shape,
+        torch=TorchExpr(lambda a, xs: f"{xs[0]}.clamp({a['min']!r}, {a['max']!r})"),
+        finish=_clip_finish,
+        doc="x limited to [min, max]",
     )
 )
 

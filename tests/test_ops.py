@@ -102,6 +102,26 @@ CASES = [
         lambda m, a: torch.where(a > 0, a, 0.3 * a),
     ),
     (
+        "elu",
+        {"a": (3, 4, 5)},
+        "elu(a, alpha=0.5)",
+        lambda m, a: torch.where(a > 0, a, 0.5 * (torch.exp(a) - 1)),
+    ),
+    ("abs", {"a": (3, 4, 5)}, "abs(a)", lambda m, a: torch.where(a < 0, -a, a)),
+    (
+        "power",
+        {"a": (3, 4, 5)},
+        "power(a, power=3, scale=0.5, shift=-1)",
+        lambda m, a: (0.5 * a - 1) * (0.5 * a - 1) * (0.5 * a - 1),
+    ),
+    ("power_affine", {"a": (3, 4, 5)}, "power(a, shift=2)", lambda m, a: a + 2),
+    (
+        "clip",
+        {"a": (3, 4, 5)},
+        "clip(a, min=-0.5, max=0.25)",
+        lambda m, a: torch.minimum(torch.maximum(a, torch.tensor(-0.5)), torch.tensor(0.25)),
+    ),
+    (
         "prelu",
         {"a": (3, 4, 5)},
         "prelu(a)",
@@ -537,6 +557,8 @@ def test_normalize_resolves_aliases_and_fills_defaults() -> None:
         ),
         (Op.DROPOUT, {"p": 1}, "dropout: p must be below 1, got 1.0"),
         (Op.LINEAR, {"out": 0}, "out must be at least 1, got 0"),
+        (Op.CLIP, {"min": 1, "max": 0.5}, "clip: min 1 is above max 0.5"),
+        (Op.CLIP, {"max": 6}, "clip: missing required attribute 'min'"),
     ],
 )
 def test_attribute_errors(op, attrs, message) -> None:

@@ -65,6 +65,8 @@ FIXTURE_SHAPES = {
     "fcn_upsample": ((3, 10, 8), (6, 10, 8)),
     # See the comments in the fixture: 8x8x8 sliced and rejoined to 6x8x8 -> fc 5.
     "slice_branches": ((3, 8, 8), (5,)),
+    # Element-wise layers keep 6x9x7; a 1x1 conv makes 4 channels.
+    "elementwise": ((3, 9, 7), (4, 9, 7)),
     # 12 -> conv 3/2 p1: 6 -> depthwise, scaled by its gate -> global average -> fc 5.
     "se_inner_product": ((3, 12, 12), (5,)),
 }
@@ -95,6 +97,7 @@ INNER_SHAPES = {
         "fixed": (4, 5, 6),
         "back": (4, 9, 7),
     },
+    "elementwise": {"abs1": (6, 9, 7), "square": (6, 9, 7), "sum": (6, 9, 7)},
     "fcn_upsample": {
         "conv1": (8, 5, 4),
         "score": (4, 5, 4),
@@ -710,6 +713,18 @@ def se_inner_product_reference(p: dict, x):
     return pooled @ p["fc.weight"].T + p["fc.bias"]
 
 
+def elementwise_reference(p: dict, x):
+    """The elementwise network written by hand (float64)."""
+    import torch
+    import torch.nn.functional as F
+
+    y = F.conv2d(x, p["conv1.weight"], p["conv1.bias"], padding=1)
+    y = torch.where(y > 0, y, 0.5 * torch.expm1(y))
+    square = (0.5 * y.abs() - 0.25) ** 2
+    total = square + torch.where(y > 0, y, torch.expm1(y))
+    return F.conv2d(total.clamp(-0.5, 2.0), p["conv2.weight"], p["conv2.bias"])
+
+
 # fixture: (its hand-written reference, the input's size)
 REFERENCES = {
     "small_numeric": (small_numeric_reference, (13, 11)),
@@ -718,6 +733,7 @@ REFERENCES = {
     "fcn_upsample": (fcn_upsample_reference, (10, 8)),
     "slice_branches": (slice_branches_reference, (8, 8)),
     "se_inner_product": (se_inner_product_reference, (12, 12)),
+    "elementwise": (elementwise_reference, (9, 7)),
 }
 
 
@@ -1037,21 +1053,33 @@ ERRORS = {
     "unsupported type": (
         INPUT + layer("s", "ArgMax", "data"),
         None,
-        "layer 's' (ArgMax): unsupported layer type 'ArgMax'; mtsc supports Axpy, BN, BatchNorm, "
-        "Concat, Convolution, ConvolutionDepthwise, Crop, Deconvolution, DepthwiseConvolution, "
-        "Dropout, Eltwise, Flatten, InnerProduct, "
-        "Input, Interp, LRN, PReLU, Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Slice, Softmax, "
-        "Split, TanH (to import the network up to a blob before this layer, use --output BLOB)",
+        "layer 's' (ArgMax): unsupported layer type 'ArgMax'; mtsc supports AbsVal, Axpy, BN, "
+        "BatchNorm, Clip, Concat, Convolution, ConvolutionDepthwise, Crop, Deconvolution, "
+        "DepthwiseConvolution, Dropout, ELU, Eltwise, Flatten, InnerProduct, Input, Interp, LRN, "
+        "PReLU, Pooling, Power, ReLU, ReLU6, Reshape, Scale, Sigmoid, Slice, Softmax, Split, TanH "
+        "(to import the network up to a blob before this layer, use --output BLOB)",
         'type: "ArgMax"',
+    ),
+    "clip without max": (
+        INPUT + layer("c", "Clip", "data", body="clip_param { min: 0 }"),
+        None,
+        "layer 'c' (Clip): clip_param needs max",
+        "clip_param {",
+    ),
+    "clip above": (
+        INPUT + layer("c", "Clip", "data", body="clip_param { min: 1 max: 0 }"),
+        None,
+        "layer 'c' (Clip): clip: min 1 is above max 0",
+        "clip_param {",
     ),
     "unsupported V1 type": (
         INPUT + 'layers { name: "l" type: ARGMAX bottom: "data" top: "l" }',
         None,
-        "layer 'l' (ARGMAX): unsupported layer type 'ARGMAX'; mtsc supports Axpy, BN, BatchNorm, "
-        "Concat, Convolution, ConvolutionDepthwise, Crop, Deconvolution, DepthwiseConvolution, "
-        "Dropout, Eltwise, Flatten, InnerProduct, "
-        "Input, Interp, LRN, PReLU, Pooling, ReLU, ReLU6, Reshape, Scale, Sigmoid, Slice, Softmax, "
-        "Split, TanH (to import the network up to a blob before this layer, use --output BLOB)",
+        "layer 'l' (ARGMAX): unsupported layer type 'ARGMAX'; mtsc supports AbsVal, Axpy, BN, "
+        "BatchNorm, Clip, Concat, Convolution, ConvolutionDepthwise, Crop, Deconvolution, "
+        "DepthwiseConvolution, Dropout, ELU, Eltwise, Flatten, InnerProduct, Input, Interp, LRN, "
+        "PReLU, Pooling, Power, ReLU, ReLU6, Reshape, Scale, Sigmoid, Slice, Softmax, Split, TanH "
+        "(to import the network up to a blob before this layer, use --output BLOB)",
         "type: ARGMAX",
     ),
     "softmax inside": (
@@ -1262,7 +1290,7 @@ ERRORS = {
         None,
         "layer 'p' (Pooling): maxpool: padding 2 must be at most half the kernel size 3 "
         "(as PyTorch pools)",
-        "layer {",
+        "pooling_param {",
     ),
     "eltwise coefficients count": (
         INPUT
@@ -1575,7 +1603,7 @@ ERRORS = {
         INPUT + layer("d", "Dropout", "data", body="dropout_param { dropout_ratio: 1 }"),
         None,
         "layer 'd' (Dropout): dropout: p must be below 1, got 1.0",
-        'layer {\n  name: "d"',
+        "dropout_param {",
     ),
 }
 
@@ -1898,3 +1926,24 @@ def test_v1_deconvolution_imports_as_a_transposed_conv():
     up = nodes_by_name(g)["up"]
     assert (up.op, up.shape) == (Op.DECONV2D, (4, 16, 16))
     assert (up.attrs["kernel"], up.attrs["stride"], up.attrs["bias"]) == ((2, 2), (2, 2), True)
+
+
+def test_v1_absval_and_power_import():
+    text = INPUT + (
+        'layers { name: "a" type: ABSVAL bottom: "data" top: "a" }\n'
+        'layers { name: "p" type: POWER bottom: "a" top: "p"\n'
+        "  power_param { power: 0.5 shift: 1 } }\n"
+    )
+    nodes = nodes_by_name(import_text(text, "n.prototxt").graph)
+    assert nodes["a"].op == Op.ABS
+    assert (nodes["p"].op, nodes["p"].attrs) == (
+        Op.POWER,
+        {"power": 0.5, "scale": 1.0, "shift": 1.0},
+    )
+
+
+def test_power_and_elu_defaults_are_caffes():
+    text = INPUT + layer("p", "Power", "data") + layer("e", "ELU", "p")
+    nodes = nodes_by_name(import_text(text, "n.prototxt").graph)
+    assert nodes["p"].attrs == {"power": 1.0, "scale": 1.0, "shift": 0.0}
+    assert nodes["e"].attrs == {"alpha": 1.0}
