@@ -126,6 +126,7 @@ PARAM_FIELDS = {
     "ReLU": "relu_param",
     "Reshape": "reshape_param",
     "Scale": "scale_param",
+    "ShuffleChannel": "shuffle_channel_param",
     "Slice": "slice_param",
 }
 
@@ -351,6 +352,10 @@ def clip(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     if missing:
         raise layer.error(f"clip_param needs {' and '.join(missing)}", "clip_param")
     return [Step(Op.CLIP, {"min": f32(p.min), "max": f32(p.max)})]
+
+
+def shuffle_channel(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    return [Step(Op.CHANNEL_SHUFFLE, {"groups": _params(layer).group})]
 
 
 def _simple(op: Op) -> Converter:
@@ -602,6 +607,7 @@ CONVERTERS: dict[str, Converter] = {
     "ReLU6": _simple(Op.RELU6),
     "Reshape": reshape,
     "Scale": scale,
+    "ShuffleChannel": shuffle_channel,
     "Sigmoid": _simple(Op.SIGMOID),
     "Slice": slice_,
     "TanH": _simple(Op.TANH),
@@ -633,6 +639,7 @@ V1_TYPES = {
     "ELTWISE": "Eltwise",
     "FLATTEN": "Flatten",
     "INNER_PRODUCT": "InnerProduct",
+    "INTERP": "Interp",  # DeepLab v1's fork
     "LRN": "LRN",
     "POOLING": "Pooling",
     "POWER": "Power",

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import text_format
+from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 
 from mtsc.fsutil import read_model
@@ -41,7 +42,7 @@ from mtsc.grammar.caffe_layers import (
     is_quiet,
 )
 from mtsc.grammar.proto_schema import message_class
-from mtsc.grammar.prototxt_scan import Block, Layout, scan
+from mtsc.grammar.prototxt_scan import Block, Layout, bare_values, scan
 from mtsc.ir.errors import InternalError, MtscError, Span
 from mtsc.ir.graph import Graph, Node
 from mtsc.ir.ops import Op, OpError, Shape, did_you_mean, infer_shape, spec_of
@@ -84,7 +85,9 @@ def import_text(text: str, file: str, *, output: str | None = None) -> Imported:
     out = _choose_output(layers, flow, output, file)
     needed = _needed(flow, out)
     graph = _Builder(file, layers, flow, out, needed).build()
-    notes = (*phase_notes, *_dropped_notes(layers, flow, out, needed))
+    decls = [flow.values[v].input for v in sorted(needed)]
+    assumed = [d.assumed for d in decls if d is not None and d.assumed]
+    notes = (*phase_notes, *assumed, *_dropped_notes(layers, flow, out, needed))
     unknown = [w for i in _used(flow, needed) for w in _unknown_fields(layers[i])]
     warnings = [*flow.warnings, *unknown]
     return Imported(graph, notes, tuple(warnings))
@@ -96,7 +99,7 @@ def import_text(text: str, file: str, *, output: str | None = None) -> Imported:
 def _parse(text: str, file: str) -> Message:
     net = message_class(SCHEMA, "caffe.NetParameter")()
     try:
-        text_format.Parse(text, net, allow_unknown_field=True)
+        text_format.Parse(_forks_v1_types_as_none(text), net, allow_unknown_field=True)
     except text_format.ParseError as err:
         line, column = err.GetLine() or 1, err.GetColumn() or 1
         message = str(err).split(" : ", 1)[-1]
@@ -106,6 +109,30 @@ def _parse(text: str, file: str) -> Message:
         span = Span(file, line, column, source=text)
         raise MtscError(span, f"not a valid prototxt: {message}") from None
     return net
+
+
+def _forks_v1_types_as_none(text: str) -> str:
+    """The text with each V1 layer type that Caffe's enum lacks (a fork's: DeepLab's INTERP,
+    IMAGE_SEG_DATA) written as NONE, so that the file parses and the layer can be named, cut
+    off with --output or dropped. `_layers` reads the real name back from the source."""
+    known = _v1_type_enum().values_by_name
+    parts, last = [], 0
+    for start, end in bare_values(text, "type"):
+        if text[start:end] not in known:
+            parts += [text[last:start], "NONE".ljust(end - start)]
+            last = end
+    return "".join(parts) + text[last:]
+
+
+def _written_value(span: Span) -> str:
+    """The value of a one-line `key: value` field, as the source writes it."""
+    line = span.source_line() or ""
+    return line[span.column - 1 : span.end_column - 1].split(":", 1)[-1].strip()
+
+
+def _v1_type_enum() -> EnumDescriptor:
+    layer = message_class(SCHEMA, "caffe.V1LayerParameter")
+    return layer.DESCRIPTOR.fields_by_name["type"].enum_type
 
 
 def _layers(net: Message, layout: Layout) -> tuple[list[Layer], tuple[str, ...]]:
@@ -124,7 +151,9 @@ def _layers(net: Message, layout: Layout) -> tuple[list[Layer], tuple[str, ...]]
     layers, left_out = [], []
     for i, (p, block) in enumerate(zip(params, blocks, strict=True)):
         if v1:
-            v1_name = p.DESCRIPTOR.fields_by_name["type"].enum_type.values_by_number[p.type].name
+            v1_name = _v1_type_enum().values_by_number[p.type].name
+            if v1_name == "NONE" and "type" in block.fields:  # a fork's type: as written
+                v1_name = _written_value(block.field_span("type"))
             type_ = V1_TYPES.get(v1_name, v1_name)
         else:
             type_ = p.type
@@ -180,6 +209,7 @@ class _Input:
     dims: tuple[int, ...]  # as declared (N x C x H x W when usable): checked once it is used
     span: Span | None
     dims_span: Span | None  # where the dims are written
+    assumed: str = ""  # what a data layer's settings leave open, said once the input is used
 
     def shape(self) -> Shape:
         return _feature_shape(self.dims, self.dims_span, f"input {self.name!r}")
@@ -232,6 +262,44 @@ def _input_layer_dims(layer: Layer) -> list[tuple[int, ...]]:
             "input_param" if shapes else None,
         )
     return [tuple(shapes[min(t, len(shapes) - 1)].dim) for t in range(len(layer.tops))]
+
+
+def _data_layer_input(layer: Layer) -> _Input | None:
+    """The network input a data layer gives as its first top, where its settings say the
+    images' shape: MemoryData's and DummyData's dimensions, or the square `crop_size` (else
+    ImageData's `new_height` and `new_width`) with ImageData's colour, 3 channels when the
+    layer does not say (an LMDB's images). None where nothing gives the size."""
+    p, name = layer.param, layer.tops[0] if layer.tops else ""
+    if p.HasField("memory_data_param"):
+        m = p.memory_data_param
+        dims, where = (1, m.channels, m.height, m.width), "memory_data_param"
+        return _Input(name, dims, layer.block.span, layer.block.field_span(where))
+    if p.HasField("dummy_data_param"):
+        d, where = p.dummy_data_param, layer.block.field_span("dummy_data_param")
+        if d.shape:
+            return _Input(name, tuple(d.shape[0].dim), layer.block.span, where)
+        if d.num and d.channels and d.height and d.width:
+            dims = (d.num[0], d.channels[0], d.height[0], d.width[0])
+            return _Input(name, dims, layer.block.span, where)
+        return None
+    image = p.image_data_param
+    crop = p.transform_param.crop_size
+    if crop:
+        (h, w), where, given = (crop, crop), "transform_param", "its crop_size"
+    elif image.new_height and image.new_width:
+        (h, w), where, given = (image.new_height, image.new_width), "image_data_param", "its size"
+    else:
+        return None
+    channels = 3 if image.is_color else 1
+    assumed = ""
+    if not p.HasField("image_data_param"):
+        assumed = (
+            f"layer {layer.name!r} ({layer.type}): the input {name!r} is taken as "
+            f"{channels} x {h} x {w} ({given}; {channels} channels, which a data layer does "
+            "not say); if that is wrong, declare the input with an Input layer instead"
+        )
+    dims = (1, channels, h, w)
+    return _Input(name, dims, layer.block.span, layer.block.field_span(where), assumed)
 
 
 def _unknown_fields(layer: Layer) -> list[Diagnostic]:
@@ -326,12 +394,19 @@ def _trace(layers: list[Layer], inputs: list[_Input]) -> _Flow:
             flow.reads.append(reads)
             flow.writes.append([])
             continue
-        dims = _input_layer_dims(layer) if layer.type == "Input" else None
-        where = layer.block.field_span("input_param")
-        writes = []
-        for t, blob in enumerate(layer.tops):
-            decl = _Input(blob, dims[t], layer.block.span, where) if dims else None
-            writes.append(flow.new(_Value(blob, layer.index, decl)))
+        decls: list[_Input | None] = [None] * len(layer.tops)
+        if layer.type == "Input":
+            where = layer.block.field_span("input_param")
+            dims = _input_layer_dims(layer)
+            decls = [
+                _Input(blob, dims[t], layer.block.span, where) for t, blob in enumerate(layer.tops)
+            ]
+        elif _is_source(layer) and layer.tops:
+            decls[0] = _data_layer_input(layer)  # its other tops are labels
+        writes = [
+            flow.new(_Value(blob, layer.index, decl))
+            for blob, decl in zip(layer.tops, decls, strict=True)
+        ]
         flow.reads.append(reads)
         flow.writes.append(writes)
     return flow
@@ -355,7 +430,8 @@ def _choose_output(layers: list[Layer], flow: _Flow, output: str | None, file: s
                 + did_you_mean(output, sorted(flow.final)),
             )
     else:
-        read = {v for reads in flow.reads for v in reads}
+        # What only top-less layers read (Silence, DeepLab's MAT_WRITE) ends the network too.
+        read = {v for i, reads in enumerate(flow.reads) if layers[i].tops for v in reads}
         ends = []
         for v in sorted(set(flow.final.values()) - read):
             producer = flow.values[v].layer
@@ -364,8 +440,13 @@ def _choose_output(layers: list[Layer], flow: _Flow, output: str | None, file: s
                 or (v != flow.writes[producer][0] and layers[producer].type == "Pooling")
             ):
                 continue  # a data layer's label, a max-pooling mask: not network results
-            # A final Softmax turns scores into probabilities: the backbone ends before it.
-            if producer is not None and layers[producer].type == "Softmax" and flow.reads[producer]:
+            # A final Softmax turns scores into probabilities, and a loss or an accuracy layer
+            # scores them against labels: the backbone ends at the scores.
+            if (
+                producer is not None
+                and (layers[producer].type == "Softmax" or _is_evaluation(layers[producer]))
+                and flow.reads[producer]
+            ):
                 v = flow.reads[producer][0]
             if flow.values[v].input is None and v not in ends:
                 ends.append(v)
@@ -385,6 +466,13 @@ def _choose_output(layers: list[Layer], flow: _Flow, output: str | None, file: s
             declared.span, f"the output {flow.values[out].blob!r} is an input of the network"
         )
     return out
+
+
+def _is_evaluation(layer: Layer) -> bool:
+    """A loss or an accuracy layer (SoftmaxWithLoss, V1 SOFTMAX_LOSS, DeepLab's SEG_ACCURACY):
+    training and testing read it, the network's function does not."""
+    kind = layer.type.replace("_", "").lower()
+    return kind.endswith(("loss", "accuracy"))
 
 
 def _is_source(layer: Layer) -> bool:
@@ -459,11 +547,15 @@ class _Builder:
                     self.readers.setdefault(v, []).append(i)
 
     def build(self) -> Graph:
+        used = [self.layers[i] for i in _used(self.flow, self.needed)]
+        for layer in used:  # every layer first: an unsupported one is the news, not the inputs
+            if not self._gives_inputs(layer):
+                self._check_supported(layer)
         for v, value in enumerate(self.flow.values):
             if value.layer is None and v in self.needed:
                 self._add_input(v, value.input)
-        for i in _used(self.flow, self.needed):
-            self._convert(self.layers[i])
+        for layer in used:
+            self._convert(layer)
         self.graph.outputs["backbone"] = self.node_of[self.out]
         return self.graph
 
@@ -474,28 +566,36 @@ class _Builder:
             raise MtscError(span, f"the name {name!r} is used twice{where}")
         self.names[name] = span
 
+    def _gives_inputs(self, layer: Layer) -> bool:
+        """An Input layer, or a data layer whose settings give its images' shape."""
+        first = self.flow.writes[layer.index][:1]
+        return layer.type == "Input" or (
+            _is_source(layer) and bool(first) and self.flow.values[first[0]].input is not None
+        )
+
     def _add_input(self, v: int, decl: _Input) -> None:
         self._claim(decl.name, decl.span)
         shape = decl.shape()
+        if decl.assumed:
+            self.flow.warnings.append(Diagnostic(decl.dims_span, decl.assumed))
         node = Node(Op.INPUT, decl.name, {"shape": shape}, shape, decl.span)
         self.node_of[v] = self.graph.add(node)
 
     def _convert(self, layer: Layer) -> None:
         writes = self.flow.writes[layer.index]
-        if layer.type == "Input":
-            for v in writes:
+        if self._gives_inputs(layer):
+            for t, v in enumerate(writes):
+                decl = self.flow.values[v].input
+                if v in self.needed and decl is None:
+                    raise layer.error(
+                        f"top {layer.tops[t]!r} is read, but mtsc takes only a data layer's "
+                        "first top (the images), as the network's input",
+                        "top",
+                        t,
+                    )
                 if v in self.needed:
-                    self._add_input(v, self.flow.values[v].input)
+                    self._add_input(v, decl)
             return
-        self._check_supported(layer)
-        for t, v in enumerate(writes[1:], start=1):
-            if v in self.needed and layer.type != "Slice":  # a max-pooling mask (see above)
-                raise layer.error(
-                    f"top {layer.tops[t]!r} is the max-pooling mask, which only Caffe's "
-                    "unpooling reads; mtsc supports neither",
-                    "top",
-                    t,
-                )
         reads = self.flow.reads[layer.index]
         ins = [self.node_of[v] for v in reads]
         fused = self._fuse_scale(layer, ins)
@@ -595,9 +695,10 @@ class _Builder:
             )
         if _is_source(layer):
             raise layer.error(
-                f"a data layer ({layer.type}) does not give the input's shape; declare the "
-                "input with an Input layer (input_param { shape { dim: 1 dim: 3 dim: 224 "
-                "dim: 224 } }) or with input and input_shape",
+                f"a data layer ({layer.type}) without transform_param's crop_size (or "
+                "image_data_param's new_height and new_width) does not give the input's shape; "
+                "declare the input with an Input layer (input_param { shape { dim: 1 dim: 3 "
+                "dim: 224 dim: 224 } }) or with input and input_shape",
                 "type",
             )
         if layer.type not in CONVERTERS:
@@ -614,6 +715,13 @@ class _Builder:
             raise layer.error("writes a top twice; each top of a layer needs its own name", "top")
         if len(layer.tops) != 1 and not mask and layer.type != "Slice":
             raise layer.error(f"has {len(layer.tops)} tops; mtsc needs exactly one", "top")
+        if mask and self.flow.writes[layer.index][1] in self.needed:
+            raise layer.error(
+                f"top {layer.tops[1]!r} is the max-pooling mask, which only Caffe's unpooling "
+                "reads; mtsc supports neither",
+                "top",
+                1,
+            )
         _check_bottom_count(layer)
 
     def _fuse_scale(self, layer: Layer, ins: list[int]) -> int | None:

@@ -136,6 +136,24 @@ def scan(text: str, file: str) -> Layout:
     return Layout(_frozen(top), {k: tuple(v) for k, v in blocks.items()})
 
 
+def bare_values(text: str, key: str) -> list[tuple[int, int]]:
+    """The offsets (start, end) of the unquoted values of every `key:` field, at any depth:
+    the enum names of V1 layers' `type: CONVOLUTION`. Unlike `scan`, it runs before the parse,
+    on any text."""
+    found = []
+    before: list[str] = ["", ""]  # the two previous tokens, kind:text
+    offset = 0
+    while offset < len(text):
+        m = _TOKEN.match(text, offset)
+        offset = m.end() if m else offset + 1
+        if m is None or m.lastgroup == "skip":
+            continue
+        if m.lastgroup == "word" and before == [f"word:{key}", "colon::"]:
+            found.append((m.start(), m.end()))
+        before = [before[1], f"{m.lastgroup}:{m.group()}"]
+    return found
+
+
 def _frozen(spans: dict[str, list[Span]]) -> dict[str, tuple[Span, ...]]:
     return {k: tuple(v) for k, v in spans.items()}
 

@@ -36,6 +36,7 @@ class Op(enum.Enum):
     ABS = "abs"
     POWER = "power"
     CLIP = "clip"
+    CHANNEL_SHUFFLE = "channel_shuffle"
     MAXPOOL = "maxpool"
     AVGPOOL = "avgpool"
     ADD = "add"
@@ -615,6 +616,26 @@ _register(
         torch=TorchExpr(lambda a, xs: f"{xs[0]}.clamp({a['min']!r}, {a['max']!r})"),
         finish=_clip_finish,
         doc="x limited to [min, max]",
+    )
+)
+
+
+def _shuffle_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    if ins[0][0] % a["groups"]:
+        raise OpError(
+            f"channel_shuffle: {ins[0][0]} channels do not split into {a['groups']} groups"
+        )
+    return ins[0]
+
+
+_register(
+    OpSpec(
+        Op.CHANNEL_SHUFFLE,
+        attrs=(Attr("groups", Kind.INT, aliases=("g", "group"), minimum=1),),
+        shape=_shuffle_shape,
+        torch=TorchModule("nn.ChannelShuffle", lambda a, i: ((a["groups"],), {})),
+        positional=("groups",),
+        doc="ShuffleNet's channel shuffle: groups x (C / groups) channels read out transposed",
     )
 )
 

@@ -122,6 +122,13 @@ CASES = [
         lambda m, a: torch.minimum(torch.maximum(a, torch.tensor(-0.5)), torch.tensor(0.25)),
     ),
     (
+        "channel_shuffle",
+        {"a": (6, 4, 5)},
+        "channel_shuffle(a, 3)",
+        # channel c = i * 2 + j (group i of 3, position j of 2) moves to j * 3 + i
+        lambda m, a: a[:, [0, 2, 4, 1, 3, 5]],
+    ),
+    (
         "prelu",
         {"a": (3, 4, 5)},
         "prelu(a)",
@@ -559,6 +566,7 @@ def test_normalize_resolves_aliases_and_fills_defaults() -> None:
         (Op.LINEAR, {"out": 0}, "out must be at least 1, got 0"),
         (Op.CLIP, {"min": 1, "max": 0.5}, "clip: min 1 is above max 0.5"),
         (Op.CLIP, {"max": 6}, "clip: missing required attribute 'min'"),
+        (Op.CHANNEL_SHUFFLE, {"groups": 0}, "groups must be at least 1, got 0"),
     ],
 )
 def test_attribute_errors(op, attrs, message) -> None:

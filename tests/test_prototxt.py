@@ -25,6 +25,7 @@ from mtsc.grammar.format import format_source
 from mtsc.grammar.lower import lower_file
 from mtsc.grammar.proto_schema import message_class, parse_proto
 from mtsc.grammar.prototxt import SCHEMA, import_prototxt, import_text
+from mtsc.grammar.prototxt_scan import bare_values
 from mtsc.ir.errors import InternalError, MtscError
 from mtsc.ir.graph import Graph
 from mtsc.ir.ops import Op
@@ -722,7 +723,8 @@ def elementwise_reference(p: dict, x):
     y = torch.where(y > 0, y, 0.5 * torch.expm1(y))
     square = (0.5 * y.abs() - 0.25) ** 2
     total = square + torch.where(y > 0, y, torch.expm1(y))
-    return F.conv2d(total.clamp(-0.5, 2.0), p["conv2.weight"], p["conv2.bias"])
+    shuffled = total.clamp(-0.5, 2.0)[:, [0, 2, 4, 1, 3, 5]]
+    return F.conv2d(shuffled, p["conv2.weight"], p["conv2.bias"])
 
 
 # fixture: (its hand-written reference, the input's size)
@@ -1056,8 +1058,9 @@ ERRORS = {
         "layer 's' (ArgMax): unsupported layer type 'ArgMax'; mtsc supports AbsVal, Axpy, BN, "
         "BatchNorm, Clip, Concat, Convolution, ConvolutionDepthwise, Crop, Deconvolution, "
         "DepthwiseConvolution, Dropout, ELU, Eltwise, Flatten, InnerProduct, Input, Interp, LRN, "
-        "PReLU, Pooling, Power, ReLU, ReLU6, Reshape, Scale, Sigmoid, Slice, Softmax, Split, TanH "
-        "(to import the network up to a blob before this layer, use --output BLOB)",
+        "PReLU, Pooling, Power, ReLU, ReLU6, Reshape, Scale, ShuffleChannel, Sigmoid, Slice, "
+        "Softmax, Split, TanH (to import the network up to a blob before this layer, use "
+        "--output BLOB)",
         'type: "ArgMax"',
     ),
     "clip without max": (
@@ -1078,8 +1081,9 @@ ERRORS = {
         "layer 'l' (ARGMAX): unsupported layer type 'ARGMAX'; mtsc supports AbsVal, Axpy, BN, "
         "BatchNorm, Clip, Concat, Convolution, ConvolutionDepthwise, Crop, Deconvolution, "
         "DepthwiseConvolution, Dropout, ELU, Eltwise, Flatten, InnerProduct, Input, Interp, LRN, "
-        "PReLU, Pooling, Power, ReLU, ReLU6, Reshape, Scale, Sigmoid, Slice, Softmax, Split, TanH "
-        "(to import the network up to a blob before this layer, use --output BLOB)",
+        "PReLU, Pooling, Power, ReLU, ReLU6, Reshape, Scale, ShuffleChannel, Sigmoid, Slice, "
+        "Softmax, Split, TanH (to import the network up to a blob before this layer, use "
+        "--output BLOB)",
         "type: ARGMAX",
     ),
     "softmax inside": (
@@ -1353,9 +1357,10 @@ ERRORS = {
     "data layer": (
         'layer { name: "data" type: "Data" top: "data" top: "label" }\n' + conv("c1"),
         None,
-        "layer 'data' (Data): a data layer (Data) does not give the input's shape; declare the "
-        "input with an Input layer (input_param { shape { dim: 1 dim: 3 dim: 224 dim: 224 } }) "
-        "or with input and input_shape",
+        "layer 'data' (Data): a data layer (Data) without transform_param's crop_size (or "
+        "image_data_param's new_height and new_width) does not give the input's shape; declare "
+        "the input with an Input layer (input_param { shape { dim: 1 dim: 3 dim: 224 dim: 224 "
+        "} }) or with input and input_shape",
         'type: "Data"',
     ),
     "pooling mask read": (
@@ -1840,7 +1845,7 @@ def test_data_layers_and_pooling_masks_are_not_outputs():
         'layer { name: "p" type: "Pooling" bottom: "data" top: "p" top: "p_mask"\n'
         "  pooling_param { kernel_size: 2 } }\n"
     )
-    with pytest.raises(MtscError, match=r"a data layer \(DenseImageData\) does not give"):
+    with pytest.raises(MtscError, match=r"a data layer \(DenseImageData\) without transform_param"):
         import_text(data + masked + conv("c", "p"), "n.prototxt")
     g = import_text(INPUT + masked + conv("c", "p"), "n.prototxt").graph
     assert [n.name for _, n in g.nodes()] == ["data", "p", "c"]
@@ -1947,3 +1952,158 @@ def test_power_and_elu_defaults_are_caffes():
     nodes = nodes_by_name(import_text(text, "n.prototxt").graph)
     assert nodes["p"].attrs == {"power": 1.0, "scale": 1.0, "shift": 0.0}
     assert nodes["e"].attrs == {"alpha": 1.0}
+
+
+# ----------------------------------------------------------------------------- train_val files
+
+TRAIN_VAL = """name: "tv"
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+  transform_param { mirror: true crop_size: 9 } data_param { source: "train_lmdb" } }
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TEST }
+  transform_param { mirror: false crop_size: 9 } data_param { source: "val_lmdb" } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "fc" type: "InnerProduct" bottom: "conv1" top: "fc"
+  inner_product_param { num_output: 5 } }
+layer { name: "accuracy" type: "Accuracy" bottom: "fc" bottom: "label" top: "accuracy"
+  include { phase: TEST } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+
+
+def test_a_train_val_file_imports_its_test_network_up_to_the_scores():
+    imported = import_text(TRAIN_VAL, "tv.prototxt")
+    g = imported.graph
+    data = nodes_by_name(g)["data"]
+    assert (data.op, data.shape) == (Op.INPUT, (3, 9, 9))
+    assert g.node(g.outputs["backbone"]).shape == (5,)
+    assumed = (
+        "layer 'data' (Data): the input 'data' is taken as 3 x 9 x 9 (its crop_size; 3 "
+        "channels, which a data layer does not say); if that is wrong, declare the input with "
+        "an Input layer instead"
+    )
+    assert [w.message for w in imported.warnings] == [assumed]
+    assert imported.warnings[0].span.line == line_of(TRAIN_VAL, "transform_param { mirror: false")
+    assert assumed in imported.notes
+    assert any("accuracy (Accuracy), loss (SoftmaxWithLoss)" in n for n in imported.notes)
+
+
+@pytest.mark.parametrize(
+    ("data", "shape"),
+    [
+        (
+            'layer { name: "d" type: "ImageData" top: "data" top: "label"\n'
+            '  image_data_param { source: "l.txt" new_height: 7 new_width: 6 is_color: false } }',
+            (1, 7, 6),
+        ),
+        (
+            'layer { name: "d" type: "MemoryData" top: "data" top: "label"\n'
+            "  memory_data_param { batch_size: 4 channels: 2 height: 5 width: 6 } }",
+            (2, 5, 6),
+        ),
+        (
+            'layer { name: "d" type: "DummyData" top: "data"\n'
+            "  dummy_data_param { shape { dim: 1 dim: 3 dim: 6 dim: 5 } } }",
+            (3, 6, 5),
+        ),
+        (
+            'layer { name: "d" type: "DummyData" top: "data"\n'
+            "  dummy_data_param { num: 2 channels: 4 height: 5 width: 5 } }",
+            (4, 5, 5),
+        ),
+    ],
+)
+def test_data_layers_that_say_their_shape_give_the_input_without_a_warning(data, shape):
+    imported = import_text(data + "\n" + layer("r", "ReLU", "data"), "n.prototxt")
+    assert imported.graph.node(imported.graph.outputs["backbone"]).shape == shape
+    assert imported.warnings == ()
+
+
+def test_a_data_layers_label_read_by_the_network_is_an_error():
+    text = TRAIN_VAL + layer("cat", "Concat", "fc", "label")
+    with pytest.raises(MtscError) as info:
+        import_text(text, "tv.prototxt", output="cat")
+    assert info.value.message == (
+        "layer 'data' (Data): top 'label' is read, but mtsc takes only a data layer's first "
+        "top (the images), as the network's input"
+    )
+    assert info.value.span.line == line_of(text, 'top: "label" include { phase: TEST }')
+
+
+def test_an_unsupported_layer_is_named_before_an_unusable_input():
+    # Faster R-CNN: im_info (1 x 3) feeds the proposal layer, which is the real blocker.
+    text = (
+        'input: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+        'input: "im_info"\ninput_shape { dim: 1 dim: 3 }\n'
+        + layer("rois", "Python", "data", "im_info")
+    )
+    with pytest.raises(MtscError, match=r"layer 'rois' \(Python\): unsupported layer type"):
+        import_text(text, "n.prototxt")
+
+
+V1_DEEPLAB = """layers { name: "data" type: IMAGE_SEG_DATA top: "data" top: "label"
+  image_data_param { source: "val.txt" } transform_param { crop_size: 9 } }
+layers { name: "fc8" type: CONVOLUTION bottom: "data" top: "fc8"
+  convolution_param { num_output: 3 kernel_size: 3 } }
+layers { name: "fc8_interp" type: INTERP bottom: "fc8" top: "fc8_interp"
+  interp_param { zoom_factor: 2 } }
+layers { name: "fc8_crop" type: PADDING bottom: "fc8_interp" top: "fc8_crop"
+  padding_param { pad_beg: -1 pad_end: -1 } }
+# layers { name: "im" type: IMSHOW bottom: "fc8_crop" }
+layers { name: "loss" type: SOFTMAX_LOSS bottom: "fc8_crop" bottom: "label" }
+layers { name: "mat" type: MAT_WRITE bottom: "fc8_crop" }
+"""
+
+
+def test_v1_fork_types_parse_and_are_named_where_unsupported():
+    # DeepLab v1: IMAGE_SEG_DATA, INTERP, PADDING and MAT_WRITE are not in Caffe's V1 enum.
+    with pytest.raises(MtscError) as info:
+        import_text(V1_DEEPLAB, "deeplab.prototxt")
+    assert info.value.message.startswith(
+        "layer 'fc8_crop' (PADDING): unsupported layer type 'PADDING'"
+    )
+    assert info.value.span.line == line_of(V1_DEEPLAB, "type: PADDING")
+    g = import_text(V1_DEEPLAB, "deeplab.prototxt", output="fc8_interp").graph
+    interp = nodes_by_name(g)["fc8_interp"]
+    assert (interp.op, interp.shape) == (Op.INTERP, (3, 13, 13))  # 9 -> 7 -> (7 - 1) * 2 + 1
+
+
+def test_bare_values_skip_comments_and_strings():
+    text = 'type: CONV # type: IMSHOW\nname: "type: X"\nlayers { type:RELU }'
+    assert [text[a:b] for a, b in bare_values(text, "type")] == ["CONV", "RELU"]
+
+
+def test_shuffle_channel_imports_as_channel_shuffle():
+    text = INPUT + layer("s", "ShuffleChannel", "data", body="shuffle_channel_param { group: 3 }")
+    node = nodes_by_name(import_text(text, "n.prototxt").graph)["s"]
+    assert (node.op, node.attrs, node.shape) == (Op.CHANNEL_SHUFFLE, {"groups": 3}, (3, 8, 8))
+    bad = INPUT + layer("s", "ShuffleChannel", "data", body="shuffle_channel_param { group: 2 }")
+    with pytest.raises(MtscError, match="channel_shuffle: 3 channels do not split into 2 groups"):
+        import_text(bad, "n.prototxt")
+
+
+def with_two_tasks(mtl: str, output: tuple[int, ...]) -> str:
+    """An imported backbone's .mtl with two tasks reading its output: 1x1 convs on a feature
+    map, linear read-outs of flat features."""
+    if len(output) == 3:
+        return mtl + "\ntasks {\n    a: conv1x1(classes=2)\n    b: conv1x1(classes=3)\n}\n"
+    head = "\nblock readout(x, input, classes) {\n    return linear(x, classes)\n}\n"
+    return mtl + head + "\ntasks {\n    a: readout(classes=2)\n    b: readout(classes=3)\n}\n"
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE_SHAPES))
+def test_every_fixture_builds_a_supermodel_that_searches(name, tmp_path, load_generated):
+    import torch
+
+    in_shape, out_shape = FIXTURE_SHAPES[name]
+    imported = import_prototxt(fixture(name))
+    path = tmp_path / f"{name}.mtl"
+    path.write_text(with_two_tasks(emit_mtl(imported.graph).text, out_shape))
+    build(path, tmp_path / "out", render=False)
+    model = load_generated(tmp_path / "out" / "supermodel.py").Supermodel().set_mode("search")
+    torch.manual_seed(0)
+    out = model(torch.randn(2, *in_shape))
+    size = in_shape[1:] if len(out_shape) == 3 else ()  # dense heads upsample to the input's
+    assert {t: tuple(v.shape) for t, v in out.items()} == {"a": (2, 2, *size), "b": (2, 3, *size)}
+    sum(v.square().mean() for v in out.values()).backward()
+    assert all(p.grad is not None for p in model.policy_parameters())
