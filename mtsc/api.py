@@ -82,6 +82,22 @@ def load_supermodel(
     return import_generated(path, f"mtsc_generated_{abs(hash(str(path.resolve())))}").Supermodel()
 
 
+def head_shapes(model, image) -> dict[str, tuple[int, ...]]:
+    """What each task's head gives for one image (C x H x W), per sample: one forward in eval
+    mode, without gradients and without drawing from the random generators."""
+    import torch
+
+    training = model.training
+    device = next(model.parameters()).device
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with torch.no_grad():
+                out = model.eval()(image.unsqueeze(0).to(device))
+    finally:
+        model.train(training)
+    return {task: tuple(value.shape[1:]) for task, value in out.items()}
+
+
 def search(
     model,
     train_set,
@@ -108,5 +124,12 @@ def search(
         check_run_kind(state, checkpoint, "search")  # before its settings are compared
         cfg = resumed_config(SearchConfig, given, state, checkpoint)
     cfg = cfg or make_config(SearchConfig, None, config)
-    check_heads_fit_data(model.TASK_SPECS, train_set.info, train_set.info.name)
+    image = val_set[0][0]
+    check_heads_fit_data(
+        model.TASK_SPECS,
+        train_set.info,
+        train_set.info.name,
+        outputs=head_shapes(model, image),
+        image_size=tuple(image.shape[1:]),
+    )
     return run_search(model, train_set, val_set, cfg, run_dir, resume=resume, progress=progress)

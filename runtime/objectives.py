@@ -47,3 +47,13 @@ def _check(
         if option not in known:
             listed = ", ".join(sorted(known)) if known else "none"
             raise ValueError(f"{kind} {name!r} has no option {option!r}; its options: {listed}")
+
+
+# What each target can be trained and scored with, the default first: segment's targets are
+# class labels, depth's a one-channel map, normal's three-channel directions.
+TASK_LOSSES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"segment": ("cross_entropy",), "depth": ("l1",), "normal": ("cosine", "l1")}
+)
+TASK_METRICS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"segment": ("miou", "segmentation"), "depth": ("depth",), "normal": ("normal",)}
+)

@@ -1,7 +1,10 @@
-"""Whether a model's task heads fit a dataset: checked before training, where a head with too
-few channels would otherwise fail deep inside the loss (`Target 4 is out of bounds`).
+"""Whether a model's tasks fit a dataset, checked before training: a head with too few
+channels, a head that does not give the images' size, or a loss that cannot read the task's
+targets would otherwise fail deep inside the loss (`Target 4 is out of bounds`), or train
+silently on nonsense.
 
-Torch-free: it reads the model's `TASK_SPECS` and the dataset's `DatasetInfo`.
+Torch-free: it reads the model's `TASK_SPECS`, the shapes its heads give at the data's image
+size, and the dataset's `DatasetInfo`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,10 @@ from typing import Any
 
 from mtsc.errors import MtscError, Span
 from mtsc.runtime.data.sample import TARGET_CHANNELS, DatasetInfo
+from mtsc.runtime.objectives import TASK_LOSSES, TASK_METRICS
+
+# Where a task's parts are written in the model: "task", "head", "loss", "metric".
+TaskLocations = Mapping[str, Span | None]
 
 
 def check_heads_fit_data(
@@ -18,33 +25,83 @@ def check_heads_fit_data(
     info: DatasetInfo,
     data: str,
     *,
-    locations: Mapping[str, Span | None] | None = None,
+    outputs: Mapping[str, tuple[int, ...]],
+    image_size: tuple[int, int],
+    locations: Mapping[str, TaskLocations] | None = None,
 ) -> None:
-    """Raise MtscError for the first task whose head lacks the channels that `data` (the
-    dataset spec, for the message) needs: segment one per class (more are harmless: those
-    classes never come up), depth 1, normal 3. `locations`: each task's head in the model,
-    where the error points."""
+    """Raise MtscError for the first task that does not fit `data` (the dataset spec, for the
+    message): one the data has no targets for; a loss or metric that cannot read its targets;
+    a head output (`outputs`: per sample, at the data's `image_size`) that is not a map of
+    the images' size with the channels the targets need: segment one per class (more are
+    harmless: those classes never come up), depth 1, normal 3. `locations`: where each task's
+    parts are written in the model, for the error."""
     locations = locations or {}
     for task, spec in task_specs.items():
-        channels = spec["head"][1].get("classes")  # every built-in head has this option
-        # Tasks the data lacks are named by the trainer; a custom head may not say `classes`.
-        if task not in info.tasks or channels is None:
-            continue
-        if task == "segment" and channels < info.num_classes:
-            need = f"{data} has {info.num_classes} classes"
+        where = locations.get(task, {})
+        if task not in info.tasks:
             raise MtscError(
-                locations.get(task), head_mismatch(task, channels, need, info.num_classes)
+                where.get("task"),
+                f"task {task!r}: {data} has no targets for it; it provides "
+                f"{', '.join(info.tasks)} (name the task after one of them)",
             )
-        wanted = TARGET_CHANNELS.get(task)
-        if wanted is not None and channels != wanted:
-            need = f"{task} on {data} needs {count_channels(wanted)}"
-            raise MtscError(locations.get(task), head_mismatch(task, channels, need, wanted))
+        _check_objective(task, spec, "loss", TASK_LOSSES[task], data, where)
+        _check_objective(task, spec, "metric", TASK_METRICS[task], data, where)
+        _check_output(task, spec, outputs[task], info, data, image_size, where.get("head"))
 
 
-def head_mismatch(task: str, channels: int, need: str, classes: int) -> str:
-    return (
-        f"{task}: the model's head gives {count_channels(channels)}, but {need} "
-        f"(set classes={classes} in the tasks section)"
+def _check_objective(
+    task: str,
+    spec: Mapping[str, Any],
+    kind: str,
+    fitting: tuple[str, ...],
+    data: str,
+    where: TaskLocations,
+) -> None:
+    given = spec.get(kind)
+    if given is None or given[0] in fitting:
+        return
+    targets = {"segment": "class labels", "depth": "depth maps", "normal": "surface normals"}
+    raise MtscError(
+        where.get(kind) or where.get("task"),
+        f"{task}: {kind}={given[0]} cannot read {targets[task]}, the {task} targets of {data}; "
+        f"use {' or '.join(f'{kind}={name}' for name in fitting)}",
+    )
+
+
+def _check_output(
+    task: str,
+    spec: Mapping[str, Any],
+    shape: tuple[int, ...],
+    info: DatasetInfo,
+    data: str,
+    image_size: tuple[int, int],
+    where: Span | None,
+) -> None:
+    height, width = image_size
+    if len(shape) != 3 or shape[1:] != (height, width):
+        gives = f"{shape[0]} features" if len(shape) == 1 else "x".join(map(str, shape))
+        raise MtscError(
+            where,
+            f"{task}: the model's head gives {gives} on the {data} images ({height}x{width}); "
+            f"{task} needs a map of the images' size (end the head with upsample(y, input))",
+        )
+    channels = shape[0]
+    if task == "segment":
+        if channels >= info.num_classes:
+            return
+        need, wanted = f"{data} has {info.num_classes} classes", info.num_classes
+    else:
+        wanted = TARGET_CHANNELS[task]
+        if channels == wanted:
+            return
+        need = f"{task} on {data} needs {count_channels(wanted)}"
+    hint = (
+        f"set classes={wanted} in the tasks section"
+        if "classes" in spec["head"][1]
+        else f"make the head give {count_channels(wanted)}"
+    )
+    raise MtscError(
+        where, f"{task}: the model's head gives {count_channels(channels)}, but {need} ({hint})"
     )
 
 

@@ -23,6 +23,7 @@ from mtsc.runtime.checkpoint import save_checkpoint, seed_everything, write_text
 from mtsc.runtime.cpu_memory import keep_freed_memory
 from mtsc.runtime.losses import make_loss
 from mtsc.runtime.metrics import Metric, make_metric
+from mtsc.runtime.objectives import TASK_LOSSES, TASK_METRICS
 
 # ---------------------------------------------------------------------- tasks
 
@@ -43,7 +44,7 @@ class TaskObjective:
         self.weights = {}
         self.metric_specs = {}
         for task, spec in task_specs.items():
-            loss = spec.get("loss") or (_DEFAULT_LOSS.get(task), {})
+            loss = spec.get("loss") or (TASK_LOSSES.get(task, (None,))[0], {})
             if loss[0] is None:
                 raise MtscError(None, f"task {task!r} has no loss= in the tasks section")
             try:
@@ -51,7 +52,7 @@ class TaskObjective:
             except ValueError as err:
                 raise MtscError(None, f"task {task!r}: {err}") from None
             self.weights[task] = float(spec.get("weight", 1.0))
-            metric = spec.get("metric") or (_DEFAULT_METRIC.get(task), {})
+            metric = spec.get("metric") or (TASK_METRICS.get(task, (None,))[0], {})
             if metric[0] is not None:
                 options = dict(metric[1])
                 if metric[0] in ("miou", "segmentation") and "num_classes" not in options:
@@ -72,8 +73,6 @@ class TaskObjective:
         return {t: make_metric(name, **opts) for t, (name, opts) in self.metric_specs.items()}
 
 
-_DEFAULT_LOSS = {"segment": "cross_entropy", "depth": "l1", "normal": "cosine"}
-_DEFAULT_METRIC = {"segment": "miou", "depth": "depth", "normal": "normal"}
 
 
 def check_finite(losses: Mapping[str, torch.Tensor], step: int) -> None:

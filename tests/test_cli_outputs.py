@@ -467,51 +467,86 @@ def test_resuming_another_commands_run_is_refused(
 
 # ---------------------------------------------------------------------- heads and data
 
-SEGMENT_3 = (
-    "segment: the model's head gives 3 channels, but shapes has 6 classes "
-    "(set classes=6 in the tasks section)"
+# Custom heads: one that ignores its option (always 2 channels), one that never upsamples.
+HEADS = (
+    "block two(x, input, nc) {\n    return upsample(conv(x, 2, k=1), input)\n}\n"
+    "block raw(x, input, classes) {\n    return conv(x, classes, k=1)\n}\n"
 )
-DEPTH_3 = (
-    "depth: the model's head gives 3 channels, but depth on shapes needs 1 channel "
-    "(set classes=1 in the tasks section)"
-)
-NORMAL_1 = (
-    "normal: the model's head gives 1 channel, but normal on shapes needs 3 channels "
-    "(set classes=3 in the tasks section)"
-)
-EDGES = (
-    "the data has no targets for task(s) edges: it provides segment, depth, normal; "
-    "the model's tasks are segment, edges"
-)
+# (the model's changes, old and new in turn; the first line of the error after the model's
+# path; the data is `shapes` at 16x16: 6 classes, depth and normal)
+HEAD_MISFITS = {
+    "segment classes": (
+        ("classes=7", "classes=3"),
+        "14:14: error: segment: the model's head gives 3 channels, but shapes has 6 classes "
+        "(set classes=6 in the tasks section)",
+    ),
+    "depth channels": (
+        ("conv1x1(classes=1)", "conv1x1(classes=3)"),
+        "15:14: error: depth: the model's head gives 3 channels, but depth on shapes needs 1 "
+        "channel (set classes=1 in the tasks section)",
+    ),
+    "normal channels": (
+        ("metric=depth\n", "metric=depth\n    normal: conv1x1(classes=1) loss=cosine\n"),
+        "16:13: error: normal: the model's head gives 1 channel, but normal on shapes needs 3 "
+        "channels (set classes=3 in the tasks section)",
+    ),
+    "a head's own channels": (
+        ("tasks {", HEADS + "tasks {", "conv1x1(classes=7)", "two(nc=6)"),
+        "20:14: error: segment: the model's head gives 2 channels, but shapes has 6 classes "
+        "(make the head give 6 channels)",
+    ),
+    "a head without upsampling": (
+        ("tasks {", HEADS + "tasks {", "conv1x1(classes=1)", "raw(classes=1)"),
+        "21:14: error: depth: the model's head gives 1x8x8 on the shapes images (16x16); depth "
+        "needs a map of the images' size (end the head with upsample(y, input))",
+    ),
+    "a task the data lacks": (
+        ("depth:", "edges:"),
+        "15:5: error: task 'edges': shapes has no targets for it; it provides segment, depth, "
+        "normal (name the task after one of them)",
+    ),
+    "a loss for other targets": (
+        ("loss=l1", "loss=cross_entropy"),
+        "15:38: error: depth: loss=cross_entropy cannot read depth maps, the depth targets of "
+        "shapes; use loss=l1",
+    ),
+    "a metric for other targets": (
+        ("metric=miou", "metric=depth"),
+        "14:71: error: segment: metric=depth cannot read class labels, the segment targets of "
+        "shapes; use metric=miou or metric=segmentation",
+    ),
+    "features sized by the declared input": (
+        (
+            "3x16x16",
+            "3x8x8",
+            "    return x",
+            "    gate = flatten(x) | linear(16) | reshape(shape=(16, 1, 1))\n    return x * gate",
+        ),
+        "10:25: error: on the shapes images (16x16): linear1 would need 16,400 weights, but "
+        "the model declares 4,112 at its input's 3x8x8; declare `input image: 3x16x16`, or make "
+        "the size fixed before it (avgpool(x, global=true))",
+    ),
+}
 
 
-@pytest.mark.parametrize(
-    ("old", "new", "message"),
-    [
-        ("classes=7", "classes=3", SEGMENT_3),
-        ("conv1x1(classes=1)", "conv1x1(classes=3)", DEPTH_3),
-        ("metric=depth\n", "metric=depth\n    normal: conv1x1(classes=1) loss=cosine\n", NORMAL_1),
-        ("depth:", "edges:", EDGES),
-    ],
-    ids=["segment", "depth", "normal", "edges"],
-)
+@pytest.mark.parametrize("case", sorted(HEAD_MISFITS))
 @pytest.mark.parametrize("command", ["search", "train"])
-def test_a_head_that_does_not_fit_the_data_is_named_before_training(
-    command, old, new, message, tmp_path, config_file, capsys
+def test_tasks_that_do_not_fit_the_data_are_named_before_training(
+    command, case, tmp_path, config_file, capsys
 ):
+    """Heads, losses and metrics are checked against the data at its image size, so that a
+    mistake is an error at the model's line, not a PyTorch traceback in the first step."""
+    changes, first_line = HEAD_MISFITS[case]
+    text = TINY
+    for old, new in zip(changes[::2], changes[1::2], strict=True):
+        assert old in text
+        text = text.replace(old, new)
     model, run = tmp_path / "model.mtl", tmp_path / "run"
-    model.write_text(TINY.replace(old, new))
+    model.write_text(text)
     policy = ["--policy", "shared"] if command == "train" else []
     args = [command, model, *policy, "--config", config_file, "--out", run, "--no-progress"]
     code, stderr = cli(args, capsys)
-    head = message.split(":")[0]  # the task: the error points at its head in the model
-    where = "" if head == "the data has no targets for task(s) edges" else f"{model}:"
-    assert code == 2 and stderr.splitlines()[0].endswith(f"error: {message}")
-    assert stderr.startswith(where)
-    if where:
-        line = next(i for i, text in enumerate(TINY.replace(old, new).splitlines(), 1)
-                    if text.lstrip().startswith(f"{head}:"))  # fmt: skip
-        assert stderr.startswith(f"{model}:{line}:")
+    assert (code, stderr.splitlines()[0]) == (2, f"{model}:{first_line}")
     assert not run.exists()
 
 

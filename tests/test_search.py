@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtsc.api import load_supermodel, search
+from mtsc.api import head_shapes, load_supermodel, search
 from mtsc.cli import main
 from mtsc.errors import MtscError
 from mtsc.runtime.checkpoint import save_checkpoint
@@ -304,6 +304,32 @@ def test_a_head_with_fewer_classes_than_the_data(workdir, datasets):
         "segment: the model's head gives 4 channels, but shapes has 6 classes "
         "(set classes=6 in the tasks section)"
     )
+
+
+def test_the_api_checks_what_the_heads_give_not_their_options(workdir, datasets):
+    """The API has no model file to read: one forward of a validation image shows what each
+    head gives, here a depth head that never upsamples to the images' size."""
+    raw = workdir / "raw_head.mtl"
+    head = "block raw(x, input, classes) {\n    return conv(x, classes, k=1)\n}\ntasks {"
+    raw.write_text(TINY.replace("tasks {", head).replace("conv1x1(classes=1)", "raw(classes=1)"))
+    with pytest.raises(MtscError) as err:
+        api_search(raw, datasets, workdir / "raw-head")
+    size = datasets[1][0][0].shape[1]
+    assert err.value.message == (
+        f"depth: the model's head gives 1x{size // 2}x{size // 2} on the shapes images "
+        f"({size}x{size}); depth needs a map of the images' size (end the head with "
+        "upsample(y, input))"
+    )
+
+
+def test_head_shapes_draws_no_random_numbers_and_keeps_the_mode(workdir, model_file, datasets):
+    model = load_supermodel(model_file, out_dir=workdir / "probe").set_mode("search").train()
+    state = torch.random.get_rng_state()
+    image = datasets[1][0][0]
+    shapes = head_shapes(model, image)
+    assert shapes == {"segment": (7, *image.shape[1:]), "depth": (1, *image.shape[1:])}
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert model.training
 
 
 def test_resume_with_another_model_file_is_refused(cli_run, tmp_path, config_file, capsys):
