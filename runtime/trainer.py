@@ -73,8 +73,6 @@ class TaskObjective:
         return {t: make_metric(name, **opts) for t, (name, opts) in self.metric_specs.items()}
 
 
-
-
 def check_finite(losses: Mapping[str, torch.Tensor], step: int) -> None:
     bad = [t for t, v in losses.items() if not math.isfinite(float(v.detach()))]
     if bad:
