@@ -223,6 +223,8 @@ class Lowerer:
         saved, self.var_hint = self.var_hint, task.name
         try:
             out = self.call_block(call, [features, image], dict(task.head.kwargs), scope)
+        except MtscError as err:
+            raise _in_head(err, task) from None
         finally:
             self.var_hint = saved
         self._collapse(scope.prefix, scope.direct_calls[0], self.created[first_new:])
@@ -326,6 +328,14 @@ class Lowerer:
                 head.loc, f"head block {head.name!r} must take (features, input, ...) parameters"
             )
         for key, _ in head.kwargs:
+            if key in params[:2]:  # the block forgot `input`: its option came second
+                role = ("features", "input")[params.index(key)]
+                fixed = ", ".join(["x", "input", *params[params.index(key) :]])
+                raise MtscError(
+                    head.loc,
+                    f"head {head.name!r} takes {key!r} as its {role}: a head block takes "
+                    f"(features, input, ...options), as in `block {head.name}({fixed})`",
+                )
             if key not in params[2:]:
                 raise MtscError(
                     head.loc,
@@ -530,15 +540,23 @@ class Lowerer:
             ) from None
 
     def _tensor_binop(self, expr: ast.BinOp, left: Any, right: Any, scope: _Scope) -> Tensor:
-        op = {"+": Op.ADD, "*": Op.MUL}.get(expr.op)
-        if op is None:
-            raise MtscError(expr.span, f"'{expr.op}' is not defined for tensors (use + or *)")
-        if not (isinstance(left, Tensor) and isinstance(right, Tensor)):
+        if isinstance(left, Tensor) and isinstance(right, Tensor):
+            if expr.op == "-":
+                attrs = {"coeffs": (1.0, -1.0)}
+                return self.add_op(Op.ADD, "sub", [left, right], attrs, expr.span, scope)
+            op = {"+": Op.ADD, "*": Op.MUL}.get(expr.op)
+            if op is None:
+                raise MtscError(
+                    expr.span, f"'{expr.op}' is not defined for two tensors (use +, - or *)"
+                )
+            return self.add_op(op, op.value, [left, right], {}, expr.span, scope)
+        tensor, number = (left, right) if isinstance(left, Tensor) else (right, left)
+        attrs = _affine(expr.op, number, tensor_first=tensor is left)
+        if attrs is None:
             raise MtscError(
-                expr.span,
-                f"cannot apply '{expr.op}' to {_describe(left)} and {_describe(right)}",
+                expr.span, f"cannot apply '{expr.op}' to {_describe(left)} and {_describe(right)}"
             )
-        return self.add_op(op, op.value, [left, right], {}, expr.span, scope)
+        return self.add_op(Op.POWER, "power", [tensor], attrs, expr.span, scope)
 
     # ------------------------------------------------------------------ calls
 
@@ -677,8 +695,10 @@ class Lowerer:
         if len(rest) > len(spec.positional):
             if spec.positional:
                 allowed = f"at most {len(spec.positional)} ({', '.join(spec.positional)})"
+            elif spec.attrs:
+                allowed = f"none; name them ({', '.join(f'{a.name}=' for a in spec.attrs)})"
             else:
-                allowed = "none; name them, e.g. k=3"
+                allowed = f"none; {written} takes no attributes"
             raise MtscError(
                 call.span,
                 f"{written}: too many positional attributes after the inputs: {allowed}",
@@ -793,6 +813,35 @@ def _length(x: Any) -> int:
     if not isinstance(x, tuple):
         raise _BuiltinError(f"needs a list, got {_describe(x)}")
     return len(x)
+
+
+def _affine(op: str, number: Any, *, tensor_first: bool) -> dict[str, float] | None:
+    """A tensor and a number under `op` as the power op's (shift + scale * x) ** power:
+    `x + 3`, `6 - x`, `x / 6`, `x ** 2`. None where that is no such map (`2 / x`)."""
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        return None
+    c = float(number)
+    if op == "+":
+        return {"shift": c}
+    if op == "-":
+        return {"shift": -c} if tensor_first else {"scale": -1.0, "shift": c}
+    if op == "*":
+        return {"scale": c}
+    if op == "/" and tensor_first and c != 0:
+        return {"scale": 1.0 / c}
+    if op == "**" and tensor_first:
+        return {"power": c}
+    return None
+
+
+def _in_head(err: MtscError, task: TaskSpec) -> MtscError:
+    """An error inside a task's head, located where the user can act: at the task's line when
+    it is in another file (the built-in heads), with where it happened as a note."""
+    here = task.head.loc
+    if err.span is None or here is None or err.span.file == here.file:
+        return err
+    inside = f"in head {task.head.name!r}, at {err.span}"
+    return MtscError(here, f"task {task.name!r}: {err.message}", notes=(inside, *err.notes))
 
 
 BUILTINS: dict[str, Callable[..., Any]] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 
 import lark
@@ -10,6 +11,7 @@ from lark import Token, Transformer, v_args
 
 from mtsc.grammar import ast
 from mtsc.ir.errors import MtscError, Span
+from mtsc.ir.ops import did_you_mean
 
 # Readable names for the grammar's terminals in "expected ..." messages.
 _TERMINAL_NAMES = {
@@ -109,9 +111,20 @@ def _syntax_error(err: lark.UnexpectedInput, text: str, file: str) -> MtscError:
         # `accepts` (what the parser would take here) is exact; `expected` can miss terminals.
         expected = set(err.accepts or err.expected)
         message = f"{what}; expected {_describe_expected(expected)}"
+        end = column + max(1, len(str(tok.value))) if tok.type != "$END" else column + 1
         if tok.type == "EQUAL" and "COMP_OP" in expected:
             message = "unexpected '='; use '==' to compare"
-        end = column + max(1, len(str(tok.value))) if tok.type != "$END" else column + 1
+        elif tok.type == "EQUAL" and expected == {"COLON"}:
+            # `name=` after a task's head: the parser read `name` as the next task's name.
+            before = re.search(r"(\w+)\s*$", text.splitlines()[line - 1][: column - 1])
+            if before:
+                column -= len(before.group(0))
+                word = before.group(1)
+                message = (
+                    f"unknown task option {word!r}"
+                    + did_you_mean(word, ["loss", "metric", "weight"])
+                    + "; a task takes loss=, metric= and weight="
+                )
         return MtscError(Span(file, line, column, line, end, text), message)
     return MtscError(Span(file, line or 1, column or 1, source=text), "syntax error")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from mtsc.ir.errors import Span
@@ -90,12 +91,7 @@ def scan(text: str, file: str) -> Layout:
     prev = ""  # the previous token's kind: "key", "colon", "[", ",", ...
     top_key: tuple[str, Span] | None = None  # the last key at the top level
     last_field: tuple[list[Span], int] | None = None  # where a following value extends to
-    offset = 0
-    while offset < len(text):
-        m = _TOKEN.match(text, offset)
-        offset = m.end() if m else offset + 1
-        if m is None or m.lastgroup == "skip":
-            continue
+    for m in _tokens(text):
         kind = m.lastgroup
         if kind == "word" and prev not in ("colon", "[", ","):
             span = pos.span(m.start(), m.end())
@@ -142,16 +138,22 @@ def bare_values(text: str, key: str) -> list[tuple[int, int]]:
     on any text."""
     found = []
     before: list[str] = ["", ""]  # the two previous tokens, kind:text
-    offset = 0
-    while offset < len(text):
-        m = _TOKEN.match(text, offset)
-        offset = m.end() if m else offset + 1
-        if m is None or m.lastgroup == "skip":
-            continue
+    for m in _tokens(text):
         if m.lastgroup == "word" and before == [f"word:{key}", "colon::"]:
             found.append((m.start(), m.end()))
         before = [before[1], f"{m.lastgroup}:{m.group()}"]
     return found
+
+
+def _tokens(text: str) -> Iterator[re.Match]:
+    """The tokens of `text`, without whitespace and comments; a character no token starts
+    with (not well-formed text) is stepped over."""
+    offset = 0
+    while offset < len(text):
+        m = _TOKEN.match(text, offset)
+        offset = m.end() if m else offset + 1
+        if m is not None and m.lastgroup != "skip":
+            yield m
 
 
 def _frozen(spans: dict[str, list[Span]]) -> dict[str, tuple[Span, ...]]:

@@ -578,13 +578,22 @@ _register(
 
 
 def _power_expr(a: Mapping[str, Any], xs: Sequence[str]) -> str:
-    expr = xs[0] if a["scale"] == 1.0 else f"{a['scale']!r} * {xs[0]}"
-    if a["shift"] != 0.0:
-        sign = "-" if a["shift"] < 0 else "+"
-        expr = f"{expr} {sign} {abs(a['shift'])!r}"
+    x, scale, shift = xs[0], a["scale"], a["shift"]
+    if scale == 1.0:
+        expr = x
+    elif scale == -1.0:
+        expr = f"-{x}"
+    elif scale != 0.0 and len(repr(1 / scale)) < len(repr(scale)):
+        expr = f"{x} / {1 / scale!r}"  # `x / 6.0`, not `0.16666666666666666 * x`
+    else:
+        expr = f"{scale!r} * {x}"
+    if shift != 0.0 and scale == -1.0:
+        expr = f"{shift!r} - {x}"
+    elif shift != 0.0:
+        expr = f"{expr} {'-' if shift < 0 else '+'} {abs(shift)!r}"
     if a["power"] == 1.0:
         return expr
-    base = expr if expr == xs[0] else f"({expr})"
+    base = expr if expr == x else f"({expr})"
     return f"{base} ** {a['power']!r}"
 
 
@@ -764,7 +773,14 @@ def _add_expr(a: Mapping[str, Any], xs: Sequence[str]) -> str:
         return " + ".join(xs)
     if len(coeffs) != len(xs):
         raise OpError(f"add: {len(coeffs)} coefficients for {len(xs)} inputs")
-    return " + ".join(f"{c!r} * {x}" if c != 1.0 else x for c, x in zip(coeffs, xs, strict=True))
+    expr = ""
+    for c, x in zip(coeffs, xs, strict=True):
+        term = x if abs(c) == 1.0 else f"{abs(c)!r} * {x}"
+        if not expr:
+            expr = term if c >= 0 else f"-{term}"
+        else:
+            expr += f" - {term}" if c < 0 else f" + {term}"
+    return expr
 
 
 def _add_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:

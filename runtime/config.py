@@ -14,6 +14,8 @@ from typing import Any
 
 from mtsc.errors import MtscError, Span
 from mtsc.fsutil import read_source
+from mtsc.ir.ops import did_you_mean
+from mtsc.runtime.data.options import ANY_KIND_OPTIONS
 
 # SearchConfig.mixing: "auto" or one of Supermodel.set_mixing's choices
 MIXING_CHOICES = ("auto", "outputs", "weights")
@@ -166,8 +168,9 @@ def _refuse(
 
 
 def _where_set(text: str, toml_path: str | Path | None, keys: list[str]) -> Span | None:
-    """The first line of the TOML `text` that sets one of `keys`; None if none does."""
-    spans = [_key_span(text, str(toml_path), k) for k in keys] if text else []
+    """The first line of the TOML `text` that sets one of `keys` (`table.key`: in that table);
+    None if none does."""
+    spans = [_key_span(text, str(toml_path), *k.split(".", 1)) for k in keys] if text else []
     return min((s for s in spans if s is not None), key=lambda s: s.line, default=None)
 
 
@@ -199,21 +202,28 @@ def _parse_toml(text: str, file: str) -> dict[str, Any]:
         raise MtscError(span, f"invalid TOML: {message[: place.start()]}") from None
 
 
-def _key_span(text: str, file: str, key: str) -> Span | None:
+def _key_span(text: str, file: str, key: str, inner: str | None = None) -> Span | None:
     """Where a TOML file sets top-level `key`: `key = ...` (or `key.x = ...`) before the first
-    table, or a table `[key]`, `[key.x]`, `[[key]]`. None when no line reads so."""
-    name = rf"(?:{re.escape(key)}|\"{re.escape(key)}\"|'{re.escape(key)}')"
-    assignment = re.compile(rf"\s*({name})\s*[.=]")
-    table = re.compile(rf"\s*\[\[?\s*({name})\s*[.\]]")
-    at_top = True
+    table, or a table `[key]`, `[key.x]`, `[[key]]`; with `inner`, where it sets `inner` in
+    the table `[key]`. None when no line reads so."""
+    table = re.compile(rf"\s*\[\[?\s*({_toml_name(key)})\s*[.\]]")
+    assignment = re.compile(rf"\s*({_toml_name(key if inner is None else inner)})\s*[.=]")
+    in_place = inner is None  # where `assignment` applies: the top, or the table [key]
     for number, line in enumerate(text.split("\n"), 1):  # as tomllib counts lines
-        found = table.match(line) or (assignment.match(line) if at_top else None)
+        header = line.lstrip().startswith("[")
+        found = table.match(line) if inner is None else None
+        found = found or (assignment.match(line) if in_place and not header else None)
         if found:
             start, end = found.span(1)
             return Span(file, number, start + 1, number, end + 1, source=text)
-        if line.lstrip().startswith("["):
-            at_top = False
+        if header:
+            in_place = inner is not None and table.match(line) is not None
     return None
+
+
+def _toml_name(key: str) -> str:
+    """A TOML key as written: bare or quoted."""
+    return rf"(?:{re.escape(key)}|\"{re.escape(key)}\"|'{re.escape(key)}')"
 
 
 def resumed_config(
@@ -341,4 +351,12 @@ def _check(config: Any) -> list[tuple[str, str]]:
         problems.append(("mixing", "mixing must be 'auto', 'outputs' or 'weights'"))
     if config.amp not in (None, "bf16", "fp16"):
         problems.append(("amp", "amp must be bf16 or fp16"))
+    for name in sorted(getattr(config, "data", None) or {}):
+        if name not in ANY_KIND_OPTIONS:  # one the data's kind lacks: open_dataset says so
+            problems.append(
+                (
+                    f"data.{name}",
+                    f"unknown [data] option {name!r}" + did_you_mean(name, ANY_KIND_OPTIONS),
+                )
+            )
     return problems

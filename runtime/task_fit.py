@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mtsc.errors import MtscError, Span
-from mtsc.runtime.data.sample import TARGET_CHANNELS, DatasetInfo
+from mtsc.runtime.data.sample import TARGET_CHANNELS, TASKS, DatasetInfo
 from mtsc.runtime.objectives import TASK_LOSSES, TASK_METRICS
 
 # Where a task's parts are written in the model: "task", "head", "loss", "metric".
@@ -39,10 +39,11 @@ def check_heads_fit_data(
     for task, spec in task_specs.items():
         where = locations.get(task, {})
         if task not in info.tasks:
+            hint = "" if task in TASKS else " (name the task after one of them)"
             raise MtscError(
                 where.get("task"),
                 f"task {task!r}: {data} has no targets for it; it provides "
-                f"{', '.join(info.tasks)} (name the task after one of them)",
+                f"{', '.join(info.tasks)}{hint}",
             )
         _check_objective(task, spec, "loss", TASK_LOSSES[task], data, where)
         _check_objective(task, spec, "metric", TASK_METRICS[task], data, where)

@@ -12,7 +12,7 @@ from mtsc.cli import main
 from mtsc.commands.search import parse_sets
 from mtsc.errors import MtscError
 from mtsc.runtime.config import SearchConfig, TrainConfig, make_config
-from mtsc.runtime.data.dataset import COMMON_OPTIONS
+from mtsc.runtime.data.options import COMMON_OPTIONS
 
 
 def test_defaults_without_file_or_overrides():
@@ -222,6 +222,23 @@ def test_bad_values_in_a_toml_file_are_shown_where_the_file_sets_them(tmp_path):
     toml.write_text("seed = 1\nwarmup_steps = 'many'\n")
     assert str(_error(SearchConfig, {}, toml).span) == f"{toml}:2:1"
     assert _error(SearchConfig, {"warmup_steps": "x"}, toml).span is None  # --set's value
+
+
+def test_a_misspelt_data_option_is_shown_in_its_table(tmp_path):
+    """The [data] table's own keys: `seed` at the top is the run's, `sizee` the table's."""
+    toml = tmp_path / "c.toml"
+    toml.write_text("seed = 1\n[data]\nseed = 2\n  sizee = 3\n")
+    err = _error(TrainConfig, {}, toml)
+    assert err.render().splitlines() == [
+        f"{toml}:4:3: error: bad config: unknown [data] option 'sizee' (did you mean 'size'?)",
+        "      sizee = 3",
+        "      ^^^^^",
+    ]
+    toml.write_text("sizee = 1\n[data]\n'sizee' = 3\n")
+    with pytest.raises(MtscError, match="unknown config keys: sizee"):
+        make_config(TrainConfig, toml, {})
+    toml.write_text("[data]\n'sizee' = 3\n")
+    assert str(_error(TrainConfig, {}, toml).span) == f"{toml}:2:1"
 
 
 def test_missing_toml_file(tmp_path):

@@ -262,9 +262,17 @@ ARGUMENTS = [
     case(
         "op_without_positional_attributes",
         HEAD + "backbone {\n    return maxpool(image, 2)\n}\n",
-        "maxpool: too many positional attributes after the inputs: none; name them, e.g. k=3",
+        "maxpool: too many positional attributes after the inputs: none; name them (kernel=, "
+        "stride=, padding=, ceil=, global=)",
         (3, 12),
         "maxpool(image, 2)",
+    ),
+    case(
+        "op_without_attributes",
+        HEAD + "backbone {\n    return relu(image, 2)\n}\n",
+        "relu: too many positional attributes after the inputs: none; relu takes no attributes",
+        (3, 12),
+        "relu(image, 2)",
     ),
     case(
         "op_attribute_given_twice",
@@ -533,6 +541,16 @@ TASKS = [
         "fcn(clases=2)",
     ),
     case(
+        "head_block_without_input",
+        TASKS_HEAD
+        + "block h1(f, classes) {\n    return conv(f, classes, k=1)\n}\n"
+        + "tasks {\n    seg: h1(classes=2)\n}\n",
+        "head 'h1' takes 'classes' as its input: a head block takes (features, input, "
+        "...options), as in `block h1(x, input, classes)`",
+        (9, 10),
+        "h1(classes=2)",
+    ),
+    case(
         "missing_head_option",
         TASKS_HEAD + "tasks {\n    seg: fcn(width=8)\n}\n",
         "head 'fcn' needs classes=",
@@ -612,9 +630,9 @@ TASKS = [
     case(
         "unknown_task_option",
         TASKS_HEAD + "tasks {\n    seg: fcn(classes=2) los=l1\n}\n",
-        "unexpected '='; expected ':'",
-        (6, 28),
-        "=",
+        "unknown task option 'los' (did you mean 'loss'?); a task takes loss=, metric= and weight=",
+        (6, 25),
+        "los=",
     ),
     case(
         "empty_tasks",
@@ -817,18 +835,25 @@ VALUES = [
         '1 + "a"',
     ),
     case(
-        "tensor_minus_tensor",
-        HEAD + "backbone {\n    return image - image\n}\n",
-        "'-' is not defined for tensors (use + or *)",
+        "tensor_over_tensor",
+        HEAD + "backbone {\n    return image / image\n}\n",
+        "'/' is not defined for two tensors (use +, - or *)",
         (3, 12),
-        "image - image",
+        "image / image",
     ),
     case(
-        "tensor_plus_number",
-        HEAD + "backbone {\n    return image + 1\n}\n",
-        "cannot apply '+' to tensor 3x32x32 and 1",
+        "number_over_tensor",
+        HEAD + "backbone {\n    return 1 / image\n}\n",
+        "cannot apply '/' to 1 and tensor 3x32x32",
         (3, 12),
-        "image + 1",
+        "1 / image",
+    ),
+    case(
+        "tensor_plus_string",
+        HEAD + 'backbone {\n    return image + "a"\n}\n',
+        "cannot apply '+' to tensor 3x32x32 and \"a\"",
+        (3, 12),
+        'image + "a"',
     ),
     case(
         "negate_a_string",
@@ -947,6 +972,20 @@ def test_error_message_location_and_caret(c: Case, tmp_path) -> None:
     marked = source_line[start : len(caret)]
     assert marked == c.marked or (c.marked == "" and marked == "" and start >= len(source_line))
     assert len(lines) == 3  # message, source, caret: nothing else
+
+
+def test_an_error_in_a_built_in_head_points_at_the_task(tmp_path) -> None:
+    path = tmp_path / "model.mtl"
+    path.write_text(
+        HEAD + "backbone {\n    return flatten(conv(image, 8, k=1))\n}\n"
+        "tasks {\n    seg: conv1x1(classes=2)\n}\n"
+    )
+    with pytest.raises(MtscError) as info:
+        load(path)
+    lines = info.value.render().splitlines()
+    assert lines[0].startswith(f"{path}:6:10: error: task 'seg': conv2d: needs a feature map")
+    assert lines[3].startswith("note: in head 'conv1x1', at ")
+    assert lines[3].endswith("heads.mtl:29:9")
 
 
 def test_error_without_a_location_renders_one_line(tmp_path) -> None:

@@ -116,6 +116,19 @@ CASES = [
     ),
     ("power_affine", {"a": (3, 4, 5)}, "power(a, shift=2)", lambda m, a: a + 2),
     (
+        "hard_sigmoid_by_arithmetic",
+        {"a": (3, 4, 5)},
+        "relu6(a + 3) / 6",
+        lambda m, a: (a + 3).clamp(0, 6) / 6,
+    ),
+    ("tensor_minus_tensor", {"a": (3, 4, 5)}, "a - a * a", lambda m, a: a - a * a),
+    (
+        "number_and_tensor",
+        {"a": (3, 4, 5)},
+        "1 - 2 * a ** 2 - 0.5",
+        lambda m, a: 1 - 2 * a * a - 0.5,
+    ),
+    (
         "clip",
         {"a": (3, 4, 5)},
         "clip(a, min=-0.5, max=0.25)",

@@ -289,10 +289,7 @@ def test_data_without_a_task_of_the_model(workdir, model_file, data_options):
     splits = tuple(open_dataset("shapes", s, **options) for s in ("train", "val"))
     with pytest.raises(MtscError) as err:
         api_search(model_file, splits, workdir / "no-depth")
-    assert err.value.message == (
-        "the data has no targets for task(s) depth: it provides segment; "
-        "the model's tasks are segment, depth"
-    )
+    assert err.value.message == ("task 'depth': shapes has no targets for it; it provides segment")
 
 
 def test_a_head_with_fewer_classes_than_the_data(workdir, datasets):

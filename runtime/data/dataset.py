@@ -28,6 +28,12 @@ from mtsc.runtime.data.augment import (
     sample_augmentation,
 )
 from mtsc.runtime.data.layouts import choose_tasks, open_cityscapes, open_nyuv2
+from mtsc.runtime.data.options import (
+    CITYSCAPES_OPTIONS,
+    COMMON_OPTIONS,
+    EVERY_KIND_OPTIONS,
+    SHAPES_RENDER_OPTIONS,
+)
 from mtsc.runtime.data.sample import (
     IMAGE_MEAN,
     IMAGE_STD,
@@ -44,10 +50,6 @@ from mtsc.runtime.data.shapes import (
     read_split,
 )
 
-# every kind of dataset takes these (taken out of the options before `_check_options`)
-EVERY_KIND_OPTIONS = ("tasks", "augment", "scales", "flip")
-COMMON_OPTIONS = (*EVERY_KIND_OPTIONS, "size")
-SHAPES_RENDER_OPTIONS = ("objects", "seed", "n_train", "n_val", "n_test", "cache_dir")
 SPEC_FORMS = "shapes, shapes:DIR, nyuv2:PATH or cityscapes:PATH"
 
 
@@ -192,7 +194,7 @@ def open_dataset(spec: str, split: str, **options) -> MultiTaskDataset:
     if kind == "shapes":
         source = _open_shapes(path, split, options)
     else:
-        accepted = (*COMMON_OPTIONS, "classes") if kind == "cityscapes" else COMMON_OPTIONS
+        accepted = CITYSCAPES_OPTIONS if kind == "cityscapes" else COMMON_OPTIONS
         _check_options(kind, options, accepted)
         if "size" in options:
             resize = _size_pair(options.pop("size"))
