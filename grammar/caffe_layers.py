@@ -128,6 +128,7 @@ PARAM_FIELDS = {
     "Scale": "scale_param",
     "ShuffleChannel": "shuffle_channel_param",
     "Slice": "slice_param",
+    "Upsample": "upsample_param",
 }
 
 # Fields of those blocks that never change what the network computes, missing from the schema
@@ -356,6 +357,29 @@ def clip(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
 
 def shuffle_channel(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     return [Step(Op.CHANNEL_SHUFFLE, {"groups": _params(layer).group})]
+
+
+def unpooling(layer: Layer, pooling: Layer, ins: Sequence[Shape]) -> list[Step]:
+    """SegNet's Upsample of bottom 0 by the mask of the max `pooling` layer (bottom 1): the IR's
+    unpool, with the pooling's window, reading the pooling's input (`ins[1]`), whose size the
+    output takes. Caffe's size (upsample_h and _w, else the input's times scale) must be it."""
+    p = _params(layer)
+    (pool,) = CONVERTERS["Pooling"](pooling, ins[1:])
+    attrs = {k: v for k, v in pool.attrs.items() if k != "global"}
+    _, h, w = ins[0]
+    scale_h, scale_w = p.scale_h or p.scale, p.scale_w or p.scale
+    size = (
+        p.upsample_h or h * scale_h - int(p.pad_out_h),
+        p.upsample_w or w * scale_w - int(p.pad_out_w),
+    )
+    if size != tuple(ins[1][1:]):
+        raise layer.error(
+            f"gives {size[0]}x{size[1]} in Caffe, but the input of {pooling.name!r}, whose "
+            f"mask places the values, is {ins[1][1]}x{ins[1][2]}; set upsample_h: {ins[1][1]} "
+            f"and upsample_w: {ins[1][2]}",
+            "upsample_param",
+        )
+    return [Step(Op.UNPOOL, attrs)]
 
 
 def _simple(op: Op) -> Converter:
@@ -613,7 +637,8 @@ CONVERTERS: dict[str, Converter] = {
     "TanH": _simple(Op.TANH),
 }
 # Split computes nothing: its tops are its bottom again (the importer's data flow says so).
-SUPPORTED_TYPES = tuple(sorted({*CONVERTERS, "Input", "Softmax", "Split"}))
+# Upsample (max unpooling) reads its pooling layer too: the importer calls `unpooling` itself.
+SUPPORTED_TYPES = tuple(sorted({*CONVERTERS, "Input", "Softmax", "Split", "Upsample"}))
 
 # How many bottoms each type takes: (at least, at most); None is "any number".
 BOTTOMS: dict[str, tuple[int, int | None]] = {
@@ -623,6 +648,7 @@ BOTTOMS: dict[str, tuple[int, int | None]] = {
     "Axpy": (3, 3),
     "Interp": (1, 2),
     "Scale": (1, 2),
+    "Upsample": (2, 2),
 }
 
 # Per-channel gates, by type: (the gate's bottom, the gated bottom). The importer reads an N x C

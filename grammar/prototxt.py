@@ -40,6 +40,7 @@ from mtsc.grammar.caffe_layers import (
     Layer,
     Step,
     is_quiet,
+    unpooling,
 )
 from mtsc.grammar.proto_schema import message_class
 from mtsc.grammar.prototxt_scan import Block, Layout, bare_values, scan
@@ -596,6 +597,9 @@ class _Builder:
                 if v in self.needed:
                     self._add_input(v, decl)
             return
+        if layer.type == "Upsample":
+            self.node_of[writes[0]] = self._unpool(layer)
+            return
         reads = self.flow.reads[layer.index]
         ins = [self.node_of[v] for v in reads]
         fused = self._fuse_scale(layer, ins)
@@ -701,7 +705,7 @@ class _Builder:
                 "dim: 224 dim: 224 } }) or with input and input_shape",
                 "type",
             )
-        if layer.type not in CONVERTERS:
+        if layer.type not in SUPPORTED_TYPES:
             raise layer.error(
                 f"unsupported layer type {layer.type!r}; mtsc supports "
                 f"{', '.join(SUPPORTED_TYPES)} (to import the network up to a blob before "
@@ -716,13 +720,44 @@ class _Builder:
         if len(layer.tops) != 1 and not mask and layer.type != "Slice":
             raise layer.error(f"has {len(layer.tops)} tops; mtsc needs exactly one", "top")
         if mask and self.flow.writes[layer.index][1] in self.needed:
+            v = self.flow.writes[layer.index][1]
+            misread = [
+                f"layer {self.layers[r].name!r} ({self.layers[r].type})"
+                for r in self.readers.get(v, [])
+                if self.layers[r].type != "Upsample" or self.flow.reads[r][1:] != [v]
+            ]
+            if misread or v == self.out:
+                raise layer.error(
+                    f"top {layer.tops[1]!r} is the max-pooling mask, which only the second "
+                    "bottom of an Upsample layer (max unpooling) can read, not "
+                    + (misread[0] if misread else "the network's output"),
+                    "top",
+                    1,
+                )
+        if layer.type == "Upsample":
+            self._mask_pooling(layer)
+        _check_bottom_count(layer)
+
+    def _mask_pooling(self, layer: Layer) -> Layer:
+        """The max Pooling layer whose mask an Upsample layer reads (its second bottom)."""
+        v = self.flow.reads[layer.index][1]
+        producer = self.flow.values[v].layer
+        pooling = self.layers[producer] if producer is not None else None
+        if pooling is None or pooling.type != "Pooling" or self.flow.writes[producer][1:] != [v]:
             raise layer.error(
-                f"top {layer.tops[1]!r} is the max-pooling mask, which only Caffe's unpooling "
-                "reads; mtsc supports neither",
-                "top",
+                f"bottom {layer.bottoms[1]!r} must be the mask of a max Pooling layer (its second "
+                "top): mtsc supports Upsample as SegNet's max unpooling",
+                "bottom",
                 1,
             )
-        _check_bottom_count(layer)
+        return pooling
+
+    def _unpool(self, layer: Layer) -> int:
+        """SegNet's Upsample: unpool bottom 0 where the pooling found the maxima of its input."""
+        pooling = self._mask_pooling(layer)
+        x, before = self.flow.reads[layer.index][0], self.flow.reads[pooling.index][0]
+        steps = unpooling(layer, pooling, [self._shape(x), self._shape(before)])
+        return self._add_steps(layer, steps, [self.node_of[x], self.node_of[before]], [])
 
     def _fuse_scale(self, layer: Layer, ins: list[int]) -> int | None:
         """A Scale with bias right after a BatchNorm is that batchnorm's affine part."""

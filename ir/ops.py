@@ -39,6 +39,7 @@ class Op(enum.Enum):
     CHANNEL_SHUFFLE = "channel_shuffle"
     MAXPOOL = "maxpool"
     AVGPOOL = "avgpool"
+    UNPOOL = "unpool"
     ADD = "add"
     MUL = "mul"
     MAX = "max"
@@ -753,6 +754,56 @@ _register(
         ),
         finish=_pool_finish("avgpool"),
         doc="average pooling (global=true: over the whole map)",
+    )
+)
+
+
+# max unpooling (SegNet's decoder) ---------------------------------------------------------
+
+
+def _unpool_finish(a: dict[str, Any]) -> None:
+    if a["kernel"] is None:
+        raise OpError("unpool: needs the kernel size (k=...) of the max pooling it undoes")
+    if a["stride"] is None:
+        a["stride"] = a["kernel"]
+
+
+def _unpool_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    x, before = ins
+    c, h, w = _spatial("unpool", before)
+    pooled = (c, *_windowed("unpool", a, before, ceil=a["ceil"]))
+    if _spatial("unpool", x) != pooled:
+        raise OpError(
+            f"unpool: places {'x'.join(map(str, x))} values, but max pooling its second input "
+            f"({c}x{h}x{w}) gives {'x'.join(map(str, pooled))}"
+        )
+    return before
+
+
+def _unpool_expr(a: Mapping[str, Any], xs: Sequence[str]) -> str:
+    x, before = xs
+    window = str(_short(a["kernel"]))
+    if a["stride"] != a["kernel"]:
+        window += f", {_short(a['stride'])}"
+    if a["padding"] != (0, 0):
+        window += f", padding={_short(a['padding'])}"
+    ceil = ", ceil_mode=True" if a["ceil"] else ""
+    # the positions of the maxima: the pooling's own indices, found again on its input
+    where = f"F.max_pool2d({before}, {window}{ceil}, return_indices=True)[1]"
+    return f"F.max_unpool2d({x}, {where}, {window}, output_size={before}.shape[-2:])"
+
+
+_register(
+    OpSpec(
+        Op.UNPOOL,
+        attrs=tuple(a for a in _pool_attrs() if a.name != "global"),
+        shape=_unpool_shape,
+        torch=TorchExpr(_unpool_expr),
+        min_inputs=2,
+        max_inputs=2,
+        finish=_unpool_finish,
+        doc="SegNet's max unpooling: `unpool(x, before, k=2)` puts each value of x where max "
+        "pooling `before` (with the same window) found its maximum, zeros elsewhere",
     )
 )
 

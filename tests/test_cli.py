@@ -15,7 +15,15 @@ import pytest
 
 from mtsc.driver import build
 
-MODELS = ["efficientnet_b0", "mnasnet", "mobilenetv2", "resnet18", "resnet34", "resnet_tiny"]
+MODELS = [
+    "efficientnet_b0",
+    "mnasnet",
+    "mobilenetv2",
+    "resnet18",
+    "resnet34",
+    "resnet_tiny",
+    "segnet",
+]
 needs_dot = pytest.mark.skipif(
     shutil.which("dot") is None, reason="graphviz's dot is not installed"
 )

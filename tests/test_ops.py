@@ -129,6 +129,23 @@ CASES = [
         lambda m, a: 1 - 2 * a * a - 0.5,
     ),
     (
+        "unpool",
+        {"a": (3, 4, 6)},
+        "unpool(maxpool(a, k=2) * 2, a, k=2)",
+        # the doubled maxima back in their places: a 2x2 window's largest value, zeros elsewhere
+        lambda m, a: torch.where(
+            a == F.max_pool2d(a, 2).repeat_interleave(2, 2).repeat_interleave(2, 3), 2 * a, 0.0
+        ),
+    ),
+    (
+        "unpool_ceil_and_stride",
+        {"a": (2, 5, 5)},
+        "unpool(maxpool(a, k=3, s=2, ceil=true), a, k=3, s=2, ceil=true)",
+        lambda m, a: F.max_unpool2d(
+            *F.max_pool2d(a, 3, 2, ceil_mode=True, return_indices=True), 3, 2, output_size=(5, 5)
+        ),
+    ),
+    (
         "clip",
         {"a": (3, 4, 5)},
         "clip(a, min=-0.5, max=0.25)",
@@ -476,6 +493,7 @@ EXAMPLES_WITH_BACKBONES = [
     "resnet18.mtl",
     "resnet34.mtl",
     "resnet_tiny.mtl",
+    "segnet.mtl",
 ]
 
 
@@ -488,6 +506,8 @@ PUBLISHED_PARAMS = {
     "mobilenetv2.mtl": 3_504_872 - 1_281_000,
     "resnet18.mtl": 11_689_512 - 513_000,
     "resnet34.mtl": 21_797_672 - 513_000,
+    # SegNet's Caffe model (segnet_inference.prototxt, 11 classes) less its classifier conv.
+    "segnet.mtl": 29_449_355 - (64 * 11 * 9 + 11),
 }
 
 
@@ -580,6 +600,7 @@ def test_normalize_resolves_aliases_and_fills_defaults() -> None:
         (Op.CLIP, {"min": 1, "max": 0.5}, "clip: min 1 is above max 0.5"),
         (Op.CLIP, {"max": 6}, "clip: missing required attribute 'min'"),
         (Op.CHANNEL_SHUFFLE, {"groups": 0}, "groups must be at least 1, got 0"),
+        (Op.UNPOOL, {}, "unpool: needs the kernel size (k=...) of the max pooling it undoes"),
     ],
 )
 def test_attribute_errors(op, attrs, message) -> None:
@@ -680,6 +701,18 @@ def test_attribute_errors(op, attrs, message) -> None:
         (Op.MUL, {}, [(8, 4, 4), (8, 4, 5)], "mul: spatial size 4x4 vs 4x5"),
         (Op.MUL, {}, [(8, 4, 4), (4, 1, 1)], "mul: 8 vs 4 channels"),
         (Op.MUL, {}, [(8,), (8, 1, 1)], "mul: cannot combine a feature map with a flat vector"),
+        (
+            Op.UNPOOL,
+            {"k": 2},
+            [(8, 4, 4), (8, 10, 10)],
+            "unpool: places 8x4x4 values, but max pooling its second input (8x10x10) gives 8x5x5",
+        ),
+        (
+            Op.UNPOOL,
+            {"k": 2},
+            [(4, 5, 5), (8, 10, 10)],
+            "unpool: places 4x5x5 values, but max pooling its second input (8x10x10) gives 8x5x5",
+        ),
         (Op.MUL, {}, [(8, 1, 1), (8, 4, 4), (8, 2, 2)], "mul: spatial size 4x4 vs 2x2"),
         (Op.MAX, {}, [(8, 4, 4), (8,)], "max: cannot combine a feature map with a flat vector"),
         (Op.ADD, {"coeffs": (1, 2, 3)}, [(8, 4, 4), (8, 4, 4)], "add: 3 coefficients for 2 inputs"),

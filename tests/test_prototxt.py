@@ -68,6 +68,8 @@ FIXTURE_SHAPES = {
     "slice_branches": ((3, 8, 8), (5,)),
     # Element-wise layers keep 6x9x7; a 1x1 conv makes 4 channels.
     "elementwise": ((3, 9, 7), (4, 9, 7)),
+    # See the comments in the fixture: 9x7 -> pool 5x4 -> unpool 9x7 -> 1x1 conv to 2.
+    "segnet_unpool": ((3, 9, 7), (2, 9, 7)),
     # 12 -> conv 3/2 p1: 6 -> depthwise, scaled by its gate -> global average -> fc 5.
     "se_inner_product": ((3, 12, 12), (5,)),
 }
@@ -99,6 +101,7 @@ INNER_SHAPES = {
         "back": (4, 9, 7),
     },
     "elementwise": {"abs1": (6, 9, 7), "square": (6, 9, 7), "sum": (6, 9, 7)},
+    "segnet_unpool": {"pool1": (4, 5, 4), "conv2": (4, 5, 4), "upsample1": (4, 9, 7)},
     "fcn_upsample": {
         "conv1": (8, 5, 4),
         "score": (4, 5, 4),
@@ -727,6 +730,27 @@ def elementwise_reference(p: dict, x):
     return F.conv2d(shuffled, p["conv2.weight"], p["conv2.bias"])
 
 
+def segnet_unpool_reference(p: dict, x):
+    """The segnet_unpool network written by hand (float64): each 2x2 window of conv1 (the
+    last row's window cut short) gives its value in conv2 to the place of its maximum."""
+    import torch
+    import torch.nn.functional as F
+
+    conv1 = F.conv2d(x, p["conv1.weight"], p["conv1.bias"], padding=1)
+    pooled = torch.zeros(*conv1.shape[:2], 5, 4, dtype=x.dtype)
+    where = {}
+    for n, c, i, j in np.ndindex(*pooled.shape):
+        window = conv1[n, c, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
+        k = int(window.argmax())
+        pooled[n, c, i, j] = window.flatten()[k]
+        where[n, c, i, j] = (2 * i + k // window.shape[1], 2 * j + k % window.shape[1])
+    conv2 = F.conv2d(pooled, p["conv2.weight"], p["conv2.bias"], padding=1)
+    up = torch.zeros_like(conv1)
+    for (n, c, i, j), (h, w) in where.items():
+        up[n, c, h, w] = conv2[n, c, i, j]
+    return F.conv2d(up, p["conv3.weight"], p["conv3.bias"])
+
+
 # fixture: (its hand-written reference, the input's size)
 REFERENCES = {
     "small_numeric": (small_numeric_reference, (13, 11)),
@@ -736,6 +760,7 @@ REFERENCES = {
     "slice_branches": (slice_branches_reference, (8, 8)),
     "se_inner_product": (se_inner_product_reference, (12, 12)),
     "elementwise": (elementwise_reference, (9, 7)),
+    "segnet_unpool": (segnet_unpool_reference, (9, 7)),
 }
 
 
@@ -1059,8 +1084,8 @@ ERRORS = {
         "BatchNorm, Clip, Concat, Convolution, ConvolutionDepthwise, Crop, Deconvolution, "
         "DepthwiseConvolution, Dropout, ELU, Eltwise, Flatten, InnerProduct, Input, Interp, LRN, "
         "PReLU, Pooling, Power, ReLU, ReLU6, Reshape, Scale, ShuffleChannel, Sigmoid, Slice, "
-        "Softmax, Split, TanH (to import the network up to a blob before this layer, use "
-        "--output BLOB)",
+        "Softmax, Split, TanH, Upsample (to import the network up to a blob before this layer, "
+        "use --output BLOB)",
         'type: "ArgMax"',
     ),
     "clip without max": (
@@ -1082,8 +1107,8 @@ ERRORS = {
         "BatchNorm, Clip, Concat, Convolution, ConvolutionDepthwise, Crop, Deconvolution, "
         "DepthwiseConvolution, Dropout, ELU, Eltwise, Flatten, InnerProduct, Input, Interp, LRN, "
         "PReLU, Pooling, Power, ReLU, ReLU6, Reshape, Scale, ShuffleChannel, Sigmoid, Slice, "
-        "Softmax, Split, TanH (to import the network up to a blob before this layer, use "
-        "--output BLOB)",
+        "Softmax, Split, TanH, Upsample (to import the network up to a blob before this layer, "
+        "use --output BLOB)",
         "type: ARGMAX",
     ),
     "softmax inside": (
@@ -1367,10 +1392,10 @@ ERRORS = {
         INPUT
         + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p"\n  top: "p_mask"\n'
         + "  pooling_param { kernel_size: 2 stride: 2 } }\n"
-        + layer("u", "Upsample", "p", "p_mask"),
+        + layer("u", "Concat", "p", "p_mask"),
         None,
-        "layer 'p' (Pooling): top 'p_mask' is the max-pooling mask, which only Caffe's "
-        "unpooling reads; mtsc supports neither",
+        "layer 'p' (Pooling): top 'p_mask' is the max-pooling mask, which only the second "
+        "bottom of an Upsample layer (max unpooling) can read, not layer 'u' (Concat)",
         'top: "p_mask"',
     ),
     "pooling mask chosen as output": (
@@ -1378,9 +1403,26 @@ ERRORS = {
         + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p"\n  top: "p_mask"\n'
         + "  pooling_param { kernel_size: 2 stride: 2 } }\n",
         "p_mask",
-        "layer 'p' (Pooling): top 'p_mask' is the max-pooling mask, which only Caffe's "
-        "unpooling reads; mtsc supports neither",
+        "layer 'p' (Pooling): top 'p_mask' is the max-pooling mask, which only the second "
+        "bottom of an Upsample layer (max unpooling) can read, not the network's output",
         'top: "p_mask"',
+    ),
+    "upsample without a mask": (
+        INPUT + conv("c1") + layer("u", "Upsample", "data", "c1"),
+        None,
+        "layer 'u' (Upsample): bottom 'c1' must be the mask of a max Pooling layer (its "
+        "second top): mtsc supports Upsample as SegNet's max unpooling",
+        'bottom: "c1"',
+    ),
+    "upsample to another size": (
+        INPUT
+        + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p"\n  top: "p_mask"\n'
+        + "  pooling_param { kernel_size: 2 stride: 2 } }\n"
+        + layer("u", "Upsample", "p", "p_mask", body="upsample_param { scale: 3 }"),
+        None,
+        "layer 'u' (Upsample): gives 12x12 in Caffe, but the input of 'p', whose mask places "
+        "the values, is 8x8; set upsample_h: 8 and upsample_w: 8",
+        "upsample_param {",
     ),
     "average pooling with two tops": (
         INPUT
