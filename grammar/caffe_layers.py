@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 
 from mtsc.grammar.prototxt_scan import Block
 from mtsc.ir.errors import MtscError
-from mtsc.ir.ops import Op, Shape
+from mtsc.ir.ops import Op, Shape, infer_shape, spec_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +366,13 @@ def unpooling(layer: Layer, pooling: Layer, ins: Sequence[Shape]) -> list[Step]:
     p = _params(layer)
     (pool,) = CONVERTERS["Pooling"](pooling, ins[1:])
     attrs = {k: v for k, v in pool.attrs.items() if k != "global"}
+    pooled = infer_shape(Op.MAXPOOL, spec_of(Op.MAXPOOL).normalize(pool.attrs), ins[1:])
+    if tuple(ins[0]) != pooled:
+        raise layer.error(
+            f"bottom {layer.bottoms[0]!r} is {_shown(ins[0])}, but the mask of {pooling.name!r} "
+            f"is for its output, {_shown(pooled)}",
+            "bottom",
+        )
     _, h, w = ins[0]
     scale_h, scale_w = p.scale_h or p.scale, p.scale_w or p.scale
     size = (

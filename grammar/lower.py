@@ -478,6 +478,8 @@ class Lowerer:
                 if not isinstance(value, bool):
                     raise MtscError(expr.span, f"'not' needs true or false, got {_describe(value)}")
                 return not value
+            if isinstance(value, Tensor):  # -x: the power op's -1 * x
+                return self.add_op(Op.POWER, "power", [value], {"scale": -1.0}, expr.span, scope)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise MtscError(expr.span, f"cannot negate {_describe(value)}")
             return -value
@@ -552,6 +554,8 @@ class Lowerer:
             return self.add_op(op, op.value, [left, right], {}, expr.span, scope)
         tensor, number = (left, right) if isinstance(left, Tensor) else (right, left)
         attrs = _affine(expr.op, number, tensor_first=tensor is left)
+        if expr.op == "/" and tensor is left and number == 0:
+            raise MtscError(expr.span, "division by zero")
         if attrs is None:
             raise MtscError(
                 expr.span, f"cannot apply '{expr.op}' to {_describe(left)} and {_describe(right)}"
@@ -696,7 +700,7 @@ class Lowerer:
             if spec.positional:
                 allowed = f"at most {len(spec.positional)} ({', '.join(spec.positional)})"
             elif spec.attrs:
-                allowed = f"none; name them ({', '.join(f'{a.name}=' for a in spec.attrs)})"
+                allowed = f"none; name them ({', '.join(f'{a.name}=...' for a in spec.attrs)})"
             else:
                 allowed = f"none; {written} takes no attributes"
             raise MtscError(

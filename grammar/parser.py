@@ -115,9 +115,11 @@ def _syntax_error(err: lark.UnexpectedInput, text: str, file: str) -> MtscError:
         if tok.type == "EQUAL" and "COMP_OP" in expected:
             message = "unexpected '='; use '==' to compare"
         elif tok.type == "EQUAL" and expected == {"COLON"}:
-            # `name=` after a task's head: the parser read `name` as the next task's name.
-            before = re.search(r"(\w+)\s*$", text.splitlines()[line - 1][: column - 1])
-            if before:
+            # `name=` after a task's head (`seg: fcn(classes=2) name=...`): the parser read
+            # `name` as the next task's name.
+            ahead = text.splitlines()[line - 1][: column - 1]
+            before = re.search(r"(\w+)\s*$", ahead)
+            if before and ":" in ahead[: before.start()]:
                 column -= len(before.group(0))
                 word = before.group(1)
                 message = (

@@ -22,6 +22,7 @@ layer's line, and `meta["var"]` its top blob, which generated code uses as varia
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from mtsc.grammar.caffe_layers import (
     unpooling,
 )
 from mtsc.grammar.proto_schema import message_class
-from mtsc.grammar.prototxt_scan import Block, Layout, bare_values, scan
+from mtsc.grammar.prototxt_scan import Block, Layout, bare_fields, scan
 from mtsc.ir.errors import InternalError, MtscError, Span
 from mtsc.ir.graph import Graph, Node
 from mtsc.ir.ops import Op, OpError, Shape, did_you_mean, infer_shape, spec_of
@@ -78,9 +79,9 @@ def import_prototxt(path: str | Path, *, output: str | None = None) -> Imported:
 
 def import_text(text: str, file: str, *, output: str | None = None) -> Imported:
     """Import prototxt source text; `file` names it in spans and messages."""
-    net = _parse(text, file)
+    net, forks_types = _parse(text, file)
     layout = scan(text, file)
-    layers, phase_notes = _layers(net, layout)
+    layers, phase_notes = _layers(net, layout, forks_types)
     inputs = _declared_inputs(net, layout)
     flow = _trace(layers, inputs)
     out = _choose_output(layers, flow, output, file)
@@ -97,38 +98,38 @@ def import_text(text: str, file: str, *, output: str | None = None) -> Imported:
 # ----------------------------------------------------------------------------- reading
 
 
-def _parse(text: str, file: str) -> Message:
+def _parse(text: str, file: str) -> tuple[Message, dict[tuple[int, int], str]]:
+    """The parsed network, and the V1 types of forks that the parse could not read."""
     net = message_class(SCHEMA, "caffe.NetParameter")()
+    parsed, forks_types = _without_forks_v1_types(text)
     try:
-        text_format.Parse(_forks_v1_types_as_none(text), net, allow_unknown_field=True)
+        text_format.Parse(parsed, net, allow_unknown_field=True)
     except text_format.ParseError as err:
         line, column = err.GetLine() or 1, err.GetColumn() or 1
         message = str(err).split(" : ", 1)[-1]
-        lines = text.splitlines()
+        lines = parsed.splitlines()  # protobuf quotes the line it parsed
         quoted = f"'{lines[line - 1]}': " if line <= len(lines) else ""
         message = message.removeprefix(quoted)
         span = Span(file, line, column, source=text)
         raise MtscError(span, f"not a valid prototxt: {message}") from None
-    return net
+    return net, forks_types
 
 
-def _forks_v1_types_as_none(text: str) -> str:
-    """The text with each V1 layer type that Caffe's enum lacks (a fork's: DeepLab's INTERP,
-    IMAGE_SEG_DATA) written as NONE, so that the file parses and the layer can be named, cut
-    off with --output or dropped. `_layers` reads the real name back from the source."""
+def _without_forks_v1_types(text: str) -> tuple[str, dict[tuple[int, int], str]]:
+    """The text with each `type: NAME` field whose NAME Caffe's V1 enum lacks (a fork's:
+    DeepLab's INTERP, IMAGE_SEG_DATA) blanked out, so that the file parses (the layer's type is
+    then NONE) and the layer can be named, cut off with --output or dropped; and those names,
+    by the (line, column) of their field. Blanks keep every other position where it was."""
     known = _v1_type_enum().values_by_name
-    parts, last = [], 0
-    for start, end in bare_values(text, "type"):
-        if text[start:end] not in known:
-            parts += [text[last:start], "NONE".ljust(end - start)]
-            last = end
-    return "".join(parts) + text[last:]
-
-
-def _written_value(span: Span) -> str:
-    """The value of a one-line `key: value` field, as the source writes it."""
-    line = span.source_line() or ""
-    return line[span.column - 1 : span.end_column - 1].split(":", 1)[-1].strip()
+    parts, last, names = [], 0, {}
+    for start, end, name in bare_fields(text, "type"):
+        if name in known or not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
+            continue  # Caffe's own, or not a V1 type name at all (the parse says so)
+        line = text.count("\n", 0, start) + 1
+        names[line, start - text.rfind("\n", 0, start)] = name
+        parts += [text[last:start], re.sub(r"[^\n]", " ", text[start:end])]
+        last = end
+    return "".join(parts) + text[last:], names
 
 
 def _v1_type_enum() -> EnumDescriptor:
@@ -136,7 +137,9 @@ def _v1_type_enum() -> EnumDescriptor:
     return layer.DESCRIPTOR.fields_by_name["type"].enum_type
 
 
-def _layers(net: Message, layout: Layout) -> tuple[list[Layer], tuple[str, ...]]:
+def _layers(
+    net: Message, layout: Layout, forks_types: dict[tuple[int, int], str]
+) -> tuple[list[Layer], tuple[str, ...]]:
     if net.layer and net.layers:
         raise MtscError(
             layout.blocks["layers"][0].span,
@@ -154,7 +157,15 @@ def _layers(net: Message, layout: Layout) -> tuple[list[Layer], tuple[str, ...]]
         if v1:
             v1_name = _v1_type_enum().values_by_number[p.type].name
             if v1_name == "NONE" and "type" in block.fields:  # a fork's type: as written
-                v1_name = _written_value(block.field_span("type"))
+                where = block.field_span("type")
+                v1_name = forks_types.get((where.line, where.column), v1_name)
+                if v1_name not in V1_TYPES and v1_name in SUPPORTED_TYPES:
+                    raise MtscError(
+                        where,
+                        f"layer {p.name!r}: type {v1_name} in a V1 `layers` block; mtsc reads "
+                        f"the V1 types {', '.join(sorted(V1_TYPES))}; write the layer in a "
+                        "`layer { }` block",
+                    )
             type_ = V1_TYPES.get(v1_name, v1_name)
         else:
             type_ = p.type
@@ -162,10 +173,15 @@ def _layers(net: Message, layout: Layout) -> tuple[list[Layer], tuple[str, ...]]
         if _in_network(p, block, net.state):
             layers.append(Layer(len(layers), name, type_, tuple(p.bottom), tuple(p.top), p, block))
         else:
-            left_out.append(f"{name} ({type_})")
+            left_out.append((name, type_, block.span.line))
     notes = ()
     if left_out:
-        notes = (f"Not imported: outside {_network_name(net.state)}: {', '.join(left_out)}.",)
+        kept = {layer.name for layer in layers}  # a TRAIN twin of a TEST layer: told by its line
+        named = [
+            f"{name} ({type_}, line {line})" if name in kept else f"{name} ({type_})"
+            for name, type_, line in left_out
+        ]
+        notes = (f"Not imported: outside {_network_name(net.state)}: {', '.join(named)}.",)
     return layers, notes
 
 
@@ -721,10 +737,11 @@ class _Builder:
             raise layer.error(f"has {len(layer.tops)} tops; mtsc needs exactly one", "top")
         if mask and self.flow.writes[layer.index][1] in self.needed:
             v = self.flow.writes[layer.index][1]
-            misread = [
+            misread = [  # (a reader of a type mtsc lacks is named as that, when checked)
                 f"layer {self.layers[r].name!r} ({self.layers[r].type})"
                 for r in self.readers.get(v, [])
-                if self.layers[r].type != "Upsample" or self.flow.reads[r][1:] != [v]
+                if self.layers[r].type in SUPPORTED_TYPES
+                and (self.layers[r].type != "Upsample" or self.flow.reads[r][1:] != [v])
             ]
             if misread or v == self.out:
                 raise layer.error(
@@ -734,9 +751,9 @@ class _Builder:
                     "top",
                     1,
                 )
+        _check_bottom_count(layer)
         if layer.type == "Upsample":
             self._mask_pooling(layer)
-        _check_bottom_count(layer)
 
     def _mask_pooling(self, layer: Layer) -> Layer:
         """The max Pooling layer whose mask an Upsample layer reads (its second bottom)."""

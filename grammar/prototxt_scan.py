@@ -132,16 +132,23 @@ def scan(text: str, file: str) -> Layout:
     return Layout(_frozen(top), {k: tuple(v) for k, v in blocks.items()})
 
 
-def bare_values(text: str, key: str) -> list[tuple[int, int]]:
-    """The offsets (start, end) of the unquoted values of every `key:` field, at any depth:
-    the enum names of V1 layers' `type: CONVOLUTION`. Unlike `scan`, it runs before the parse,
-    on any text."""
+def bare_fields(text: str, key: str) -> list[tuple[int, int, str]]:
+    """Every `key: VALUE` field whose value is unquoted, at any depth: (offset of the key, end
+    of the value, the value), as the enum names of V1 layers' `type: CONVOLUTION`. Unlike
+    `scan`, it runs before the parse, on any text."""
     found = []
-    before: list[str] = ["", ""]  # the two previous tokens, kind:text
+    before: list[re.Match | None] = [None, None]  # the two previous tokens
     for m in _tokens(text):
-        if m.lastgroup == "word" and before == [f"word:{key}", "colon::"]:
-            found.append((m.start(), m.end()))
-        before = [before[1], f"{m.lastgroup}:{m.group()}"]
+        first, colon = before
+        if (
+            m.lastgroup == "word"
+            and first is not None
+            and (first.lastgroup, first.group()) == ("word", key)
+            and colon is not None
+            and colon.lastgroup == "colon"
+        ):
+            found.append((first.start(), m.end(), m.group()))
+        before = [colon, m]
     return found
 
 

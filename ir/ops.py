@@ -584,8 +584,6 @@ def _power_expr(a: Mapping[str, Any], xs: Sequence[str]) -> str:
         expr = x
     elif scale == -1.0:
         expr = f"-{x}"
-    elif scale != 0.0 and len(repr(1 / scale)) < len(repr(scale)):
-        expr = f"{x} / {1 / scale!r}"  # `x / 6.0`, not `0.16666666666666666 * x`
     else:
         expr = f"{scale!r} * {x}"
     if shift != 0.0 and scale == -1.0:
@@ -764,6 +762,7 @@ _register(
 def _unpool_finish(a: dict[str, Any]) -> None:
     if a["kernel"] is None:
         raise OpError("unpool: needs the kernel size (k=...) of the max pooling it undoes")
+    _pool_finish("unpool")({**a, "global": False})  # the pooling's own rules: stride, padding
     if a["stride"] is None:
         a["stride"] = a["kernel"]
 

@@ -40,13 +40,14 @@ def check_model_fits_data(
             for task in g.tasks
         },
     )
+    # after the heads: a head on flat features is better told it must give a map
+    check_weights_keep_their_size(g, sized, data)
 
 
 def graph_at_images(g: Graph, image_shape: tuple[int, ...], data: str) -> Graph:
     """`g` with its one input at the images' shape (C x H x W), after checking that the input
-    has their channels, that every op's shape rule holds at their size (a network runs at any
-    size its ops can take, not only the declared one), and that every op's weights keep their
-    declared size there (a linear layer on flattened features does not)."""
+    has their channels and that every op's shape rule holds at their size (a network runs at
+    any size its ops can take, not only the declared one)."""
     inputs = g.input_ids()
     if len(inputs) != 1:
         return g  # a model with tasks has one input; the frontend says so
@@ -69,19 +70,28 @@ def graph_at_images(g: Graph, image_shape: tuple[int, ...], data: str) -> Graph:
         raise MtscError(
             err.span, f"on the {data} images ({height}x{width}): {err.message}", notes=err.notes
         ) from None
-    for nid in g.topo_order():
-        declared, there = _weights(g, nid), _weights(sized, nid)
+    return sized
+
+
+def check_weights_keep_their_size(g: Graph, sized: Graph, data: str) -> None:
+    """Every op of `g` has the weights at `sized`'s input size (the data's) that it has at the
+    declared one: a linear layer on flattened features does not."""
+    inputs = g.input_ids()
+    if sized is g or len(inputs) != 1:
+        return  # at the declared size, or not a model with tasks (the frontend says so)
+    declared_input, images = g.node(inputs[0]), sized.node(inputs[0]).shape
+    for n in g.topo_order():
+        declared, there = _weights(g, n), _weights(sized, n)
         if declared != there:
-            at = g.node(nid)
-            size = "x".join(map(str, node.shape))
+            at = g.node(n)
             raise MtscError(
                 at.loc,
-                f"on the {data} images ({height}x{width}): {at.name} would need {there:,} "
-                f"weights, but the model declares {declared:,} at its input's {size}; declare "
-                f"`input {node.name}: {channels}x{height}x{width}`, or make the size fixed "
+                f"on the {data} images ({images[1]}x{images[2]}): {at.name} would need "
+                f"{there:,} weights, but the model declares {declared:,} at its input's "
+                f"{'x'.join(map(str, declared_input.shape))}; declare `input "
+                f"{declared_input.name}: {'x'.join(map(str, images))}`, or make the size fixed "
                 "before it (avgpool(x, global=true))",
             )
-    return sized
 
 
 def _weights(g: Graph, nid: int) -> int:

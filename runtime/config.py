@@ -14,8 +14,7 @@ from typing import Any
 
 from mtsc.errors import MtscError, Span
 from mtsc.fsutil import read_source
-from mtsc.ir.ops import did_you_mean
-from mtsc.runtime.data.options import ANY_KIND_OPTIONS
+from mtsc.runtime.data.options import option_problems
 
 # SearchConfig.mixing: "auto" or one of Supermodel.set_mixing's choices
 MIXING_CHOICES = ("auto", "outputs", "weights")
@@ -205,20 +204,51 @@ def _parse_toml(text: str, file: str) -> dict[str, Any]:
 def _key_span(text: str, file: str, key: str, inner: str | None = None) -> Span | None:
     """Where a TOML file sets top-level `key`: `key = ...` (or `key.x = ...`) before the first
     table, or a table `[key]`, `[key.x]`, `[[key]]`; with `inner`, where it sets `inner` in
-    the table `[key]`. None when no line reads so."""
+    the table `key` (see `_inner_key_span`). None when no line reads so."""
+    if inner is not None:
+        return _inner_key_span(text, file, key, inner)
     table = re.compile(rf"\s*\[\[?\s*({_toml_name(key)})\s*[.\]]")
-    assignment = re.compile(rf"\s*({_toml_name(key if inner is None else inner)})\s*[.=]")
-    in_place = inner is None  # where `assignment` applies: the top, or the table [key]
+    assignment = re.compile(rf"\s*({_toml_name(key)})\s*[.=]")
+    at_top = True
     for number, line in enumerate(text.split("\n"), 1):  # as tomllib counts lines
-        header = line.lstrip().startswith("[")
-        found = table.match(line) if inner is None else None
-        found = found or (assignment.match(line) if in_place and not header else None)
+        found = table.match(line) or (assignment.match(line) if at_top else None)
         if found:
-            start, end = found.span(1)
-            return Span(file, number, start + 1, number, end + 1, source=text)
-        if header:
-            in_place = inner is not None and table.match(line) is not None
+            return _span_of(found, file, number, text)
+        if line.lstrip().startswith("["):
+            at_top = False
     return None
+
+
+def _inner_key_span(text: str, file: str, key: str, inner: str) -> Span | None:
+    """Where a TOML file sets `inner` in the table `key`: `inner = ...` under `[key]`, a table
+    `[key.inner]`, or before the first table `key.inner = ...` or `key = { inner = ... }`."""
+    k, i = _toml_name(key), _toml_name(inner)
+    own_table = re.compile(rf"\s*\[\s*{k}\s*\]")
+    inner_table = re.compile(rf"\s*\[\[?\s*{k}\s*\.\s*({i})\s*[.\]]")
+    in_table = re.compile(rf"\s*({i})\s*[.=]")
+    dotted = re.compile(rf"\s*{k}\s*\.\s*({i})\s*[.=]")
+    inline = re.compile(rf"\s*{k}\s*=\s*\{{(?:.*[{{,])?\s*({i})\s*=")
+    at_top, in_own = True, False
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.lstrip().startswith("["):
+            found = inner_table.match(line)
+            if found:
+                return _span_of(found, file, number, text)
+            at_top, in_own = False, own_table.match(line) is not None
+            continue
+        if in_own:
+            found = in_table.match(line)
+        else:
+            found = (dotted.match(line) or inline.match(line)) if at_top else None
+        if found:
+            return _span_of(found, file, number, text)
+    return None
+
+
+def _span_of(found: re.Match, file: str, number: int, text: str) -> Span:
+    """The span of `found`'s first group on line `number` of `text`."""
+    start, end = found.span(1)
+    return Span(file, number, start + 1, number, end + 1, source=text)
 
 
 def _toml_name(key: str) -> str:
@@ -351,12 +381,7 @@ def _check(config: Any) -> list[tuple[str, str]]:
         problems.append(("mixing", "mixing must be 'auto', 'outputs' or 'weights'"))
     if config.amp not in (None, "bf16", "fp16"):
         problems.append(("amp", "amp must be bf16 or fp16"))
-    for name in sorted(getattr(config, "data", None) or {}):
-        if name not in ANY_KIND_OPTIONS:  # one the data's kind lacks: open_dataset says so
-            problems.append(
-                (
-                    f"data.{name}",
-                    f"unknown [data] option {name!r}" + did_you_mean(name, ANY_KIND_OPTIONS),
-                )
-            )
+    data = getattr(config, "data", None) or {}
+    # options no dataset takes, or ill-formed; one the data's kind lacks: open_dataset says so
+    problems += [(f"data.{name}", message) for name, message in option_problems(data)]
     return problems

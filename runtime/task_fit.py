@@ -96,11 +96,13 @@ def _check_output(
         if channels == wanted:
             return
         need = f"{task} on {data} needs {count_channels(wanted)}"
-    hint = (
-        f"set classes={wanted} in the tasks section"
-        if "classes" in spec["head"][1]
-        else f"make the head give {count_channels(wanted)}"
-    )
+    classes = spec["head"][1].get("classes")
+    if classes is None:
+        hint = f"make the head give {count_channels(wanted)}"
+    elif classes != channels:  # the head's block does not follow its option
+        hint = f"its block ignores classes={classes}: make it give {count_channels(wanted)}"
+    else:
+        hint = f"set classes={wanted} in the tasks section"
     raise MtscError(
         where, f"{task}: the model's head gives {count_channels(channels)}, but {need} ({hint})"
     )

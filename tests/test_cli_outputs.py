@@ -495,10 +495,33 @@ HEAD_MISFITS = {
         "20:14: error: segment: the model's head gives 2 channels, but shapes has 6 classes "
         "(make the head give 6 channels)",
     ),
+    "a head that ignores its classes": (
+        (
+            "tasks {",
+            "block fixed(x, input, classes) {\n    return upsample(conv(x, 2, k=1), input)\n}\n"
+            "tasks {",
+            "conv1x1(classes=7)",
+            "fixed(classes=6)",
+        ),
+        "17:14: error: segment: the model's head gives 2 channels, but shapes has 6 classes (its "
+        "block ignores classes=6: make it give 6 channels)",
+    ),
     "a head without upsampling": (
         ("tasks {", HEADS + "tasks {", "conv1x1(classes=1)", "raw(classes=1)"),
         "21:14: error: depth: the model's head gives 1x8x8 on the shapes images (16x16); depth "
         "needs a map of the images' size (end the head with upsample(y, input))",
+    ),
+    "a head on flat features, declared for other images": (
+        (
+            "3x16x16",
+            "3x8x8",
+            "tasks {",
+            "block flat(x, input, classes) {\n    return flatten(x) | linear(classes)\n}\ntasks {",
+            "conv1x1(classes=7)",
+            "flat(classes=7)",
+        ),
+        "17:14: error: segment: the model's head gives 7 features on the shapes images (16x16); "
+        "segment needs a map of the images' size (end the head with upsample(y, input))",
     ),
     "a task the data lacks": (
         ("depth:", "edges:"),

@@ -8,10 +8,12 @@ import re
 
 import pytest
 
+import mtsc.runtime.data.options as options_module
 from mtsc.cli import main
 from mtsc.commands.search import parse_sets
 from mtsc.errors import MtscError
 from mtsc.runtime.config import SearchConfig, TrainConfig, make_config
+from mtsc.runtime.config import _key_span as _config_key_span
 from mtsc.runtime.data.options import COMMON_OPTIONS
 
 
@@ -239,6 +241,47 @@ def test_a_misspelt_data_option_is_shown_in_its_table(tmp_path):
         make_config(TrainConfig, toml, {})
     toml.write_text("[data]\n'sizee' = 3\n")
     assert str(_error(TrainConfig, {}, toml).span) == f"{toml}:2:1"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("scales = [1.0, 'x']", "[data] scales must be a list of numbers >= 1 (zoom-in factors), "
+         "got [1.0, 'x']"),
+        ("scales = 2", "[data] scales must be a list of numbers >= 1 (zoom-in factors), got 2"),
+        ("cache_dir = 5", "[data] cache_dir must be a folder's path (a string), got 5"),
+        ("flip = 'yes'", "[data] flip must be true or false, got 'yes'"),
+        ("tasks = ['segment', 'segment']", "[data] tasks must be a task name or a list of "
+         "different ones, got ['segment', 'segment']"),
+        ("size = [0, 4]", "[data] size must be a positive integer or a [height, width] pair of "
+         "them, got [0, 4]"),
+    ],
+)  # fmt: skip
+def test_an_ill_formed_data_option_is_shown_where_it_is_set(line, message, tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text(f"seed = 1\n[data]\nn_val = 4\n{line}\n")
+    err = _error(SearchConfig, {}, toml)
+    assert (err.message, str(err.span)) == (f"bad config: {message}", f"{toml}:4:1")
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("data = { size = 16, sizee = 3 }\n", (1, 21)),
+        ("seed = 1\ndata.sizee = 3\n", (2, 6)),
+        ("[data]\nsize = 16\n[data.sizee]\nx = 1\n", (3, 7)),
+        ("[data]\n[other]\nsizee = 1\n[data.x]\nsizee = 2\n[data]\n", None),
+    ],
+)
+def test_a_data_option_is_found_in_every_form_toml_has(text, where, tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text(text)
+    span = _config_key_span(toml.read_text(), str(toml), "data", "sizee")
+    assert (span.line, span.column) == where if where else span is None
+
+
+def test_every_data_option_has_a_kind():
+    assert set(options_module._KINDS) == set(options_module.ANY_KIND_OPTIONS)
 
 
 def test_missing_toml_file(tmp_path):

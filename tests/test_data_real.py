@@ -544,5 +544,5 @@ def test_size_option_resizes_every_sample(tmp_path):
     # Nearest resampling keeps label values (every other column here) and depth values.
     assert targets["segment"][-1].tolist() == [0, 2, 4, 6, 8, 10]
     assert set(targets["depth"].flatten().tolist()) <= set(_depth(0).flatten().tolist())
-    with pytest.raises(MtscError, match="size must be positive"):
+    with pytest.raises(MtscError, match="size must be a positive integer or a"):
         open_dataset(f"nyuv2:{root}", "val", size=(0, 4))

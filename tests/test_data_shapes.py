@@ -446,7 +446,7 @@ def test_shapes_dataset_task_subset_and_errors(tmp_path):
         open_dataset("shapes", "dev", cache_dir=tmp_path)
     with pytest.raises(MtscError, match="shapes has no task 'edges'"):
         open_dataset("shapes", "val", tasks=("edges",))
-    with pytest.raises(MtscError, match="size must be an integer or a pair"):
+    with pytest.raises(MtscError, match="size must be a positive integer or a"):
         open_dataset("shapes", "val", size=(1, 2, 3))
     with pytest.raises(IndexError):
         ds[2]
@@ -457,7 +457,7 @@ def test_open_dataset_spec_errors():
         open_dataset("kitti:/x", "train")
     with pytest.raises(MtscError, match="nyuv2 needs a path: nyuv2:PATH"):
         open_dataset("nyuv2", "train")
-    with pytest.raises(MtscError, match="scales must be numbers >= 1"):
+    with pytest.raises(MtscError, match="scales must be a list of numbers >= 1"):
         open_dataset("shapes", "val", scales=(0.5,))
 
 

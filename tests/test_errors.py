@@ -262,8 +262,8 @@ ARGUMENTS = [
     case(
         "op_without_positional_attributes",
         HEAD + "backbone {\n    return maxpool(image, 2)\n}\n",
-        "maxpool: too many positional attributes after the inputs: none; name them (kernel=, "
-        "stride=, padding=, ceil=, global=)",
+        "maxpool: too many positional attributes after the inputs: none; name them (kernel=..., "
+        "stride=..., padding=..., ceil=..., global=...)",
         (3, 12),
         "maxpool(image, 2)",
     ),
@@ -635,6 +635,13 @@ TASKS = [
         "los=",
     ),
     case(
+        "task_written_as_an_assignment",
+        TASKS_HEAD + "tasks {\n    seg = fcn(classes=2)\n}\n",
+        "unexpected '='; expected ':'",
+        (6, 9),
+        "=",
+    ),
+    case(
         "empty_tasks",
         TASKS_HEAD + "tasks {\n}\n",
         "the tasks section is empty",
@@ -840,6 +847,13 @@ VALUES = [
         "'/' is not defined for two tensors (use +, - or *)",
         (3, 12),
         "image / image",
+    ),
+    case(
+        "tensor_over_zero",
+        HEAD + "backbone {\n    return image / 0\n}\n",
+        "division by zero",
+        (3, 12),
+        "image / 0",
     ),
     case(
         "number_over_tensor",

@@ -122,6 +122,7 @@ CASES = [
         lambda m, a: (a + 3).clamp(0, 6) / 6,
     ),
     ("tensor_minus_tensor", {"a": (3, 4, 5)}, "a - a * a", lambda m, a: a - a * a),
+    ("negated_tensor", {"a": (3, 4, 5)}, "relu(-a)", lambda m, a: (-a).clamp(min=0)),
     (
         "number_and_tensor",
         {"a": (3, 4, 5)},
@@ -601,6 +602,11 @@ def test_normalize_resolves_aliases_and_fills_defaults() -> None:
         (Op.CLIP, {"max": 6}, "clip: missing required attribute 'min'"),
         (Op.CHANNEL_SHUFFLE, {"groups": 0}, "groups must be at least 1, got 0"),
         (Op.UNPOOL, {}, "unpool: needs the kernel size (k=...) of the max pooling it undoes"),
+        (
+            Op.UNPOOL,
+            {"k": 2, "p": 2},
+            "unpool: padding 2 must be at most half the kernel size 2 (as PyTorch pools)",
+        ),
     ],
 )
 def test_attribute_errors(op, attrs, message) -> None:

@@ -25,7 +25,7 @@ from mtsc.grammar.format import format_source
 from mtsc.grammar.lower import lower_file
 from mtsc.grammar.proto_schema import message_class, parse_proto
 from mtsc.grammar.prototxt import SCHEMA, import_prototxt, import_text
-from mtsc.grammar.prototxt_scan import bare_values
+from mtsc.grammar.prototxt_scan import bare_fields
 from mtsc.ir.errors import InternalError, MtscError
 from mtsc.ir.graph import Graph
 from mtsc.ir.ops import Op
@@ -400,7 +400,7 @@ def test_train_and_test_copies_of_a_layer_import_the_test_one():
     assert named["bn1"].attrs["eps"] == pytest.approx(0.001)
     assert "drop" not in named
     assert imported.notes == (
-        "Not imported: outside Caffe's TEST network: bn1 (BatchNorm), drop (Dropout).",
+        "Not imported: outside Caffe's TEST network: bn1 (BatchNorm, line 10), drop (Dropout).",
     )
     v1 = INPUT + (
         'layers { name: "r" type: RELU bottom: "data" top: "r" include { phase: TRAIN } }\n'
@@ -1414,6 +1414,36 @@ ERRORS = {
         "second top): mtsc supports Upsample as SegNet's max unpooling",
         'bottom: "c1"',
     ),
+    "upsample of another shape than the mask's": (
+        INPUT
+        + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p"\n  top: "p_mask"\n'
+        + "  pooling_param { kernel_size: 2 stride: 2 } }\n"
+        + layer("u", "Upsample", "data", "p_mask", body="upsample_param { scale: 1 }"),
+        "u",
+        "layer 'u' (Upsample): bottom 'data' is N x 3 x 8 x 8, but the mask of 'p' is for its "
+        "output, N x 3 x 4 x 4",
+        'bottom: "data"\n  bottom: "p_mask"',
+    ),
+    "a mask read by a type mtsc lacks": (
+        INPUT
+        + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p"\n  top: "p_mask"\n'
+        + "  pooling_param { kernel_size: 2 stride: 2 } }\n"
+        + layer("u", "Unpooling", "p", "p_mask"),
+        None,
+        "layer 'u' (Unpooling): unsupported layer type 'Unpooling'; mtsc supports AbsVal, Axpy, "
+        "BN, BatchNorm, Clip, Concat, Convolution, ConvolutionDepthwise, Crop, Deconvolution, "
+        "DepthwiseConvolution, Dropout, ELU, Eltwise, Flatten, InnerProduct, Input, Interp, LRN, "
+        "PReLU, Pooling, Power, ReLU, ReLU6, Reshape, Scale, ShuffleChannel, Sigmoid, Slice, "
+        "Softmax, Split, TanH, Upsample (to import the network up to a blob before this layer, "
+        "use --output BLOB)",
+        'type: "Unpooling"',
+    ),
+    "upsample with one bottom": (
+        INPUT + layer("u", "Upsample", "data"),
+        None,
+        "layer 'u' (Upsample): takes 2 bottom(s), got 1",
+        'bottom: "data"',
+    ),
     "upsample to another size": (
         INPUT
         + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p"\n  top: "p_mask"\n'
@@ -2110,9 +2140,46 @@ def test_v1_fork_types_parse_and_are_named_where_unsupported():
     assert (interp.op, interp.shape) == (Op.INTERP, (3, 13, 13))  # 9 -> 7 -> (7 - 1) * 2 + 1
 
 
-def test_bare_values_skip_comments_and_strings():
-    text = 'type: CONV # type: IMSHOW\nname: "type: X"\nlayers { type:RELU }'
-    assert [text[a:b] for a, b in bare_values(text, "type")] == ["CONV", "RELU"]
+def test_bare_fields_skip_comments_and_strings():
+    text = 'type: CONV # type: IMSHOW\nname: "type: X"\nlayers { type:\n  RELU }'
+    found = bare_fields(text, "type")
+    assert [name for _, _, name in found] == ["CONV", "RELU"]
+    assert [text[a:b] for a, b, _ in found] == ["type: CONV", "type:\n  RELU"]
+
+
+@pytest.mark.parametrize(
+    ("layers", "message", "where"),
+    [
+        (
+            'layers { name: "b" type: BN bottom: "data" top: "b" }',
+            "layer 'b': type BN in a V1 `layers` block; mtsc reads the V1 types ABSVAL, CONCAT, "
+            "CONVOLUTION, DECONVOLUTION, DROPOUT, ELTWISE, FLATTEN, INNER_PRODUCT, INTERP, LRN, "
+            "POOLING, POWER, RELU, SIGMOID, SLICE, SOFTMAX, SPLIT, TANH; write the layer in a "
+            "`layer { }` block",
+            (3, 20),
+        ),
+        (
+            'layers { name: "b" type: CRF bottom: "data" top: y }',
+            "not a valid prototxt: Expected string but found: 'y'",
+            (3, 50),
+        ),
+    ],
+)
+def test_v1_type_errors_keep_their_places(layers, message, where):
+    text = INPUT + layers + "\n"
+    with pytest.raises(MtscError) as info:
+        import_text(text, "n.prototxt")
+    assert (info.value.message, (info.value.span.line, info.value.span.column)) == (
+        message,
+        where,
+    )
+
+
+def test_a_v1_fork_type_on_the_next_line_is_read():
+    text = INPUT + 'layers { name: "z" type:\n  INTERP bottom: "data" top: "z"\n'
+    text += "  interp_param { zoom_factor: 2 } }\n"
+    node = nodes_by_name(import_text(text, "n.prototxt").graph)["z"]
+    assert (node.op, node.shape) == (Op.INTERP, (3, 15, 15))
 
 
 def test_shuffle_channel_imports_as_channel_shuffle():

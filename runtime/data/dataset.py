@@ -33,6 +33,7 @@ from mtsc.runtime.data.options import (
     COMMON_OPTIONS,
     EVERY_KIND_OPTIONS,
     SHAPES_RENDER_OPTIONS,
+    ill_formed_options,
 )
 from mtsc.runtime.data.sample import (
     IMAGE_MEAN,
@@ -149,13 +150,9 @@ def _check_options(kind: str, options: dict, own: tuple[str, ...]) -> None:
             )
 
 
-def _size_pair(size: object) -> tuple[int, int]:
-    pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) for n in pair):
-        raise MtscError(None, f"size must be an integer or a pair of integers, got {size!r}")
-    if min(pair) < 1:
-        raise MtscError(None, f"size must be positive, got {size!r}")
-    return pair
+def _size_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """(height, width) of a well-formed `size` option (see `option_problems`)."""
+    return (size, size) if isinstance(size, int) else (size[0], size[1])
 
 
 def _open_shapes(path: str, split: str, options: dict) -> ShapesArrays:
@@ -184,12 +181,13 @@ def open_dataset(spec: str, split: str, **options) -> MultiTaskDataset:
     classes (2, 7 or 19).
     """
     kind, path = _parse_spec(spec)
+    problems = ill_formed_options(options)  # unknown ones: per kind, below
+    if problems:
+        raise MtscError(None, "; ".join(message for _, message in problems))
     options = dict(options)
     augment = options.pop("augment", None)
     scales = options.pop("scales", DEFAULT_SCALES)
     flip = options.pop("flip", True)
-    if not scales or any(not s >= 1.0 for s in scales):
-        raise MtscError(None, f"scales must be numbers >= 1 (zoom-in factors), got {scales!r}")
     resize = None
     if kind == "shapes":
         source = _open_shapes(path, split, options)
