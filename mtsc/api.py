@@ -93,6 +93,12 @@ def head_shapes(model, image) -> dict[str, tuple[int, ...]]:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             with torch.no_grad():
                 out = model.eval()(image.unsqueeze(0).to(device))
+    except RuntimeError as err:  # the images do not fit the model (channels, a size)
+        shape = "x".join(map(str, image.shape))
+        first = str(err).splitlines()[0]
+        raise MtscError(
+            None, f"the model cannot run on the data's {shape} images: {first}"
+        ) from None
     finally:
         model.train(training)
     return {task: tuple(value.shape[1:]) for task, value in out.items()}

@@ -329,6 +329,13 @@ def test_head_shapes_draws_no_random_numbers_and_keeps_the_mode(workdir, model_f
     assert model.training
 
 
+def test_head_shapes_says_when_the_images_do_not_fit(workdir, model_file):
+    model = load_supermodel(model_file, out_dir=workdir / "probe-grey")
+    with pytest.raises(MtscError) as err:
+        head_shapes(model, torch.randn(1, 16, 16))
+    assert err.value.message.startswith("the model cannot run on the data's 1x16x16 images: ")
+
+
 def test_resume_with_another_model_file_is_refused(cli_run, tmp_path, config_file, capsys):
     run = tmp_path / "run"
     shutil.copytree(cli_run[0], run)
