@@ -672,15 +672,21 @@ def _pool_finish(op: str) -> Callable[[dict[str, Any]], None]:
             return
         if a["kernel"] is None:
             raise OpError(f"{op}: needs a kernel size (k=...) or global=true")
-        if a["stride"] is None:
-            a["stride"] = a["kernel"]
-        for p, k in zip(a["padding"], a["kernel"], strict=True):
-            if 2 * p > k:
-                raise OpError(
-                    f"{op}: padding {p} must be at most half the kernel size {k} (as PyTorch pools)"
-                )
+        _finish_window(op, a)
 
     return finish
+
+
+def _finish_window(op: str, a: dict[str, Any]) -> None:
+    """A pooling window's rules: the stride defaults to the kernel, the padding is at most
+    half of it."""
+    if a["stride"] is None:
+        a["stride"] = a["kernel"]
+    for p, k in zip(a["padding"], a["kernel"], strict=True):
+        if 2 * p > k:
+            raise OpError(
+                f"{op}: padding {p} must be at most half the kernel size {k} (as PyTorch pools)"
+            )
 
 
 def _pool_shape(op: str) -> Callable[[Mapping[str, Any], Sequence[Shape]], Shape]:
@@ -762,9 +768,7 @@ _register(
 def _unpool_finish(a: dict[str, Any]) -> None:
     if a["kernel"] is None:
         raise OpError("unpool: needs the kernel size (k=...) of the max pooling it undoes")
-    _pool_finish("unpool")({**a, "global": False})  # the pooling's own rules: stride, padding
-    if a["stride"] is None:
-        a["stride"] = a["kernel"]
+    _finish_window("unpool", a)  # the pooling's own rules
 
 
 def _unpool_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
