@@ -559,7 +559,14 @@ def test_tasks_that_do_not_fit_the_data_are_named_before_training(
 ):
     """Heads, losses and metrics are checked against the data at its image size, so that a
     mistake is an error at the model's line, not a PyTorch traceback in the first step."""
-    changes, first_line = HEAD_MISFITS[case]
+    assert_refused_before_training(command, *HEAD_MISFITS[case], tmp_path, config_file, capsys)
+
+
+def assert_refused_before_training(
+    command, changes, first_line, tmp_path, config_file, capsys
+) -> None:
+    """`mtsc COMMAND` on TINY with `changes` (old and new text in turn) exits 2 with
+    `first_line` after the model's path, and makes no run folder."""
     text = TINY
     for old, new in zip(changes[::2], changes[1::2], strict=True):
         assert old in text
@@ -595,17 +602,7 @@ def test_a_model_that_cannot_take_the_datas_images_is_refused_before_training(
 ):
     """The data's images are 16x16 RGB (the config): a model for grey images, or one whose
     convolutions need larger images, fails at its own line, not in PyTorch's first forward."""
-    changes, first_line = INPUT_MISFITS[case]
-    text = TINY
-    for old, new in zip(changes[::2], changes[1::2], strict=True):
-        text = text.replace(old, new)
-    model, run = tmp_path / "model.mtl", tmp_path / "run"
-    model.write_text(text)
-    policy = ["--policy", "shared"] if command == "train" else []
-    args = [command, model, *policy, "--config", config_file, "--out", run, "--no-progress"]
-    code, stderr = cli(args, capsys)
-    assert (code, stderr.splitlines()[0]) == (2, f"{model}:{first_line}")
-    assert not run.exists()
+    assert_refused_before_training(command, *INPUT_MISFITS[case], tmp_path, config_file, capsys)
 
 
 # ---------------------------------------------------------------------- what the runs wrote

@@ -1027,6 +1027,14 @@ def test_pooled_size_follows_caffe_and_pytorch(args, caffe, torch):
 # ----------------------------------------------------------------------------- errors
 
 INPUT = 'input: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+# The end of the message for a type mtsc does not import, written out.
+SUPPORTED = (
+    "mtsc supports AbsVal, Axpy, BN, BatchNorm, Clip, Concat, Convolution, ConvolutionDepthwise, "
+    "Crop, Deconvolution, DepthwiseConvolution, Dropout, ELU, Eltwise, Flatten, InnerProduct, "
+    "Input, Interp, LRN, PReLU, Pooling, Power, ReLU, ReLU6, Reshape, Scale, ShuffleChannel, "
+    "Sigmoid, Slice, Softmax, Split, TanH, Upsample (to import the network up to a blob before "
+    "this layer, use --output BLOB)"
+)
 
 
 def layer(name: str, type_: str, *bottoms: str, top: str | None = None, body: str = "") -> str:
@@ -1080,12 +1088,7 @@ ERRORS = {
     "unsupported type": (
         INPUT + layer("s", "ArgMax", "data"),
         None,
-        "layer 's' (ArgMax): unsupported layer type 'ArgMax'; mtsc supports AbsVal, Axpy, BN, "
-        "BatchNorm, Clip, Concat, Convolution, ConvolutionDepthwise, Crop, Deconvolution, "
-        "DepthwiseConvolution, Dropout, ELU, Eltwise, Flatten, InnerProduct, Input, Interp, LRN, "
-        "PReLU, Pooling, Power, ReLU, ReLU6, Reshape, Scale, ShuffleChannel, Sigmoid, Slice, "
-        "Softmax, Split, TanH, Upsample (to import the network up to a blob before this layer, "
-        "use --output BLOB)",
+        "layer 's' (ArgMax): unsupported layer type 'ArgMax'; " + SUPPORTED,
         'type: "ArgMax"',
     ),
     "clip without max": (
@@ -1103,12 +1106,7 @@ ERRORS = {
     "unsupported V1 type": (
         INPUT + 'layers { name: "l" type: ARGMAX bottom: "data" top: "l" }',
         None,
-        "layer 'l' (ARGMAX): unsupported layer type 'ARGMAX'; mtsc supports AbsVal, Axpy, BN, "
-        "BatchNorm, Clip, Concat, Convolution, ConvolutionDepthwise, Crop, Deconvolution, "
-        "DepthwiseConvolution, Dropout, ELU, Eltwise, Flatten, InnerProduct, Input, Interp, LRN, "
-        "PReLU, Pooling, Power, ReLU, ReLU6, Reshape, Scale, ShuffleChannel, Sigmoid, Slice, "
-        "Softmax, Split, TanH, Upsample (to import the network up to a blob before this layer, "
-        "use --output BLOB)",
+        "layer 'l' (ARGMAX): unsupported layer type 'ARGMAX'; " + SUPPORTED,
         "type: ARGMAX",
     ),
     "softmax inside": (
@@ -1430,12 +1428,7 @@ ERRORS = {
         + "  pooling_param { kernel_size: 2 stride: 2 } }\n"
         + layer("u", "Unpooling", "p", "p_mask"),
         None,
-        "layer 'u' (Unpooling): unsupported layer type 'Unpooling'; mtsc supports AbsVal, Axpy, "
-        "BN, BatchNorm, Clip, Concat, Convolution, ConvolutionDepthwise, Crop, Deconvolution, "
-        "DepthwiseConvolution, Dropout, ELU, Eltwise, Flatten, InnerProduct, Input, Interp, LRN, "
-        "PReLU, Pooling, Power, ReLU, ReLU6, Reshape, Scale, ShuffleChannel, Sigmoid, Slice, "
-        "Softmax, Split, TanH, Upsample (to import the network up to a blob before this layer, "
-        "use --output BLOB)",
+        "layer 'u' (Unpooling): unsupported layer type 'Unpooling'; " + SUPPORTED,
         'type: "Unpooling"',
     ),
     "upsample with one bottom": (
