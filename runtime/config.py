@@ -110,12 +110,19 @@ QUICK = {
 
 
 def make_config(
-    cls: type, toml_path: str | Path | None, overrides: dict[str, Any], *, quick: bool = False
+    cls: type,
+    toml_path: str | Path | None,
+    overrides: dict[str, Any],
+    *,
+    quick: bool = False,
+    data_spec: str | None = None,
 ) -> Any:
-    """Defaults, then `--quick`, then the TOML file, then command-line overrides."""
+    """Defaults, then `--quick`, then the TOML file, then command-line overrides. With the
+    `data_spec` the run reads, `[data]` options that kind of data does not take are refused
+    here too, located in the file."""
     values, text = _given(cls, toml_path, overrides, quick=quick)
     config = cls(**values)
-    _refuse(_check(config), text, toml_path, overrides)
+    _refuse(_check(config, data_spec), text, toml_path, overrides)
     return config
 
 
@@ -366,7 +373,7 @@ _RANGES = (
 )
 
 
-def _check(config: Any) -> list[tuple[str, str]]:
+def _check(config: Any, data_spec: str | None = None) -> list[tuple[str, str]]:
     """The values out of range: (key, what is wrong)."""
     problems = []
     for names, allowed, wording in _RANGES:
@@ -382,6 +389,5 @@ def _check(config: Any) -> list[tuple[str, str]]:
     if config.amp not in (None, "bf16", "fp16"):
         problems.append(("amp", "amp must be bf16 or fp16"))
     data = getattr(config, "data", None) or {}
-    # options no dataset takes, or ill-formed; one the data's kind lacks: open_dataset says so
-    problems += [(f"data.{name}", message) for name, message in option_problems(data)]
+    problems += [(f"data.{name}", message) for name, message in option_problems(data, data_spec)]
     return problems

@@ -625,6 +625,21 @@ def test_search_lists_every_file_it_wrote(tmp_path, model_file, config_file, cap
     assert {p.name for p in run.iterdir() if p.is_file()} == set(names)
 
 
+def test_a_data_option_the_data_does_not_take_is_refused_in_the_config_before_the_run(
+    tmp_path, model_file, capsys
+):
+    config = tmp_path / "run.toml"
+    config.write_text("batch_size = 2\n[data]\nsize = 16\nclasses = 7\n")
+    run = tmp_path / "run"
+    status, stderr = cli(["search", model_file, "--config", config, "--out", run], capsys)
+    assert (status, stderr.splitlines()[0]) == (
+        2,
+        f"{config}:4:1: error: bad config: shapes: unknown option 'classes' (accepted: augment, "
+        "cache_dir, flip, n_test, n_train, n_val, objects, scales, seed, size, tasks)",
+    )
+    assert not run.exists()
+
+
 # ---------------------------------------------------------------------- an earlier run's outputs
 
 

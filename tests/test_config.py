@@ -255,6 +255,10 @@ def test_a_misspelt_data_option_is_shown_in_its_table(tmp_path):
          "different ones, got ['segment', 'segment']"),
         ("size = [0, 4]", "[data] size must be a positive integer or a [height, width] pair of "
          "them, got [0, 4]"),
+        ("objects = 20", "[data] objects must be an integer in [1, 16], got 20"),
+        ("seed = -1", "[data] seed must be an integer in [0, 9223372036854775807], got -1"),
+        ("n_train = -5", "[data] n_train must be an integer in [0, 10000000], got -5"),
+        ("classes = 5", "[data] classes must be one of 2, 7, 19, got 5"),
     ],
 )  # fmt: skip
 def test_an_ill_formed_data_option_is_shown_where_it_is_set(line, message, tmp_path):
@@ -262,6 +266,43 @@ def test_an_ill_formed_data_option_is_shown_where_it_is_set(line, message, tmp_p
     toml.write_text(f"seed = 1\n[data]\nn_val = 4\n{line}\n")
     err = _error(SearchConfig, {}, toml)
     assert (err.message, str(err.span)) == (f"bad config: {message}", f"{toml}:4:1")
+
+
+@pytest.mark.parametrize(
+    ("spec", "line", "message"),
+    [
+        ("shapes", "classes = 7", "shapes: unknown option 'classes' (accepted: augment, "
+         "cache_dir, flip, n_test, n_train, n_val, objects, scales, seed, size, tasks)"),
+        ("shapes:runs/data", "size = 32", "shapes:DIR: unknown option 'size' (accepted: "
+         "augment, flip, scales, tasks)"),
+        ("nyuv2:/data/nyu", "objects = 3", "nyuv2: unknown option 'objects' (accepted: "
+         "augment, flip, scales, size, tasks)"),
+        ("shapes", "size = [16, 2048]", "shapes: size must be in [8, 1024] on each side, got "
+         "[16, 2048]"),
+    ],
+)  # fmt: skip
+def test_a_data_option_the_kind_of_data_does_not_take_is_shown_where_it_is_set(
+    spec, line, message, tmp_path
+):
+    toml = tmp_path / "c.toml"
+    toml.write_text(f"seed = 1\n[data]\nflip = false\n{line}\n")
+    with pytest.raises(MtscError) as err:
+        make_config(SearchConfig, toml, {}, data_spec=spec)
+    assert (err.value.message, str(err.value.span)) == (f"bad config: {message}", f"{toml}:4:1")
+
+
+@pytest.mark.parametrize(
+    ("spec", "options"),
+    [
+        ("cityscapes:/data/cs", {"classes": 19, "size": [128, 256]}),
+        ("nyuv2:/data/nyu", {"size": 4}),  # a resize: any positive size
+        ("shapes", {"size": [8, 1024], "objects": 16, "n_val": 0}),
+        ("no_such_kind", {"size": 4}),  # open_dataset names the spec's problem
+    ],
+)
+def test_data_options_the_kind_of_data_takes_pass(spec, options):
+    config = make_config(SearchConfig, None, {"data": options}, data_spec=spec)
+    assert config.data == options
 
 
 @pytest.mark.parametrize(

@@ -443,7 +443,7 @@ def test_option_errors(tmp_path):
     assert err.value.message == (
         "nyuv2: unknown option 'classes' (accepted: augment, flip, scales, size, tasks)"
     )
-    with pytest.raises(MtscError, match="cityscapes: classes must be one of 2, 7, 19, got 5"):
+    with pytest.raises(MtscError, match=r"\[data\] classes must be one of 2, 7, 19, got 5"):
         open_dataset(f"cityscapes:{root}", "train", classes=5)
     with pytest.raises(MtscError, match=r"cityscapes has no task 'normal' \(its tasks: segment"):
         open_dataset(f"cityscapes:{root}", "train", tasks=["normal"])

@@ -52,15 +52,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
-    from mtsc.runtime.data.shapes import MAX_COUNT, MAX_OBJECTS, MAX_SEED, MAX_SIZE
+    from mtsc.runtime.data.options import (
+        SHAPES_MAX_COUNT,
+        SHAPES_MAX_OBJECTS,
+        SHAPES_MAX_SEED,
+        SHAPES_MAX_SIZE,
+        SHAPES_MIN_SIZE,
+    )
 
     limits = {
-        "--size": (args.size, 8, MAX_SIZE),
-        "--objects": (args.objects, 1, MAX_OBJECTS),
-        "--n-train": (args.n_train, 0, MAX_COUNT),
-        "--n-val": (args.n_val, 0, MAX_COUNT),
-        "--n-test": (args.n_test, 0, MAX_COUNT),
-        "--seed": (args.seed, 0, MAX_SEED),
+        "--size": (args.size, SHAPES_MIN_SIZE, SHAPES_MAX_SIZE),
+        "--objects": (args.objects, 1, SHAPES_MAX_OBJECTS),
+        "--n-train": (args.n_train, 0, SHAPES_MAX_COUNT),
+        "--n-val": (args.n_val, 0, SHAPES_MAX_COUNT),
+        "--n-test": (args.n_test, 0, SHAPES_MAX_COUNT),
+        "--seed": (args.seed, 0, SHAPES_MAX_SEED),
     }
     for flag, (value, low, high) in limits.items():
         if not low <= value <= high:

@@ -131,8 +131,11 @@ def run_settings(
 
     given_command = {k: v for k, v in command.items() if v is not None}
     if not args.resume:
-        config = make_config(cls, args.config, overrides, quick=args.quick)
-        return config, {**COMMAND_DEFAULTS, **given_command}
+        command = {**COMMAND_DEFAULTS, **given_command}
+        config = make_config(
+            cls, args.config, overrides, quick=args.quick, data_spec=command["data"]
+        )
+        return config, command
     given = given_values(cls, args.config, overrides, quick=args.quick)
     path = Path(args.resume) / CHECKPOINT
     state = load_checkpoint(path, mmap=True)  # the run loads its weights itself, later

@@ -28,13 +28,7 @@ from mtsc.runtime.data.augment import (
     sample_augmentation,
 )
 from mtsc.runtime.data.layouts import choose_tasks, open_cityscapes, open_nyuv2
-from mtsc.runtime.data.options import (
-    CITYSCAPES_OPTIONS,
-    COMMON_OPTIONS,
-    EVERY_KIND_OPTIONS,
-    SHAPES_RENDER_OPTIONS,
-    ill_formed_options,
-)
+from mtsc.runtime.data.options import ill_formed_options, kind_problems, spec_kind
 from mtsc.runtime.data.sample import (
     IMAGE_MEAN,
     IMAGE_STD,
@@ -139,17 +133,6 @@ def _parse_spec(spec: str) -> tuple[str, str]:
     return kind, path
 
 
-def _check_options(kind: str, options: dict, own: tuple[str, ...]) -> None:
-    """Refuse options that `kind` does not take: those it takes are `own` and, already taken
-    out of `options`, `EVERY_KIND_OPTIONS`."""
-    accepted = sorted({*EVERY_KIND_OPTIONS, *own})
-    for name in sorted(options):
-        if name not in accepted:
-            raise MtscError(
-                None, f"{kind}: unknown option {name!r} (accepted: {', '.join(accepted)})"
-            )
-
-
 def _size_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     """(height, width) of a well-formed `size` option (see `option_problems`)."""
     return (size, size) if isinstance(size, int) else (size[0], size[1])
@@ -159,11 +142,9 @@ def _open_shapes(path: str, split: str, options: dict) -> ShapesArrays:
     """A shapes split: rendered (and cached) from options, or read from an `mtsc data` DIR."""
     tasks = choose_tasks("shapes", TASKS, options.pop("tasks", None))
     if path:
-        _check_options("shapes:DIR", options, ())
         check_split(split)
         arrays = read_split(Path(path).expanduser() / f"{split}.npz")
         return ShapesArrays(arrays, tasks, "shapes")
-    _check_options("shapes", options, ("size", *SHAPES_RENDER_OPTIONS))
     height, width = _size_pair(options.pop("size", 64))
     cache_dir = options.pop("cache_dir", None)
     config = ShapesConfig(height=height, width=width, **options)
@@ -181,7 +162,7 @@ def open_dataset(spec: str, split: str, **options) -> MultiTaskDataset:
     classes (2, 7 or 19).
     """
     kind, path = _parse_spec(spec)
-    problems = ill_formed_options(options)  # unknown ones: per kind, below
+    problems = ill_formed_options(options) + kind_problems(spec_kind(spec), options)
     if problems:
         raise MtscError(None, "; ".join(message for _, message in problems))
     options = dict(options)
@@ -192,8 +173,6 @@ def open_dataset(spec: str, split: str, **options) -> MultiTaskDataset:
     if kind == "shapes":
         source = _open_shapes(path, split, options)
     else:
-        accepted = CITYSCAPES_OPTIONS if kind == "cityscapes" else COMMON_OPTIONS
-        _check_options(kind, options, accepted)
         if "size" in options:
             resize = _size_pair(options.pop("size"))
         tasks = options.pop("tasks", None)

@@ -29,13 +29,13 @@ from pathlib import Path
 
 from mtsc.errors import MtscError
 from mtsc.runtime.data.convert import depth_map, image_chw, normal_map, read_array, segment_map
+from mtsc.runtime.data.options import CITYSCAPES_CLASSES
 from mtsc.runtime.data.sample import DatasetInfo, Sample, unknown_target
 
 NYUV2_JSON = "nyu_v2_3task.json"
 CITYSCAPES_JSON = "cityscape.json"
 NYUV2_TASKS = ("segment", "depth", "normal")
 CITYSCAPES_TASKS = ("segment", "depth")
-CITYSCAPES_CLASSES = (2, 7, 19)
 NYUV2_FOLDERS = {"segment": "label", "depth": "depth", "normal": "normal"}
 NYUV2_JSON_COLUMNS = {"segment": 1, "normal": 2, "depth": 3}
 CITYSCAPES_JSON_DEPTH_COLUMN = 1

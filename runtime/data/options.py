@@ -4,17 +4,29 @@ Torch-free, so that a config's misspelt option is refused where the file sets it
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from mtsc.ir.ops import did_you_mean
 
-# every kind of dataset takes these (taken out of the options before `_check_options`)
+# every kind of dataset takes these
 EVERY_KIND_OPTIONS = ("tasks", "augment", "scales", "flip")
 COMMON_OPTIONS = (*EVERY_KIND_OPTIONS, "size")
 SHAPES_RENDER_OPTIONS = ("objects", "seed", "n_train", "n_val", "n_test", "cache_dir")
-CITYSCAPES_OPTIONS = (*COMMON_OPTIONS, "classes")
+# what each kind of data takes, by the kind of its spec (see `spec_kind`)
+KIND_OPTIONS = {
+    "shapes": (*COMMON_OPTIONS, *SHAPES_RENDER_OPTIONS),
+    "shapes:DIR": EVERY_KIND_OPTIONS,
+    "nyuv2": COMMON_OPTIONS,
+    "cityscapes": (*COMMON_OPTIONS, "classes"),
+}
 # what some kind takes: any other name is a mistake whatever the data
-ANY_KIND_OPTIONS = tuple(sorted({*COMMON_OPTIONS, *SHAPES_RENDER_OPTIONS, *CITYSCAPES_OPTIONS}))
+ANY_KIND_OPTIONS = tuple(sorted({name for names in KIND_OPTIONS.values() for name in names}))
+SHAPES_MAX_SIZE = 1024
+SHAPES_MIN_SIZE = 8
+SHAPES_MAX_OBJECTS = 16
+SHAPES_MAX_COUNT = 10_000_000
+SHAPES_MAX_SEED = 2**63 - 1
+CITYSCAPES_CLASSES = (2, 7, 19)
 
 
 def _int(value: object) -> bool:
@@ -38,38 +50,86 @@ def _scales(value: object) -> bool:
     )
 
 
+def _in(low: int, high: int) -> Callable[[object], bool]:
+    return lambda value: _int(value) and low <= value <= high
+
+
+def _size_pair(value: object) -> tuple | list:
+    return value if isinstance(value, (list, tuple)) else (value, value)
+
+
 def _size(value: object) -> bool:
-    pair = value if isinstance(value, (list, tuple)) else (value, value)
+    pair = _size_pair(value)
     return len(pair) == 2 and all(_int(n) and n > 0 for n in pair)
 
 
-# option -> (whether a value is of its kind, what it must be); ranges are checked where the
-# options are used
+def _count(limit: int) -> tuple[Callable[[object], bool], str]:
+    return _in(0, limit), f"an integer in [0, {limit}]"
+
+
+# option -> (whether a value is of its kind and in its range, what it must be); the range of
+# `size` depends on the kind of data (see `kind_problems`)
 _KINDS = {
     "tasks": (_tasks, "a task name or a list of different ones"),
     "augment": (lambda v: isinstance(v, bool), "true or false"),
     "flip": (lambda v: isinstance(v, bool), "true or false"),
     "scales": (_scales, "a list of numbers >= 1 (zoom-in factors)"),
     "size": (_size, "a positive integer or a [height, width] pair of them"),
-    "objects": (_int, "an integer"),
-    "seed": (_int, "an integer"),
-    "n_train": (_int, "an integer"),
-    "n_val": (_int, "an integer"),
-    "n_test": (_int, "an integer"),
+    "objects": (_in(1, SHAPES_MAX_OBJECTS), f"an integer in [1, {SHAPES_MAX_OBJECTS}]"),
+    "seed": _count(SHAPES_MAX_SEED),
+    "n_train": _count(SHAPES_MAX_COUNT),
+    "n_val": _count(SHAPES_MAX_COUNT),
+    "n_test": _count(SHAPES_MAX_COUNT),
     "cache_dir": (lambda v: isinstance(v, (str, os.PathLike)), "a folder's path (a string)"),
-    "classes": (_int, "an integer"),
+    "classes": (
+        lambda v: _int(v) and v in CITYSCAPES_CLASSES,
+        f"one of {', '.join(map(str, CITYSCAPES_CLASSES))}",
+    ),
 }
 
 
-def option_problems(options: Mapping[str, object]) -> list[tuple[str, str]]:
+def spec_kind(spec: str) -> str | None:
+    """The kind of a data spec, as `KIND_OPTIONS` names it; None for a spec no kind reads
+    (`open_dataset` says what is wrong with it)."""
+    kind, _, path = spec.partition(":")
+    if kind == "shapes" and path:
+        return "shapes:DIR"
+    return kind if kind in KIND_OPTIONS else None
+
+
+def option_problems(
+    options: Mapping[str, object], spec: str | None = None
+) -> list[tuple[str, str]]:
     """(option, what is wrong) for each option no dataset takes, or whose value is not of its
-    kind; an empty list when all are well formed."""
+    kind; with the data's `spec`, also each option its kind does not take (see
+    `kind_problems`). An empty list when all are well formed."""
     unknown = [
         (name, f"unknown [data] option {name!r}{did_you_mean(name, ANY_KIND_OPTIONS)}")
         for name in sorted(options)
         if name not in ANY_KIND_OPTIONS
     ]
-    return unknown + ill_formed_options(options)
+    known = {name: value for name, value in options.items() if name in ANY_KIND_OPTIONS}
+    kind = spec_kind(spec) if spec is not None else None
+    return unknown + ill_formed_options(known) + (kind_problems(kind, known) if kind else [])
+
+
+def kind_problems(kind: str, options: Mapping[str, object]) -> list[tuple[str, str]]:
+    """(option, what is wrong) for each option `kind` does not take, and a well-formed shapes
+    size out of the renderer's range."""
+    accepted = sorted(KIND_OPTIONS[kind])
+    problems = [
+        (name, f"{kind}: unknown option {name!r} (accepted: {', '.join(accepted)})")
+        for name in sorted(options)
+        if name not in accepted
+    ]
+    size = options.get("size")
+    if kind == "shapes" and size is not None and _size(size):
+        low, high = SHAPES_MIN_SIZE, SHAPES_MAX_SIZE
+        if not all(low <= n <= high for n in _size_pair(size)):
+            problems.append(
+                ("size", f"shapes: size must be in [{low}, {high}] on each side, got {size!r}")
+            )
+    return problems
 
 
 def ill_formed_options(options: Mapping[str, object]) -> list[tuple[str, str]]:

@@ -30,6 +30,13 @@ from typing import BinaryIO
 import numpy as np
 
 from mtsc.errors import MtscError
+from mtsc.runtime.data.options import (
+    SHAPES_MAX_COUNT,
+    SHAPES_MAX_OBJECTS,
+    SHAPES_MAX_SEED,
+    SHAPES_MAX_SIZE,
+    SHAPES_MIN_SIZE,
+)
 from mtsc.runtime.data.render import render
 from mtsc.runtime.data.scene import PRIMITIVES, camera_intrinsics, sample_scene, stack_scenes
 
@@ -38,10 +45,6 @@ SPLITS = ("train", "val", "test")
 RENDERER_VERSION = 1  # bump whenever rendering changes, so old caches are not reused
 IMAGE_NOISE = 0.02
 CHUNK = 128  # images rendered at once; bounds memory, does not change results
-MAX_SIZE = 1024
-MAX_OBJECTS = 16
-MAX_COUNT = 10_000_000
-MAX_SEED = 2**63 - 1
 ARRAY_KEYS = (
     "image",
     "segment",
@@ -92,12 +95,12 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
 
 
 def validate_config(config: ShapesConfig) -> ShapesConfig:
-    _check_int("height", config.height, 8, MAX_SIZE)
-    _check_int("width", config.width, 8, MAX_SIZE)
-    _check_int("objects", config.objects, 1, MAX_OBJECTS)
-    _check_int("seed", config.seed, 0, MAX_SEED)
+    _check_int("height", config.height, SHAPES_MIN_SIZE, SHAPES_MAX_SIZE)
+    _check_int("width", config.width, SHAPES_MIN_SIZE, SHAPES_MAX_SIZE)
+    _check_int("objects", config.objects, 1, SHAPES_MAX_OBJECTS)
+    _check_int("seed", config.seed, 0, SHAPES_MAX_SEED)
     for split in SPLITS:
-        _check_int(f"n_{split}", config.count(split), 0, MAX_COUNT)
+        _check_int(f"n_{split}", config.count(split), 0, SHAPES_MAX_COUNT)
     return config
 
 
