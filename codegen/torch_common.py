@@ -9,7 +9,7 @@ from pathlib import PurePath
 from mtsc.codegen.names import Namespace, sanitize
 from mtsc.codegen.pyliteral import call_args, comment_text, py_literal
 from mtsc.codegen.writer import SourceWriter
-from mtsc.ir.graph import Call, Graph, Node, TaskSpec
+from mtsc.ir.graph import BackboneRef, Call, Graph, Node, TaskSpec
 from mtsc.ir.ops import Op, TorchExpr, TorchModule, spec_of, torch_class
 
 
@@ -172,7 +172,8 @@ def task_spec(task: TaskSpec) -> dict:
     """A task's entry as plain data for the runtime (losses and metrics are built from it)."""
 
     def call(c: Call | None) -> tuple | None:
-        return None if c is None else (c.name, dict(c.kwargs))
+        # a head option naming a backbone tensor is given as that name
+        return None if c is None else (c.name, {k: _plain(v) for k, v in c.kwargs})
 
     return {
         "head": call(task.head),
@@ -180,6 +181,10 @@ def task_spec(task: TaskSpec) -> dict:
         "metric": call(task.metric),
         "weight": task.weight,
     }
+
+
+def _plain(value: object) -> object:
+    return str(value) if isinstance(value, BackboneRef) else value
 
 
 def emit_task_specs(w: SourceWriter, g: Graph, *, class_var: str) -> None:

@@ -20,7 +20,7 @@ from mtsc.fsutil import read_model, read_source
 from mtsc.grammar import ast
 from mtsc.grammar.parser import parse
 from mtsc.ir.errors import MtscError, Span
-from mtsc.ir.graph import Call, Graph, Node, Sharing, TaskSpec
+from mtsc.ir.graph import BackboneRef, Call, Graph, Node, Sharing, TaskSpec
 from mtsc.ir.ops import (
     DSL_SPELLING,
     Op,
@@ -209,20 +209,28 @@ class Lowerer:
         if len(tasks) > 1:
             raise MtscError(tasks[1].span, "a model has at most one tasks section")
         if tasks:
-            self.graph.tasks = self._tasks(tasks[0], consts)
+            tensors = {k: v for k, v in env.items() if isinstance(v, Tensor)}
+            self.graph.tasks = self._tasks(tasks[0], consts, tensors)
             image = env[self.graph.node(self.graph.input_ids()[0]).name]
             for task in self.graph.tasks:
-                self.graph.outputs[task.name] = self._lower_head(task, out, image).nid
+                self.graph.outputs[task.name] = self._lower_head(task, out, image, tensors).nid
         return self.graph
 
-    def _lower_head(self, task: TaskSpec, features: Tensor, image: Tensor) -> Tensor:
-        """Inline the task's head block on the backbone output; its nodes are tagged `task`."""
+    def _lower_head(
+        self, task: TaskSpec, features: Tensor, image: Tensor, tensors: dict[str, Tensor]
+    ) -> Tensor:
+        """Inline the task's head block on the backbone output (and the backbone `tensors`
+        its options name); its nodes are tagged `task`."""
         call = ast.Call(task.head.name, (), task.head.loc, task.head.loc)
         scope = _Scope(f"heads.{task.name}", None, labelled=True)
         first_new = len(self.created)
         saved, self.var_hint = self.var_hint, task.name
+        kwargs = {
+            key: tensors[value.name] if isinstance(value, BackboneRef) else value
+            for key, value in task.head.kwargs
+        }
         try:
-            out = self.call_block(call, [features, image], dict(task.head.kwargs), scope)
+            out = self.call_block(call, [features, image], kwargs, scope)
         except MtscError as err:
             raise _in_head(err, task) from None
         finally:
@@ -263,12 +271,15 @@ class Lowerer:
             return ret.value
         raise MtscError(backbone.span, "the backbone ends without `return`")
 
-    def _tasks(self, section: ast.Tasks, consts: dict[str, Any]) -> tuple[TaskSpec, ...]:
+    def _tasks(
+        self, section: ast.Tasks, consts: dict[str, Any], tensors: dict[str, Tensor]
+    ) -> tuple[TaskSpec, ...]:
+        """The tasks; a head option may name one of the backbone's `tensors`."""
         specs: dict[str, TaskSpec] = {}
         for task in section.tasks:
             if task.name in specs:
                 raise MtscError(task.span, f"duplicate task {task.name!r}")
-            head = self._static_call(task.head, consts, "head")
+            head = self._static_call(task.head, consts, "head", tensors)
             self._check_head(head, task.head)
             options: dict[str, Any] = {}
             for opt in task.options:
@@ -296,8 +307,15 @@ class Lowerer:
             raise MtscError(section.span, "the tasks section is empty")
         return tuple(specs.values())
 
-    def _static_call(self, expr: ast.Expr, consts: dict[str, Any], what: str) -> Call:
-        """A head, loss or metric: `name` or `name(key=value, ...)` with constant values."""
+    def _static_call(
+        self,
+        expr: ast.Expr,
+        consts: dict[str, Any],
+        what: str,
+        tensors: dict[str, Tensor] | None = None,
+    ) -> Call:
+        """A head, loss or metric: `name` or `name(key=value, ...)` with constant values; a
+        head's value may also be the name of one of the backbone's `tensors`."""
         if isinstance(expr, ast.Name):
             return Call(expr.id, (), expr.span)
         if isinstance(expr, ast.Call):
@@ -305,9 +323,15 @@ class Lowerer:
             for arg in expr.args:
                 if arg.name is None:
                     raise MtscError(arg.span, f"{what} arguments are given by name: key=value")
-                value = self.eval(arg.value, consts, _Scope("", None))
-                if isinstance(value, Tensor):
-                    raise MtscError(arg.span, f"{what} arguments must be compile-time values")
+                value = self.eval(arg.value, {**consts, **(tensors or {})}, _Scope("", None))
+                if isinstance(value, Tensor) and isinstance(arg.value, ast.Name):
+                    value = BackboneRef(arg.value.id)
+                elif isinstance(value, Tensor):
+                    raise MtscError(
+                        arg.span,
+                        f"a {what} takes a backbone tensor by its name ({arg.name}=x), "
+                        "not an expression: compute it in the backbone",
+                    )
                 kwargs.append((arg.name, value))
             return Call(expr.func, tuple(kwargs), expr.span)
         raise MtscError(expr.span, f"a {what} is a name or a call like name(key=value)")

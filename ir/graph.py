@@ -57,7 +57,19 @@ class Call:
         return f"{self.name}({args})"
 
 
+@dataclass(frozen=True, slots=True)
+class BackboneRef:
+    """A head option naming a backbone variable (`low=skip`): the head reads that tensor."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
 def _literal(value: Any) -> str:
+    if isinstance(value, BackboneRef):
+        return value.name
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

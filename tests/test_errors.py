@@ -551,6 +551,27 @@ TASKS = [
         "h1(classes=2)",
     ),
     case(
+        "head_option_misspells_a_backbone_tensor",
+        HEAD
+        + "backbone {\n    low = conv(image, 8, k=1)\n    return low\n}\n"
+        + "block h2(f, input, low) {\n    return conv(low, 2, k=1)\n}\n"
+        + "tasks {\n    seg: h2(low=lw)\n}\n",
+        "undefined name 'lw' (did you mean 'low'?)",
+        (10, 17),
+        "lw",
+    ),
+    case(
+        "head_option_is_an_expression_of_tensors",
+        HEAD
+        + "backbone {\n    low = conv(image, 8, k=1)\n    return low\n}\n"
+        + "block h2(f, input, low) {\n    return conv(low, 2, k=1)\n}\n"
+        + "tasks {\n    seg: h2(low=relu(low))\n}\n",
+        "a head takes a backbone tensor by its name (low=x), not an expression: compute it in "
+        "the backbone",
+        (10, 13),
+        "low=relu(low)",
+    ),
+    case(
         "missing_head_option",
         TASKS_HEAD + "tasks {\n    seg: fcn(width=8)\n}\n",
         "head 'fcn' needs classes=",

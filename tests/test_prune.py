@@ -44,6 +44,7 @@ RESNET_TINY = REPO / "examples" / "resnet_tiny.mtl"
 TWIN_HEADS = MODELS / "deploy_twin_heads.mtl"  # identical heads: stacked whole in the supermodel
 STACKED = MODELS / "stacked_heads.mtl"  # heads stacked but for their class scores: every op kind
 STACKED_LINEAR = MODELS / "stacked_linear_heads.mtl"  # stacked hidden linear + PReLU
+MULTISCALE = MODELS / "multiscale_heads.mtl"  # heads that read a tensor inside the backbone
 # Every example with a backbone (resnet_blocks.mtl only holds blocks for the others).
 EXAMPLES = sorted(
     p for p in (REPO / "examples").glob("*.mtl") if re.search(r"^backbone\b", p.read_text(), re.M)
@@ -57,6 +58,7 @@ SMALL = [
     (TWIN_HEADS, 16),
     (STACKED, 16),
     (STACKED_LINEAR, 8),
+    (MULTISCALE, 16),
 ]
 BIG = [p for p in EXAMPLES if p != RESNET_TINY]
 TOL = {"rtol": 1e-5, "atol": 1e-5}

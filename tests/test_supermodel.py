@@ -93,6 +93,13 @@ def tiny(examples_dir, tmp_path_factory, load_generated) -> Built:
     )
 
 
+@pytest.fixture(scope="module")
+def multiscale(models_dir, tmp_path_factory, load_generated) -> Built:
+    """Heads that read the trunk after its first stage as well as the backbone's output."""
+    out = tmp_path_factory.mktemp("multiscale")
+    return build_model(models_dir / "multiscale_heads.mtl", out, load_generated)
+
+
 def random_model(built: Built, seed: int = 0) -> nn.Module:
     """A supermodel with random weights, batchnorm statistics and policy logits, in eval mode."""
     torch.manual_seed(seed)
@@ -427,6 +434,31 @@ def test_mixed_policy_on_resnet_tiny(tiny) -> None:
     policy = random_policy(model, 3)
     model.load_policy(policy).set_mode("hard")
     check_against_reference(tiny, model, torch.randn(TINY_INPUT), hard_mixer(policy, model.TASKS))
+
+
+def test_heads_reading_a_tensor_inside_the_backbone_follow_each_tasks_path(multiscale) -> None:
+    """A head's `low=` input is its task's value of that backbone tensor, in hard and in
+    search mode (outputs, and the gradients of every weight and policy logit)."""
+    x = torch.randn(2, 3, 16, 16)
+    model = random_model(multiscale, 5)
+    policy = random_policy(model, 5)
+    model.load_policy(policy).set_mode("hard")
+    check_against_reference(multiscale, model, x, hard_mixer(policy, model.TASKS))
+
+    model.set_mode("search")
+    model.gumbel_noise = fixed_noise(model, 5)
+    out = model(x)
+    sum(out[t].square().sum() for t in model.TASKS).backward()
+    got = grads_of(model)
+    mix = weighted_mixer(gumbel_weights(model, model.gumbel_noise, model.tau))
+    expected_out = {t: run_task(multiscale.graph, model, t, x, mix) for t in model.TASKS}
+    sum(expected_out[t].square().sum() for t in model.TASKS).backward()
+    expected = grads_of(model)
+    for task in model.TASKS:
+        torch.testing.assert_close(out[task], expected_out[task].detach(), **TOL)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], **GRAD_TOL, msg=name)
 
 
 def test_warmup_mixes_with_equal_weights(mini) -> None:
