@@ -360,6 +360,7 @@ def test_train_resume_with_weights_is_refused(tmp_path, model_file, capsys, monk
 
 # The files each command's folder holds here (a prune with --weights and --no-svg)
 HELD = {
+    "build": "backbone.py, backbone.dot, supermodel.py, supermodel.dot",
     "prune": "model.py, model.dot, policy.json, model.pt, report.txt",
     "train": "model.py, model.pt, last.pt, metrics.jsonl, eval.json, policy.json",
     "search": "supermodel.py, policy.json, policy.txt, last.pt, metrics.jsonl",
@@ -385,12 +386,21 @@ def pruned(workdir, model_file, searched) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def built(workdir, model_file) -> Path:
+    """`mtsc build` of the model: its folder."""
+    out = workdir / "built"
+    assert main([str(a) for a in ["build", model_file, "-o", out, "--no-svg"]]) == 0
+    return out
+
+
 def folder_of(command: str, request) -> Path:
     """A copy of the folder of `mtsc COMMAND` (the module's: the tests must not change it)."""
     if command == "train":
         folder = request.getfixturevalue("trained")[0]
     else:
-        folder = request.getfixturevalue("searched" if command == "search" else "pruned")
+        fixture = {"search": "searched", "prune": "pruned", "build": "built"}[command]
+        folder = request.getfixturevalue(fixture)
     return Path(shutil.copytree(folder, request.getfixturevalue("tmp_path") / command))
 
 
@@ -408,6 +418,12 @@ def files_below(folder: Path) -> dict[str, bytes]:
         ("search", "train"),
         ("prune", "search"),
         ("train", "search"),
+        ("build", "search"),
+        ("build", "train"),
+        ("build", "prune"),
+        ("search", "build"),
+        ("train", "build"),
+        ("prune", "build"),
     ],
 )
 def test_a_command_refuses_another_commands_folder(
@@ -419,6 +435,7 @@ def test_a_command_refuses_another_commands_folder(
         "prune": ["--policy", folder / "policy.json", "--no-svg", "-o"],
         "train": ["--policy", "shared", "--config", config_file, *TRAIN, "--out"],
         "search": ["--config", config_file, *SEARCH, "--out"],
+        "build": ["--no-svg", "-o"],
     }
     assert cli([command, model_file, *options[command], folder], capsys) == (
         2,
@@ -428,13 +445,13 @@ def test_a_command_refuses_another_commands_folder(
     assert files_below(folder) == before
 
 
-def test_a_build_folder_and_a_users_files_are_no_other_commands(tmp_path, model_file, capsys):
-    """`mtsc build` writes a supermodel.py, as a search does; files of no command are a user's."""
+def test_a_users_files_are_no_other_commands(tmp_path, model_file, capsys):
     out = tmp_path / "out"
-    out_lines(["build", model_file, "-o", out, "--no-svg"], capsys)
+    out.mkdir()
     (out / "notes.txt").write_text("mine\n")
     out_lines(["prune", model_file, "--policy", "shared", "-o", out, "--no-svg"], capsys)
-    assert {"supermodel.py", "notes.txt", "model.py", "report.txt"} <= set(files_below(out))
+    out_lines(["build", model_file, "-o", out / "build", "--no-svg"], capsys)
+    assert {"notes.txt", "model.py", "report.txt", "build/supermodel.py"} <= set(files_below(out))
 
 
 @pytest.mark.parametrize("command", ["search", "train"])

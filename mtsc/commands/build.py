@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mtsc.commands import refuse_another_commands_folder
+
+    refuse_another_commands_folder(Path(args.out), "build")
     routing = RoutingOptions(share_bn=args.share_bn)
     with undone_on_failure(Path(args.out)):
         result = build(
