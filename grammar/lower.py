@@ -230,7 +230,7 @@ class Lowerer:
             for key, value in task.head.kwargs
         }
         try:
-            out = self.call_block(call, [features, image], kwargs, scope)
+            out = self.call_block(call, [features, image], kwargs, scope, note_call=False)
         except MtscError as err:
             raise _in_head(err, task) from None
         finally:
@@ -645,15 +645,24 @@ class Lowerer:
         return value
 
     def call_block(
-        self, call: ast.Call, positional: list[Any], kwargs: dict[str, Any], scope: _Scope
+        self,
+        call: ast.Call,
+        positional: list[Any],
+        kwargs: dict[str, Any],
+        scope: _Scope,
+        *,
+        note_call: bool = True,
     ) -> Any:
+        """Inline a block call. An error inside the block gets a note naming the call (unless
+        not `note_call`: a task's head, which `_in_head` notes itself), so that a block called
+        many times shows which call failed."""
         block = self.blocks[call.func]
         defn = block.defn
         if call.func in self.call_stack:
             chain = " -> ".join((*self.call_stack[self.call_stack.index(call.func) :], call.func))
-            raise MtscError(call.span, f"recursion in block {call.func!r}: {chain}")
+            raise _CallChainError(call.span, f"recursion in block {call.func!r}: {chain}")
         if len(self.call_stack) >= MAX_CALL_DEPTH:
-            raise MtscError(call.span, f"blocks nested deeper than {MAX_CALL_DEPTH} levels")
+            raise _CallChainError(call.span, f"blocks nested deeper than {MAX_CALL_DEPTH} levels")
         params = defn.params
         if len(positional) > len(params):
             raise MtscError(
@@ -689,6 +698,11 @@ class Lowerer:
             self.exec_body(defn.body, local, inner)
         except _Return as ret:
             return ret.value
+        except MtscError as err:
+            noted = note_call and not isinstance(err, _CallChainError)
+            if noted and err.span is not None and err.span != call.span:
+                err.notes = (*err.notes, f"in block {defn.name!r}, called at {call.span}")
+            raise
         finally:
             self.call_stack.pop()
         raise MtscError(defn.span, f"block {defn.name!r} ends without `return`")
@@ -860,6 +874,11 @@ def _affine(op: str, number: Any, *, tensor_first: bool) -> dict[str, float] | N
     if op == "**" and tensor_first:
         return {"power": c}
     return None
+
+
+class _CallChainError(MtscError):
+    """Recursion or too deep nesting: the message names the chain of calls, so the calls it
+    happened in get no notes."""
 
 
 def _in_head(err: MtscError, task: TaskSpec) -> MtscError:

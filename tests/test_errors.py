@@ -24,13 +24,15 @@ class Case:
     marked: str  # the source text the carets underline
     files: dict[str, str] = field(default_factory=dict)  # other files next to model.mtl
     where: str = "model.mtl"  # the file the error points into
+    calls: tuple[str, ...] = ()  # the block calls it happened in, innermost first: "b@6:12"
 
 
-def case(id, source, message, at, marked, files=None, where="model.mtl") -> Case:
-    """`at` is the (line, column) the error points at; `marked`, the text under the carets."""
+def case(id, source, message, at, marked, files=None, where="model.mtl", calls=()) -> Case:
+    """`at` is the (line, column) the error points at; `marked`, the text under the carets;
+    `calls`, "block@line:column" of each block call the error is inside, innermost first."""
     source = textwrap.dedent(source).lstrip("\n")
     files = {k: textwrap.dedent(v).lstrip("\n") for k, v in (files or {}).items()}
-    return Case(id, source, message, *at, marked, files, where)
+    return Case(id, source, message, *at, marked, files, where, tuple(calls))
 
 
 HEAD = "input image: 3x32x32\n"
@@ -153,6 +155,7 @@ NAMES = [
         "undefined name 'image'",
         (3, 16),
         "image",
+        calls=["b@6:12"],
     ),
     case(
         "unknown_op_with_suggestion",
@@ -364,6 +367,18 @@ SHAPES = [
         "x + conv(x, 6, k=1)",
         files={"blocks.mtl": "block grow(x) {\n    return x + conv(x, 6, k=1)\n}\n"},
         where="blocks.mtl",
+        calls=["grow@4:12"],
+    ),
+    case(
+        "error_in_nested_block_calls_names_each_call",
+        HEAD
+        + "block g(x, c) {\n    return conv(x, c, k=3, p=1, g=2)\n}\n"
+        + "block stage(x, c) {\n    return g(x, c) | g(c)\n}\n"
+        + "backbone {\n    x = conv(image, 8, k=1) | g(32)\n    return stage(x, 33)\n}\n",
+        "conv2d: 33 output channels not divisible by groups=2",
+        (3, 12),
+        "conv(x, c, k=3, p=1, g=2)",
+        calls=["g@6:12", "stage@10:12"],  # the first of stage's two calls of g
     ),
     case(
         "linear_needs_flat_input",
@@ -1006,7 +1021,9 @@ def test_error_message_location_and_caret(c: Case, tmp_path) -> None:
     assert start == c.column - 1
     marked = source_line[start : len(caret)]
     assert marked == c.marked or (c.marked == "" and marked == "" and start >= len(source_line))
-    assert len(lines) == 3  # message, source, caret: nothing else
+    # message, source, caret, then a note for each block call it happened in: nothing else
+    calls = [c.split("@") for c in c.calls]
+    assert lines[3:] == [f"note: in block {b!r}, called at {path}:{at}" for b, at in calls]
 
 
 def test_an_error_in_a_built_in_head_points_at_the_task(tmp_path) -> None:
