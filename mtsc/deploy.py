@@ -37,6 +37,7 @@ class Pruned:
     supermodel: Graph
     model: Graph
     policy: dict
+    share_bn: bool = False  # how the supermodel was built: a checkpoint must match it
 
 
 def prune_model(
@@ -46,10 +47,11 @@ def prune_model(
     routing: RoutingOptions | None = None,
     fold_bn: bool = False,
 ) -> Pruned:
-    sm = run_pipeline(load(path), supermodel_pipeline(routing or RoutingOptions()))
+    routing = routing or RoutingOptions()
+    sm = run_pipeline(load(path), supermodel_pipeline(routing))
     policy = read_policy(policy_spec, sm) if isinstance(policy_spec, str) else policy_spec
     pruned = run_pipeline(sm.copy(), prune_pipeline(policy, fold_bn=fold_bn))
-    return Pruned(sm, pruned, policy)
+    return Pruned(sm, pruned, policy, routing.share_bn)
 
 
 # ---------------------------------------------------------------------- size report
@@ -127,23 +129,44 @@ def report_table(report: SizeReport, extremes: dict[str, SizeReport]) -> str:
 # ---------------------------------------------------------------------- weights
 
 
-def read_checkpoint(path: str | Path, supermodel: Graph) -> dict:
+def read_checkpoint(path: str | Path, pruned: Pruned) -> dict:
     """The supermodel state dict from `last.pt` ({"model": ..., ...}) or a bare state dict.
     Loaded with `weights_only=True`: a checkpoint can never run code. A pruned model's weights
-    (model.pt, or the last.pt of `mtsc train`) are refused with a hint."""
+    (model.pt, or the last.pt of `mtsc train`), and a search run of another model, other
+    tasks or the other `--share-bn` (which its last.pt records), are refused with a hint."""
     from mtsc.runtime.checkpoint import load_checkpoint
 
     data = load_checkpoint(path)
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise MtscError(None, f"{path}: expected a state dict or a dict with a 'model' state dict")
-    if routed_ops(supermodel) and _holds_a_pruned_model(data, state):
+    sm = pruned.supermodel
+    if routed_ops(sm) and _holds_a_pruned_model(data, state):
         raise MtscError(
             None,
             f"{path} holds the weights of a pruned model, not of a supermodel",
             notes=["--weights takes a search checkpoint, such as RUN/last.pt of `mtsc search`"],
         )
+    _check_search_run(path, data, sm, pruned.share_bn)
     return state
+
+
+def _check_search_run(path: str | Path, data: dict, sm: Graph, share_bn: bool) -> None:
+    """A search's last.pt names its model, tasks and command settings: a mismatch is said
+    plainly instead of as the first tensor that does not fit."""
+    tasks = [t.name for t in sm.tasks]
+    searched = (data.get("model_name"), data.get("tasks"))
+    if searched[0] is not None and searched != (sm.name, tasks):
+        raise MtscError(
+            None,
+            f"{path} is a search of model {searched[0]!r} with tasks {searched[1]}, "
+            f"not of {sm.name!r} with {tasks}",
+        )
+    command = data.get("command")
+    searched_bn = command.get("share_bn") if isinstance(command, dict) else None
+    if isinstance(searched_bn, bool) and searched_bn != share_bn:
+        given = "with --share-bn" if searched_bn else "without --share-bn"
+        raise MtscError(None, f"{path} was searched {given}: give the same here")
 
 
 def _holds_a_pruned_model(data: dict, state: dict) -> bool:

@@ -343,6 +343,44 @@ def test_checkpoint_of_another_model(tmp_path, capsys, load_generated):
     )
 
 
+@pytest.mark.parametrize(
+    ("saved", "flags", "message"),
+    [
+        (
+            {"model_name": "deploy_linear", "tasks": ["a", "b"]},
+            [],
+            "is a search of model 'deploy_linear' with tasks ['a', 'b'], not of "
+            "'deploy_residual' with ['segment', 'depth', 'normal']",
+        ),
+        (
+            {"model_name": "deploy_residual", "tasks": ["segment", "depth"]},
+            [],
+            "is a search of model 'deploy_residual' with tasks ['segment', 'depth'], not of "
+            "'deploy_residual' with ['segment', 'depth', 'normal']",
+        ),
+        ({"command": {"share_bn": True}}, [], "was searched with --share-bn: give the same here"),
+        (
+            {"command": {"share_bn": False}},
+            ["--share-bn"],
+            "was searched without --share-bn: give the same here",
+        ),
+    ],
+    ids=["model", "tasks", "share-bn", "no-share-bn"],
+)
+def test_a_search_checkpoint_says_what_it_was_searched_for(
+    saved, flags, message, tmp_path, capsys, load_generated
+):
+    """last.pt records the model, its tasks and --share-bn: a mismatch is named by them, not
+    by the first tensor that does not fit."""
+    sm = trained_supermodel(tmp_path, load_generated)
+    checkpoint = tmp_path / "last.pt"
+    torch.save({"model": sm.state_dict(), **saved}, checkpoint)
+    args = ["prune", MODEL, "--policy", "shared", "--weights", checkpoint, *flags]
+    status, _, stderr = run([*args, "-o", tmp_path / "out", "--no-svg"], capsys)
+    assert (status, stderr) == (2, f"error: {checkpoint} {message}\n")
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_checkpoint(tmp_path, capsys):
     args = ["prune", MODEL, "--policy", "shared", "--weights", tmp_path / "none.pt"]
     status, _, stderr = run([*args, "-o", tmp_path / "out", "--no-svg"], capsys)

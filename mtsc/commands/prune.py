@@ -98,5 +98,5 @@ def deployed_weights(pruned, checkpoint: str) -> bytes:
     from mtsc.deploy import carry_weights, read_checkpoint
 
     buffer = io.BytesIO()
-    torch.save(carry_weights(pruned, read_checkpoint(checkpoint, pruned.supermodel)), buffer)
+    torch.save(carry_weights(pruned, read_checkpoint(checkpoint, pruned)), buffer)
     return buffer.getvalue()

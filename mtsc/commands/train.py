@@ -137,7 +137,7 @@ def train_pruned(
     source = emit_pruned(pruned.model, source_name=str(model_path), policy_name=str(name)).text
     start = None  # the weights are read before anything is written: a bad file fails at once
     if weights is not None and not resume:
-        start = carry_weights(pruned, read_checkpoint(weights, pruned.supermodel))
+        start = carry_weights(pruned, read_checkpoint(weights, pruned))
     refuse_existing_run(run_dir, resume)  # before model.py is written over the run's
     if resume:
         check_same_policy(run_dir / "policy.json", pruned.policy, policy)
