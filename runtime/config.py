@@ -382,6 +382,11 @@ def _check(config: Any, data_spec: str | None = None) -> list[tuple[str, str]]:
                 problems.append((name, f"{name} must be {wording}"))
     if getattr(config, "budget", None) is not None and not 0 < config.budget <= 1:
         problems.append(("budget", "budget must be a fraction in (0, 1]"))
+    tau_min, tau_init = getattr(config, "tau_min", 0), getattr(config, "tau_init", 0)
+    if tau_min > tau_init > 0:  # the temperature falls from tau_init to tau_min
+        problems.append(
+            ("tau_min", f"tau_min ({tau_min}) must not be above tau_init ({tau_init})")
+        )
     if getattr(config, "derive", "argmax") not in ("argmax", "sample"):
         problems.append(("derive", "derive must be 'argmax' or 'sample'"))
     if getattr(config, "mixing", "auto") not in MIXING_CHOICES:

@@ -225,6 +225,8 @@ class SupermodelBase(nn.Module):
         """Gumbel-softmax weights of every routed op, `{op name: [T, 3]}`, in one set of calls
         over the stacked logits `[ops, T, 3]`: a dozen small calls per op would cost more
         host time than the op's convolutions on a GPU."""
+        if not self.tau > 0:  # a zero or negative temperature gives NaNs or a flipped argmax
+            raise ValueError(f"tau must be a positive temperature, got {self.tau!r}")
         names = [name for name, _, _ in self.ROUTED]
         logits = torch.stack([self.policy[self.policy_key(n)] for n in names])
         logits = logits + self.skip_mask.to(logits)

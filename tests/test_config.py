@@ -122,6 +122,8 @@ HELD_OUT_RANGE = (
         ({"policy_lr": -0.01}, "policy_lr must be positive"),
         ({"tau_init": 0}, "tau_init must be positive"),
         ({"tau_min": 0}, "tau_min must be positive"),
+        ({"tau_min": 10}, "tau_min (10.0) must not be above tau_init (5.0)"),
+        ({"tau_init": 1.0, "tau_min": 2.0}, "tau_min (2.0) must not be above tau_init (1.0)"),
         ({"tau_decay": -1}, "tau_decay must be in (0, 1]"),
         ({"tau_decay": 1.5}, "tau_decay must be in (0, 1]"),
         ({"momentum": -0.1}, "momentum must be in [0, 1)"),

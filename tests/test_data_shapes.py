@@ -559,8 +559,16 @@ def test_data_shapes_command_user_errors(tmp_path):
         data_command.run(_shapes_args(blocker, "--n-train", "1"))
     with pytest.raises(MtscError, match=r"cannot write to .*file"):
         data_command.run(_shapes_args(blocker / "sub", "--n-train", "1", "--size", "8"))
-    with pytest.raises(MtscError, match=r"missing does not exist"):
-        data_command.run(_shapes_args(tmp_path / "o", "--preview", str(tmp_path / "missing/p.png")))
+    with pytest.raises(MtscError, match=r"cannot write .*p.png: .*file is a file, not a folder"):
+        data_command.run(_shapes_args(tmp_path / "o", "--preview", str(blocker / "p.png")))
+
+
+def test_the_preview_may_go_into_the_new_output_folder(tmp_path, capsys):
+    out = tmp_path / "new"
+    counts = ("--n-train", "2", "--n-val", "0", "--n-test", "0", "--size", "8")
+    data_command.run(_shapes_args(out, *counts, "--preview", str(out / "pictures/p.png")))
+    assert (out / "pictures/p.png").read_bytes().startswith(b"\x89PNG")
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote preview {out / 'pictures/p.png'}"
 
 
 def test_preview_that_cannot_be_written(tmp_path):

@@ -504,6 +504,14 @@ def test_search_mode_outputs_and_gradients(train, mini) -> None:
         torch.testing.assert_close(got[name], expected[name], **GRAD_TOL, msg=name)
 
 
+@pytest.mark.parametrize("tau", [0.0, -1.0, float("nan")])
+def test_search_mode_refuses_a_temperature_that_is_not_positive(tau, mini) -> None:
+    model = random_model(mini).set_mode("search")
+    model.tau = tau
+    with pytest.raises(ValueError, match=f"tau must be a positive temperature, got {tau}"):
+        model(torch.randn(MINI_INPUT))
+
+
 def test_search_mode_samples_noise_without_fixed_noise(mini) -> None:
     """Without fixed noise, two forwards draw different Gumbel noise, and so differ."""
     model = random_model(mini).set_mode("search")

@@ -78,9 +78,7 @@ def _check_preview(path: Path) -> None:
 
     if path.suffix.lower() != ".png":
         raise MtscError(None, f"cannot write {path}: the preview is a PNG; name a .png file")
-    check_output_files([path])
-    if not path.parent.is_dir():
-        raise MtscError(None, f"cannot write {path}: {path.parent} does not exist")
+    check_output_files([path])  # its folder may be new (inside --out, say): it is made
 
 
 def run_shapes(args: argparse.Namespace) -> int:
@@ -108,6 +106,7 @@ def run_shapes(args: argparse.Namespace) -> int:
     print(f"wrote {counts} images ({args.size}x{args.size}) to {args.out} in {seconds:.1f} s")
     if args.preview is not None:
         try:
+            args.preview.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(args.preview, encode_png(shapes_preview(splits["train"], PREVIEW_SAMPLES)))
         except OSError as err:
             raise MtscError(None, f"cannot write {args.preview}: {err.strerror or err}") from None
