@@ -199,8 +199,8 @@ def _emit_forward(
 ) -> None:
     def rhs(nid: int, args: list[str]) -> str:
         node = g.node(nid)
-        if node.op is Op.TASK_STACK:
-            return f"self.stack({args[0]})"
+        if node.op is Op.TASK_STACK:  # with the declared shape of a sample, for checks
+            return f"self.stack({args[0]}, {py_literal(tuple(node.shape))})"
         if node.op is Op.TASK_SLICE:
             return f"self.task_slice({args[0]}, {tasks.index(node.attrs['task'])})"
         if node.op is Op.ROUTE:

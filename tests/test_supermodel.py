@@ -17,6 +17,7 @@ import copy
 import importlib.util
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -688,6 +689,19 @@ def test_input_errors(mini) -> None:
         model({"segment": torch.randn(MINI_INPUT)})
     with pytest.raises(ValueError, match="mode must be one of .*'warmup'.*got 'soft'"):
         model.set_mode("soft")
+
+
+@pytest.mark.parametrize(
+    "shape", [(3, 12, 12), (2, 1, 12, 12), (2, 3, 12, 12, 1)], ids=["no-batch", "gray", "5d"]
+)
+def test_an_input_that_is_not_a_batch_of_samples_is_named(shape, mini) -> None:
+    """Before task stacking turns its shape into one that says nothing (3 channels into 6)."""
+    model = random_model(mini)
+    expected = "expected a batch [N, 3, H, W] of 3x12x12 samples (any size)"
+    message = re.escape(f"{expected}, got a tensor of shape {shape}")
+    for given in (torch.randn(shape), {t: torch.randn(shape) for t in model.TASKS}):
+        with pytest.raises(ValueError, match=message):
+            model(given)
 
 
 def test_dict_input_batches_must_match(mini) -> None:

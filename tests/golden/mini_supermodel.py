@@ -1282,10 +1282,18 @@ class SupermodelBase(nn.Module):
 
     # -- the forward pass's building blocks ------------------------------------------------
 
-    def stack(self, x):
+    def stack(self, x, sample):
         """One input batch for all tasks (or a dict task -> batch) as `[B * T, ...]`. A forward
-        starts here: search mode draws fresh Gumbel noise for it, once."""
+        starts here: search mode draws fresh Gumbel noise for it, once. `sample` is the
+        declared shape of one sample: a batch must have its rank and channels (any size)."""
         self._search_weights = {}
+        for batch in x.values() if isinstance(x, dict) else [x]:
+            if batch.dim() != len(sample) + 1 or batch.shape[1] != sample[0]:
+                expected = ", ".join(["N", str(sample[0]), *"HWD"[: len(sample) - 1]])
+                raise ValueError(
+                    f"expected a batch [{expected}] of {'x'.join(map(str, sample))} samples "
+                    f"(any size), got a tensor of shape {tuple(batch.shape)}"
+                )
         if isinstance(x, dict):
             missing = [t for t in self.TASKS if t not in x]
             if missing:
@@ -1480,7 +1488,7 @@ class Supermodel(SupermodelBase):
 
     def forward(self, image: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # image
-        task_stack = self.stack(image)  # mini_tasks.mtl:6
+        task_stack = self.stack(image, (3, 12, 12))  # mini_tasks.mtl:6
 
         # stem
         x = self.stem_conv1(task_stack)  # mini_tasks.mtl:15
