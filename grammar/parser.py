@@ -112,7 +112,10 @@ def _syntax_error(err: lark.UnexpectedInput, text: str, file: str) -> MtscError:
         expected = set(err.accepts or err.expected)
         message = f"{what}; expected {_describe_expected(expected)}"
         end = column + max(1, len(str(tok.value))) if tok.type != "$END" else column + 1
-        if tok.type == "EQUAL" and "COMP_OP" in expected:
+        misspelt = _misspelt_keyword(text, line, column) if tok.type != "$END" else None
+        if misspelt is not None:
+            column, end, message = misspelt
+        elif tok.type == "EQUAL" and "COMP_OP" in expected:
             message = "unexpected '='; use '==' to compare"
         elif tok.type == "EQUAL" and expected == {"COLON"}:
             # `name=` after a task's head (`seg: fcn(classes=2) name=...`): the parser read
@@ -129,6 +132,28 @@ def _syntax_error(err: lark.UnexpectedInput, text: str, file: str) -> MtscError:
                 )
         return MtscError(Span(file, line, column, line, end, text), message)
     return MtscError(Span(file, line or 1, column or 1, source=text), "syntax error")
+
+
+# The keywords that start a section or a statement: a near miss of one, alone before the token
+# the parser refused, is the likely mistake (`backbon {`, `retrun x`).
+_STATEMENT_KEYWORDS = (
+    "assert", "backbone", "block", "elif", "else", "for", "if", "import", "input", "repeat",
+    "return", "tasks",
+)  # fmt: skip
+
+
+def _misspelt_keyword(text: str, line: int, column: int) -> tuple[int, int, str] | None:
+    """(column, end, message) for a misspelt keyword that is all the line holds before the
+    refused token at (line, column); None if there is none."""
+    ahead = text.splitlines()[line - 1][: column - 1]
+    word = re.fullmatch(r"(\s*)(\w+)\s+", ahead)
+    if word is None or word.group(2) in _STATEMENT_KEYWORDS:
+        return None
+    hint = did_you_mean(word.group(2), _STATEMENT_KEYWORDS)
+    if not hint:
+        return None
+    start = len(word.group(1)) + 1
+    return start, start + len(word.group(2)), f"unknown keyword {word.group(2)!r}{hint}"
 
 
 _BINOPS = {

@@ -151,6 +151,12 @@ def test_fmt_prints_checks_and_writes(tmp_path, run_mtsc) -> None:
     assert checked.returncode == 1
     assert checked.stderr == f"{ugly}: not formatted\n" and checked.stdout == ""
     assert run_mtsc("fmt", "--check", pretty).returncode == 0
+    both = run_mtsc("fmt", "--check", "--write", ugly)
+    assert (both.returncode, both.stderr.splitlines()[-1]) == (
+        2,
+        "mtsc fmt: error: argument --write: not allowed with argument --check",
+    )
+    assert ugly.read_text() == UGLY
 
     written = run_mtsc("fmt", "--write", ugly)
     assert (written.returncode, written.stdout) == (0, "")

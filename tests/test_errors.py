@@ -39,6 +39,27 @@ HEAD = "input image: 3x32x32\n"
 
 SYNTAX = [
     case(
+        "misspelt_section_keyword",
+        HEAD + "backbon {\n    return image\n}\n",
+        "unknown keyword 'backbon' (did you mean 'backbone'?)",
+        (2, 1),
+        "backbon",
+    ),
+    case(
+        "misspelt_return",
+        HEAD + "backbone {\n    x = relu(image)\n    retrun x\n}\n",
+        "unknown keyword 'retrun' (did you mean 'return'?)",
+        (4, 5),
+        "retrun",
+    ),
+    case(
+        "misspelt_tasks_keyword",
+        HEAD + "backbone {\n    return image\n}\ntask {\n    seg: fcn(classes=2)\n}\n",
+        "unknown keyword 'task' (did you mean 'tasks'?)",
+        (5, 1),
+        "task",
+    ),
+    case(
         "missing_comma",
         """
         input image: 3x32x32

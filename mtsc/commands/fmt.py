@@ -13,8 +13,10 @@ from mtsc.fsutil import read_model, write_atomic
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fmt", help="print a .mtl file in canonical formatting")
     p.add_argument("model", nargs="+", help=".mtl files")
-    p.add_argument("--write", action="store_true", help="rewrite the files in place")
-    p.add_argument("--check", action="store_true", help="exit 1 if a file is not formatted")
+    # one or the other: a check that also rewrote would pass the next time for the wrong reason
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="rewrite the files in place")
+    mode.add_argument("--check", action="store_true", help="exit 1 if a file is not formatted")
 
 
 def run(args: argparse.Namespace) -> int:
