@@ -10,6 +10,7 @@ numbered `S.L.0`, `S.L.1`, ...; if the statement makes exactly one call, that ca
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -373,6 +374,9 @@ class Lowerer:
     # ------------------------------------------------------------------ statements
 
     def exec_body(self, body: Sequence[ast.Stmt], env: dict[str, Any], scope: _Scope) -> None:
+        for before, stmt in itertools.pairwise(body):
+            if isinstance(before, ast.Return):
+                raise MtscError(stmt.span, "this statement comes after `return`: it never runs")
         for stmt in body:
             self.exec_stmt(stmt, env, scope)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from mtsc.errors import MtscError, Span
 from mtsc.fsutil import read_source
 from mtsc.ir.graph import Graph
-from mtsc.ir.ops import ROUTABLE, Op
+from mtsc.ir.ops import ROUTABLE, Op, did_you_mean
 from mtsc.runtime.policy_format import CHOICES, check_policy, uniform_policy
 
 SHORTHANDS = ("shared", "specific")
@@ -46,7 +46,10 @@ def read_policy(spec: str, g: Graph) -> dict:
     try:
         text = read_source(path)
     except OSError as err:
-        raise MtscError(None, f"cannot read policy {path}: {err.strerror}") from None
+        hint = ""
+        if path.name == spec and not path.exists():  # a bare word: maybe a shorthand misspelt
+            hint = did_you_mean(spec, SHORTHANDS) or f" (shorthands: {', '.join(SHORTHANDS)})"
+        raise MtscError(None, f"cannot read policy {path}: {err.strerror}{hint}") from None
     try:
         policy = json.loads(text)
     except json.JSONDecodeError as err:

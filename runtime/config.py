@@ -14,6 +14,7 @@ from typing import Any
 
 from mtsc.errors import MtscError, Span
 from mtsc.fsutil import read_source
+from mtsc.ir.ops import did_you_mean
 from mtsc.runtime.data.options import option_problems
 
 # SearchConfig.mixing: "auto" or one of Supermodel.set_mixing's choices
@@ -143,7 +144,15 @@ def _given(
     if toml_path is not None:
         text = _read_toml(Path(toml_path))
         values.update(_parse_toml(text, str(toml_path)))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in overrides.items():
+        table, dot, inner = key.partition(".")
+        if value is None:
+            continue
+        if dot and table == "data":  # `--set data.size=32`: one option of the file's [data]
+            given = values.get("data")
+            values["data"] = {**(given if isinstance(given, dict) else {}), inner: value}
+        else:
+            values[key] = value
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -151,9 +160,24 @@ def _given(
         raise MtscError(
             _where_set(text, toml_path, unknown),
             f"unknown config keys: {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+            notes=tuple(_unknown_key_hints(cls, unknown, sorted(known))),
         )
     _refuse(_check_types(cls, values), text, toml_path, overrides)
     return values, text
+
+
+def _unknown_key_hints(cls: type, unknown: list[str], known: list[str]) -> list[str]:
+    """A near miss of a known key, or a key of the other command's config (`lr` is train's)."""
+    other, command = (TrainConfig, "train") if cls is SearchConfig else (SearchConfig, "search")
+    theirs = {f.name for f in dataclasses.fields(other)}
+    hints = []
+    for key in unknown:
+        near = did_you_mean(key, known)
+        if near:
+            hints.append(f"{key}{near}")
+        elif key in theirs:
+            hints.append(f"{key} is a key of `mtsc {command}`'s config")
+    return hints
 
 
 def _refuse(
@@ -384,9 +408,7 @@ def _check(config: Any, data_spec: str | None = None) -> list[tuple[str, str]]:
         problems.append(("budget", "budget must be a fraction in (0, 1]"))
     tau_min, tau_init = getattr(config, "tau_min", 0), getattr(config, "tau_init", 0)
     if tau_min > tau_init > 0:  # the temperature falls from tau_init to tau_min
-        problems.append(
-            ("tau_min", f"tau_min ({tau_min}) must not be above tau_init ({tau_init})")
-        )
+        problems.append(("tau_min", f"tau_min ({tau_min}) must not be above tau_init ({tau_init})"))
     if getattr(config, "derive", "argmax") not in ("argmax", "sample"):
         problems.append(("derive", "derive must be 'argmax' or 'sample'"))
     if getattr(config, "mixing", "auto") not in MIXING_CHOICES:

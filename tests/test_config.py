@@ -334,6 +334,35 @@ def test_missing_toml_file(tmp_path):
     )
 
 
+def test_set_data_dot_option_changes_one_option_of_the_files_data_table(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text("[data]\nsize = 16\nn_train = 64\n")
+    overrides = parse_sets(["data.n_train=8", "data.flip=false"])
+    config = make_config(SearchConfig, toml, overrides)
+    assert config.data == {"size": 16, "n_train": 8, "flip": False}
+    assert make_config(SearchConfig, None, overrides).data == {"n_train": 8, "flip": False}
+    with pytest.raises(MtscError) as err:
+        make_config(SearchConfig, toml, parse_sets(["data.n_train=-1"]))
+    assert (err.value.span, err.value.message) == (
+        None,  # set on the command line: no place in the file to show
+        "bad config: [data] n_train must be an integer in [0, 10000000], got -1",
+    )
+
+
+@pytest.mark.parametrize(
+    ("cls", "key", "note"),
+    [
+        (SearchConfig, "warmup", "warmup (did you mean 'warmup_steps'?)"),
+        (SearchConfig, "lr", "lr is a key of `mtsc train`'s config"),
+        (TrainConfig, "policy_lr", "policy_lr is a key of `mtsc search`'s config"),
+    ],
+)
+def test_an_unknown_key_gets_a_hint(cls, key, note):
+    with pytest.raises(MtscError) as err:
+        make_config(cls, None, {key: 1})
+    assert err.value.notes == (note,)
+
+
 def test_set_values_are_parsed_as_toml_values():
     values = parse_sets(
         [

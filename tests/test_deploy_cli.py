@@ -279,6 +279,21 @@ def test_missing_policy_file(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize(
+    ("word", "hint"),
+    [("sharde", " (did you mean 'shared'?)"), ("mine", " (shorthands: shared, specific)")],
+)
+def test_a_policy_that_is_a_bare_word_and_no_file_names_the_shorthands(
+    word, hint, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    status, _, stderr = run(["stats", MODEL, "--policy", word], capsys)
+    assert (status, stderr) == (
+        2,
+        f"error: cannot read policy {word}: No such file or directory{hint}\n",
+    )
+
+
 def test_bad_policy_exits_with_status_2_from_the_shell(tmp_path, run_mtsc):
     (tmp_path / "policy.json").write_text("{")
     result = run_mtsc("prune", MODEL, "--policy", tmp_path / "policy.json", "-o", tmp_path / "o")

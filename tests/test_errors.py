@@ -402,6 +402,13 @@ SHAPES = [
         calls=["g@6:12", "stage@10:12"],  # the first of stage's two calls of g
     ),
     case(
+        "statement_after_return",
+        HEAD + "backbone {\n    x = relu(image)\n    return x\n    y = relu(x)\n}\n",
+        "this statement comes after `return`: it never runs",
+        (5, 5),
+        "y = relu(x)",
+    ),
+    case(
         "linear_needs_flat_input",
         HEAD + "backbone {\n    return linear(image, 10)\n}\n",
         "linear: needs a flat input (use flatten first), got 3x32x32",
