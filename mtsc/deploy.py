@@ -126,6 +126,22 @@ def report_table(report: SizeReport, extremes: dict[str, SizeReport]) -> str:
     return "\n".join(lines)
 
 
+def fold_summary(g: Graph) -> tuple[int, dict[str, int]]:
+    """After `--fold-bn`: how many batchnorms folded into convs, and why the others did not."""
+    from mtsc.ir.passes.fold_batchnorm import unfolded_batchnorms
+
+    folded = sum(len(g.node(n).meta.get("fold_bn", ())) for n in g.node_ids())
+    return folded, unfolded_batchnorms(g)
+
+
+def fold_text(folded: int, unfolded: dict[str, int]) -> str:
+    line = f"--fold-bn: folded {folded} batchnorm{'s' if folded != 1 else ''} into convs"
+    if unfolded:
+        why = "; ".join(f"{count} {reason}" for reason, count in sorted(unfolded.items()))
+        line += f"; {sum(unfolded.values())} stay: {why}"
+    return line
+
+
 # ---------------------------------------------------------------------- weights
 
 
@@ -231,8 +247,7 @@ def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
         if node.op not in PARAMETRIC:
             continue
         weights = source(node.meta.get("weights", (node.name, None)))
-        fold = node.meta.get("fold_bn")
-        if fold is not None:
+        for fold in node.meta.get("fold_bn", ()):
             bn = source(fold["weights"])
             scale = torch.rsqrt(bn["running_var"] + fold["eps"])
             if fold["affine"]:

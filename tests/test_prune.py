@@ -25,7 +25,15 @@ from torch import nn
 from mtsc.codegen.torch_backbone import emit_backbone
 from mtsc.codegen.torch_pruned import emit_pruned
 from mtsc.codegen.torch_supermodel import emit_supermodel
-from mtsc.deploy import Pruned, baselines, carry_weights, prune_model, size_report
+from mtsc.deploy import (
+    Pruned,
+    baselines,
+    carry_weights,
+    fold_summary,
+    fold_text,
+    prune_model,
+    size_report,
+)
 from mtsc.driver import load_backbone, load_supermodel
 from mtsc.errors import MtscError
 from mtsc.ir.ops import Op
@@ -387,6 +395,42 @@ def test_fold_batchnorm_folds_everything_when_batchnorm_is_shared(deploy):
     d = deploy(RESIDUAL, "specific", share_bn=True, fold_bn=True)
     assert batchnorms(d.model) == 0
     assert_equivalent(d, image(32))
+
+
+def test_fold_batchnorm_folds_a_skip_projection_and_the_ops_own_batchnorm(deploy):
+    """A task that skips a strided op runs its projection (1x1 conv + batchnorm), then the
+    op's batchnorm: both fold into the projection's conv, one after the other."""
+    sm = load_supermodel(RESIDUAL)
+    tasks = [t.name for t in sm.tasks]
+    choices = {
+        op: {t: "skip" if has_skip else "specific" for t in tasks}
+        for op, has_skip in routed_ops(sm).items()
+    }
+    policy = {"model": sm.name, "tasks": tasks, "choices": choices}
+    d = deploy(RESIDUAL, policy, fold_bn=True)
+    g = d.pruned.model
+    twice = [n for n in g.node_ids() if len(g.node(n).meta.get("fold_bn", ())) == 2]
+    assert twice and all(".skip.conv" in g.node(n).name for n in twice)
+    # what stays follows an identity skip (the op's input: a ReLU here)
+    assert fold_summary(g) == (
+        sum(len(g.node(n).meta.get("fold_bn", ())) for n in g.node_ids()),
+        {"after an op that is not a conv": batchnorms(d.model)},
+    )
+    assert_equivalent(d, image(32))
+
+
+def test_fold_batchnorm_says_why_a_batchnorm_stays(deploy):
+    d = deploy(RESNET_TINY, "shared", fold_bn=True)
+    folded, unfolded = fold_summary(d.pruned.model)
+    assert folded > 0
+    assert unfolded == {
+        "after a conv whose weights tasks share, each with its own batchnorm": batchnorms(d.model)
+    }
+    assert fold_text(folded, unfolded) == (
+        f"--fold-bn: folded {folded} batchnorms into convs; {batchnorms(d.model)} stay: "
+        f"{batchnorms(d.model)} after a conv whose weights tasks share, each with its own "
+        "batchnorm"
+    )
 
 
 def test_fold_batchnorm_does_not_copy_shared_weights_per_task(deploy):

@@ -27,7 +27,14 @@ def run(args: argparse.Namespace) -> int:
     from mtsc.codegen.dot import emit_pruned_dot
     from mtsc.codegen.torch_pruned import emit_pruned
     from mtsc.commands import refuse_another_commands_folder
-    from mtsc.deploy import prune_model, report_table, size_report, supermodel_baselines
+    from mtsc.deploy import (
+        fold_summary,
+        fold_text,
+        prune_model,
+        report_table,
+        size_report,
+        supermodel_baselines,
+    )
     from mtsc.fsutil import (
         check_output_files,
         check_output_folder,
@@ -59,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
     proc = start_render(files["model.dot"], "svg") if "model.svg" in names else None
     report = size_report(g)
     extremes = supermodel_baselines(pruned.supermodel)
-    files["report.txt"] = report_table(report, extremes) + "\n"
+    table = report_table(report, extremes)
+    folds = fold_summary(g) if args.fold_bn else None
+    if folds is not None:
+        table += "\n" + fold_text(*folds)
+    files["report.txt"] = table + "\n"
     if proc is not None:  # before the first file is written: a failed render replaces none
         files["model.svg"] = finish_render(proc, out / "model.svg")
     with undone_on_failure(out):  # the folder appears only with every file in it
@@ -69,9 +80,11 @@ def run(args: argparse.Namespace) -> int:
     removed = remove_stale(out, ("model.pt", "model.svg"), written)
     if args.json:
         listed = {"written": [str(p) for p in written], "removed": [str(p) for p in removed]}
+        if folds is not None:
+            listed["folded_batchnorms"], listed["unfolded_batchnorms"] = folds
         print(json.dumps({**report.__dict__, **listed}, indent=2))
     else:
-        print(report_table(report, extremes))
+        print(table)
         print(f"wrote {', '.join(map(str, written))}")
         if not args.no_svg and proc is None:
             print(how_to_render(out / "model.dot"))
