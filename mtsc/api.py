@@ -93,7 +93,7 @@ def head_shapes(model, image) -> dict[str, tuple[int, ...]]:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             with torch.no_grad():
                 out = model.eval()(image.unsqueeze(0).to(device))
-    except RuntimeError as err:  # the images do not fit the model (channels, a size)
+    except (RuntimeError, ValueError) as err:  # the images do not fit the model (channels, size)
         shape = "x".join(map(str, image.shape))
         first = str(err).splitlines()[0]
         raise MtscError(
