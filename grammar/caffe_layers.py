@@ -412,6 +412,9 @@ def pooling(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
             raise layer.error("global_pooling needs pad 0 and stride 1", where)
         return [Step(op, {"global": True})]
     kernel = _pair(layer, p, "kernel_size", h="kernel_h", w="kernel_w")
+    for name, pair in (("kernel_size", kernel), ("stride", stride)):
+        if min(pair) < 1:
+            raise layer.error(f"{name} must be at least 1, got {min(pair)}", where)
     if p.HasField("ceil_mode"):
         if p.HasField("round_mode"):
             raise layer.error("give round_mode or ceil_mode, not both", where)
@@ -546,6 +549,8 @@ def reshape(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
             where,
         )
     dims = list(p.shape.dim)
+    if not dims:
+        raise layer.error("Reshape needs its shape: reshape_param { shape { dim: ... } }", where)
     if any(d < -1 for d in dims) or dims.count(-1) > 1:
         raise layer.error("shape dims must be positive, 0 (copy) or one -1 (inferred)", where)
     if any(d == 0 and start + i >= len(axes) for i, d in enumerate(dims)):

@@ -629,6 +629,7 @@ _register(
 
 
 def _shuffle_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    _spatial("channel_shuffle", ins[0])
     if ins[0][0] % a["groups"]:
         raise OpError(
             f"channel_shuffle: {ins[0][0]} channels do not split into {a['groups']} groups"

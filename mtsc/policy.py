@@ -55,6 +55,8 @@ def read_policy(spec: str, g: Graph) -> dict:
     except json.JSONDecodeError as err:
         span = Span(str(path), err.lineno, err.colno, source=text)
         raise MtscError(span, f"invalid JSON: {err.msg}") from None
+    except (ValueError, RecursionError) as err:  # a number too long, nesting too deep
+        raise MtscError(None, f"{path}: invalid JSON: {err}") from None
     problems = check_policy(policy, g.name, tasks, ops, pinned_ops(g))
     if problems:
         raise MtscError(

@@ -230,6 +230,8 @@ def _parse_toml(text: str, file: str) -> dict[str, Any]:
             line, column = len(lines), len(lines[-1]) + 1
         span = Span(file, line, column, source=text)
         raise MtscError(span, f"invalid TOML: {message[: place.start()]}") from None
+    except (ValueError, RecursionError) as err:  # a number too long, nesting too deep
+        raise MtscError(None, f"{file}: invalid TOML: {err}") from None
 
 
 def _key_span(text: str, file: str, key: str, inner: str | None = None) -> Span | None:

@@ -259,7 +259,8 @@ def test_a_misspelt_data_option_is_shown_in_its_table(tmp_path):
          "them, got [0, 4]"),
         ("objects = 20", "[data] objects must be an integer in [1, 16], got 20"),
         ("seed = -1", "[data] seed must be an integer in [0, 9223372036854775807], got -1"),
-        ("n_train = -5", "[data] n_train must be an integer in [0, 10000000], got -5"),
+        ("n_train = -5", "[data] n_train must be an integer in [1, 10000000], got -5"),
+        ("n_train = 0", "[data] n_train must be an integer in [1, 10000000], got 0"),
         ("classes = 5", "[data] classes must be one of 2, 7, 19, got 5"),
     ],
 )  # fmt: skip
@@ -298,7 +299,7 @@ def test_a_data_option_the_kind_of_data_does_not_take_is_shown_where_it_is_set(
     [
         ("cityscapes:/data/cs", {"classes": 19, "size": [128, 256]}),
         ("nyuv2:/data/nyu", {"size": 4}),  # a resize: any positive size
-        ("shapes", {"size": [8, 1024], "objects": 16, "n_val": 0}),
+        ("shapes", {"size": [8, 1024], "objects": 16, "n_val": 1}),
         ("no_such_kind", {"size": 4}),  # open_dataset names the spec's problem
     ],
 )
@@ -345,7 +346,7 @@ def test_set_data_dot_option_changes_one_option_of_the_files_data_table(tmp_path
         make_config(SearchConfig, toml, parse_sets(["data.n_train=-1"]))
     assert (err.value.span, err.value.message) == (
         None,  # set on the command line: no place in the file to show
-        "bad config: [data] n_train must be an integer in [0, 10000000], got -1",
+        "bad config: [data] n_train must be an integer in [1, 10000000], got -1",
     )
 
 
@@ -361,6 +362,29 @@ def test_an_unknown_key_gets_a_hint(cls, key, note):
     with pytest.raises(MtscError) as err:
         make_config(cls, None, {key: 1})
     assert err.value.notes == (note,)
+
+
+@pytest.mark.parametrize(
+    "text", ["seed = " + "9" * 5000, "seed = " + "[" * 2000 + "]" * 2000], ids=["long", "deep"]
+)
+def test_toml_python_cannot_read_is_invalid_toml(text, tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text(text + "\n")
+    assert _message(SearchConfig, {}, toml).startswith(f"{toml}: invalid TOML: ")
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("seed=" + "9" * 5000, "--set seed: cannot read the value: Exceeds the limit"),
+        ("seed=1\nbatch_size=3", "--set seed: the value must be on one line"),
+    ],
+    ids=["long", "two-lines"],
+)
+def test_set_values_python_cannot_read_are_refused(item, message):
+    with pytest.raises(MtscError) as err:
+        parse_sets([item])
+    assert err.value.message.startswith(message)
 
 
 def test_set_values_are_parsed_as_toml_values():

@@ -271,6 +271,16 @@ def test_bad_policy_is_a_user_error(tmp_path, capsys, case, command):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "text", ['{"model": ' + "1" * 5000 + "}", "[" * 100_000 + "]" * 100_000], ids=["long", "deep"]
+)
+def test_policy_json_python_cannot_read_is_invalid_json(text, tmp_path, capsys):
+    policy = tmp_path / "p.json"
+    policy.write_text(text)
+    status, _, stderr = run(["stats", MODEL, "--policy", policy], capsys)
+    assert status == 2 and stderr.startswith(f"error: {policy}: invalid JSON: ")
+
+
 def test_missing_policy_file(tmp_path, capsys):
     status, _, stderr = run(["stats", MODEL, "--policy", tmp_path / "none.json"], capsys)
     assert status == 2

@@ -409,6 +409,14 @@ SHAPES = [
         "y = relu(x)",
     ),
     case(
+        "channel_shuffle_needs_a_feature_map",
+        HEAD + "backbone {\n    v = image | avgpool(global=true) | flatten\n"
+        "    return channel_shuffle(v, 3)\n}\n",
+        "channel_shuffle: needs a feature map (C x H x W), got a flat vector of 3",
+        (4, 12),
+        "channel_shuffle(v, 3)",
+    ),
+    case(
         "linear_needs_flat_input",
         HEAD + "backbone {\n    return linear(image, 10)\n}\n",
         "linear: needs a flat input (use flatten first), got 3x32x32",

@@ -1528,6 +1528,30 @@ ERRORS = {
         "per sample",
         "reshape_param",
     ),
+    "reshape without a shape": (
+        INPUT + layer("r", "Reshape", "data"),
+        None,
+        "layer 'r' (Reshape): Reshape needs its shape: reshape_param { shape { dim: ... } }",
+        "layer {",  # no parameter block: the layer's
+    ),
+    "reshape with an empty shape": (
+        INPUT + layer("r", "Reshape", "data", body="reshape_param { shape { } }"),
+        None,
+        "layer 'r' (Reshape): Reshape needs its shape: reshape_param { shape { dim: ... } }",
+        "reshape_param",
+    ),
+    "pooling with stride 0": (
+        INPUT + pool("p", "kernel_size: 2 stride: 0"),
+        None,
+        "layer 'p' (Pooling): stride must be at least 1, got 0",
+        "pooling_param",
+    ),
+    "pooling with kernel 0": (
+        INPUT + pool("p", "kernel_size: 0"),
+        None,
+        "layer 'p' (Pooling): kernel_size must be at least 1, got 0",
+        "pooling_param",
+    ),
     "reshape with two inferred dims": (
         INPUT + layer("r", "Reshape", "data", body="reshape_param { shape { dim: -1 dim: -1 } }"),
         None,

@@ -79,10 +79,14 @@ def parse_sets(items: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep:
             raise MtscError(None, f"--set needs KEY=VALUE, got {item!r}")
+        if "\n" in raw or "\r" in raw:  # a TOML document would set other keys unseen
+            raise MtscError(None, f"--set {key.strip()}: the value must be on one line")
         try:
             values[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             values[key.strip()] = raw
+        except (ValueError, RecursionError) as err:  # a number too long, nesting too deep
+            raise MtscError(None, f"--set {key.strip()}: cannot read the value: {err}") from None
     return values
 
 

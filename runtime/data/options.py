@@ -77,8 +77,9 @@ _KINDS = {
     "size": (_size, "a positive integer or a [height, width] pair of them"),
     "objects": (_in(1, SHAPES_MAX_OBJECTS), f"an integer in [1, {SHAPES_MAX_OBJECTS}]"),
     "seed": _count(SHAPES_MAX_SEED),
-    "n_train": _count(SHAPES_MAX_COUNT),
-    "n_val": _count(SHAPES_MAX_COUNT),
+    # a run trains on n_train and checks the model on a validation image: one at least
+    "n_train": (_in(1, SHAPES_MAX_COUNT), f"an integer in [1, {SHAPES_MAX_COUNT}]"),
+    "n_val": (_in(1, SHAPES_MAX_COUNT), f"an integer in [1, {SHAPES_MAX_COUNT}]"),
     "n_test": _count(SHAPES_MAX_COUNT),
     "cache_dir": (lambda v: isinstance(v, (str, os.PathLike)), "a folder's path (a string)"),
     "classes": (
