@@ -448,18 +448,7 @@ def test_heads_reading_a_tensor_inside_the_backbone_follow_each_tasks_path(multi
 
     model.set_mode("search")
     model.gumbel_noise = fixed_noise(model, 5)
-    out = model(x)
-    sum(out[t].square().sum() for t in model.TASKS).backward()
-    got = grads_of(model)
-    mix = weighted_mixer(gumbel_weights(model, model.gumbel_noise, model.tau))
-    expected_out = {t: run_task(multiscale.graph, model, t, x, mix) for t in model.TASKS}
-    sum(expected_out[t].square().sum() for t in model.TASKS).backward()
-    expected = grads_of(model)
-    for task in model.TASKS:
-        torch.testing.assert_close(out[task], expected_out[task].detach(), **TOL)
-    assert got.keys() == expected.keys()
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], **GRAD_TOL, msg=name)
+    check_search_step(multiscale, model, x, lambda out: sum(o.square().sum() for o in out.values()))
 
 
 def test_warmup_mixes_with_equal_weights(mini) -> None:
@@ -481,28 +470,37 @@ def test_search_mode_outputs_and_gradients(train, mini) -> None:
     model = random_model(mini, 4).set_mode("search").train(train)
     model.tau = 0.7
     model.gumbel_noise = fixed_noise(model, 4)
-    x = torch.randn(MINI_INPUT)
     probes = {
         t: torch.randn(MINI_INPUT[0], classes) for t, classes in (("segment", 3), ("depth", 2))
     }
 
-    out = model(x)
-    sum((out[t] * probes[t]).sum() for t in model.TASKS).backward()
-    got = grads_of(model)
+    def loss(out: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum((out[t] * probes[t]).sum() for t in model.TASKS)
 
+    got = check_search_step(mini, model, torch.randn(MINI_INPUT), loss, bn_training=train)
+    assert {f"policy.{attr_name(n)}" for n in routed_names(model)} <= got
+
+
+def check_search_step(
+    built: Built, model: nn.Module, x: torch.Tensor, loss, *, bn_training: bool = False
+) -> set[str]:
+    """One search-mode step (its noise fixed) against the per-task reference: the outputs,
+    and the gradients of `loss(outputs)` for every parameter. Returns the gradients' names."""
+    out = model(x)
+    loss(out).backward()
+    got = grads_of(model)
     mix = weighted_mixer(gumbel_weights(model, model.gumbel_noise, model.tau))
     expected_out = {
-        t: run_task(mini.graph, model, t, x, mix, bn_training=train) for t in model.TASKS
+        t: run_task(built.graph, model, t, x, mix, bn_training=bn_training) for t in model.TASKS
     }
-    sum((expected_out[t] * probes[t]).sum() for t in model.TASKS).backward()
+    loss(expected_out).backward()
     expected = grads_of(model)
-
     for task in model.TASKS:
         torch.testing.assert_close(out[task], expected_out[task].detach(), **TOL)
     assert got.keys() == expected.keys()
-    assert {f"policy.{attr_name(n)}" for n in routed_names(model)} <= got.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], **GRAD_TOL, msg=name)
+    return set(got)
 
 
 @pytest.mark.parametrize("tau", [0.0, -1.0, float("nan")])
