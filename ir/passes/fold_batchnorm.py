@@ -20,8 +20,8 @@ from mtsc.ir.ops import Op
 
 
 def fold_batchnorm(g: Graph) -> Graph:
-    kept_shared = _convs_kept_shared(g)
-    users_of_weights = _weight_users(g)
+    by_weights = _convs_by_weights(g)
+    kept_shared = _convs_kept_shared(g, by_weights)
     for nid in g.topo_order():
         if nid not in g:
             continue
@@ -32,7 +32,7 @@ def fold_batchnorm(g: Graph) -> Graph:
         conv = g.node(src)
         folded = conv.meta.get("fold_bn", ())
         # a second fold into shared weights would need every sharer to fold the same one
-        chained_shared = folded and users_of_weights[_weights(conv)] > 1
+        chained_shared = folded and len(by_weights[_weights(conv)]) > 1
         foldable = conv.op is Op.CONV2D and src not in kept_shared and not chained_shared
         if not foldable or g.users(src) != [nid] or src in set(g.outputs.values()):
             continue
@@ -54,7 +54,7 @@ def fold_batchnorm(g: Graph) -> Graph:
 
 def unfolded_batchnorms(g: Graph) -> dict[str, int]:
     """After `fold_batchnorm`: why each batchnorm left did not fold, {reason: count}."""
-    kept_shared = _convs_kept_shared(g)
+    kept_shared = _convs_kept_shared(g, _convs_by_weights(g))
     reasons: dict[str, int] = {}
     for nid in g.node_ids():
         if g.node(nid).op is not Op.BATCHNORM:
@@ -78,24 +78,21 @@ def _weights(node: Node) -> tuple:
     return node.meta.get("weights", (node.name, None))
 
 
-def _weight_users(g: Graph) -> dict[tuple, int]:
-    """How many convs use each set of weights."""
-    counts: dict[tuple, int] = {}
+def _convs_by_weights(g: Graph) -> dict[tuple, list[int]]:
+    """The convs of each set of weights (more than one: a shared op run on several inputs)."""
+    groups: dict[tuple, list[int]] = {}
     for nid in g.node_ids():
         if g.node(nid).op is Op.CONV2D:
-            counts[_weights(g.node(nid))] = counts.get(_weights(g.node(nid)), 0) + 1
-    return counts
+            groups.setdefault(_weights(g.node(nid)), []).append(nid)
+    return groups
 
 
-def _convs_kept_shared(g: Graph) -> set[int]:
+def _convs_kept_shared(g: Graph, by_weights: dict[tuple, list[int]]) -> set[int]:
     """Convs sharing weights whose readers are not all the same batchnorm weights."""
-    sharers: dict[tuple, list[int]] = {}
-    for nid in g.node_ids():
-        node = g.node(nid)
-        if node.op is Op.CONV2D and _weights(node)[1] is None:
-            sharers.setdefault(_weights(node), []).append(nid)
     kept = set()
-    for group in sharers.values():
+    for weights, group in by_weights.items():
+        if weights[1] is not None:  # one task's weights
+            continue
         readers = {
             tuple(_weights(g.node(u)) if g.node(u).op is Op.BATCHNORM else (u,) for u in g.users(c))
             for c in group
