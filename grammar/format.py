@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from mtsc.grammar import ast
 from mtsc.grammar.parser import parse
+from mtsc.ir.errors import source_lines
 
 INDENT = "    "
 MAX_WIDTH = 100  # columns; longer list literals are written one item per line
@@ -104,7 +105,7 @@ class _Printer:
         self.lines: list[str] = []
         self.comments = sorted(module.comments, key=lambda c: (c.line, c.column))
         self.next_comment = 0
-        self.source_lines = module.source.splitlines()
+        self.source_lines = source_lines(module.source)
 
     # -- comments and blank lines ----------------------------------------------------------
 

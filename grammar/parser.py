@@ -10,7 +10,7 @@ import lark
 from lark import Token, Transformer, v_args
 
 from mtsc.grammar import ast
-from mtsc.ir.errors import MtscError, Span
+from mtsc.ir.errors import MtscError, Span, source_lines
 from mtsc.ir.ops import did_you_mean
 
 # Readable names for the grammar's terminals in "expected ..." messages.
@@ -103,7 +103,7 @@ def _syntax_error(err: lark.UnexpectedInput, text: str, file: str) -> MtscError:
     if isinstance(err, lark.UnexpectedToken):
         tok = err.token
         if tok.type == "$END":
-            lines = text.splitlines() or [""]
+            lines = source_lines(text.rstrip("\n"))
             line, column = len(lines), len(lines[-1]) + 1
             what = "unexpected end of file"
         else:
@@ -120,7 +120,7 @@ def _syntax_error(err: lark.UnexpectedInput, text: str, file: str) -> MtscError:
         elif tok.type == "EQUAL" and expected == {"COLON"}:
             # `name=` after a task's head (`seg: fcn(classes=2) name=...`): the parser read
             # `name` as the next task's name.
-            ahead = text.splitlines()[line - 1][: column - 1]
+            ahead = source_lines(text)[line - 1][: column - 1]
             before = re.search(r"(\w+)\s*$", ahead)
             if before and ":" in ahead[: before.start()]:
                 column -= len(before.group(0))
@@ -145,7 +145,7 @@ _STATEMENT_KEYWORDS = (
 def _misspelt_keyword(text: str, line: int, column: int) -> tuple[int, int, str] | None:
     """(column, end, message) for a misspelt keyword that is all the line holds before the
     refused token at (line, column); None if there is none."""
-    ahead = text.splitlines()[line - 1][: column - 1]
+    ahead = source_lines(text)[line - 1][: column - 1]
     word = re.fullmatch(r"(\s*)(\w+)\s+", ahead)
     if word is None or word.group(2) in _STATEMENT_KEYWORDS:
         return None

@@ -45,7 +45,7 @@ from mtsc.grammar.caffe_layers import (
 )
 from mtsc.grammar.proto_schema import message_class
 from mtsc.grammar.prototxt_scan import Block, Layout, bare_fields, scan
-from mtsc.ir.errors import InternalError, MtscError, Span
+from mtsc.ir.errors import InternalError, MtscError, Span, source_lines
 from mtsc.ir.graph import Graph, Node
 from mtsc.ir.ops import Op, OpError, Shape, did_you_mean, infer_shape, spec_of
 
@@ -107,7 +107,7 @@ def _parse(text: str, file: str) -> tuple[Message, dict[tuple[int, int], str]]:
     except text_format.ParseError as err:
         line, column = err.GetLine() or 1, err.GetColumn() or 1
         message = str(err).split(" : ", 1)[-1]
-        lines = parsed.splitlines()  # protobuf quotes the line it parsed
+        lines = source_lines(parsed)  # protobuf quotes the line it parsed, split at \n
         quoted = f"'{lines[line - 1]}': " if line <= len(lines) else ""
         message = message.removeprefix(quoted)
         span = Span(file, line, column, source=text)

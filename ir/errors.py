@@ -9,6 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def source_lines(text: str) -> list[str]:
+    """The lines as the lexers count them: split at `\\n` only. (`str.splitlines` also
+    breaks at form feeds and Unicode separators, which would quote the wrong line.)"""
+    return text.split("\n")
+
+
 @dataclass(frozen=True, slots=True)
 class Span:
     """A region of a source file: 1-based line and column, end exclusive."""
@@ -24,7 +30,7 @@ class Span:
     def source_line(self) -> str | None:
         if self.source is None:
             return None
-        lines = self.source.splitlines()
+        lines = source_lines(self.source)
         if 1 <= self.line <= len(lines):
             return lines[self.line - 1]
         return None

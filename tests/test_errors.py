@@ -1231,3 +1231,29 @@ def test_a_byte_order_mark_is_accepted(tmp_path, capsys, command) -> None:
     path.write_bytes(b"\xef\xbb\xbf" + (HEAD + BODY).encode())
     assert main([*command, str(path)]) == 0
     assert capsys.readouterr().err == ""
+
+
+# Characters that `str.splitlines` breaks at but the lexers do not: a form feed, a vertical tab,
+# a file separator, Unicode's line and paragraph separators.
+LINE_BREAKS_ONLY_PYTHON_SEES = ["\f", "\v", "\x1c", "\x85", "\u2028", "\u2029"]
+
+
+@pytest.mark.parametrize("char", LINE_BREAKS_ONLY_PYTHON_SEES)
+def test_an_error_quotes_its_own_line_after_a_comment_with_an_odd_line_break(
+    tmp_path, capsys, char
+) -> None:
+    path = tmp_path / "model.mtl"
+    path.write_text(f"# a{char}b\n" + HEAD + "backbone {\n    return foo\n}\n")
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[1:] == ["        return foo", "               ^^^"]
+
+
+@pytest.mark.parametrize("char", LINE_BREAKS_ONLY_PYTHON_SEES)
+def test_a_prototxt_error_quotes_its_own_line_after_a_comment_with_an_odd_line_break(
+    tmp_path, capsys, char
+) -> None:
+    path = tmp_path / "net.prototxt"
+    path.write_text(f'name: "x"\n# a{char}b\ninput: "data"\n')
+    assert main(["check", str(path)]) == 2
+    assert capsys.readouterr().err.split("\n")[1] == '    input: "data"'

@@ -180,3 +180,15 @@ def test_lowering_is_invariant_under_formatting(
     formatted = lower_file(tmp_path / name)
     assert graph_signature(formatted) == graph_signature(original)
     assert len(graph_signature(original)) > 50
+
+
+@pytest.mark.parametrize("char", ["\f", "\v", "\x1c", "\x85", "\u2028", "\u2029"])
+def test_a_comment_holding_a_character_python_calls_a_line_break_keeps_the_blank_lines(
+    char,
+) -> None:
+    # The lexer counts lines at "\n" only; so must the check for a blank line before a statement.
+    text = (
+        f"# a{char}b\ninput image: 3x8x8\n\n# c\nbackbone {{\n    x = relu(image)\n\n"
+        "    return x\n}\n"
+    )
+    assert format_source(text, "c.mtl") == text
