@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 from mtsc.fsutil import read_model, read_source
 from mtsc.grammar import ast
 from mtsc.grammar.parser import parse
-from mtsc.ir.errors import MtscError, Span
+from mtsc.ir.errors import MtscError, Span, describe_value
 from mtsc.ir.graph import BackboneRef, Call, Graph, Node, Sharing, TaskSpec
 from mtsc.ir.ops import (
     DSL_SPELLING,
@@ -49,6 +50,11 @@ MAX_CALL_DEPTH = 64
 # Bounds on compile-time work, so a typo cannot hang the compiler.
 MAX_INT = 2**63
 MAX_ITEMS = 100_000
+# Statements run, loop iterations and repeats, all told (about a second of work): nested loops
+# multiply, so bounding each one alone is not enough.
+MAX_STEPS = 1_000_000
+# Ops in the graph (ResNet-152 has about 500): past this, each pass takes seconds.
+MAX_OPS = 100_000
 PRELUDE = Path(__file__).with_name("heads.mtl")
 
 
@@ -88,19 +94,22 @@ class _Scope:
         return f"{self.prefix}.{seg}" if self.prefix else seg
 
 
+def _real_path(path: Path) -> Path:
+    """The path with symlinks resolved. `os.path.realpath` leaves a symlink loop in place for
+    the read to report, where `Path.resolve` raises RuntimeError (Python 3.11)."""
+    return Path(os.path.realpath(path))
+
+
 class _Return(Exception):
     def __init__(self, value: Any) -> None:
         self.value = value
 
 
 def _describe(value: Any) -> str:
+    """A value as the DSL writes it, for messages."""
     if isinstance(value, Tensor):
         return value.describe()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    return repr(value)
+    return describe_value(value, _describe)
 
 
 class Lowerer:
@@ -115,6 +124,7 @@ class Lowerer:
         self.loaded: set[Path] = set()
         self.file_consts: dict[Path, dict[str, Any]] = {}  # of each imported file, once loaded
         self.prelude_loaded = False
+        self.steps = 0
 
     # ------------------------------------------------------------------ files and imports
 
@@ -138,7 +148,7 @@ class Lowerer:
         self, item: ast.Import, module: ast.Module, chain: tuple[Path, ...]
     ) -> dict[str, Any]:
         base = Path(module.file).parent
-        path = (base / item.path).resolve()
+        path = _real_path(base / item.path)
         if path in chain:
             cycle = " -> ".join(p.name for p in (*chain[chain.index(path) :], path))
             raise MtscError(item.span, f"import cycle: {cycle}")
@@ -184,7 +194,7 @@ class Lowerer:
     # ------------------------------------------------------------------ the model
 
     def lower(self, module: ast.Module) -> Graph:
-        path = Path(module.file).resolve()
+        path = _real_path(Path(module.file))
         self.loaded.add(path)
         consts = self.load_module(module, (path,))
         self.graph = Graph(Path(module.file).stem, source=module.file)
@@ -380,7 +390,17 @@ class Lowerer:
         for stmt in body:
             self.exec_stmt(stmt, env, scope)
 
+    def _step(self, span: Span) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise MtscError(
+                span,
+                f"unrolling the model takes over {MAX_STEPS} steps (statements, loop iterations "
+                "and repeats, all told); is a range() or repeat count far larger than meant?",
+            )
+
     def exec_stmt(self, stmt: ast.Stmt, env: dict[str, Any], scope: _Scope) -> None:
+        self._step(stmt.span)
         sharing = self._decorator_sharing(stmt.decorators) or scope.sharing
         if stmt.label is None:
             inner = (
@@ -444,6 +464,7 @@ class Lowerer:
                     f"cannot loop over {_describe(items)}; use a list or range()",
                 )
             for item in items:
+                self._step(stmt.span)
                 self._bind_targets(stmt, item, env)
                 self.exec_body(stmt.body, env, scope)
         elif isinstance(stmt, ast.Assert):
@@ -645,6 +666,7 @@ class Lowerer:
         else:
             value, rest = piped, rep.call
         for _ in range(count):
+            self._step(rep.span)
             value = self.call(rest, [value], env, scope)
         return value
 
@@ -771,6 +793,12 @@ class Lowerer:
         span: Span,
         scope: _Scope,
     ) -> Tensor:
+        if len(self.created) >= MAX_OPS:
+            raise MtscError(
+                span,
+                f"the model has over {MAX_OPS} ops; is a range() or repeat count far larger "
+                "than meant?",
+            )
         spec = spec_of(op)
         try:
             normalized = spec.normalize(attrs)

@@ -76,9 +76,34 @@ def parse(text: str, file: str) -> ast.Module:
         tree = parser.parse(text)
     except lark.UnexpectedInput as err:
         raise _syntax_error(err, text, file) from None
+    _check_nesting(tree, text, file)
     comments = tuple(_COMMENTS.comments)
     items = _ToAst(file, text).transform(tree)
     return ast.Module(file, text, tuple(items), comments)
+
+
+# The deepest parse tree accepted. Every later stage (the transformer, lowering, `mtsc fmt`)
+# recurses once or more per level, and Python's stack holds about 1000 frames; real models
+# stay under 20 levels.
+MAX_NESTING = 200
+
+
+def _check_nesting(tree: lark.Tree, text: str, file: str) -> None:
+    """Refuse a tree deeper than MAX_NESTING, at the leftmost node past the limit: where the
+    expression starts, for a long chain of `+` or `|`. Walked with a stack, since recursing is
+    what a deep tree cannot afford."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            span = Span(file, node.meta.line, node.meta.column, source=text)
+            raise MtscError(
+                span,
+                f"nested too deeply: mtsc takes about {MAX_NESTING} chained operators or pipe "
+                f"stages, or {MAX_NESTING // 2} nested brackets; split it into several statements",
+            )
+        subtrees = [c for c in node.children if isinstance(c, lark.Tree)]
+        stack.extend((c, depth + 1) for c in reversed(subtrees))
 
 
 def _describe_expected(expected: set[str]) -> str:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mtsc.ir.errors import describe_value
+
 Shape = tuple[int, ...]
 
 
@@ -107,18 +109,18 @@ class Attr:
         kind = self.kind
         if kind is Kind.BOOL:
             if not isinstance(value, bool):
-                raise OpError(f"{self.name} must be true or false, got {value!r}")
+                raise OpError(f"{self.name} must be true or false, got {describe_value(value)}")
             return value
         if kind is Kind.INT:
             if isinstance(value, bool) or not isinstance(value, int):
-                raise OpError(f"{self.name} must be an integer, got {value!r}")
+                raise OpError(f"{self.name} must be an integer, got {describe_value(value)}")
             self._check_min(value)
             return value
         if kind is Kind.FLOAT:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise OpError(f"{self.name} must be a number, got {value!r}")
+                raise OpError(f"{self.name} must be a number, got {describe_value(value)}")
             if not math.isfinite(value):  # generated code has no literal for inf or nan
-                raise OpError(f"{self.name} must be a finite number, got {value!r}")
+                raise OpError(f"{self.name} must be a finite number, got {describe_value(value)}")
             self._check_min(value)
             return float(value)
         if kind is Kind.STR:
@@ -134,7 +136,9 @@ class Attr:
                 or len(pair) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
             ):
-                raise OpError(f"{self.name} must be an integer or an (h, w) pair, got {value!r}")
+                raise OpError(
+                    f"{self.name} must be an integer or an (h, w) pair, got {describe_value(value)}"
+                )
             for v in pair:
                 self._check_min(v)
             return pair
@@ -144,7 +148,8 @@ class Attr:
             ):
                 hint = " (one dimension is written (n,))" if isinstance(value, int) else ""
                 raise OpError(
-                    f"{self.name} must be a shape of positive integers, got {value!r}{hint}"
+                    f"{self.name} must be a shape of positive integers, "
+                    f"got {describe_value(value)}{hint}"
                 )
             return value
         if kind is Kind.FLOATS:
@@ -152,7 +157,9 @@ class Attr:
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                 for v in value
             ):
-                raise OpError(f"{self.name} must be a tuple of finite numbers, got {value!r}")
+                raise OpError(
+                    f"{self.name} must be a tuple of finite numbers, got {describe_value(value)}"
+                )
             return tuple(float(v) for v in value)
         raise AssertionError(kind)
 

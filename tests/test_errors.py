@@ -1257,3 +1257,28 @@ def test_a_prototxt_error_quotes_its_own_line_after_a_comment_with_an_odd_line_b
     path.write_text(f'name: "x"\n# a{char}b\ninput: "data"\n')
     assert main(["check", str(path)]) == 2
     assert capsys.readouterr().err.split("\n")[1] == '    input: "data"'
+
+
+def test_an_error_in_a_long_line_quotes_the_part_around_it(tmp_path, capsys) -> None:
+    path = tmp_path / "model.mtl"
+    sums = " + ".join(["1"] * 50)
+    line = f"n = {sums} + foo + {sums}"
+    path.write_text(f"input image: 3x8x8\n{line}\n" + BODY)
+    assert main(["check", str(path)]) == 2
+    head, quoted, caret = capsys.readouterr().err.splitlines()
+    at = line.index("foo")
+    assert head.endswith(f":2:{at + 1}: error: undefined name 'foo'")
+    assert quoted == "    ..." + line[at - 20 : at + 80] + "..."
+    assert caret == "    " + " " * 23 + "^^^"
+
+
+@pytest.mark.parametrize("target", ["a.mtl", "loop/x.mtl"])
+def test_an_import_through_a_symlink_loop_is_reported(tmp_path, capsys, target) -> None:
+    (tmp_path / "a.mtl").symlink_to("b.mtl")
+    (tmp_path / "b.mtl").symlink_to("a.mtl")
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "model.mtl").write_text(f'import "{target}"\n' + HEAD + BODY)
+    assert main(["check", str(tmp_path / "model.mtl")]) == 2
+    head = capsys.readouterr().err.splitlines()[0]
+    message = f"cannot import '{target}': Too many levels of symbolic links"
+    assert head.endswith(f":1:1: error: {message}")

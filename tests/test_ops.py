@@ -575,7 +575,7 @@ def test_normalize_resolves_aliases_and_fills_defaults() -> None:
         (
             Op.RESHAPE,
             {"shape": (True, 512)},
-            "shape must be a shape of positive integers, got (True, 512)",
+            "shape must be a shape of positive integers, got (true, 512)",
         ),
         (
             Op.RESHAPE,
@@ -586,7 +586,7 @@ def test_normalize_resolves_aliases_and_fills_defaults() -> None:
         (Op.CONV2D, {"out": 8, "k": 3, "s": 0}, "stride must be at least 1, got 0"),
         (Op.CONV2D, {"out": 8, "k": 3, "bias": 1}, "bias must be true or false, got 1"),
         (Op.CONV2D, {"out": 8.0, "k": 3}, "out must be an integer, got 8.0"),
-        (Op.BATCHNORM, {"eps": "small"}, "eps must be a number, got 'small'"),
+        (Op.BATCHNORM, {"eps": "small"}, 'eps must be a number, got "small"'),
         (Op.BATCHNORM, {"eps": math.inf}, "eps must be a finite number, got inf"),
         (Op.ADD, {"coeffs": (1, math.nan)}, "coeffs must be a tuple of finite numbers"),
         (Op.UPSAMPLE, {"mode": "cubic"}, "mode must be one of 'nearest', 'bilinear'"),
