@@ -44,12 +44,14 @@ from mtsc.grammar.caffe_layers import (
     unpooling,
 )
 from mtsc.grammar.proto_schema import message_class
-from mtsc.grammar.prototxt_scan import Block, Layout, bare_fields, scan
+from mtsc.grammar.prototxt_scan import Block, Layout, bare_fields, scan, too_deep
 from mtsc.ir.errors import InternalError, MtscError, Span, source_lines
 from mtsc.ir.graph import Graph, Node
 from mtsc.ir.ops import Op, OpError, Shape, did_you_mean, infer_shape, spec_of
 
 SCHEMA = Path(__file__).with_name("caffe.proto")
+# The deepest `{ }` nesting read; Caffe's own files go four deep.
+MAX_NESTING = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,9 @@ def import_text(text: str, file: str, *, output: str | None = None) -> Imported:
 def _parse(text: str, file: str) -> tuple[Message, dict[tuple[int, int], str]]:
     """The parsed network, and the V1 types of forks that the parse could not read."""
     net = message_class(SCHEMA, "caffe.NetParameter")()
+    deep = too_deep(text, file, MAX_NESTING)
+    if deep is not None:  # protobuf's parser recurses per level, and would run out of stack
+        raise MtscError(deep, f"nested too deeply: more than {MAX_NESTING} levels of {{ }}")
     parsed, forks_types = _without_forks_v1_types(text)
     try:
         text_format.Parse(parsed, net, allow_unknown_field=True)

@@ -152,6 +152,20 @@ def bare_fields(text: str, key: str) -> list[tuple[int, int, str]]:
     return found
 
 
+def too_deep(text: str, file: str, limit: int) -> Span | None:
+    """Where the first brace that opens a block more than `limit` deep is, if one does. Runs
+    before the parse, on any text."""
+    depth = 0
+    for m in _tokens(text):
+        if m.lastgroup == "open":
+            depth += 1
+            if depth > limit:
+                return _Positions(text, file).span(m.start(), m.end())
+        elif m.lastgroup == "close":
+            depth = max(0, depth - 1)
+    return None
+
+
 def _tokens(text: str) -> Iterator[re.Match]:
     """The tokens of `text`, without whitespace and comments; a character no token starts
     with (not well-formed text) is stepped over."""

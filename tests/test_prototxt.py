@@ -2233,3 +2233,26 @@ def test_every_fixture_builds_a_supermodel_that_searches(name, tmp_path, load_ge
     assert {t: tuple(v.shape) for t, v in out.items()} == {"a": (2, 2, *size), "b": (2, 3, *size)}
     sum(v.square().mean() for v in out.values()).backward()
     assert all(p.grad is not None for p in model.policy_parameters())
+
+
+NESTED_INPUT = 'input: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 8\ninput_dim: 8\n'
+
+
+def _nested_relu(depth: int) -> str:
+    inner = "foo { " * depth + "}" * depth
+    return NESTED_INPUT + f'layer {{ name: "r" type: "ReLU" bottom: "data" top: "r" {inner} }}\n'
+
+
+def test_blocks_nested_too_deeply_are_a_located_error_not_a_recursion_error():
+    text = _nested_relu(1000)
+    with pytest.raises(MtscError) as err:
+        import_text(text, "deep.prototxt")
+    assert err.value.message == "nested too deeply: more than 100 levels of { }"
+    # The layer's brace is the first level, so the 100th `foo {` is the 101st.
+    hundredth = text.split("\n")[5].index("foo {") + 4 + 6 * 99
+    assert (err.value.span.line, err.value.span.column) == (6, hundredth + 1)
+
+
+def test_blocks_nested_to_the_limit_import():
+    imported = import_text(_nested_relu(99), "deep.prototxt")
+    assert [n.op for _, n in imported.graph.nodes()] == [Op.INPUT, Op.RELU]
