@@ -211,7 +211,7 @@ def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
         if name not in sm_names:
             raise MtscError(None, f"no supermodel module for {name}")
         nid, attr = sm_names[name]
-        op, leads = sm.node(nid).op, _leading_sizes(sm, nid)
+        op, shapes = sm.node(nid).op, _one_task_shapes(sm, nid)
         picked = {}
         for key, value in sm_state.items():
             if not key.startswith(attr + "."):
@@ -221,24 +221,31 @@ def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
                 continue
             if not isinstance(value, torch.Tensor):
                 raise MtscError(None, f"the checkpoint's {key} is not a tensor")
-            if value.dim() > 0:
-                # A checkpoint of another model, or built with(out) --share-bn, has other
-                # shapes: say so rather than fail in a reshape or carry a wrong slice.
-                lead = leads.get(suffix)
-                if lead is None:
+            # A checkpoint of another model, or built with(out) --share-bn, has other shapes:
+            # say so rather than fail in a reshape, carry a wrong slice, or write a model.pt
+            # that does not load.
+            want = shapes.get(suffix)
+            if want is None:
+                raise MtscError(None, _misfit(key, value, name, op))
+            if task is not None and want:
+                rows = tasks if op is Op.LINEAR else tasks * want[0]
+                if value.dim() == 0 or value.shape[0] != rows:
                     raise MtscError(None, _misfit(key, value, name, op))
-                if task is not None:
-                    if value.shape[0] != (tasks if op is Op.LINEAR else tasks * lead):
-                        raise MtscError(None, _misfit(key, value, name, op))
-                    if op is Op.LINEAR:
-                        value = value[task]
-                    else:
-                        value = value.reshape(tasks, lead, *value.shape[1:])[task]
-                if value.shape[0] != lead:
-                    raise MtscError(None, _misfit(key, value, name, op))
+                if op is Op.LINEAR:
+                    value = value[task]
+                else:
+                    value = value.reshape(tasks, want[0], *value.shape[1:])[task]
+            if tuple(value.shape) != want:
+                raise MtscError(None, _misfit(key, value, name, op))
             picked[suffix] = value
         if not picked:
             raise MtscError(None, f"the checkpoint has no weights for {attr} ({name})")
+        missing = sorted(set(shapes) - set(picked))
+        if missing:
+            keys = ", ".join(f"{attr}.{suffix}" for suffix in missing)
+            raise MtscError(
+                None, f"the checkpoint lacks {keys} ({name}): is it a checkpoint of this model?"
+            )
         return picked
 
     state = {}
@@ -263,10 +270,9 @@ def carry_weights(pruned: Pruned, sm_state: dict) -> dict:
     return state
 
 
-def _leading_sizes(g: Graph, nid: int) -> dict[str, int]:
-    """The leading size of each parameter and buffer of one task's module for an op, read off
-    that module built on the meta device (no memory): a conv's weight rows are its output
-    channels, a transposed conv's its input channels, a channel-shared PReLU has one slope."""
+def _one_task_shapes(g: Graph, nid: int) -> dict[str, tuple[int, ...]]:
+    """The shape of each parameter and buffer of one task's module for an op, read off that
+    module built on the meta device (no memory)."""
     import torch
 
     node = g.node(nid)
@@ -275,7 +281,7 @@ def _leading_sizes(g: Graph, nid: int) -> dict[str, int]:
     args, kwargs = form.args(node.attrs, g.in_shapes(nid))
     cls = getattr(torch.nn, torch_class(node.op, node.attrs).removeprefix("nn."))
     module = cls(*args, **kwargs, device="meta")
-    return {key: v.shape[0] for key, v in module.state_dict().items() if v.dim() > 0}
+    return {key: tuple(v.shape) for key, v in module.state_dict().items()}
 
 
 def _misfit(key: str, value, name: str, op: Op) -> str:

@@ -491,6 +491,34 @@ def test_carry_weights_rejects_batchnorms_of_the_other_kind(
     )
 
 
+def test_carry_weights_rejects_a_kernel_of_another_size(load_generated, tmp_path):
+    # Only the leading size was checked once: a 5x5 kernel for a 3x3 conv gave a model.pt that
+    # did not load.
+    pruned = prune_model(RESIDUAL, "shared")
+    (tmp_path / "sm.py").write_text(emit_supermodel(pruned.supermodel, source_name="m").text)
+    state = load_generated(tmp_path / "sm.py").Supermodel().state_dict()
+    state["stem_conv1.weight"] = torch.zeros(8, 3, 5, 5)
+    with pytest.raises(MtscError) as err:
+        carry_weights(pruned, state)
+    assert err.value.message == (
+        "the checkpoint's stem_conv1.weight has shape [8, 3, 5, 5], which does not fit "
+        "stem.conv1: is it a checkpoint of this model?"
+    )
+
+
+@pytest.mark.parametrize("fold_bn", [False, True])
+def test_carry_weights_rejects_a_checkpoint_missing_a_buffer(load_generated, tmp_path, fold_bn):
+    pruned = prune_model(RESIDUAL, "shared", fold_bn=fold_bn)
+    (tmp_path / "sm.py").write_text(emit_supermodel(pruned.supermodel, source_name="m").text)
+    state = load_generated(tmp_path / "sm.py").Supermodel().state_dict()
+    del state["stem_bn1.running_var"]
+    with pytest.raises(MtscError) as err:
+        carry_weights(pruned, state)
+    assert err.value.message == (
+        "the checkpoint lacks stem_bn1.running_var (stem.bn1): is it a checkpoint of this model?"
+    )
+
+
 def test_carry_weights_rejects_a_conv_of_another_width(load_generated, tmp_path):
     pruned = prune_model(RESIDUAL, "specific")
     (tmp_path / "sm.py").write_text(emit_supermodel(pruned.supermodel, source_name="m").text)
