@@ -116,18 +116,17 @@ def search(
 ):
     """Run the three-stage policy search; keyword arguments override `SearchConfig`. A resumed
     run keeps the config it was started with (a keyword argument may repeat a value of it)."""
-    from mtsc.runtime.checkpoint import load_checkpoint
     from mtsc.runtime.config import SearchConfig, given_values, make_config, resumed_config
     from mtsc.runtime.search import search as run_search
     from mtsc.runtime.task_fit import check_heads_fit_data
-    from mtsc.runtime.trainer import CHECKPOINT, check_run_kind
+    from mtsc.runtime.trainer import CHECKPOINT, load_resumable
 
     cfg = config.pop("config", None)
     checkpoint = Path(run_dir) / CHECKPOINT
     if cfg is None and resume and checkpoint.is_file():
         given = given_values(SearchConfig, None, config)
-        state = load_checkpoint(checkpoint, mmap=True)  # the run loads its weights itself
-        check_run_kind(state, checkpoint, "search")  # before its settings are compared
+        # the run loads its weights itself; the kind is checked before the settings
+        state = load_resumable(checkpoint, "search", mmap=True)
         cfg = resumed_config(SearchConfig, given, state, checkpoint)
     cfg = cfg or make_config(SearchConfig, None, config)
     image = val_set[0][0]

@@ -25,7 +25,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mtsc.errors import MtscError
 from mtsc.runtime.checkpoint import (
-    load_checkpoint,
     rng_state,
     set_rng_state,
     write_text_atomic,
@@ -39,13 +38,14 @@ from mtsc.runtime.trainer import (
     RunLogger,
     TaskObjective,
     batch_loss,
-    check_run_kind,
     grad_scaler,
+    load_resumable,
     loss_logs,
     optimizer_step,
     refuse_existing_run,
     restore_optimizer,
     restore_scaler,
+    restoring,
     run_steps,
     sgd_groups,
     start_run,
@@ -298,26 +298,26 @@ def _checkpoint(run: _Run, *, policy: dict | None = None) -> None:
 def _restore(run: _Run, path: Path) -> None:
     if not path.exists():
         raise MtscError(None, f"nothing to resume: {path} does not exist")
-    state = load_checkpoint(path)
-    check_run_kind(state, path, "search")
-    if state.get("model_name") != run.model.MODEL or state.get("tasks") != list(run.model.TASKS):
+    state = load_resumable(path, "search")
+    if state["model_name"] != run.model.MODEL or state["tasks"] != list(run.model.TASKS):
         raise MtscError(
             None,
-            f"{path} is a run of model {state.get('model_name')!r} with tasks "
-            f"{state.get('tasks')}, not of {run.model.MODEL!r} with {list(run.model.TASKS)}",
+            f"{path} is a run of model {state['model_name']!r} with tasks "
+            f"{state['tasks']}, not of {run.model.MODEL!r} with {list(run.model.TASKS)}",
         )
     ours = run.model.state_dict()
     if set(state["model"]) != set(ours) or any(
         state["model"][k].shape != v.shape for k, v in ours.items()
     ):
         raise MtscError(None, f"{path} holds weights of a different network than this model")
-    run.model.load_state_dict(state["model"])
-    restore_optimizer(run.weight_opt, state["weight_opt"], path)
-    restore_optimizer(run.policy_opt, state["policy_opt"], path)
-    restore_scaler(run, state)
-    run.model.tau = state["tau"]
-    run.stage, run.step = state["stage"], state["step"]
-    run.weights.restore(state["streams"]["weights"])
-    run.held_out.restore(state["streams"]["held_out"])
-    run.last_metrics = state.get("metrics", {})
-    set_rng_state(state["rng"])
+    with restoring(path, state["stage"], STAGES):
+        run.model.load_state_dict(state["model"])
+        restore_optimizer(run.weight_opt, state["weight_opt"], path)
+        restore_optimizer(run.policy_opt, state["policy_opt"], path)
+        restore_scaler(run, state)
+        run.model.tau = float(state["tau"])
+        run.stage, run.step = state["stage"], state["step"]
+        run.weights.restore(state["streams"]["weights"])
+        run.held_out.restore(state["streams"]["held_out"])
+        run.last_metrics = state.get("metrics", {})
+        set_rng_state(state["rng"])

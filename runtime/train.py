@@ -12,11 +12,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from mtsc.errors import MtscError
-from mtsc.runtime.checkpoint import (
-    load_checkpoint,
-    rng_state,
-    set_rng_state,
-)
+from mtsc.runtime.checkpoint import rng_state, set_rng_state
 from mtsc.runtime.config import TrainConfig
 from mtsc.runtime.trainer import (
     CHECKPOINT,
@@ -24,14 +20,15 @@ from mtsc.runtime.trainer import (
     RunLogger,
     TaskObjective,
     batch_loss,
-    check_run_kind,
     evaluate,
     grad_scaler,
+    load_resumable,
     loss_logs,
     optimizer_step,
     refuse_existing_run,
     restore_optimizer,
     restore_scaler,
+    restoring,
     run_steps,
     sgd_groups,
     start_run,
@@ -173,16 +170,17 @@ def _checkpoint(run: _Train) -> None:
 def _restore(run: _Train, path: Path) -> None:
     if not path.exists():
         raise MtscError(None, f"nothing to resume: {path} does not exist")
-    state = load_checkpoint(path)
-    check_run_kind(state, path, "train")
+    state = load_resumable(path, "train")
     ours = run.model.state_dict()
-    if state.get("tasks") != list(run.model.TASKS) or set(state["model"]) != set(ours):
+    if state["tasks"] != list(run.model.TASKS) or set(state["model"]) != set(ours):
         raise MtscError(None, f"{path} is a run of a different model")
-    run.model.load_state_dict(state["model"])
-    restore_optimizer(run.optimizer, state["optimizer"], path)
-    run.schedule.load_state_dict(state["schedule"])
-    restore_scaler(run, state)
-    run.stage, run.step = state.get("stage", "train"), state["step"]
-    run.stream.restore(state["stream"])
-    run.last_metrics = state.get("metrics", {})
-    set_rng_state(state["rng"])
+    stage = state.get("stage", "train")
+    with restoring(path, stage, STAGES):
+        run.model.load_state_dict(state["model"])
+        restore_optimizer(run.optimizer, state["optimizer"], path)
+        run.schedule.load_state_dict(state["schedule"])
+        restore_scaler(run, state)
+        run.stage, run.step = stage, state["step"]
+        run.stream.restore(state["stream"])
+        run.last_metrics = state.get("metrics", {})
+        set_rng_state(state["rng"])

@@ -19,7 +19,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from mtsc.errors import MtscError
-from mtsc.runtime.checkpoint import save_checkpoint, seed_everything, write_text_atomic
+from mtsc.runtime.checkpoint import (
+    load_checkpoint,
+    save_checkpoint,
+    seed_everything,
+    write_text_atomic,
+)
 from mtsc.runtime.cpu_memory import keep_freed_memory
 from mtsc.runtime.losses import make_loss
 from mtsc.runtime.metrics import Metric, make_metric
@@ -250,7 +255,48 @@ def refuse_existing_run(run_dir: Path, resume: bool) -> None:
         raise MtscError(None, f"{run_dir} already holds a run; use --resume to continue it")
 
 
-def check_run_kind(state: Mapping[str, Any], path: Path, kind: str) -> None:
+# What a resumable checkpoint holds, by the kind of run that wrote it, and the fields older
+# checkpoints may lack. A field of the wrong type (a damaged or hand-edited file) is named,
+# rather than failing somewhere in the restore.
+_RUN_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "search": {
+        "model": dict, "model_name": str, "tasks": list, "weight_opt": dict, "policy_opt": dict,
+        "tau": (int, float), "stage": str, "step": int, "streams": dict, "rng": dict,
+    },
+    "train": {
+        "model": dict, "tasks": list, "optimizer": dict, "schedule": dict, "step": int,
+        "stream": dict, "rng": dict,
+    },
+}  # fmt: skip
+_OPTIONAL_FIELDS = {"config": dict, "command": dict, "metrics": dict, "scaler": dict, "stage": str}
+
+
+def load_resumable(path: Path, kind: str, *, mmap: bool = False) -> dict[str, Any]:
+    """The run state in a checkpoint, to resume a run of `kind` ("search" or "train") with.
+    A checkpoint of the other kind is named as such; a missing field, or one of the wrong
+    type, is an error saying which."""
+    state = load_checkpoint(path, mmap=mmap)
+    if not isinstance(state, dict):
+        raise MtscError(None, f"{path} is not a checkpoint of an mtsc run")
+    _check_run_kind(state, path, kind)
+    for key, want in {**_OPTIONAL_FIELDS, **_RUN_FIELDS[kind]}.items():
+        if key not in state:
+            if key in _RUN_FIELDS[kind]:
+                raise MtscError(None, f"{path} is damaged: it has no {key!r}; start a new run")
+            continue
+        value = state[key]
+        if not isinstance(value, want) or isinstance(value, bool):
+            names = " or ".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
+            raise MtscError(
+                None,
+                f"{path} is damaged: its {key!r} should be {names}, not {type(value).__name__}",
+            )
+    if state["step"] < 0 or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise MtscError(None, f"{path} is damaged: its step or model weights are not valid")
+    return state
+
+
+def _check_run_kind(state: Mapping[str, Any], path: Path, kind: str) -> None:
     """A run is resumed by the command that started it (`kind`: "search" or "train"). The
     checkpoints tell: a search's holds its two optimizers ("weight_opt", "policy_opt"), a
     training's one ("optimizer"); one with neither is left to the checks that follow."""
@@ -261,6 +307,20 @@ def check_run_kind(state: Mapping[str, Any], path: Path, kind: str) -> None:
             f"{path} is a {found} run, not a {kind} run; "
             f"`mtsc {found} MODEL --resume {Path(path).parent}` continues it",
         )
+
+
+@contextlib.contextmanager
+def restoring(path: Path, stage: str, stages: tuple[str, ...]) -> Iterator[None]:
+    """Around restoring a run from its checkpoint: a value inside it that the restore cannot
+    take (a damaged file) is the user's error, not a traceback."""
+    if stage not in stages:
+        raise MtscError(
+            None, f"{path} is damaged: its stage {stage!r} is none of {', '.join(stages)}"
+        )
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+        raise MtscError(None, f"{path} is damaged ({type(err).__name__}: {err})") from None
 
 
 def write_checkpoint(run_dir: Path, state: Callable[[], dict[str, Any]]) -> None:

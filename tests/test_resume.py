@@ -171,6 +171,61 @@ def test_an_optimizer_state_that_does_not_fit_is_a_clear_error(
     assert err.endswith("); start a new run\n")
 
 
+def _damage_config(state):
+    state["config"] = [1, 2]
+
+
+def _damage_command(state):
+    state["command"] = {"data": 7, "share_bn": False}
+
+
+def _damage_stage(state):
+    state["stage"] = "polish"
+
+
+def _damage_model(state):
+    del state["model"]
+
+
+def _damage_rng(state):
+    state["rng"] = {}
+
+
+def _damage_stream(state):
+    state["streams"]["weights"] = {"epoch": "one"}
+
+
+def _damage_tau(state):
+    state["tau"] = "hot"
+
+
+DAMAGES = {
+    _damage_config: "its 'config' should be dict, not list",
+    _damage_command: "its command setting data=7",
+    _damage_stage: "its stage 'polish' is none of warmup, search, done",
+    _damage_model: "it has no 'model'; start a new run",
+    _damage_rng: "(KeyError: 'torch')",
+    _damage_stream: "(ValueError: invalid literal for int() with base 10: 'one')",
+    _damage_tau: "its 'tau' should be int or float, not str",
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=lambda f: f.__name__.removeprefix("_damage_"))
+def test_a_damaged_checkpoint_is_a_clear_error(
+    interrupted_search, model_file, tmp_path, capsys, damage
+):
+    """A last.pt with a field missing or of the wrong type (damaged, or edited by hand) is an
+    error naming the file and the field, at exit 2, not a traceback."""
+    cut = copy_run(interrupted_search[1], tmp_path / "cut")
+    state = load(cut / "last.pt")
+    damage(state)
+    save_checkpoint(cut / "last.pt", state)
+    assert main(["search", str(model_file), "--resume", str(cut), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {cut / 'last.pt'} is damaged")
+    assert DAMAGES[damage] in err
+
+
 def test_run_logger_rewinds_to_a_checkpoint(tmp_path):
     steps = [("warmup", 2), ("warmup", 4), ("search", 1), ("search", 2), ("search", 3)]
     lines = [{"stage": s, "step": n} for s, n in steps]
@@ -262,3 +317,25 @@ def test_the_api_resumes_with_the_runs_config(interrupted_search, model_file, tm
     assert result.policy == load(interrupted_search[0] / "last.pt")["policy"]
     assert load(cut / "last.pt")["config"] == load(interrupted_search[0] / "last.pt")["config"]
     assert SearchConfig().search_steps != 8
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"schedule": None}, "its 'schedule' should be dict, not NoneType"),
+        ({"step": True}, "its 'step' should be int, not bool"),
+        ({"step": -1}, "its step or model weights are not valid"),
+        ({"model": {"w": [1.0]}}, "its step or model weights are not valid"),
+    ],
+)
+def test_a_damaged_training_checkpoint_is_named(tmp_path, change, message):
+    from mtsc.errors import MtscError
+    from mtsc.runtime.trainer import load_resumable
+
+    state = {"model": {"w": torch.zeros(2)}, "tasks": TASKS, "optimizer": {}, "schedule": {},
+             "step": 4, "stream": {}, "rng": {}}  # fmt: skip
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {**state, **change})
+    with pytest.raises(MtscError) as err:
+        load_resumable(path, "train")
+    assert err.value.message == f"{path} is damaged: {message}"

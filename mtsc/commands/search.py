@@ -129,9 +129,9 @@ def run_settings(
     checkpoint, and a value given again must be the same. None is allowed to differ: a
     setting that cannot change the results (num_workers, say) would still be one more rule
     to learn, and a resume that continues exactly the run it says is the simple one."""
-    from mtsc.runtime.checkpoint import load_checkpoint
+    from mtsc.errors import MtscError
     from mtsc.runtime.config import given_values, make_config, resumed_config
-    from mtsc.runtime.trainer import CHECKPOINT, check_run_kind
+    from mtsc.runtime.trainer import CHECKPOINT, load_resumable
 
     given_command = {k: v for k, v in command.items() if v is not None}
     if not args.resume:
@@ -142,10 +142,13 @@ def run_settings(
         return config, command
     given = given_values(cls, args.config, overrides, quick=args.quick)
     path = Path(args.resume) / CHECKPOINT
-    state = load_checkpoint(path, mmap=True)  # the run loads its weights itself, later
-    check_run_kind(state, path, args.command)  # before its settings are compared with ours
+    # The run loads its weights itself, later; the kind is checked before the settings.
+    state = load_resumable(path, args.command, mmap=True)
     # a checkpoint from before the command settings were saved: the command line's, or defaults
-    saved_command = {**COMMAND_DEFAULTS, **given_command, **(state.get("command") or {})}
+    saved_command = {**COMMAND_DEFAULTS, **given_command, **state.get("command", {})}
+    for key, value in saved_command.items():
+        if key not in COMMAND_DEFAULTS or type(value) is not type(COMMAND_DEFAULTS[key]):
+            raise MtscError(None, f"{path} is damaged: its command setting {key}={value!r}")
     saved = resumed_config(
         cls,
         given,
