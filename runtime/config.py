@@ -369,7 +369,6 @@ _RANGES = (
             "warmup_steps",
             "search_steps",
             "steps",
-            "num_workers",
             "weight_decay",
             "reg_weight",
             "budget_weight",
@@ -377,6 +376,8 @@ _RANGES = (
         lambda v: v >= 0,
         "at least 0",
     ),
+    # each worker is a process holding a copy of the dataset
+    (("num_workers",), lambda v: 0 <= v <= 256, "in [0, 256]"),
     (("eval_every",), lambda v: v >= 0, "at least 0 (0: never)"),
     (("eval_batches",), lambda v: v >= 0, "at least 0 (0: the whole split)"),
     (("weight_lr", "policy_lr", "lr", "tau_init", "tau_min"), lambda v: v > 0, "positive"),

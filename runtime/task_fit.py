@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from mtsc.errors import MtscError, Span
-from mtsc.runtime.data.sample import TARGET_CHANNELS, TASKS, DatasetInfo
+from mtsc.runtime.data.options import TASKS
+from mtsc.runtime.data.sample import TARGET_CHANNELS, DatasetInfo
 from mtsc.runtime.objectives import TASK_LOSSES, TASK_METRICS
 
 # Where a task's parts are written in the model: "task", "head", "loss", "metric".

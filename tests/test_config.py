@@ -115,7 +115,8 @@ HELD_OUT_RANGE = (
         ({"derive_seed": -5}, "derive_seed must be in [0, 4294967295]"),
         ({"warmup_steps": -5}, "warmup_steps must be at least 0"),
         ({"search_steps": -3}, "search_steps must be at least 0"),
-        ({"num_workers": -1}, "num_workers must be at least 0"),
+        ({"num_workers": -1}, "num_workers must be in [0, 256]"),
+        ({"num_workers": 100000}, "num_workers must be in [0, 256]"),
         ({"eval_every": -1}, "eval_every must be at least 0 (0: never)"),
         ({"eval_batches": -1}, "eval_batches must be at least 0 (0: the whole split)"),
         ({"weight_lr": 0}, "weight_lr must be positive"),
@@ -154,7 +155,7 @@ def test_bad_values_are_reported(overrides, problem):
         ({"weight_decay": -1}, "weight_decay must be at least 0"),
         ({"eval_every": -1}, "eval_every must be at least 0 (0: never)"),
         ({"eval_batches": -2}, "eval_batches must be at least 0 (0: the whole split)"),
-        ({"num_workers": -1}, "num_workers must be at least 0"),
+        ({"num_workers": -1}, "num_workers must be in [0, 256]"),
         ({"seed": 2**32}, "seed must be in [0, 4294967295]"),
     ],
 )
@@ -282,6 +283,12 @@ def test_an_ill_formed_data_option_is_shown_where_it_is_set(line, message, tmp_p
          "augment, flip, scales, size, tasks)"),
         ("shapes", "size = [16, 2048]", "shapes: size must be in [8, 1024] on each side, got "
          "[16, 2048]"),
+        ("shapes", "tasks = ['foo']", "shapes has no task 'foo' (its tasks: segment, depth, "
+         "normal)"),
+        ("shapes:runs/data", "tasks = []", "shapes: no tasks chosen (its tasks: segment, depth, "
+         "normal)"),
+        ("cityscapes:/data/cs", "tasks = 'normal'", "cityscapes has no task 'normal' (its "
+         "tasks: segment, depth)"),
     ],
 )  # fmt: skip
 def test_a_data_option_the_kind_of_data_does_not_take_is_shown_where_it_is_set(
@@ -431,7 +438,7 @@ def test_set_values_are_checked_like_the_others():
         (["--set", "batch_size=abc"], "error: bad config: batch_size must be int, got 'abc'"),
         (["--budget", "2"], "error: bad config: budget must be a fraction in (0, 1]"),
         (["--set", "tau_decay=-1"], "error: bad config: tau_decay must be in (0, 1]\n"),
-        (["--set", "num_workers=-1"], "error: bad config: num_workers must be at least 0\n"),
+        (["--set", "num_workers=-1"], "error: bad config: num_workers must be in [0, 256]\n"),
         (["--seed", str(2**64)], f"error: bad config: {SEEDS_RANGE}\n"),
         (["--seed", "-1"], f"error: bad config: {SEEDS_RANGE}\n"),
         (["--set", "held_out=0"], f"error: bad config: {HELD_OUT_RANGE}\n"),

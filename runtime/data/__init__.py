@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import importlib
 
-from mtsc.runtime.data.sample import IGNORE_INDEX, IMAGE_MEAN, IMAGE_STD, TASKS, DatasetInfo
+from mtsc.runtime.data.options import TASKS
+from mtsc.runtime.data.sample import IGNORE_INDEX, IMAGE_MEAN, IMAGE_STD, DatasetInfo
 
 # Public names living in modules that import torch, loaded lazily (PEP 562).
 _TORCH_NAMES = {

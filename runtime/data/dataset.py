@@ -32,7 +32,6 @@ from mtsc.runtime.data.options import ill_formed_options, kind_problems, spec_ki
 from mtsc.runtime.data.sample import (
     IMAGE_MEAN,
     IMAGE_STD,
-    TASKS,
     DatasetInfo,
     Sample,
     SampleSource,
@@ -140,7 +139,7 @@ def _size_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 def _open_shapes(path: str, split: str, options: dict) -> ShapesArrays:
     """A shapes split: rendered (and cached) from options, or read from an `mtsc data` DIR."""
-    tasks = choose_tasks("shapes", TASKS, options.pop("tasks", None))
+    tasks = choose_tasks("shapes", options.pop("tasks", None))
     if path:
         check_split(split)
         arrays = read_split(Path(path).expanduser() / f"{split}.npz")

@@ -29,13 +29,11 @@ from pathlib import Path
 
 from mtsc.errors import MtscError
 from mtsc.runtime.data.convert import depth_map, image_chw, normal_map, read_array, segment_map
-from mtsc.runtime.data.options import CITYSCAPES_CLASSES
+from mtsc.runtime.data.options import CITYSCAPES_CLASSES, chosen_tasks, task_problem
 from mtsc.runtime.data.sample import DatasetInfo, Sample, unknown_target
 
 NYUV2_JSON = "nyu_v2_3task.json"
 CITYSCAPES_JSON = "cityscape.json"
-NYUV2_TASKS = ("segment", "depth", "normal")
-CITYSCAPES_TASKS = ("segment", "depth")
 NYUV2_FOLDERS = {"segment": "label", "depth": "depth", "normal": "normal"}
 NYUV2_JSON_COLUMNS = {"segment": 1, "normal": 2, "depth": 3}
 CITYSCAPES_JSON_DEPTH_COLUMN = 1
@@ -78,23 +76,12 @@ class FileDataset:
         return Sample(image=image, targets=targets, valid=valid)
 
 
-def choose_tasks(
-    name: str, available: tuple[str, ...], tasks: str | tuple[str, ...] | list[str] | None
-) -> tuple[str, ...]:
-    """The tasks to load: all of the dataset's by default."""
-    if tasks is None:
-        return available
-    if isinstance(tasks, str):
-        tasks = (tasks,)
-    chosen = tuple(dict.fromkeys(tasks))
-    if not chosen:
-        raise MtscError(None, f"{name}: no tasks chosen (its tasks: {', '.join(available)})")
-    for task in chosen:
-        if task not in available:
-            raise MtscError(
-                None, f"{name} has no task {task!r} (its tasks: {', '.join(available)})"
-            )
-    return chosen
+def choose_tasks(kind: str, tasks: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """The tasks to load, of the data of `kind` (as `KIND_TASKS` names it): all by default."""
+    problem = task_problem(kind, tasks) if tasks is not None else None
+    if problem:
+        raise MtscError(None, problem)
+    return tuple(dict.fromkeys(chosen_tasks(kind, tasks)))
 
 
 def _check_root(name: str, root: Path) -> None:
@@ -217,7 +204,7 @@ def open_nyuv2(
     name = "nyuv2"
     root = Path(root).expanduser()
     _check_root(name, root)
-    tasks = choose_tasks(name, NYUV2_TASKS, tasks)
+    tasks = choose_tasks(name, tasks)
     index = root / NYUV2_JSON
     if index.is_file():
         columns = {t: NYUV2_JSON_COLUMNS[t] for t in tasks}
@@ -259,7 +246,7 @@ def open_cityscapes(
     name = "cityscapes"
     root = Path(root).expanduser()
     _check_root(name, root)
-    tasks = choose_tasks(name, CITYSCAPES_TASKS, tasks)
+    tasks = choose_tasks(name, tasks)
     if classes is not None and classes not in CITYSCAPES_CLASSES:
         raise MtscError(
             None,

@@ -4,7 +4,7 @@ Torch-free, so that a config's misspelt option is refused where the file sets it
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from mtsc.ir.ops import did_you_mean
 
@@ -27,6 +27,14 @@ SHAPES_MAX_OBJECTS = 16
 SHAPES_MAX_COUNT = 10_000_000
 SHAPES_MAX_SEED = 2**63 - 1
 CITYSCAPES_CLASSES = (2, 7, 19)
+# every task a dataset of mtsc's has; the tasks each kind of data has
+TASKS = ("segment", "depth", "normal")
+KIND_TASKS = {
+    "shapes": TASKS,
+    "shapes:DIR": TASKS,
+    "nyuv2": TASKS,
+    "cityscapes": ("segment", "depth"),
+}
 
 
 def _int(value: object) -> bool:
@@ -123,6 +131,11 @@ def kind_problems(kind: str, options: Mapping[str, object]) -> list[tuple[str, s
         for name in sorted(options)
         if name not in accepted
     ]
+    tasks = options.get("tasks")
+    if tasks is not None and _tasks(tasks):
+        problem = task_problem(kind, tasks)
+        if problem:
+            problems.append(("tasks", problem))
     size = options.get("size")
     if kind == "shapes" and size is not None and _size(size):
         low, high = SHAPES_MIN_SIZE, SHAPES_MAX_SIZE
@@ -131,6 +144,27 @@ def kind_problems(kind: str, options: Mapping[str, object]) -> list[tuple[str, s
                 ("size", f"shapes: size must be in [{low}, {high}] on each side, got {size!r}")
             )
     return problems
+
+
+def chosen_tasks(kind: str, tasks: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The tasks a well-formed `tasks` option chooses (see `task_problem`): all of the data's
+    when it is not given."""
+    if tasks is None:
+        return KIND_TASKS[kind]
+    return (tasks,) if isinstance(tasks, str) else tuple(tasks)
+
+
+def task_problem(kind: str, tasks: str | Sequence[str]) -> str | None:
+    """What is wrong with a well-formed `tasks` option for the data of `kind`, if anything."""
+    name, _, _ = kind.partition(":")
+    available = ", ".join(KIND_TASKS[kind])
+    chosen = chosen_tasks(kind, tasks)
+    if not chosen:
+        return f"{name}: no tasks chosen (its tasks: {available})"
+    unknown = [t for t in chosen if t not in KIND_TASKS[kind]]
+    if unknown:
+        return f"{name} has no task {unknown[0]!r} (its tasks: {available})"
+    return None
 
 
 def ill_formed_options(options: Mapping[str, object]) -> list[tuple[str, str]]:

@@ -19,7 +19,6 @@ from typing import Protocol
 
 import numpy as np
 
-TASKS = ("segment", "depth", "normal")
 # The channels of the dense regression targets (segment's are class indices, one map).
 TARGET_CHANNELS = {"depth": 1, "normal": 3}
 IGNORE_INDEX = 255
