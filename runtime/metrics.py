@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from mtsc.runtime.losses import IGNORE_INDEX, check_required, label_mask, target_map
-from mtsc.runtime.objectives import check_metric
+from mtsc.runtime.objectives import OPTION_VALUES, angle_bins, check_metric
 
 # The direction of every metric name any metric here reports: True when higher is better.
 HIGHER_IS_BETTER: Mapping[str, bool] = MappingProxyType(
@@ -235,11 +235,12 @@ class NormalMetric(Metric):
     def __init__(
         self, *, bin_width: float = 0.01, device: torch.device | str | None = None
     ) -> None:
-        bins = 180.0 / bin_width if bin_width > 0 else 0.0
-        if bins < 1 or abs(bins - round(bins)) > 1e-6:
-            raise ValueError(f"normal metric: bin_width must divide 180 degrees, got {bin_width}")
+        bins = angle_bins(bin_width)
+        if bins is None:
+            wording = OPTION_VALUES["bin_width"][1]
+            raise ValueError(f"normal metric: bin_width must be {wording}, got {bin_width}")
         self.bin_width = bin_width
-        self.num_bins = round(bins)
+        self.num_bins = bins
         super().__init__(device)
 
     def _zero_state(self, device: torch.device) -> dict[str, Tensor]:
@@ -315,7 +316,16 @@ def make_metric(name: str, **options: Any) -> Metric:
     check_metric(name, options)
     cls = METRICS[name]
     check_required(f"metric {name!r}", cls, options)
+    device = options.get("device")
+    if device is not None and not _device_present(torch.device(device)):
+        raise ValueError(f"metric {name!r}: this machine has no device {device!r}")
     return cls(**options)
+
+
+def _device_present(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return True
+    return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
 
 
 def delta_m(

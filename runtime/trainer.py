@@ -65,6 +65,10 @@ class TaskObjective:
                         "classes", dataset_info.num_classes
                     )
                     options.setdefault("ignore", dataset_info.ignore_index)
+                try:  # made again for each evaluation: a bad option shows before any step
+                    make_metric(metric[0], **options)
+                except ValueError as err:
+                    raise MtscError(None, f"task {task!r}: {err}") from None
                 self.metric_specs[task] = (metric[0], options)
 
     def task_losses(self, outputs: Mapping[str, torch.Tensor], targets: Mapping) -> dict:

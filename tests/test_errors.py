@@ -700,6 +700,35 @@ TASKS = [
         "miou(classes=3)",
     ),
     case(
+        "loss_option_value",
+        TASKS_HEAD + "tasks {\n    seg: fcn(classes=3) loss=cross_entropy(ignore=1e400)\n}\n",
+        "loss 'cross_entropy': ignore must be an integer label, got inf",
+        (6, 30),
+        "cross_entropy(ignore=1e400)",
+    ),
+    case(
+        "metric_device",
+        TASKS_HEAD + 'tasks {\n    seg: fcn(classes=3) metric=miou(device="gpu0")\n}\n',
+        'metric \'miou\': device must be a device: "cpu", "cuda" or "cuda:N", got "gpu0"',
+        (6, 32),
+        'miou(device="gpu0")',
+    ),
+    case(
+        "metric_num_classes",
+        TASKS_HEAD + "tasks {\n    seg: fcn(classes=3) metric=miou(num_classes=0)\n}\n",
+        "metric 'miou': num_classes must be an integer in [1, 65536], got 0",
+        (6, 32),
+        "miou(num_classes=0)",
+    ),
+    case(
+        "metric_bin_width",
+        TASKS_HEAD + "tasks {\n    n: fcn(classes=3) metric=normal(bin_width=7)\n}\n",
+        "metric 'normal': bin_width must be a number of degrees that divides 180, at least "
+        "0.0001, got 7",
+        (6, 30),
+        "normal(bin_width=7)",
+    ),
+    case(
         "unknown_task_option",
         TASKS_HEAD + "tasks {\n    seg: fcn(classes=2) los=l1\n}\n",
         "unknown task option 'los' (did you mean 'loss'?); a task takes loss=, metric= and weight=",

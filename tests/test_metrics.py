@@ -254,8 +254,9 @@ def test_normal_errors():
         ValueError, match=r"normal metric: prediction \(4, 1, 6, 7\) and target \(4, 3, 6, 7\)"
     ):
         NormalMetric().update(torch.ones(B, 1, H, W), torch.ones(B, 3, H, W))
-    for width in (0.0, -1.0, 0.07, 200.0):
-        with pytest.raises(ValueError, match=rf"bin_width must divide 180 degrees, got {width}"):
+    for width in (0.0, -1.0, 0.07, 200.0, 1e-300, float("nan")):
+        wording = "a number of degrees that divides 180, at least 0.0001"
+        with pytest.raises(ValueError, match=rf"bin_width must be {wording}, got {width}"):
             NormalMetric(bin_width=width)
 
 
@@ -416,3 +417,8 @@ def test_cuda_batches_give_the_cpu_result(metric, pred, target):
     metric.update(pred.cuda(), target.cuda())
     assert all(t.is_cuda for t in metric.state_tensors())
     assert metric.compute() == pytest.approx(cpu.compute(), rel=1e-9)
+
+
+def test_a_metric_on_a_device_the_machine_lacks_is_refused():
+    with pytest.raises(ValueError, match=r"metric 'miou': this machine has no device 'cuda:9999'"):
+        make_metric("miou", num_classes=3, device="cuda:9999")
