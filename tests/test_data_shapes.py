@@ -555,7 +555,7 @@ def test_data_shapes_command_user_errors(tmp_path):
         assert err.value.message == message
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(MtscError, match=r"file exists and is not a directory"):
+    with pytest.raises(MtscError, match=r"cannot write to .*file: it is a file, not a folder"):
         data_command.run(_shapes_args(blocker, "--n-train", "1"))
     with pytest.raises(MtscError, match=r"cannot write to .*file"):
         data_command.run(_shapes_args(blocker / "sub", "--n-train", "1", "--size", "8"))
@@ -579,6 +579,34 @@ def test_preview_that_cannot_be_written(tmp_path):
     with pytest.raises(MtscError) as err:
         data_command.run(args)
     assert err.value.message.startswith(f"cannot write {folder}: ")
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "existing-folder"])
+def test_a_preview_that_fails_to_write_takes_the_new_dataset_with_it(
+    tmp_path, monkeypatch, existing
+):
+    """A preview path the checks let through but the write refuses (as root, /proc/x.png):
+    neither the dataset nor the preview's new folder stays behind."""
+    from mtsc import fsutil
+
+    out, preview = tmp_path / "o", tmp_path / "pictures" / "p.png"
+    if existing:
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    real = fsutil.write_atomic
+
+    def refuse_png(path, data):
+        if Path(path).suffix == ".png":
+            raise MtscError(None, f"cannot write {path}: No such file or directory")
+        real(path, data)
+
+    monkeypatch.setattr(fsutil, "write_atomic", refuse_png)
+    counts = ("--n-train", "2", "--n-val", "1", "--n-test", "0", "--size", "8")
+    with pytest.raises(MtscError, match="cannot write .*p.png"):
+        data_command.run(_shapes_args(out, *counts, "--preview", str(preview)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["o"] if existing else [])
+    if existing:
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
 def test_unknown_data_command():

@@ -6,6 +6,7 @@ The folder then opens with `open_dataset("shapes:DIR", split)`. Nothing here nee
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def _check_preview(path: Path) -> None:
 
 
 def run_shapes(args: argparse.Namespace) -> int:
-    from mtsc.fsutil import write_atomic
+    from mtsc.fsutil import undone_on_failure, write_atomic
     from mtsc.runtime.data.png import encode_png
     from mtsc.runtime.data.preview import shapes_preview
     from mtsc.runtime.data.shapes import SPLITS, ShapesConfig, write_dataset
@@ -99,16 +100,19 @@ def run_shapes(args: argparse.Namespace) -> int:
     )
     if args.preview is not None:  # checked before the dataset is written
         _check_preview(args.preview)
-    start = time.perf_counter()
-    splits = write_dataset(config, args.out)
-    seconds = time.perf_counter() - start
+    # A preview that cannot be written after all takes the new dataset with it: a failed
+    # command leaves no files of its own behind.
+    with contextlib.ExitStack() as undo:
+        undo.enter_context(undone_on_failure(args.out))
+        start = time.perf_counter()
+        splits = write_dataset(config, args.out)
+        seconds = time.perf_counter() - start
+        if args.preview is not None:
+            png = encode_png(shapes_preview(splits["train"], PREVIEW_SAMPLES))
+            undo.enter_context(undone_on_failure(args.preview.parent))
+            write_atomic(args.preview, png)
     counts = ", ".join(f"{config.count(s)} {s}" for s in SPLITS)
     print(f"wrote {counts} images ({args.size}x{args.size}) to {args.out} in {seconds:.1f} s")
     if args.preview is not None:
-        try:
-            args.preview.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(args.preview, encode_png(shapes_preview(splits["train"], PREVIEW_SAMPLES)))
-        except OSError as err:
-            raise MtscError(None, f"cannot write {args.preview}: {err.strerror or err}") from None
         print(f"wrote preview {args.preview}")
     return 0
