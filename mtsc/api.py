@@ -13,11 +13,12 @@ Datasets yield `(image [3, H, W], {task: target, "valid": {task: bool}})` and ca
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
 
-from mtsc.codegen.torch_supermodel import emit_supermodel
+from mtsc.codegen.torch_supermodel import GENERATED_BY, emit_supermodel
 from mtsc.driver import load_supermodel as load_supermodel_graph
 from mtsc.errors import MtscError
 from mtsc.fsutil import write_atomic
@@ -52,10 +53,24 @@ def write_supermodel(
         raise MtscError(None, f"{model_path}: the model has no tasks section to search over")
     text = emit_supermodel(g, source_name=str(model_path)).text
     path = Path(out_dir) / "supermodel.py"
-    if check_existing and path.exists() and _body(path.read_text()) != _body(text):
-        raise MtscError(None, f"{out_dir} holds a run of another model (its supermodel.py differs)")
+    if check_existing:
+        _check_same_model(path, text, out_dir)
     write_atomic(path, text)
     return path
+
+
+def _generated_source(model) -> str | None:
+    """The source of a `Supermodel` mtsc generated; None for a model of the user's own."""
+    source = inspect.getsourcefile(type(model))
+    if type(model).__name__ != "Supermodel" or source is None:
+        return None
+    text = Path(source).read_text()
+    return text if text.startswith(f"# {GENERATED_BY} ") else None
+
+
+def _check_same_model(path: Path, text: str, run_dir: str | Path) -> None:
+    if path.exists() and _body(path.read_text()) != _body(text):
+        raise MtscError(None, f"{run_dir} holds a run of another model (its supermodel.py differs)")
 
 
 def _body(text: str) -> str:
@@ -116,10 +131,12 @@ def search(
 ):
     """Run the three-stage policy search; keyword arguments override `SearchConfig`. A resumed
     run keeps the config it was started with (a keyword argument may repeat a value of it)."""
+    from mtsc.commands import refuse_another_commands_folder
+    from mtsc.commands.search import undone_unless_resumable
     from mtsc.runtime.config import SearchConfig, given_values, make_config, resumed_config
     from mtsc.runtime.search import search as run_search
     from mtsc.runtime.task_fit import check_heads_fit_data
-    from mtsc.runtime.trainer import CHECKPOINT, load_resumable
+    from mtsc.runtime.trainer import CHECKPOINT, load_resumable, refuse_existing_run
 
     cfg = config.pop("config", None)
     checkpoint = Path(run_dir) / CHECKPOINT
@@ -129,6 +146,15 @@ def search(
         state = load_resumable(checkpoint, "search", mmap=True)
         cfg = resumed_config(SearchConfig, given, state, checkpoint)
     cfg = cfg or make_config(SearchConfig, None, config)
+    run_dir = Path(run_dir)
+    # As `mtsc search`: the run folder keeps the model's source (supermodel.py), which resumes
+    # the run and loads its last.pt; one already there must be this model's.
+    source, kept = _generated_source(model), run_dir / "supermodel.py"
+    if source is not None and kept.exists():
+        _check_same_model(kept, source, run_dir)
+    if not resume:
+        refuse_existing_run(run_dir, resume)
+        refuse_another_commands_folder(run_dir, "search")
     image = val_set[0][0]
     check_heads_fit_data(
         model.TASK_SPECS,
@@ -137,4 +163,13 @@ def search(
         outputs=head_shapes(model, image),
         image_size=tuple(image.shape[1:]),
     )
-    return run_search(model, train_set, val_set, cfg, run_dir, resume=resume, progress=progress)
+    # a fresh run that fails before its first checkpoint leaves nothing behind
+    with undone_unless_resumable(run_dir, resume):
+        if source is not None and not resume:
+            write_atomic(kept, source)
+        result = run_search(
+            model, train_set, val_set, cfg, run_dir, resume=resume, progress=progress
+        )
+    if source is not None and not kept.exists():  # a resumed run of an older mtsc's API
+        write_atomic(kept, source)
+    return result
