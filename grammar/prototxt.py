@@ -45,25 +45,13 @@ from mtsc.grammar.caffe_layers import (
 )
 from mtsc.grammar.proto_schema import message_class
 from mtsc.grammar.prototxt_scan import Block, Layout, bare_fields, scan, too_deep
-from mtsc.ir.errors import InternalError, MtscError, Span, source_lines
+from mtsc.ir.errors import Diagnostic, InternalError, MtscError, Span, source_lines
 from mtsc.ir.graph import Graph, Node
 from mtsc.ir.ops import Op, OpError, Shape, did_you_mean, infer_shape, spec_of
 
 SCHEMA = Path(__file__).with_name("caffe.proto")
 # The deepest `{ }` nesting read; Caffe's own files go four deep.
 MAX_NESTING = 100
-
-
-@dataclass(frozen=True, slots=True)
-class Diagnostic:
-    """A warning: the import went on, but the user should know what was assumed."""
-
-    span: Span | None
-    message: str
-
-    def render(self) -> str:
-        # Same layout as an error (location, source line, caret), labelled as a warning.
-        return MtscError(self.span, self.message).render().replace("error: ", "warning: ", 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Diagnostics: source spans, the user-facing `MtscError`, and `InternalError` for our own bugs.
+"""Diagnostics: source spans, the user-facing `MtscError` and `Diagnostic` (a warning), and
+`InternalError` for our own bugs.
 
 Lives in `ir/` because every layer raises these and `ir` imports nothing of ours;
 `mtsc.errors` re-exports them as the public names.
@@ -111,6 +112,18 @@ class MtscError(Exception):
 
     def __str__(self) -> str:
         return self.render()
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """A warning: the command went on, but the user should know what was assumed."""
+
+    span: Span | None
+    message: str
+
+    def render(self) -> str:
+        # Same layout as an error (location, source line, caret), labelled as a warning.
+        return MtscError(self.span, self.message).render().replace("error: ", "warning: ", 1)
 
 
 class InternalError(Exception):

@@ -1311,3 +1311,19 @@ def test_an_import_through_a_symlink_loop_is_reported(tmp_path, capsys, target) 
     head = capsys.readouterr().err.splitlines()[0]
     message = f"cannot import '{target}': Too many levels of symbolic links"
     assert head.endswith(f":1:1: error: {message}")
+
+
+def test_check_warns_of_a_task_search_would_refuse_for_want_of_a_loss(tmp_path, capsys) -> None:
+    path = tmp_path / "model.mtl"
+    tasks = "tasks {\n    edges: fcn(classes=1)\n    depth: fcn(classes=1)\n}\n"
+    path.write_text(HEAD + BODY + tasks)
+    assert main(["check", str(path)]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}:6:5: warning: task 'edges' has no loss=; `mtsc search` and `mtsc train` need "
+        "one (only tasks named segment, depth, normal have a default)",
+        "        edges: fcn(classes=1)",
+        "        ^^^^^^^^^^^^^^^^^^^^^",
+    ]
+    path.write_text(HEAD + BODY + tasks.replace("classes=1)\n    d", "classes=1) loss=l1\n    d"))
+    assert main(["check", str(path)]) == 0
+    assert capsys.readouterr().err == ""

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from mtsc.driver import build
+from mtsc.ir.errors import Diagnostic
+from mtsc.ir.graph import Graph
 from mtsc.report import summary_json, summary_text, supermodel_info, supermodel_text
+from mtsc.runtime.objectives import TASK_LOSSES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     result = build(args.model, None, output=args.output)
+    if result.supermodel is not None:
+        for warning in lossless_tasks(result.supermodel):
+            print(warning.render(), file=sys.stderr)
     extra = {} if result.supermodel is None else {"supermodel": supermodel_info(result.supermodel)}
     if args.json:
         print(summary_json(result.summary, **extra))
@@ -27,3 +34,18 @@ def run(args: argparse.Namespace) -> int:
         if extra:
             print(supermodel_text(extra["supermodel"]))
     return 0
+
+
+def lossless_tasks(g: Graph) -> list[Diagnostic]:
+    """A warning for each task with no `loss=` and no default one: building needs none, but
+    `mtsc search` and `mtsc train` would refuse the model."""
+    defaults = ", ".join(TASK_LOSSES)
+    return [
+        Diagnostic(
+            task.loc,
+            f"task {task.name!r} has no loss=; `mtsc search` and `mtsc train` need one "
+            f"(only tasks named {defaults} have a default)",
+        )
+        for task in g.tasks
+        if task.loss is None and task.name not in TASK_LOSSES
+    ]
