@@ -146,18 +146,44 @@ class _Printer:
         self.lines.append(INDENT * depth + text + trailing)
 
     def emit_value(self, prefix: str, value: ast.Expr, suffix: str, depth: int, line: int) -> None:
-        """`prefix value suffix` on one line, or, when that passes MAX_WIDTH and the value is
-        a list or tuple literal, one item per line between its brackets."""
+        """`prefix value suffix` on one line; or one item per line between the brackets of a
+        list or tuple literal that would pass MAX_WIDTH, or of a call or literal that holds
+        comments (which stay beside the items they were written after)."""
         text = f"{prefix}{format_expr(value)}{suffix}"
-        wrappable = isinstance(value, ast.ListLit | ast.TupleLit) and len(value.items) > 1
-        if len(INDENT * depth + text) <= MAX_WIDTH or not wrappable:
+        items = _items(value)
+        inside = items is not None and self._comment_within(value.span)
+        too_wide = len(INDENT * depth + text) > MAX_WIDTH and not isinstance(value, ast.Call)
+        if items is None or not items or not (inside or (too_wide and len(items) > 1)):
             self.emit(text, depth, line)
             return
-        opening, closing = ("[", "]") if isinstance(value, ast.ListLit) else ("(", ")")
-        self.emit(f"{prefix}{opening}", depth, line)
-        for item in value.items:
-            self.lines.append(INDENT * (depth + 1) + format_expr(item) + ",")
-        self.lines.append(INDENT * depth + f"{closing}{suffix}")
+        opening, closing = _brackets(value)
+        if items[0].span.line == value.span.line:  # a comment on this line is the item's
+            self.lines.append(INDENT * depth + f"{prefix}{opening}")
+        else:
+            self.emit(f"{prefix}{opening}", depth, value.span.line)
+        for i, item in enumerate(items):
+            self.lead(item.span.line, depth + 1, first=True)
+            upto = item.span.end_line or item.span.line
+            if i + 1 < len(items):
+                upto = min(upto, items[i + 1].span.line - 1)
+            self._item_line(_format_item(item) + ",", depth + 1, upto)
+        for c in self._pending(value.span.end_line or value.span.line):
+            self.lines.append(INDENT * (depth + 1) + c.text)
+        self.emit(f"{closing}{suffix}", depth, value.span.end_line or line)
+
+    def _comment_within(self, span: ast.Span) -> bool:
+        """Whether the next comment is inside `span`, before its last line."""
+        if self.next_comment >= len(self.comments):
+            return False
+        return span.line <= self.comments[self.next_comment].line < (span.end_line or span.line)
+
+    def _item_line(self, text: str, depth: int, upto: int) -> None:
+        """An item of an exploded value, the first comment up to line `upto` at its end and
+        any others (from inside a nested value) on lines of their own after it."""
+        comments = self._pending(upto + 1)
+        trailing = f"  {comments[0].text}" if comments else ""
+        self.lines.append(INDENT * depth + text + trailing)
+        self.lines.extend(INDENT * depth + c.text for c in comments[1:])
 
     def close(self, end: ast.Span | None, depth: int) -> None:
         """Comments left inside a braced body, then its closing brace.
@@ -215,7 +241,7 @@ class _Printer:
                 self.lead(task.span.line, 1, first=i == 0)
                 options = "".join(f" {o.key}={format_expr(o.value)}" for o in task.options)
                 name = f"{task.name}:".ljust(width + 1)
-                self.emit(f"{name} {format_expr(task.head)}{options}", 1, task.span.end_line)
+                self.emit_value(f"{name} ", task.head, options, 1, task.span.end_line)
             self.close(item.end_span, 0)
 
     def decorators(self, decorators: Sequence[ast.Decorator], depth: int) -> None:
@@ -236,7 +262,7 @@ class _Printer:
         if isinstance(stmt, ast.Assign):
             self.emit_value(f"{label}{stmt.target} = ", stmt.value, "", depth, stmt.span.end_line)
         elif isinstance(stmt, ast.Return):
-            self.emit(f"{label}return {format_expr(stmt.value)}", depth, stmt.span.end_line)
+            self.emit_value(f"{label}return ", stmt.value, "", depth, stmt.span.end_line)
         elif isinstance(stmt, ast.Assert):
             msg = f', "{stmt.message}"' if stmt.message is not None else ""
             self.emit(f"{label}assert {format_expr(stmt.test)}{msg}", depth, stmt.span.end_line)
@@ -270,6 +296,28 @@ class _Printer:
             for c in self._pending(next_clause.line):
                 self.lines.append(INDENT * (depth + 1) + c.text)
         self.lines.append(INDENT * depth + "}")
+
+
+def _items(value: ast.Expr) -> tuple | None:
+    """The items an exploded value puts one per line: a call's arguments, a literal's items."""
+    if isinstance(value, ast.Call):
+        return value.args
+    if isinstance(value, ast.ListLit | ast.TupleLit):
+        return value.items
+    return None
+
+
+def _brackets(value: ast.Expr) -> tuple[str, str]:
+    if isinstance(value, ast.Call):
+        return f"{value.func}(", ")"
+    return ("[", "]") if isinstance(value, ast.ListLit) else ("(", ")")
+
+
+def _format_item(item: ast.Expr | ast.Arg) -> str:
+    if isinstance(item, ast.Arg):
+        value = format_expr(item.value)
+        return value if item.name is None else f"{item.name}={value}"
+    return format_expr(item)
 
 
 def _first_line(item: ast.Item) -> int:

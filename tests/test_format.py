@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mtsc.grammar.format import format_expr, format_source
 from mtsc.grammar.lower import lower_file
@@ -192,3 +194,99 @@ def test_a_comment_holding_a_character_python_calls_a_line_break_keeps_the_blank
         "    return x\n}\n"
     )
     assert format_source(text, "c.mtl") == text
+
+
+COMMENTED_CALLS = """\
+input image: 3x8x8
+backbone {
+    x = conv(  # the stem
+        image, 16,
+        k=3,  # kernel
+        # padding next
+        p=1
+        # done
+    )  # after
+    y = [[1,  # a
+          2], 3]
+    return relu(
+        x  # only x
+    )
+}
+tasks {
+    segment: conv1x1(
+        classes=6,  # six
+    ) loss=cross_entropy
+}
+"""
+
+COMMENTED_CALLS_FORMATTED = """\
+input image: 3x8x8
+backbone {
+    x = conv(  # the stem
+        image,
+        16,
+        k=3,  # kernel
+        # padding next
+        p=1,
+        # done
+    )  # after
+    y = [
+        [1, 2],  # a
+        3,
+    ]
+    return relu(
+        x,  # only x
+    )
+}
+tasks {
+    segment: conv1x1(
+        classes=6,  # six
+    ) loss=cross_entropy
+}
+"""
+
+
+def test_comments_inside_a_call_or_list_stay_beside_their_items() -> None:
+    # A value holding comments is written one item per line, each comment where it was.
+    formatted = format_source(COMMENTED_CALLS, "c.mtl")
+    assert formatted == COMMENTED_CALLS_FORMATTED
+    assert format_source(formatted, "c.mtl") == formatted
+
+
+def test_a_call_without_comments_inside_is_joined_onto_one_line() -> None:
+    body = "    x = conv(\n        image,\n        16,\n    )\n    return x\n"
+    text = f"input image: 3x8x8\nbackbone {{\n{body}}}\n"
+    assert format_source(text, "c.mtl").splitlines()[2] == "    x = conv(image, 16)"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["image", "16", "k=3", "p=1", "[1, 2]", "s=(2, 2)"]),
+            st.none() | st.from_regex(r"# [a-z]{1,8}", fullmatch=True),
+            st.booleans(),  # whether the next argument starts a new line
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_commented_arguments_keep_their_comments_in_order(args) -> None:
+    lines, current = ["    x = conv("], ""
+    for text, comment, newline in args:
+        current += f"{text}, "
+        if comment or newline:
+            lines.append("        " + current.rstrip() + (f"  {comment}" if comment else ""))
+            current = ""
+    if current:
+        lines.append("        " + current.rstrip())
+    source = "input image: 3x8x8\nbackbone {\n" + "\n".join(lines) + "\n    )\n    return x\n}\n"
+    formatted = format_source(source, "c.mtl")
+    assert format_source(formatted, "c.mtl") == formatted
+    if any(comment for _, comment, _ in args):  # one argument a line, each comment beside its
+        call = ["    x = conv("]
+        call += [f"        {text}," + (f"  {c}" if c else "") for text, c, _ in args]
+        call += ["    )"]
+    else:
+        call = [f"    x = conv({', '.join(text for text, _, _ in args)})"]
+    assert formatted.splitlines()[2:-2] == call
