@@ -438,10 +438,16 @@ class Lowerer:
     def _exec_plain(self, stmt: ast.Stmt, env: dict[str, Any], scope: _Scope) -> None:
         if isinstance(stmt, ast.Assign):
             saved, self.var_hint = self.var_hint, stmt.target
+            first_new = len(self.created)
             try:
-                env[stmt.target] = self.eval(stmt.value, env, scope)
+                value = env[stmt.target] = self.eval(stmt.value, env, scope)
             finally:
                 self.var_hint = saved
+            if isinstance(value, Tensor) and value.nid in self.created[first_new:]:
+                # The generated code names a value as the user did where it was assigned,
+                # not as inside the block that made it (`return` there names it `out`).
+                node = self.graph.node(value.nid)
+                self.graph.update(value.nid, meta={**node.meta, "var": stmt.target})
         elif isinstance(stmt, ast.Return):
             saved, self.var_hint = self.var_hint, "out"
             try:

@@ -431,3 +431,19 @@ def test_verify_reports_broken_invariants(breakage: str, message: str) -> None:
         verify(g, after="a test")
     assert str(info.value).startswith("IR verification failed after a test: ")
     assert message in str(info.value)
+
+
+def test_a_value_is_named_as_the_statement_that_assigned_it(tmp_path):
+    """A block's result takes the name the caller gave it, not the block's `return` name
+    (`out`): the generated code reads `e1 = self.enc1_relu1(y)`."""
+    path = tmp_path / "names.mtl"
+    path.write_text(
+        "input image: 3x8x8\n"
+        "block cbr(x, c) {\n    y = conv(x, c, k=3, p=1) | bn\n    return relu(y)\n}\n"
+        "backbone {\n    enc1: e1 = cbr(image, 4)\n    enc2: e2 = cbr(e1, 4)\n"
+        "    x = e1\n    return e1 + e2\n}\n"
+    )
+    g = lower_file(path)
+    var = {node.name: node.meta.get("var") for _, node in g.nodes()}
+    assert var["enc1.conv1"] == "y" and var["enc1.relu1"] == "e1" and var["enc2.relu1"] == "e2"
+    assert var["add1"] == "out"  # `x = e1` names no new value

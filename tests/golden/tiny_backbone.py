@@ -55,8 +55,8 @@ class Backbone(nn.Module):
 
         # gate1
         out = self.gate1_sigmoid1(y)  # mixers.mtl:5
-        out = x * out  # mixers.mtl:5
-        x = self.pool(out)  # tiny.mtl:14
+        x = x * out  # mixers.mtl:5
+        x = self.pool(x)  # tiny.mtl:14
 
         # stages.0
         a = self.stages_0_conv1(x)  # mixers.mtl:11
@@ -65,19 +65,19 @@ class Backbone(nn.Module):
         b = self.stages_0_conv2(x)  # mixers.mtl:12
         b = self.stages_0_bn2(b)  # mixers.mtl:12
         b = self.stages_0_tanh1(b)  # mixers.mtl:12
-        out = a + b  # mixers.mtl:13
+        x = a + b  # mixers.mtl:13
 
         # stages.1
-        a = self.stages_1_conv1(out)  # mixers.mtl:11
+        a = self.stages_1_conv1(x)  # mixers.mtl:11
         a = self.stages_1_bn1(a)  # mixers.mtl:11
         a = self.stages_1_relu1(a)  # mixers.mtl:11
-        b = self.stages_1_conv2(out)  # mixers.mtl:12
+        b = self.stages_1_conv2(x)  # mixers.mtl:12
         b = self.stages_1_bn2(b)  # mixers.mtl:12
         b = self.stages_1_tanh1(b)  # mixers.mtl:12
-        out = a + b  # mixers.mtl:13
+        x = a + b  # mixers.mtl:13
 
         # up
-        x = F.interpolate(out, scale_factor=2.0, mode="nearest")  # tiny.mtl:18
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # tiny.mtl:18
         x = self.up_hardswish1(x)  # tiny.mtl:18
 
         # lift
