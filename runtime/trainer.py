@@ -284,7 +284,7 @@ def load_resumable(path: Path, kind: str, *, mmap: bool = False) -> dict[str, An
         raise MtscError(None, f"{path} is not a checkpoint of an mtsc run")
     _check_run_kind(state, path, kind)
     for key, want in {**_OPTIONAL_FIELDS, **_RUN_FIELDS[kind]}.items():
-        if key not in state:
+        if state.get(key) is None:  # an optional field may also be saved as None
             if key in _RUN_FIELDS[kind]:
                 raise MtscError(None, f"{path} is damaged: it has no {key!r}; start a new run")
             continue

@@ -322,7 +322,7 @@ def test_the_api_resumes_with_the_runs_config(interrupted_search, model_file, tm
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"schedule": None}, "its 'schedule' should be dict, not NoneType"),
+        ({"schedule": None}, "it has no 'schedule'; start a new run"),
         ({"step": True}, "its 'step' should be int, not bool"),
         ({"step": -1}, "its step or model weights are not valid"),
         ({"model": {"w": [1.0]}}, "its step or model weights are not valid"),

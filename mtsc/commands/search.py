@@ -145,7 +145,7 @@ def run_settings(
     # The run loads its weights itself, later; the kind is checked before the settings.
     state = load_resumable(path, args.command, mmap=True)
     # a checkpoint from before the command settings were saved: the command line's, or defaults
-    saved_command = {**COMMAND_DEFAULTS, **given_command, **state.get("command", {})}
+    saved_command = {**COMMAND_DEFAULTS, **given_command, **(state.get("command") or {})}
     for key, value in saved_command.items():
         if key not in COMMAND_DEFAULTS or type(value) is not type(COMMAND_DEFAULTS[key]):
             raise MtscError(None, f"{path} is damaged: its command setting {key}={value!r}")
