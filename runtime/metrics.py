@@ -313,13 +313,18 @@ METRICS: Mapping[str, type[Metric]] = {
 
 def make_metric(name: str, **options: Any) -> Metric:
     """A fresh metric registered as `name`, e.g. `make_metric("miou", num_classes=13)`."""
+    check_metric_options(name, options)
+    return METRICS[name](**options)
+
+
+def check_metric_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raise ValueError unless `make_metric(name, **options)` can make the metric here: its
+    options, the required ones given, and its device on this machine. Allocates nothing."""
     check_metric(name, options)
-    cls = METRICS[name]
-    check_required(f"metric {name!r}", cls, options)
+    check_required(f"metric {name!r}", METRICS[name], options)
     device = options.get("device")
     if device is not None and not _device_present(torch.device(device)):
         raise ValueError(f"metric {name!r}: this machine has no device {device!r}")
-    return cls(**options)
 
 
 def _device_present(device: torch.device) -> bool:

@@ -27,7 +27,7 @@ from mtsc.runtime.checkpoint import (
 )
 from mtsc.runtime.cpu_memory import keep_freed_memory
 from mtsc.runtime.losses import make_loss
-from mtsc.runtime.metrics import Metric, make_metric
+from mtsc.runtime.metrics import Metric, check_metric_options, make_metric
 from mtsc.runtime.objectives import TASK_LOSSES, TASK_METRICS
 
 # ---------------------------------------------------------------------- tasks
@@ -65,8 +65,8 @@ class TaskObjective:
                         "classes", dataset_info.num_classes
                     )
                     options.setdefault("ignore", dataset_info.ignore_index)
-                try:  # made again for each evaluation: a bad option shows before any step
-                    make_metric(metric[0], **options)
+                try:  # the metrics are made for each evaluation: a bad option shows now
+                    check_metric_options(metric[0], options)
                 except ValueError as err:
                     raise MtscError(None, f"task {task!r}: {err}") from None
                 self.metric_specs[task] = (metric[0], options)
