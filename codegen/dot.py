@@ -1,14 +1,19 @@
-"""IR -> Graphviz DOT: ops as boxes, clustered by the hierarchical names (blocks, stages)."""
+"""IR -> Graphviz DOT: ops as boxes, clustered by the hierarchical names (blocks, stages).
+
+A box shows an op and the shape-keeping ops that follow it in a chain (`conv | bn | relu` is
+one box), and an op that only takes the image's size (a head's final upsample) says so in its
+box instead of drawing an edge from the top of the picture to the bottom."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from mtsc.codegen.torch_common import module_names, shape_text
 from mtsc.codegen.writer import SourceWriter
-from mtsc.ir.graph import Graph, Node
+from mtsc.ir.graph import Graph, Node, Role
 from mtsc.ir.ops import DSL_SPELLING, PARAMETRIC, Op
 from mtsc.ir.stats import node_params
 
@@ -30,6 +35,29 @@ _COLOURS = {
 }
 _DEFAULT_COLOUR = "#f7f7f7"
 CLUSTER_DEPTH = 2  # nest clusters this many name levels deep: layer1 > layer1.0
+# Ops of one input that keep its shape: drawn inside the box of the op before them.
+FOLLOWERS = frozenset(
+    {
+        Op.BATCHNORM,
+        Op.SCALE,
+        Op.RELU,
+        Op.RELU6,
+        Op.LEAKY_RELU,
+        Op.PRELU,
+        Op.SIGMOID,
+        Op.TANH,
+        Op.SILU,
+        Op.HARDSWISH,
+        Op.ELU,
+        Op.ABS,
+        Op.POWER,
+        Op.CLIP,
+        Op.DROPOUT,
+    }
+)
+# Ops whose second input gives only the output's height and width.
+SIZED_BY_SECOND = frozenset({Op.UPSAMPLE, Op.INTERP, Op.CROP})
+_TASK_PLUMBING = frozenset({Op.TASK_STACK, Op.TASK_SLICE})
 
 
 def quote(text: str) -> str:
@@ -47,14 +75,6 @@ def digraph(w: SourceWriter, g: Graph, title: str) -> Iterator[None]:
         w.line('edge [fontname=Helvetica, fontsize=8, color="#555555"];')
         yield
     w.line("}")
-
-
-def task_outputs(w: SourceWriter, g: Graph, tasks: tuple[str, ...]) -> None:
-    """One oval per task in the task's colour, fed by the task's output op."""
-    for i, task in enumerate(tasks):
-        colour = quote(task_colour(i))
-        w.line(f'out_{i} [label={quote(task)}, shape=oval, fillcolor={colour}, fontcolor="white"];')
-        w.line(f"n{g.outputs[task]} -> out_{i} [color={colour}];")
 
 
 def op_label(node: Node) -> str:
@@ -77,25 +97,117 @@ def op_label(node: Node) -> str:
         return f"linear, {a['out']}"
     if node.op is Op.SLICE:
         return f"slice {a['start']}:{a['end']}"
+    if node.op is Op.UPSAMPLE:
+        scale = f" x{a['scale']:g}" if a["scale"] is not None else ""
+        return f"upsample{scale} {a['mode']}"
     return node.op.value
 
 
-def node_attrs(node: Node, label: str, fill: str) -> str:
-    return f"label={quote(label)}, fillcolor={quote(fill)}, tooltip={quote(node.name)}"
+@dataclass(frozen=True)
+class Boxes:
+    """What a picture draws: each box's ops (its first op, then the followers shown in it),
+    the box each drawn op is in, and the size-only inputs it leaves out."""
+
+    chains: dict[int, list[int]]
+    box_of: dict[int, int]
+    sized_by: dict[int, int]  # op -> the graph input whose size it takes, its edge not drawn
+
+    def sources(self, nid: int, inputs: list[int]) -> list[int]:
+        """The boxes the edges into box `nid` come from."""
+        if nid in self.sized_by:
+            inputs = inputs[:1]
+        return [self.box_of[src] for src in inputs]
+
+
+def _graph_input(g: Graph, nid: int) -> int | None:
+    """The graph input `nid` is, or is a task's slice of."""
+    while g.node(nid).op in _TASK_PLUMBING:
+        nid = g.inputs(nid)[0]
+    return nid if g.node(nid).op is Op.INPUT else None
+
+
+def make_boxes(g: Graph, order: list[int], group: Callable[[int], Hashable]) -> Boxes:
+    """Fold each follower into the box before it when nothing else reads that box's value and
+    both ops share a group (cluster, and task in the multi-task pictures)."""
+    sized_by = {}
+    for nid in order:
+        inputs = g.inputs(nid)
+        if g.node(nid).op in SIZED_BY_SECOND and len(inputs) == 2:
+            source = _graph_input(g, inputs[1])
+            if source is not None:
+                sized_by[nid] = source
+    references = {g.inputs(nid)[1] for nid in sized_by}
+    # a task's slice of the image that only sizes its head's output has nothing left to draw
+    hidden = {
+        nid
+        for nid in references
+        if g.node(nid).op is Op.TASK_SLICE and set(g.users(nid)) <= sized_by.keys()
+    }
+    outputs = set(g.outputs.values())
+    chains: dict[int, list[int]] = {}
+    box_of: dict[int, int] = {}
+    for nid in order:
+        if nid in hidden:
+            continue
+        inputs = g.inputs(nid)
+        before = inputs[0] if len(inputs) == 1 else None
+        if (
+            g.node(nid).op in FOLLOWERS
+            and before in box_of
+            and before not in outputs
+            and g.users(before) == [nid]
+            and g.node(before).op not in (Op.INPUT, *_TASK_PLUMBING)
+            and group(before) == group(nid)
+        ):
+            box_of[nid] = box_of[before]
+            chains[box_of[nid]].append(nid)
+        else:
+            box_of[nid] = nid
+            chains[nid] = [nid]
+    return Boxes(chains, box_of, sized_by)
+
+
+def follower_text(g: Graph, chain: list[int], *, per_task: bool = False) -> str:
+    """`| bn | relu`: the followers in a box, as the DSL pipes them."""
+    parts = []
+    for nid in chain[1:]:
+        node = g.node(nid)
+        parts.append(f"| {DSL_SPELLING.get(node.op, node.op.value)}{_per_task(node, per_task)}")
+    return " ".join(parts)
+
+
+def _per_task(node: Node, marked: bool) -> str:
+    """Marks an op with weights of its own for each task, in the supermodel's picture."""
+    return " per task" if marked and node.role is Role.SPECIFIC and node.op in PARAMETRIC else ""
+
+
+def box_label(g: Graph, boxes: Boxes, chain: list[int], *, per_task: bool = False) -> str:
+    """Name, op, size source, followers, shape: one line each."""
+    head = g.node(chain[0])
+    lines = [head.name.rsplit(".", 1)[-1], op_label(head) + _per_task(head, per_task)]
+    if chain[0] in boxes.sized_by:
+        lines.append(f"to {g.node(boxes.sized_by[chain[0]]).name}'s size")
+    if len(chain) > 1:
+        lines.append(follower_text(g, chain, per_task=per_task))
+    lines.append(shape_text(g.node(chain[-1]).shape))
+    return "\n".join(lines)
+
+
+def box_attrs(g: Graph, chain: list[int], label: str, fill: str) -> str:
+    names = ", ".join(g.node(nid).name for nid in chain)
+    return f"label={quote(label)}, fillcolor={quote(fill)}, tooltip={quote(names)}"
 
 
 def emit_clusters(
     w: SourceWriter,
     ids: list[int],
-    g: Graph,
     line_for: Callable[[int], str],
-    name_of: Callable[[int], str] | None = None,
+    cluster_of: Callable[[int], tuple[str, ...]],
 ) -> None:
     """Write node lines grouped into nested `subgraph cluster_*` by name prefixes."""
     tree: dict = {}
     for nid in ids:
-        name = name_of(nid) if name_of else g.node(nid).name
-        parts = name.split(".")[:-1][:CLUSTER_DEPTH]
+        parts = cluster_of(nid)
         level = tree
         for i in range(len(parts)):
             level = level.setdefault(".".join(parts[: i + 1]), {})
@@ -114,28 +226,35 @@ def emit_clusters(
     write(tree)
 
 
+def cluster_path(name: str) -> tuple[str, ...]:
+    return tuple(name.split(".")[:-1][:CLUSTER_DEPTH])
+
+
 def _natural(key: str) -> list:
     return [int(p) if p.isdigit() else p for p in key.replace(".", " . ").split()]
+
+
+def emit_edges(w: SourceWriter, boxes: Boxes, inputs_of: Callable[[int], list[int]]) -> None:
+    for nid in boxes.chains:
+        for src in boxes.sources(nid, inputs_of(nid)):
+            w.line(f"n{src} -> n{nid};")
 
 
 def emit_dot(g: Graph, *, title: str) -> str:
     w = SourceWriter()
     with digraph(w, g, title):
-        order = g.topo_order()
+        boxes = make_boxes(g, g.topo_order(), lambda nid: cluster_path(g.node(nid).name))
 
         def line_for(nid: int) -> str:
-            node = g.node(nid)
-            label = f"{node.name.rsplit('.', 1)[-1]}\n{op_label(node)}\n{shape_text(node.shape)}"
-            fill = _COLOURS.get(node.op, _DEFAULT_COLOUR)
-            return f"n{nid} [{node_attrs(node, label, fill)}];"
+            chain = boxes.chains[nid]
+            fill = _COLOURS.get(g.node(nid).op, _DEFAULT_COLOUR)
+            return f"n{nid} [{box_attrs(g, chain, box_label(g, boxes, chain), fill)}];"
 
-        emit_clusters(w, order, g, line_for)
+        emit_clusters(w, list(boxes.chains), line_for, lambda n: cluster_path(g.node(n).name))
         for key, nid in sorted(g.outputs.items()):
             w.line(f'out_{key} [label={quote(key)}, shape=oval, fillcolor="#ffffff"];')
-            w.line(f"n{nid} -> out_{key};")
-        for nid in order:
-            for src in g.inputs(nid):
-                w.line(f"n{src} -> n{nid};")
+            w.line(f"n{boxes.box_of[nid]} -> out_{key};")
+        emit_edges(w, boxes, g.inputs)
     return w.text()
 
 
@@ -160,15 +279,28 @@ def task_colour(i: int) -> str:
     return TASK_COLOURS[i % len(TASK_COLOURS)]
 
 
+def task_outputs(w: SourceWriter, g: Graph, boxes: Boxes, tasks: tuple[str, ...]) -> None:
+    """One oval per task in the task's colour, fed by the box of the task's output op."""
+    for i, task in enumerate(tasks):
+        colour = quote(task_colour(i))
+        w.line(f'out_{i} [label={quote(task)}, shape=oval, fillcolor={colour}, fontcolor="white"];')
+        w.line(f"n{boxes.box_of[g.outputs[task]]} -> out_{i} [color={colour}];")
+
+
 def _html(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _route_label(g: Graph, route: int, tasks: tuple[str, ...], policy: dict | None) -> str:
-    """One box per routed op: the op, then one cell per task with its choice (or S/T/K)."""
+def _route_label(g: Graph, chain: list[int], tasks: tuple[str, ...], policy: dict | None) -> str:
+    """One box per routed op: the op and its followers, then one cell per task with its
+    candidates (S T K) or, with a policy, its choice."""
+    route = chain[0]
     shared = g.node(g.inputs(route)[0])
     attrs = g.node(route).attrs
-    head = f"{_html(shared.name.rsplit('.', 1)[-1])}: {_html(op_label(shared))}"
+    rows = [f"{_html(shared.name.rsplit('.', 1)[-1])}: {_html(op_label(shared))}"]
+    if len(chain) > 1:
+        rows.append(_html(follower_text(g, chain, per_task=True)))
+    rows.append(f'<FONT POINT-SIZE="8">{shape_text(g.node(chain[-1]).shape)}</FONT>')
     cells = []
     for i, task in enumerate(tasks):
         if policy is None:
@@ -178,11 +310,11 @@ def _route_label(g: Graph, route: int, tasks: tuple[str, ...], policy: dict | No
         cells.append(
             f'<TD BGCOLOR="{task_colour(i)}"><FONT COLOR="white" POINT-SIZE="9">{text}</FONT></TD>'
         )
+    span = len(tasks)
     return (
         '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="1" CELLPADDING="2">'
-        f'<TR><TD COLSPAN="{len(tasks)}">{head}</TD></TR>'
-        f'<TR><TD COLSPAN="{len(tasks)}"><FONT POINT-SIZE="8">{shape_text(shared.shape)}'
-        f"</FONT></TD></TR><TR>{''.join(cells)}</TR></TABLE>>"
+        + "".join(f'<TR><TD COLSPAN="{span}">{row}</TD></TR>' for row in rows)
+        + f"<TR>{''.join(cells)}</TR></TABLE>>"
     )
 
 
@@ -190,8 +322,6 @@ def emit_supermodel_dot(g: Graph, *, title: str, policy: dict | None = None) -> 
     """The routed graph, compactly: each routed op is one box whose coloured cells show, per
     task, its candidates (S shared, T task-specific, K skip) or, with a policy, its choice.
     Task-specific candidates and skip projections are folded into that box."""
-    from mtsc.ir.graph import Role
-
     tasks = tuple(t.name for t in g.tasks)
     folded: set[int] = set()
     for nid in g.node_ids():
@@ -200,51 +330,50 @@ def emit_supermodel_dot(g: Graph, *, title: str, policy: dict | None = None) -> 
             folded |= set(g.inputs(nid)[:2])
         elif node.role is Role.SKIP:
             folded.add(nid)
-    order = [n for n in g.topo_order() if n not in folded]
 
-    def source_of(nid: int) -> int:
+    def inputs_of(nid: int) -> list[int]:
+        """A routed op's box is fed by what its shared candidate reads."""
+        if g.node(nid).op is Op.ROUTE:
+            return g.inputs(g.inputs(nid)[0])[:1]
+        return g.inputs(nid)
+
+    def cluster_of(nid: int) -> tuple[str, ...]:
         node = g.node(nid)
         if node.op is Op.ROUTE:
-            return g.inputs(g.inputs(nid)[0])[0]
-        return nid
+            return cluster_path(node.attrs["op"])
+        if node.op is Op.TASK_SLICE:
+            return cluster_path(f"heads.{node.attrs['task']}.input")
+        return cluster_path(node.name)
 
+    order = [n for n in g.topo_order() if n not in folded]
+    boxes = make_boxes(g, order, lambda nid: (cluster_of(nid), g.node(nid).task))
     w = SourceWriter()
     with digraph(w, g, title):
         _legend(w, tasks, "S shared, T task-specific, K skip")
 
         def line_for(nid: int) -> str:
             node = g.node(nid)
+            chain = boxes.chains[nid]
             if node.op is Op.ROUTE:
-                label = _route_label(g, nid, tasks, policy)
-                return f'n{nid} [label={label}, fillcolor="#deebf7", tooltip={quote(node.name)}];'
-            if node.op in (Op.TASK_STACK, Op.TASK_SLICE):
+                label = _route_label(g, chain, tasks, policy)
+                names = quote(", ".join([node.attrs["op"], *(g.node(n).name for n in chain[1:])]))
+                return f'n{nid} [label={label}, fillcolor="#deebf7", tooltip={names}];'
+            if node.op in _TASK_PLUMBING:
                 # a head may slice two values (its features, and the image it upsamples to):
                 # the shape tells them apart
                 text = "stack tasks" if node.op is Op.TASK_STACK else node.attrs["task"]
                 text += f"\n{shape_text(node.shape)}"
                 return f'n{nid} [label={quote(text)}, shape=oval, fillcolor="#ffffff"];'
-            label = f"{node.name.rsplit('.', 1)[-1]}\n{op_label(node)}\n{shape_text(node.shape)}"
-            if node.role is Role.SPECIFIC and node.op in PARAMETRIC:
-                label += "\nper task"
-            fill = _COLOURS.get(node.op, _DEFAULT_COLOUR)
+            label = box_label(g, boxes, chain, per_task=True)
+            attrs = box_attrs(g, chain, label, _COLOURS.get(node.op, _DEFAULT_COLOUR))
             if node.task is not None:
                 colour = quote(task_colour(tasks.index(node.task)))
-                return f"n{nid} [{node_attrs(node, label, fill)}, color={colour}, penwidth=2];"
-            return f"n{nid} [{node_attrs(node, label, fill)}];"
+                return f"n{nid} [{attrs}, color={colour}, penwidth=2];"
+            return f"n{nid} [{attrs}];"
 
-        def cluster_name(nid: int) -> str:
-            node = g.node(nid)
-            if node.op is Op.ROUTE:
-                return node.attrs["op"]
-            if node.op is Op.TASK_SLICE:
-                return f"heads.{node.attrs['task']}.input"
-            return node.name
-
-        emit_clusters(w, order, g, line_for, cluster_name)
-        task_outputs(w, g, tasks)
-        for nid in order:
-            for src in g.inputs(nid) if g.node(nid).op is not Op.ROUTE else [source_of(nid)]:
-                w.line(f"n{src} -> n{nid};")
+        emit_clusters(w, list(boxes.chains), line_for, cluster_of)
+        task_outputs(w, g, boxes, tasks)
+        emit_edges(w, boxes, inputs_of)
     return w.text()
 
 
@@ -264,31 +393,33 @@ def emit_pruned_dot(g: Graph, *, title: str) -> str:
     """The deployed model as a tree: ops of the shared trunk in grey, each task's branch in the
     task's colour (ops used by some but not all tasks get the colour of the first)."""
     tasks = tuple(t.name for t in g.tasks)
-    w = SourceWriter()
     modules = module_names(g)
     module_uses = Counter(modules.values())
+
+    def users(nid: int) -> tuple[str, ...]:
+        return tuple(g.node(nid).meta.get("tasks", tasks))
+
+    boxes = make_boxes(g, g.topo_order(), lambda n: (cluster_path(g.node(n).name), users(n)))
+    w = SourceWriter()
     with digraph(w, g, title):
         _legend(w, tasks, "filled: every task runs it; outlined: only the tasks it names")
-        order = g.topo_order()
 
         def line_for(nid: int) -> str:
-            node = g.node(nid)
-            users = node.meta.get("tasks", tasks)
-            label = f"{node.name.rsplit('.', 1)[-1]}\n{op_label(node)}\n{shape_text(node.shape)}"
-            if 0 < len(users) < len(tasks):
-                label += "\n" + ", ".join(users)
+            chain = boxes.chains[nid]
+            label = box_label(g, boxes, chain)
+            if 0 < len(users(nid)) < len(tasks):
+                label += "\n" + ", ".join(users(nid))
                 # A task's copy of an op whose module other copies use too (on their own
                 # inputs): the picture must not suggest separate weights.
-                if module_uses[modules.get(nid)] > 1 and node_params(g, nid):
+                if any(module_uses[modules.get(n)] > 1 and node_params(g, n) for n in chain):
                     label += " (shared weights)"
-                colour = quote(task_colour(tasks.index(users[0])))
-                return f"n{nid} [{node_attrs(node, label, '#ffffff')}, color={colour}, penwidth=2];"
-            fill = _COLOURS.get(node.op, _DEFAULT_COLOUR)
-            return f"n{nid} [{node_attrs(node, label, fill)}];"
+                colour = quote(task_colour(tasks.index(users(nid)[0])))
+                attrs = box_attrs(g, chain, label, "#ffffff")
+                return f"n{nid} [{attrs}, color={colour}, penwidth=2];"
+            fill = _COLOURS.get(g.node(nid).op, _DEFAULT_COLOUR)
+            return f"n{nid} [{box_attrs(g, chain, label, fill)}];"
 
-        emit_clusters(w, order, g, line_for)
-        task_outputs(w, g, tasks)
-        for nid in order:
-            for src in g.inputs(nid):
-                w.line(f"n{src} -> n{nid};")
+        emit_clusters(w, list(boxes.chains), line_for, lambda n: cluster_path(g.node(n).name))
+        task_outputs(w, g, boxes, tasks)
+        emit_edges(w, boxes, g.inputs)
     return w.text()

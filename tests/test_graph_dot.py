@@ -2,8 +2,17 @@
 tree: golden `.dot` files, so that a lost edge, cluster or task colour shows as a diff."""
 
 import json
+import re
+from collections import Counter
+from pathlib import Path
 
 import pytest
+
+from mtsc.codegen.dot import SIZED_BY_SECOND, emit_dot, emit_pruned_dot
+from mtsc.deploy import prune_model
+from mtsc.driver import load_backbone
+from mtsc.ir.graph import Graph
+from mtsc.ir.passes.insert_routing import RoutingOptions
 
 REFRESH = "pytest tests/test_graph_dot.py --accept"
 MINI_POLICY = {
@@ -59,3 +68,55 @@ def test_pruned_stage_needs_a_policy(tmp_path, run_mtsc):
         "error: --stage pruned needs --policy (a policy.json, shared or specific)"
     )
     assert not out.exists()
+
+
+# ------------------------------------------------- boxes and edges against the IR they draw
+
+BOX = re.compile(r'^\s*n(\d+) \[.*tooltip="((?:[^"\\]|\\.)*)"', re.M)
+EDGE = re.compile(r"^\s*n(\d+) -> n(\d+)", re.M)
+EXAMPLES = sorted(p for p in Path("examples").glob("*.mtl") if p.name != "resnet_blocks.mtl")
+DRAWN = [  # (model, stage, policy): the prototxt fixtures have no tasks to prune for
+    *((m, "backbone", None) for m in EXAMPLES),
+    *((m, "backbone", None) for m in sorted(Path("tests/fixtures/prototxt").glob("*.prototxt"))),
+    *((m, "pruned", p) for m in EXAMPLES for p in ("shared", "specific")),
+]
+
+
+def drawn(dot: str, g: Graph) -> tuple[dict[int, int], Counter]:
+    """Each op's box (by the names a box's tooltip lists), and the edges between boxes."""
+    ids = {node.name: nid for nid, node in g.nodes()}
+    box_of = {}
+    for box, names in BOX.findall(dot):
+        for name in names.encode().decode("unicode_escape").split(", "):
+            assert ids[name] not in box_of, f"{name} is drawn twice"
+            box_of[ids[name]] = int(box)
+    return box_of, Counter((int(a), int(b)) for a, b in EDGE.findall(dot))
+
+
+def sized_by_image(g: Graph, nid: int, port: int) -> bool:
+    """The input `port` of `nid` gives only its size, and is the graph's input."""
+    return port == 1 and g.node(nid).op in SIZED_BY_SECOND and g.inputs(nid)[1] in g.input_ids()
+
+
+@pytest.mark.parametrize(
+    ("model", "stage", "policy"), DRAWN, ids=lambda v: v.name if isinstance(v, Path) else v
+)
+def test_every_op_is_in_one_box_and_every_edge_between_boxes_is_drawn(model, stage, policy):
+    """Contracting each box's ops gives back the graph, edge for edge; inside a box the ops
+    form a chain, each reading only the one before it."""
+    if stage == "backbone":
+        g = load_backbone(model)
+        dot = emit_dot(g, title="t")
+    else:
+        g = prune_model(model, policy, routing=RoutingOptions()).model
+        dot = emit_pruned_dot(g, title="t")
+    box_of, edges = drawn(dot, g)
+    assert set(box_of) == set(g.node_ids())
+    expected = Counter()
+    for nid in g.node_ids():
+        for port, src in enumerate(g.inputs(nid)):
+            if box_of[src] == box_of[nid]:
+                assert g.inputs(nid) == [src] and g.users(src) == [nid]
+            elif not sized_by_image(g, nid, port):
+                expected[box_of[src], box_of[nid]] += 1
+    assert edges == expected

@@ -363,8 +363,8 @@ def test_policy_regularizer_is_designs_formula(model) -> None:
 
 
 def route_cells(dot: str, op: str) -> list[str]:
-    """The per-task choice marks in the box of routed op `op`."""
-    (line,) = [ln for ln in dot.splitlines() if f'tooltip="{op}.route"' in ln]
+    """The per-task choice marks in the box of routed op `op` (first of the ops it names)."""
+    (line,) = [ln for ln in dot.splitlines() if re.search(f'tooltip="{re.escape(op)}[",]', ln)]
     return re.findall(r'POINT-SIZE="9">([^<]*)</FONT>', line)
 
 
