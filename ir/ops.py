@@ -845,10 +845,30 @@ def _add_expr(a: Mapping[str, Any], xs: Sequence[str]) -> str:
     return expr
 
 
+def _is_channel_gate(shape: Shape) -> bool:
+    return len(shape) == 3 and shape[1:] == (1, 1)
+
+
+def _gated_shape(op: str, ins: Sequence[Shape]) -> Shape:
+    """Element-wise, where a C x 1 x 1 input may also apply to every position of C x H x W
+    ones, as torch broadcasts it: the gate of squeeze-and-excitation blocks (`x * gate`), the
+    global context added back in GCNet (`x + context`)."""
+    maps = [s for s in ins if not _is_channel_gate(s)]
+    if not maps:
+        return _same_shapes(op, ins)
+    shape = _same_shapes(op, maps)
+    for gate in (s for s in ins if _is_channel_gate(s)):
+        if len(shape) != 3:
+            raise OpError(f"{op}: cannot combine a feature map with a flat vector")
+        if gate[0] != shape[0]:
+            raise OpError(f"{op}: {shape[0]} vs {gate[0]} channels")
+    return shape
+
+
 def _add_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
     if a["coeffs"] is not None and len(a["coeffs"]) != len(ins):
         raise OpError(f"add: {len(a['coeffs'])} coefficients for {len(ins)} inputs")
-    return _same_shapes("add", ins)
+    return _gated_shape("add", ins)
 
 
 def _fold(fn: str) -> Callable[[Mapping[str, Any], Sequence[str]], str]:
@@ -869,35 +889,17 @@ _register(
         torch=TorchExpr(_add_expr),
         min_inputs=2,
         max_inputs=None,
-        doc="element-wise sum (optionally weighted by coeffs)",
+        doc="element-wise sum (optionally weighted by coeffs); a C x 1 x 1 input adds to each "
+        "channel of C x H x W ones",
     )
 )
-
-
-def _is_channel_gate(shape: Shape) -> bool:
-    return len(shape) == 3 and shape[1:] == (1, 1)
-
-
-def _mul_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
-    """Element-wise, where a C x 1 x 1 input may also scale every position of C x H x W ones
-    (the gate of squeeze-and-excitation blocks; torch broadcasts it)."""
-    maps = [s for s in ins if not _is_channel_gate(s)]
-    if not maps:
-        return _same_shapes("mul", ins)
-    shape = _same_shapes("mul", maps)
-    for gate in (s for s in ins if _is_channel_gate(s)):
-        if len(shape) != 3:
-            raise OpError("mul: cannot combine a feature map with a flat vector")
-        if gate[0] != shape[0]:
-            raise OpError(f"mul: {shape[0]} vs {gate[0]} channels")
-    return shape
 
 
 _register(
     OpSpec(
         Op.MUL,
         attrs=(),
-        shape=_mul_shape,
+        shape=lambda a, ins: _gated_shape("mul", ins),
         torch=TorchExpr(lambda a, xs: " * ".join(xs)),
         min_inputs=2,
         max_inputs=None,

@@ -211,6 +211,14 @@ CASES = [
         "add(a, b, a, coeffs=[1, 0.5, -2])",
         lambda m, a, b: a + 0.5 * b - 2 * a,
     ),
+    ("add_context", {"a": (3, 4, 5), "g": (3, 1, 1)}, "a + g", lambda m, a, g: a + g),
+    ("context_minus", {"g": (3, 1, 1), "a": (3, 4, 5)}, "g - a", lambda m, g, a: g - a),
+    (
+        "add_coeffs_context",
+        {"a": (3, 4, 5), "g": (3, 1, 1)},
+        "add(g, a, coeffs=[0.5, 2])",
+        lambda m, a, g: 0.5 * g + 2 * a,
+    ),
     ("mul", {"a": (3, 4, 5), "b": (3, 4, 5)}, "a * b", lambda m, a, b: a * b),
     ("mul_gate", {"a": (3, 4, 5), "g": (3, 1, 1)}, "a * g", lambda m, a, g: a * g),
     ("mul_gate_first", {"g": (3, 1, 1), "a": (3, 4, 5)}, "g * a", lambda m, g, a: g * a),
@@ -706,6 +714,8 @@ def test_attribute_errors(op, attrs, message) -> None:
         (Op.ADD, {}, [(64, 4, 4), (128, 4, 4)], "add: 64 vs 128 channels"),
         (Op.MUL, {}, [(8, 4, 4), (8, 4, 5)], "mul: spatial size 4x4 vs 4x5"),
         (Op.MUL, {}, [(8, 4, 4), (4, 1, 1)], "mul: 8 vs 4 channels"),
+        (Op.ADD, {}, [(4, 1, 1), (8, 4, 4)], "add: 8 vs 4 channels"),
+        (Op.ADD, {}, [(8,), (8, 1, 1)], "add: cannot combine a feature map with a flat vector"),
         (Op.MUL, {}, [(8,), (8, 1, 1)], "mul: cannot combine a feature map with a flat vector"),
         (
             Op.UNPOOL,

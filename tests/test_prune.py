@@ -53,6 +53,7 @@ TWIN_HEADS = MODELS / "deploy_twin_heads.mtl"  # identical heads: stacked whole 
 STACKED = MODELS / "stacked_heads.mtl"  # heads stacked but for their class scores: every op kind
 STACKED_LINEAR = MODELS / "stacked_linear_heads.mtl"  # stacked hidden linear + PReLU
 MULTISCALE = MODELS / "multiscale_heads.mtl"  # heads that read a tensor inside the backbone
+CONTEXT = MODELS / "context_blocks.mtl"  # C x 1 x 1 values added, subtracted and multiplied
 # Every example with a backbone (resnet_blocks.mtl only holds blocks for the others).
 EXAMPLES = sorted(
     p for p in (REPO / "examples").glob("*.mtl") if re.search(r"^backbone\b", p.read_text(), re.M)
@@ -67,6 +68,7 @@ SMALL = [
     (STACKED, 16),
     (STACKED_LINEAR, 8),
     (MULTISCALE, 16),
+    (CONTEXT, 12),
 ]
 BIG = [p for p in EXAMPLES if p != RESNET_TINY]
 TOL = {"rtol": 1e-5, "atol": 1e-5}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import os
 import random
 import re
@@ -99,6 +100,14 @@ def multiscale(models_dir, tmp_path_factory, load_generated) -> Built:
     """Heads that read the trunk after its first stage as well as the backbone's output."""
     out = tmp_path_factory.mktemp("multiscale")
     return build_model(models_dir / "multiscale_heads.mtl", out, load_generated)
+
+
+@pytest.fixture(scope="module")
+def context(models_dir, tmp_path_factory, load_generated) -> Built:
+    """C x 1 x 1 values, each from a routed conv, added to, subtracted from and multiplied
+    with feature maps."""
+    out = tmp_path_factory.mktemp("context")
+    return build_model(models_dir / "context_blocks.mtl", out, load_generated)
 
 
 def random_model(built: Built, seed: int = 0) -> nn.Module:
@@ -207,8 +216,12 @@ def apply_plain(node: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     if node.op is Op.RELU6:
         return xs[0].clamp(0.0, 6.0)
     if node.op is Op.ADD:
-        assert a["coeffs"] is None
-        return sum(xs[1:], xs[0])
+        coeffs = a["coeffs"] or [1.0] * len(xs)
+        return sum(c * x for c, x in zip(coeffs, xs, strict=True))
+    if node.op is Op.MUL:
+        return math.prod(xs[1:], start=xs[0])
+    if node.op is Op.SIGMOID:
+        return torch.sigmoid(xs[0])
     if node.op is Op.CONCAT:
         return torch.cat(xs, dim=1)
     if node.op is Op.FLATTEN:
@@ -449,6 +462,20 @@ def test_heads_reading_a_tensor_inside_the_backbone_follow_each_tasks_path(multi
     model.set_mode("search")
     model.gumbel_noise = fixed_noise(model, 5)
     check_search_step(multiscale, model, x, lambda out: sum(o.square().sum() for o in out.values()))
+
+
+def test_per_channel_values_broadcast_over_each_tasks_maps(context) -> None:
+    """`x + context`, `x - mean` and `x * gate` with C x 1 x 1 right-hand sides, each routed:
+    each task's output is its own path's, in hard and in search mode."""
+    x = torch.randn(2, 3, 12, 12)
+    model = random_model(context, 6)
+    policy = random_policy(model, 6)
+    model.load_policy(policy).set_mode("hard")
+    check_against_reference(context, model, x, hard_mixer(policy, model.TASKS))
+
+    model.set_mode("search")
+    model.gumbel_noise = fixed_noise(model, 6)
+    check_search_step(context, model, x, lambda out: sum(o.square().sum() for o in out.values()))
 
 
 def test_warmup_mixes_with_equal_weights(mini) -> None:
