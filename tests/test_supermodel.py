@@ -450,32 +450,28 @@ def test_mixed_policy_on_resnet_tiny(tiny) -> None:
     check_against_reference(tiny, model, torch.randn(TINY_INPUT), hard_mixer(policy, model.TASKS))
 
 
-def test_heads_reading_a_tensor_inside_the_backbone_follow_each_tasks_path(multiscale) -> None:
-    """A head's `low=` input is its task's value of that backbone tensor, in hard and in
-    search mode (outputs, and the gradients of every weight and policy logit)."""
-    x = torch.randn(2, 3, 16, 16)
-    model = random_model(multiscale, 5)
-    policy = random_policy(model, 5)
+@pytest.mark.parametrize(
+    ("fixture", "size", "seed"),
+    [
+        # a head's `low=` input is its task's value of that backbone tensor
+        ("multiscale", 16, 5),
+        # `x + context`, `x - mean` and `x * gate` with routed C x 1 x 1 right-hand sides
+        ("context", 12, 6),
+    ],
+)
+def test_each_tasks_path_in_hard_and_search_mode(fixture, size, seed, request) -> None:
+    """Each task's output is its own path's, in hard and in search mode (outputs, and the
+    gradients of every weight and policy logit)."""
+    built = request.getfixturevalue(fixture)
+    x = torch.randn(2, 3, size, size)
+    model = random_model(built, seed)
+    policy = random_policy(model, seed)
     model.load_policy(policy).set_mode("hard")
-    check_against_reference(multiscale, model, x, hard_mixer(policy, model.TASKS))
+    check_against_reference(built, model, x, hard_mixer(policy, model.TASKS))
 
     model.set_mode("search")
-    model.gumbel_noise = fixed_noise(model, 5)
-    check_search_step(multiscale, model, x, lambda out: sum(o.square().sum() for o in out.values()))
-
-
-def test_per_channel_values_broadcast_over_each_tasks_maps(context) -> None:
-    """`x + context`, `x - mean` and `x * gate` with C x 1 x 1 right-hand sides, each routed:
-    each task's output is its own path's, in hard and in search mode."""
-    x = torch.randn(2, 3, 12, 12)
-    model = random_model(context, 6)
-    policy = random_policy(model, 6)
-    model.load_policy(policy).set_mode("hard")
-    check_against_reference(context, model, x, hard_mixer(policy, model.TASKS))
-
-    model.set_mode("search")
-    model.gumbel_noise = fixed_noise(model, 6)
-    check_search_step(context, model, x, lambda out: sum(o.square().sum() for o in out.values()))
+    model.gumbel_noise = fixed_noise(model, seed)
+    check_search_step(built, model, x, lambda out: sum(o.square().sum() for o in out.values()))
 
 
 def test_warmup_mixes_with_equal_weights(mini) -> None:
