@@ -97,7 +97,9 @@ class Metric(ABC):
 
 
 class SegmentationMetric(Metric):
-    """mIoU and pixel accuracy from a `[classes, classes]` confusion matrix (rows: ground truth).
+    """mIoU and pixel accuracy from per-class counts of hits, true and predicted pixels: the
+    diagonal and the row and column sums of the confusion matrix, which is all they read, in
+    3 x classes numbers instead of classes squared.
 
     mIoU averages IoU over every class that occurs, over the whole split, in the ground truth
     or in the prediction (at valid pixels): a class only ever predicted scores IoU 0, a class
@@ -121,8 +123,10 @@ class SegmentationMetric(Metric):
         super().__init__(device)
 
     def _zero_state(self, device: torch.device) -> dict[str, Tensor]:
-        n = self.num_classes
-        return {"confusion": torch.zeros(n, n, dtype=torch.int64, device=device)}
+        return {
+            key: torch.zeros(self.num_classes, dtype=torch.int64, device=device)
+            for key in ("hits", "truth", "guess")
+        }
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
@@ -141,16 +145,16 @@ class SegmentationMetric(Metric):
         _check_labels(truth, n, f"label (ignore label is {self.ignore})")
         _check_labels(guess, n, "predicted label")
         self._follow(pred.device)
-        counts = torch.bincount(truth * n + guess, minlength=n * n)
-        self._state["confusion"] += counts.view(n, n)
+        self._state["hits"] += torch.bincount(truth[truth == guess], minlength=n)
+        self._state["truth"] += torch.bincount(truth, minlength=n)
+        self._state["guess"] += torch.bincount(guess, minlength=n)
 
     def compute(self) -> dict[str, float]:
-        confusion = self._state["confusion"].double()
-        hits = confusion.diagonal()
-        total = confusion.sum()
+        hits, truth, guess = (self._state[key].double() for key in ("hits", "truth", "guess"))
+        total = truth.sum()
         if total == 0:
             return {key: math.nan for key in self.KEYS}
-        union = confusion.sum(dim=0) + confusion.sum(dim=1) - hits
+        union = truth + guess - hits
         present = union > 0
         return {
             "miou": (hits[present] / union[present]).mean().item(),
@@ -159,7 +163,7 @@ class SegmentationMetric(Metric):
 
 
 def _check_labels(labels: Tensor, num_classes: int, what: str) -> None:
-    # An out-of-range label would land in another class's cell of the flattened confusion matrix.
+    # bincount would count an out-of-range label as a class of its own, or fail on a negative.
     outside = labels[(labels < 0) | (labels >= num_classes)]
     if outside.numel():
         raise ValueError(

@@ -82,7 +82,21 @@ def test_segmentation_accumulates_like_one_update():
     whole = SegmentationMetric(num_classes=CLASSES)
     whole.update(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
     assert split.compute() == whole.compute()
-    assert torch.equal(split.state_tensors()[0], whole.state_tensors()[0])
+    for a, b in zip(split.state_tensors(), whole.state_tensors(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_segmentation_state_grows_with_the_classes_not_their_square():
+    """65536 classes (the most a task may declare) take 3 x 65536 counts, not a 34 GB
+    confusion matrix; labels far apart are scored as the numpy reference scores them."""
+    n = 2**16
+    metric = SegmentationMetric(num_classes=n)
+    assert sum(t.numel() for t in metric.state_tensors()) == 3 * n
+    truth = torch.tensor([[[0, n - 1, n - 1, 7]]])
+    guess = torch.tensor([[[0, n - 1, 7, 7]]])
+    metric.update(guess, truth)
+    # IoU: class 0 1/1, class n-1 1/2, class 7 1/2
+    assert metric.compute() == pytest.approx({"miou": 2 / 3, "pixel_acc": 3 / 4})
 
 
 def test_segmentation_errors():
