@@ -585,12 +585,24 @@ _register(
 )
 
 
+def _divisor(scale: float) -> float | None:
+    """d where `scale` is the float 1 / d for a whole d that reads shorter: the DSL's `x / 6`
+    is emitted as `x / 6.0`, not `0.16666666666666666 * x`; `x * 0.1` stays as written."""
+    if scale == 0.0 or abs(scale) > 0.5:
+        return None
+    d = float(round(1.0 / scale))
+    return d if 1.0 / d == scale and len(repr(d)) < len(repr(scale)) else None
+
+
 def _power_expr(a: Mapping[str, Any], xs: Sequence[str]) -> str:
     x, scale, shift = xs[0], a["scale"], a["shift"]
+    divisor = _divisor(scale)
     if scale == 1.0:
         expr = x
     elif scale == -1.0:
         expr = f"-{x}"
+    elif divisor is not None:
+        expr = f"{x} / {divisor!r}"
     else:
         expr = f"{scale!r} * {x}"
     if shift != 0.0 and scale == -1.0:

@@ -766,3 +766,22 @@ def test_shape_errors(op, attrs, in_shapes, message) -> None:
 def test_did_you_mean() -> None:
     assert did_you_mean("rellu", ["relu", "relu6", "silu"]) == " (did you mean 'relu'?)"
     assert did_you_mean("zzz", ["relu", "conv"]) == ""
+
+
+@pytest.mark.parametrize(
+    ("expr", "code"),
+    [
+        ("a / 6", "a / 6.0"),
+        ("relu6(a + 3) / 6", "out / 6.0"),
+        ("a / -3", "a / -3.0"),
+        ("a * 0.1", "0.1 * a"),  # 1 / 10 reads longer: kept as written
+        ("a * 0.5", "0.5 * a"),
+        ("a / 0.3", "3.3333333333333335 * a"),  # no whole divisor
+        ("power(a, scale=0.1666667)", "0.1666667 * a"),  # Caffe's float: not 1 / 6
+    ],
+)
+def test_power_code_says_what_the_dsl_says(expr, code, write_model, tmp_path):
+    path = write_model(f"input a: 3x4x4\nbackbone {{\n    return {expr}\n}}\n")
+    build(path, tmp_path / "out", render=False)
+    source = (tmp_path / "out" / "backbone.py").read_text()
+    assert f"out = {code}  #" in source
