@@ -77,6 +77,45 @@ def test_every_example_verifies_after_routing(share_bn, examples_dir) -> None:
         assert len(routes(g)) == len(routable) > 0, path.name
 
 
+GRIDS = """\
+input image: 3x16x16
+backbone {
+    patch: x = conv(image, 8, k=2, s=2)
+    up: x = conv(x, 8, k=4, s=2, p=1)
+    down: x = conv(x, 16, k=3, s=2, p=1)
+    same: x = conv(x, 16, k=3, p=1)
+    wide: x = conv(x, 16, k=3, p=2, d=2)
+    return x
+}
+tasks {
+    a: conv1x1(classes=2)
+    b: conv1x1(classes=3)
+}
+"""
+
+
+def test_a_skip_is_offered_only_where_it_fits_at_every_size(
+    write_model, tmp_path, load_generated
+) -> None:
+    """At the declared 16x16 a 1x1 stride-2 projection fits the 2x2 and the 4x4 (pad 1)
+    stride-2 convs too, but not at odd sizes: they get no skip. Windows centred on the grid
+    (3x3 pad 1, 3x3 dilation 2 pad 2) keep theirs, and the supermodel runs at any size."""
+    path = write_model(GRIDS)
+    g = insert_routing(load(path))
+    skips = {op: g.node(r).attrs["skip"] for op, r in by_op(g).items()}
+    assert skips == {"patch": False, "up": False, "down": True, "same": True, "wide": True}
+    build(path, tmp_path / "out", render=False)
+    model = load_generated(tmp_path / "out" / "supermodel.py").Supermodel()
+    for mode in ("warmup", "search"):
+        model.set_mode(mode)
+        for size in (16, 17, 23, 30):
+            out = model(torch.randn(2, 3, size, size))
+            assert {t: tuple(v.shape) for t, v in out.items()} == {
+                "a": (2, 2, size, size),
+                "b": (2, 3, size, size),
+            }
+
+
 def test_routes_join_shared_specific_and_skip(mini_graph) -> None:
     g = mini_graph
     skips = {}

@@ -7,7 +7,7 @@ become explicit nodes, joined by a `route` node that carries the policy slot:
     specific `n.specific`  (role SPECIFIC: one copy per task, one grouped call)
     skip     the input of `n` when `n` keeps the shape, else the per-task projection
              `n.skip.conv` (1x1, the op's stride) + `n.skip.bn` (role SKIP); no skip when
-             even a projection cannot give the op's output size
+             even a projection cannot give the op's output size at every input size
     route    `n.route`     (attrs: op name, depth among routed ops, whether skip exists)
 
 Batchnorm (and scale) is task-specific unless `share_bn`; PReLU always is (with batchnorm and
@@ -146,13 +146,22 @@ def _route(g: Graph, nid: int, depth: int) -> None:
 
 
 def _skip_candidate(g: Graph, node: Node, x: int, in_shape: Shape) -> int | None:
-    """The identity when the op keeps the shape, else a projection when one fits."""
-    if in_shape == node.shape:
-        return x
+    """The identity when the op keeps the shape, else a projection when one fits. A conv's
+    skip must fit at every input size, as the supermodel runs at any: its windows must be
+    centred on the input pixels of its stride's grid (`p = d * (k - 1) / 2`). A 2x2 stride-2
+    conv halves 9 pixels to 4 where a 1x1 stride-2 projection gives 5: no skip."""
     if node.op is Op.LINEAR:
+        if in_shape == node.shape:
+            return x
         attrs = spec_of(Op.LINEAR).normalize({"out": node.shape[0], "bias": False})
         return g.add(_skip_node(node, Op.LINEAR, "skip.linear", attrs), [x])
-    stride = node.attrs["stride"]
+    a = node.attrs
+    windows = zip(a["kernel"], a["padding"], a["dilation"], strict=True)
+    if any(2 * p != d * (k - 1) for k, p, d in windows):
+        return None
+    stride = a["stride"]
+    if in_shape == node.shape and stride == (1, 1):
+        return x
     conv_attrs = spec_of(Op.CONV2D).normalize({"out": node.shape[0], "kernel": 1, "stride": stride})
     try:
         shape = infer_shape(Op.CONV2D, conv_attrs, [in_shape])
