@@ -33,7 +33,7 @@ from mtsc.ir.ops import (
     op_by_name,
     spec_of,
 )
-from mtsc.runtime.objectives import check_loss, check_metric
+from mtsc.runtime.objectives import SEGMENTATION_METRICS, check_loss, check_metric
 
 # DSL spellings of ops, beyond their canonical names.
 OP_ALIASES: dict[str, Op] = {
@@ -224,7 +224,9 @@ class Lowerer:
             self.graph.tasks = self._tasks(tasks[0], consts, tensors)
             image = env[self.graph.node(self.graph.input_ids()[0]).name]
             for task in self.graph.tasks:
-                self.graph.outputs[task.name] = self._lower_head(task, out, image, tensors).nid
+                head = self._lower_head(task, out, image, tensors)
+                _check_scored_classes(task, head.shape)
+                self.graph.outputs[task.name] = head.nid
         return self.graph
 
     def _lower_head(
@@ -917,6 +919,23 @@ def _affine(op: str, number: Any, *, tensor_first: bool) -> dict[str, float] | N
 class _CallChainError(MtscError):
     """Recursion or too deep nesting: the message names the chain of calls, so the calls it
     happened in get no notes."""
+
+
+def _check_scored_classes(task: TaskSpec, shape: tuple[int, ...]) -> None:
+    """A segmentation metric scores the argmax over the head's channels: a `num_classes` it is
+    given must be their number, or it fails at the first evaluation, after the warm-up."""
+    metric = task.metric
+    if metric is None or metric.name not in SEGMENTATION_METRICS:
+        return
+    classes = metric.kwarg("num_classes")
+    if classes is None or classes == shape[0]:
+        return
+    raise MtscError(
+        metric.loc,
+        f"task {task.name!r}: {metric.name}(num_classes={classes}) scores {classes} classes, "
+        f"but the head gives {shape[0]} channels (leave num_classes out: it defaults to the "
+        "head's classes)",
+    )
 
 
 def _in_head(err: MtscError, task: TaskSpec) -> MtscError:

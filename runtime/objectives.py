@@ -101,6 +101,7 @@ def _check(
 TASK_LOSSES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {"segment": ("cross_entropy",), "depth": ("l1",), "normal": ("cosine", "l1")}
 )
+SEGMENTATION_METRICS = ("miou", "segmentation")
 TASK_METRICS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {"segment": ("miou", "segmentation"), "depth": ("depth",), "normal": ("normal",)}
+    {"segment": SEGMENTATION_METRICS, "depth": ("depth",), "normal": ("normal",)}
 )

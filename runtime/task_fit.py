@@ -15,7 +15,7 @@ from typing import Any
 from mtsc.errors import MtscError, Span
 from mtsc.runtime.data.options import TASKS
 from mtsc.runtime.data.sample import TARGET_CHANNELS, DatasetInfo
-from mtsc.runtime.objectives import TASK_LOSSES, TASK_METRICS
+from mtsc.runtime.objectives import SEGMENTATION_METRICS, TASK_LOSSES, TASK_METRICS
 
 # Where a task's parts are written in the model: "task", "head", "loss", "metric".
 TaskLocations = Mapping[str, Span | None]
@@ -49,6 +49,8 @@ def check_heads_fit_data(
         _check_objective(task, spec, "loss", TASK_LOSSES[task], data, where)
         _check_objective(task, spec, "metric", TASK_METRICS[task], data, where)
         _check_output(task, spec, outputs[task], info, data, image_size, where.get("head"))
+        if task == "segment":
+            _check_scored_classes(spec, outputs[task][0], info, data, where)
 
 
 def _check_objective(
@@ -106,6 +108,31 @@ def _check_output(
         hint = f"set classes={wanted} in the tasks section"
     raise MtscError(
         where, f"{task}: the model's head gives {count_channels(channels)}, but {need} ({hint})"
+    )
+
+
+def _check_scored_classes(
+    spec: Mapping[str, Any], channels: int, info: DatasetInfo, data: str, where: TaskLocations
+) -> None:
+    """The segmentation metric takes the argmax over exactly `num_classes` channels: its
+    option, else the head's `classes`, else the data's classes (as the trainer sets it)."""
+    name, options = spec.get("metric") or (TASK_METRICS["segment"][0], {})
+    if name not in SEGMENTATION_METRICS:
+        return
+    head_classes = spec["head"][1].get("classes")
+    scored = options.get("num_classes", head_classes or info.num_classes)
+    if scored == channels:
+        return
+    if "num_classes" in options:
+        source = f"num_classes={scored}"
+    elif head_classes is not None:
+        source = f"the head's classes={scored}"
+    else:
+        source = f"the {scored} classes of {data}"
+    raise MtscError(
+        where.get("metric") or where.get("head"),
+        f"segment: {name} scores {source}, but the head gives {count_channels(channels)} "
+        f"(give the metric num_classes={channels}, or make the head give {scored})",
     )
 
 

@@ -28,7 +28,7 @@ from mtsc.runtime.checkpoint import (
 from mtsc.runtime.cpu_memory import keep_freed_memory
 from mtsc.runtime.losses import make_loss
 from mtsc.runtime.metrics import Metric, check_metric_options, make_metric
-from mtsc.runtime.objectives import TASK_LOSSES, TASK_METRICS
+from mtsc.runtime.objectives import SEGMENTATION_METRICS, TASK_LOSSES, TASK_METRICS
 
 # ---------------------------------------------------------------------- tasks
 
@@ -60,10 +60,9 @@ class TaskObjective:
             metric = spec.get("metric") or (TASK_METRICS.get(task, (None,))[0], {})
             if metric[0] is not None:
                 options = dict(metric[1])
-                if metric[0] in ("miou", "segmentation") and "num_classes" not in options:
-                    options["num_classes"] = spec["head"][1].get(
-                        "classes", dataset_info.num_classes
-                    )
+                if metric[0] in SEGMENTATION_METRICS:
+                    head_classes = spec["head"][1].get("classes", dataset_info.num_classes)
+                    options.setdefault("num_classes", head_classes)
                     options.setdefault("ignore", dataset_info.ignore_index)
                 try:  # the metrics are made for each evaluation: a bad option shows now
                     check_metric_options(metric[0], options)

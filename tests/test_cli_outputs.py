@@ -523,6 +523,16 @@ HEAD_MISFITS = {
         "17:14: error: segment: the model's head gives 2 channels, but shapes has 6 classes (its "
         "block ignores classes=6: make it give 6 channels)",
     ),
+    "a head with more channels than the data's classes, and no classes option": (
+        (
+            "tasks {",
+            "block wide(x, input, nc) {\n    return upsample(conv(x, 8, k=1), input)\n}\ntasks {",
+            "conv1x1(classes=7)",
+            "wide(nc=6)",
+        ),
+        "17:63: error: segment: miou scores the 6 classes of shapes, but the head gives 8 "
+        "channels (give the metric num_classes=8, or make the head give 6)",
+    ),
     "a head without upsampling": (
         ("tasks {", HEADS + "tasks {", "conv1x1(classes=1)", "raw(classes=1)"),
         "21:14: error: depth: the model's head gives 1x8x8 on the shapes images (16x16); depth "

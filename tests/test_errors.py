@@ -721,6 +721,14 @@ TASKS = [
         "miou(num_classes=0)",
     ),
     case(
+        "metric_classes_other_than_the_heads",
+        TASKS_HEAD + "tasks {\n    seg: fcn(classes=6) metric=miou(num_classes=5)\n}\n",
+        "task 'seg': miou(num_classes=5) scores 5 classes, but the head gives 6 channels (leave "
+        "num_classes out: it defaults to the head's classes)",
+        (6, 32),
+        "miou(num_classes=5)",
+    ),
+    case(
         "metric_bin_width",
         TASKS_HEAD + "tasks {\n    n: fcn(classes=3) metric=normal(bin_width=7)\n}\n",
         "metric 'normal': bin_width must be a number of degrees that divides 180, at least "
