@@ -112,6 +112,13 @@ def search(
     """Run (or resume) the whole search; returns the derived policy (also in policy.json).
     `command`: the command's settings outside `config`, saved in the checkpoint."""
     run_dir = Path(run_dir)
+    if not model.ROUTED:
+        raise MtscError(
+            None,
+            "the supermodel routes no op (every conv and linear is pinned @shared or "
+            "@specific): there is no policy to search; `mtsc train MODEL --policy shared` "
+            "trains it as it is",
+        )
     device, rank, world = start_run(model, config.seed, config.amp)
     check_routing_setting(device)
     model.set_mixing(resolve_mixing(config.mixing, device.type))

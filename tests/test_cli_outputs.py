@@ -116,6 +116,24 @@ def test_a_search_failing_before_its_first_checkpoint_leaves_no_run_and_a_retry_
     assert (run / "last.pt").is_file() and (run / "supermodel.py").is_file()
 
 
+def test_a_model_with_every_op_pinned_has_no_policy_to_search(tmp_path, config_file, capsys):
+    model = tmp_path / "pinned.mtl"
+    model.write_text(
+        "input image: 3x16x16\n@specific\nbackbone {\n    @shared\n"
+        "    a: x = conv(image, 8, k=3, p=1)\n    return x\n}\n"
+        "tasks {\n    depth: fcn(classes=1, width=8)\n    normal: fcn(classes=3, width=8)\n}\n"
+    )
+    run = tmp_path / "run"
+    args = ["search", model, "--config", config_file, "--out", run, *SEARCH]
+    assert cli(args, capsys) == (
+        2,
+        "error: the supermodel routes no op (every conv and linear is pinned @shared or "
+        "@specific): there is no policy to search; `mtsc train MODEL --policy shared` trains "
+        "it as it is\n",
+    )
+    assert not run.exists()
+
+
 def test_a_failed_search_in_a_folder_removes_only_what_it_added(tmp_path, model_file, capsys):
     (tmp_path / "notes.txt").write_text("mine\n")
     data = tmp_path / "nyuv2"
