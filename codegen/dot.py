@@ -184,7 +184,7 @@ def _per_task(node: Node, marked: bool) -> str:
 def box_label(g: Graph, boxes: Boxes, chain: list[int], *, per_task: bool = False) -> str:
     """Name, op, size source, followers, shape: one line each."""
     head = g.node(chain[0])
-    lines = [head.name.rsplit(".", 1)[-1], op_label(head) + _per_task(head, per_task)]
+    lines = [short_name(head.name), op_label(head) + _per_task(head, per_task)]
     if chain[0] in boxes.sized_by:
         lines.append(f"to {g.node(boxes.sized_by[chain[0]]).name}'s size")
     if len(chain) > 1:
@@ -228,6 +228,11 @@ def emit_clusters(
 
 def cluster_path(name: str) -> tuple[str, ...]:
     return tuple(name.split(".")[:-1][:CLUSTER_DEPTH])
+
+
+def short_name(name: str) -> str:
+    """The name inside its cluster: `se1.conv1` in `layer1.0`, apart from its `conv1`."""
+    return ".".join(name.split(".")[len(cluster_path(name)) :])
 
 
 def _natural(key: str) -> list:
@@ -297,7 +302,7 @@ def _route_label(g: Graph, chain: list[int], tasks: tuple[str, ...], policy: dic
     route = chain[0]
     shared = g.node(g.inputs(route)[0])
     attrs = g.node(route).attrs
-    rows = [f"{_html(shared.name.rsplit('.', 1)[-1])}: {_html(op_label(shared))}"]
+    rows = [f"{_html(short_name(shared.name))}: {_html(op_label(shared))}"]
     if len(chain) > 1:
         rows.append(_html(follower_text(g, chain, per_task=True)))
     rows.append(f'<FONT POINT-SIZE="8">{shape_text(g.node(chain[-1]).shape)}</FONT>')
