@@ -246,16 +246,19 @@ def emit_edges(w: SourceWriter, boxes: Boxes, inputs_of: Callable[[int], list[in
 
 
 def emit_dot(g: Graph, *, title: str) -> str:
+    def cluster_of(nid: int) -> tuple[str, ...]:
+        return cluster_path(g.node(nid).name)
+
     w = SourceWriter()
     with digraph(w, g, title):
-        boxes = make_boxes(g, g.topo_order(), lambda nid: cluster_path(g.node(nid).name))
+        boxes = make_boxes(g, g.topo_order(), cluster_of)
 
         def line_for(nid: int) -> str:
             chain = boxes.chains[nid]
             fill = _COLOURS.get(g.node(nid).op, _DEFAULT_COLOUR)
             return f"n{nid} [{box_attrs(g, chain, box_label(g, boxes, chain), fill)}];"
 
-        emit_clusters(w, list(boxes.chains), line_for, lambda n: cluster_path(g.node(n).name))
+        emit_clusters(w, list(boxes.chains), line_for, cluster_of)
         for key, nid in sorted(g.outputs.items()):
             w.line(f'out_{key} [label={quote(key)}, shape=oval, fillcolor="#ffffff"];')
             w.line(f"n{boxes.box_of[nid]} -> out_{key};")

@@ -102,6 +102,16 @@ TASK_LOSSES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {"segment": ("cross_entropy",), "depth": ("l1",), "normal": ("cosine", "l1")}
 )
 SEGMENTATION_METRICS = ("miou", "segmentation")
+
+
+def scored_classes(
+    metric_options: Mapping[str, Any], head_options: Mapping[str, Any], data_classes: int
+) -> int:
+    """How many classes a segmentation metric scores (the head channels it takes the argmax
+    over): its `num_classes`, else the head's `classes`, else the data's."""
+    return metric_options.get("num_classes", head_options.get("classes", data_classes))
+
+
 TASK_METRICS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {"segment": SEGMENTATION_METRICS, "depth": ("depth",), "normal": ("normal",)}
 )

@@ -15,7 +15,12 @@ from typing import Any
 from mtsc.errors import MtscError, Span
 from mtsc.runtime.data.options import TASKS
 from mtsc.runtime.data.sample import TARGET_CHANNELS, DatasetInfo
-from mtsc.runtime.objectives import SEGMENTATION_METRICS, TASK_LOSSES, TASK_METRICS
+from mtsc.runtime.objectives import (
+    SEGMENTATION_METRICS,
+    TASK_LOSSES,
+    TASK_METRICS,
+    scored_classes,
+)
 
 # Where a task's parts are written in the model: "task", "head", "loss", "metric".
 TaskLocations = Mapping[str, Span | None]
@@ -114,18 +119,17 @@ def _check_output(
 def _check_scored_classes(
     spec: Mapping[str, Any], channels: int, info: DatasetInfo, data: str, where: TaskLocations
 ) -> None:
-    """The segmentation metric takes the argmax over exactly `num_classes` channels: its
-    option, else the head's `classes`, else the data's classes (as the trainer sets it)."""
+    """The segmentation metric takes the argmax over exactly the channels it scores
+    (`scored_classes`, as the trainer sets them)."""
     name, options = spec.get("metric") or (TASK_METRICS["segment"][0], {})
     if name not in SEGMENTATION_METRICS:
         return
-    head_classes = spec["head"][1].get("classes")
-    scored = options.get("num_classes", head_classes or info.num_classes)
+    scored = scored_classes(options, spec["head"][1], info.num_classes)
     if scored == channels:
         return
     if "num_classes" in options:
         source = f"num_classes={scored}"
-    elif head_classes is not None:
+    elif "classes" in spec["head"][1]:
         source = f"the head's classes={scored}"
     else:
         source = f"the {scored} classes of {data}"

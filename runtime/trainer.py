@@ -28,7 +28,12 @@ from mtsc.runtime.checkpoint import (
 from mtsc.runtime.cpu_memory import keep_freed_memory
 from mtsc.runtime.losses import make_loss
 from mtsc.runtime.metrics import Metric, check_metric_options, make_metric
-from mtsc.runtime.objectives import SEGMENTATION_METRICS, TASK_LOSSES, TASK_METRICS
+from mtsc.runtime.objectives import (
+    SEGMENTATION_METRICS,
+    TASK_LOSSES,
+    TASK_METRICS,
+    scored_classes,
+)
 
 # ---------------------------------------------------------------------- tasks
 
@@ -61,8 +66,8 @@ class TaskObjective:
             if metric[0] is not None:
                 options = dict(metric[1])
                 if metric[0] in SEGMENTATION_METRICS:
-                    head_classes = spec["head"][1].get("classes", dataset_info.num_classes)
-                    options.setdefault("num_classes", head_classes)
+                    classes = scored_classes(options, spec["head"][1], dataset_info.num_classes)
+                    options["num_classes"] = classes
                     options.setdefault("ignore", dataset_info.ignore_index)
                 try:  # the metrics are made for each evaluation: a bad option shows now
                     check_metric_options(metric[0], options)
