@@ -11,17 +11,22 @@ from mtsc.codegen.torch_common import task_spec
 from mtsc.driver import load
 from mtsc.errors import MtscError
 from mtsc.ir.graph import Graph
-from mtsc.ir.ops import param_count
+from mtsc.ir.ops import Op, param_count
 from mtsc.ir.passes.infer_shapes import infer_shapes
 from mtsc.runtime.data.sample import DatasetInfo
 from mtsc.runtime.task_fit import check_heads_fit_data, count_channels
 
 
 def check_model_fits_data(
-    model_path: str | Path, image_shape: tuple[int, ...], info: DatasetInfo, data: str
+    model_path: str | Path,
+    image_shape: tuple[int, ...],
+    info: DatasetInfo,
+    data: str,
+    *,
+    batch_size: int,
 ) -> None:
-    """The model takes `data`'s images (C x H x W, as its dataset yields them) and its tasks
-    train on `data`'s targets."""
+    """The model takes `data`'s images (C x H x W, as its dataset yields them) in batches of
+    `batch_size`, and its tasks train on `data`'s targets."""
     g = load(model_path)
     sized = graph_at_images(g, tuple(image_shape), data)
     check_heads_fit_data(
@@ -42,6 +47,7 @@ def check_model_fits_data(
     )
     # after the heads: a head on flat features is better told it must give a map
     check_weights_keep_their_size(g, sized, data)
+    check_batch_statistics(sized, batch_size, data)
 
 
 def graph_at_images(g: Graph, image_shape: tuple[int, ...], data: str) -> Graph:
@@ -91,6 +97,23 @@ def check_weights_keep_their_size(g: Graph, sized: Graph, data: str) -> None:
                 f"{'x'.join(map(str, declared_input.shape))}; declare `input "
                 f"{declared_input.name}: {'x'.join(map(str, images))}`, or make the size fixed "
                 "before it (avgpool(x, global=true))",
+            )
+
+
+def check_batch_statistics(sized: Graph, batch_size: int, data: str) -> None:
+    """No batchnorm of `sized` (at the data's size) trains on one value per channel: one over
+    a 1x1 map (after a global pool) takes its statistics over the batch alone, and PyTorch
+    refuses a batch of one there."""
+    if batch_size > 1:
+        return
+    for n in sized.topo_order():
+        node = sized.node(n)
+        if node.op is Op.BATCHNORM and node.shape[1:] == (1, 1):
+            raise MtscError(
+                node.loc,
+                f"{node.name} normalises a 1x1 map on the {data} images, over the batch alone: "
+                "batch_size 1 gives it one value per channel, which training cannot "
+                "normalise; use a batch_size of 2 or more",
             )
 
 

@@ -11,8 +11,8 @@ outputs (`mix3_stacked`), forward and backward, and no candidate outputs kept fo
 backward. The policy gradient is the same: d/dw_j of the mixed call is the inner product of
 the mixed weight's gradient with candidate j's weights.
 
-A skip projection with batchnorm is not linear in its weights: its output is added with
-weight w2 after the call. A linear skip projection (no bias, no batchnorm) folds in.
+A conv's skip projection is added with weight w2 after the call (with its batchnorm it is
+not linear in its weights). A linear skip projection (no bias, no batchnorm) folds in.
 
 This file is copied into every generated `supermodel.py` below the marker line.
 """

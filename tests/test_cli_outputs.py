@@ -608,10 +608,10 @@ def test_tasks_that_do_not_fit_the_data_are_named_before_training(
 
 
 def assert_refused_before_training(
-    command, changes, first_line, tmp_path, config_file, capsys
+    command, changes, first_line, tmp_path, config_file, capsys, extra=()
 ) -> None:
-    """`mtsc COMMAND` on TINY with `changes` (old and new text in turn) exits 2 with
-    `first_line` after the model's path, and makes no run folder."""
+    """`mtsc COMMAND` on TINY with `changes` (old and new text in turn) and the `extra`
+    arguments exits 2 with `first_line` after the model's path, and makes no run folder."""
     text = TINY
     for old, new in zip(changes[::2], changes[1::2], strict=True):
         assert old in text
@@ -620,6 +620,7 @@ def assert_refused_before_training(
     model.write_text(text)
     policy = ["--policy", "shared"] if command == "train" else []
     args = [command, model, *policy, "--config", config_file, "--out", run, "--no-progress"]
+    args += extra
     code, stderr = cli(args, capsys)
     assert (code, stderr.splitlines()[0]) == (2, f"{model}:{first_line}")
     assert not run.exists()
@@ -648,6 +649,25 @@ def test_a_model_that_cannot_take_the_datas_images_is_refused_before_training(
     """The data's images are 16x16 RGB (the config): a model for grey images, or one whose
     convolutions need larger images, fails at its own line, not in PyTorch's first forward."""
     assert_refused_before_training(command, *INPUT_MISFITS[case], tmp_path, config_file, capsys)
+
+
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_a_batchnorm_on_pooled_features_is_refused_at_batch_size_one(
+    command, tmp_path, config_file, capsys
+):
+    """A batchnorm over a 1x1 map takes its statistics over the batch alone: at batch_size 1
+    PyTorch refuses it in the first step; mtsc names the batchnorm before the run starts."""
+    squeeze = "    x = x * (avgpool(x, global=true) | conv(4, k=1) | bn | relu | conv(16, k=1))\n"
+    changes = ("    return x\n", squeeze + "    return x\n")
+    first_line = (
+        "10:55: error: bn1 normalises a 1x1 map on the shapes images, over the batch alone: "
+        "batch_size 1 gives it one value per channel, which training cannot normalise; use a "
+        "batch_size of 2 or more"
+    )
+    extra = ("--set", "batch_size=1")
+    assert_refused_before_training(
+        command, changes, first_line, tmp_path, config_file, capsys, extra
+    )
 
 
 # ---------------------------------------------------------------------- what the runs wrote

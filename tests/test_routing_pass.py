@@ -116,6 +116,48 @@ def test_a_skip_is_offered_only_where_it_fits_at_every_size(
             }
 
 
+SQUEEZE = """\
+input image: 3x16x16
+backbone {
+    x = conv(image, 8, k=3, p=1) | bn | relu
+    g = avgpool(x, global=true) | conv(2, k=1) | relu | conv(8, k=1) | sigmoid
+    return x * g
+}
+tasks {
+    a: conv1x1(classes=2)
+    b: conv1x1(classes=3)
+}
+"""
+
+
+def test_a_projection_on_pooled_features_has_no_batchnorm(
+    write_model, tmp_path, load_generated
+) -> None:
+    """On a 1x1 map a projection skip is a linear map, as a linear op's is: a batchnorm there
+    would normalise each channel over the batch alone. The supermodel then trains on one
+    sample a task."""
+    path = write_model(SQUEEZE)
+    g = insert_routing(load(path))
+    names = g.by_name()
+    for op in ("conv2", "conv3"):
+        assert g.inputs(by_op(g)[op])[2] == names[f"{op}.skip.conv"]
+        assert f"{op}.skip.bn" not in names
+    assert "conv1.skip.bn" in names  # at 16x16 it keeps its batchnorm
+    build(path, tmp_path / "out", render=False)
+    model = load_generated(tmp_path / "out" / "supermodel.py").Supermodel()
+    ops = [op for op, _, _ in model.ROUTED]
+    model.load_policy(uniform_policy(model.MODEL, model.TASKS, ops, "skip"))
+    for mixing in ("outputs", "weights"):
+        model.set_mixing(mixing)
+        for mode in ("warmup", "search", "hard"):
+            model.set_mode(mode)
+            out = model(torch.randn(1, 3, 16, 16))
+            assert {t: tuple(v.shape) for t, v in out.items()} == {
+                "a": (1, 2, 16, 16),
+                "b": (1, 3, 16, 16),
+            }
+
+
 def test_routes_join_shared_specific_and_skip(mini_graph) -> None:
     g = mini_graph
     skips = {}

@@ -7,7 +7,10 @@ become explicit nodes, joined by a `route` node that carries the policy slot:
     specific `n.specific`  (role SPECIFIC: one copy per task, one grouped call)
     skip     the input of `n` when `n` keeps the shape, else the per-task projection
              `n.skip.conv` (1x1, the op's stride) + `n.skip.bn` (role SKIP); no skip when
-             even a projection cannot give the op's output size at every input size
+             even a projection cannot give the op's output size at every input size. On a
+             1x1 map (pooled features: an SE gate) the projection is a linear map and has
+             no batchnorm, as a linear op's has none: one there would normalise each
+             channel over the batch alone (to +-1 at two samples a task; at one it fails)
     route    `n.route`     (attrs: op name, depth among routed ops, whether skip exists)
 
 Batchnorm (and scale) is task-specific unless `share_bn`; PReLU always is (with batchnorm and
@@ -170,6 +173,8 @@ def _skip_candidate(g: Graph, node: Node, x: int, in_shape: Shape) -> int | None
     if shape != node.shape:
         return None
     conv = g.add(_skip_node(node, Op.CONV2D, "skip.conv", conv_attrs), [x])
+    if in_shape[1:] == (1, 1):
+        return conv
     bn_attrs = spec_of(Op.BATCHNORM).normalize({})
     return g.add(_skip_node(node, Op.BATCHNORM, "skip.bn", bn_attrs), [conv])
 

@@ -207,7 +207,13 @@ def run(args: argparse.Namespace) -> int:
     train_set = open_dataset(command["data"], "train", **data)
     val_set = open_dataset(command["data"], "val", **data)
     # before the run folder is touched: a model that cannot take the data fails here, located
-    check_model_fits_data(args.model, val_set[0][0].shape, train_set.info, command["data"])
+    check_model_fits_data(
+        args.model,
+        val_set[0][0].shape,
+        train_set.info,
+        command["data"],
+        batch_size=config.batch_size,
+    )
     # before supermodel.py is written: the run already there must stay resumable
     refuse_existing_run(run_dir, bool(args.resume))
     with undone_unless_resumable(run_dir, bool(args.resume)):

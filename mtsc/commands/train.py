@@ -131,7 +131,9 @@ def train_pruned(
     data_options = dict(config.data)
     train_set = open_dataset(data, "train", **data_options)
     val_set = open_dataset(data, "val", **data_options)
-    check_model_fits_data(model_path, val_set[0][0].shape, train_set.info, data)
+    check_model_fits_data(
+        model_path, val_set[0][0].shape, train_set.info, data, batch_size=config.batch_size
+    )
     pruned = prune_model(model_path, policy, routing=RoutingOptions(share_bn=share_bn))
     name = policy if isinstance(policy, str) else "policy.json"
     source = emit_pruned(pruned.model, source_name=str(model_path), policy_name=str(name)).text
