@@ -28,6 +28,7 @@ from mtsc.ir.ops import (
     Op,
     OpError,
     Shape,
+    check_input_count,
     did_you_mean,
     infer_shape,
     op_by_name,
@@ -501,10 +502,12 @@ class Lowerer:
         return value
 
     def _decorator_sharing(self, decorators: Sequence[ast.Decorator]) -> Sharing | None:
+        """The pin the decorators give: one at most, as two would leave it unclear which
+        was meant."""
         sharing = None
         for dec in decorators:
             try:
-                sharing = Sharing(dec.name)
+                pin = Sharing(dec.name)
             except ValueError:
                 names = [s.value for s in Sharing]
                 raise MtscError(
@@ -512,6 +515,10 @@ class Lowerer:
                     f"unknown decorator '@{dec.name}'; use @shared or @specific"
                     + did_you_mean(dec.name, names),
                 ) from None
+            if sharing is not None:
+                again = "again" if pin is sharing else f"after @{sharing.value}"
+                raise MtscError(dec.span, f"@{pin.value} {again}: pin ops with one decorator")
+            sharing = pin
         return sharing
 
     # ------------------------------------------------------------------ expressions
@@ -768,6 +775,13 @@ class Lowerer:
                     rest.append(v)
         if not inputs:
             raise MtscError(call.span, f"{written}: needs an input tensor")
+        if spec.positional and spec.max_inputs is not None and len(inputs) > spec.max_inputs:
+            # `conv(x, low)`: low was most likely meant as the channel count
+            raise MtscError(
+                call.span,
+                f"{written}: takes {spec.max_inputs} input tensor(s), got {len(inputs)}; "
+                f"{spec.positional[0]} follows the inputs, as a number",
+            )
         if len(rest) > len(spec.positional):
             if spec.positional:
                 allowed = f"at most {len(spec.positional)} ({', '.join(spec.positional)})"
@@ -809,6 +823,7 @@ class Lowerer:
             )
         spec = spec_of(op)
         try:
+            check_input_count(op, len(inputs))  # before the attributes: `conv(x, y)` lacks out
             normalized = spec.normalize(attrs)
             shape = infer_shape(op, normalized, [t.shape for t in inputs])
         except OpError as err:

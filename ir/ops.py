@@ -323,17 +323,21 @@ def op_by_name(name: str) -> Op | None:
 
 
 def infer_shape(op: Op, attrs: Mapping[str, Any], in_shapes: Sequence[Shape]) -> Shape:
+    check_input_count(op, len(in_shapes))
+    return REGISTRY[op].shape(attrs, in_shapes)
+
+
+def check_input_count(op: Op, n: int) -> None:
     spec = REGISTRY[op]
-    n = len(in_shapes)
-    if n < spec.min_inputs or (spec.max_inputs is not None and n > spec.max_inputs):
-        if spec.max_inputs is None:
-            want = f"at least {spec.min_inputs}"
-        elif spec.min_inputs == spec.max_inputs:
-            want = str(spec.min_inputs)
-        else:
-            want = f"{spec.min_inputs} to {spec.max_inputs}"
-        raise OpError(f"{op.value}: takes {want} input(s), got {n}")
-    return spec.shape(attrs, in_shapes)
+    if spec.min_inputs <= n and (spec.max_inputs is None or n <= spec.max_inputs):
+        return
+    if spec.max_inputs is None:
+        want = f"at least {spec.min_inputs}"
+    elif spec.min_inputs == spec.max_inputs:
+        want = str(spec.min_inputs)
+    else:
+        want = f"{spec.min_inputs} to {spec.max_inputs}"
+    raise OpError(f"{op.value}: takes {want} input(s), got {n}")
 
 
 def param_count(op: Op, attrs: Mapping[str, Any], in_shapes: Sequence[Shape], out: Shape) -> int:
@@ -689,6 +693,9 @@ _register(
 def _pool_finish(op: str) -> Callable[[dict[str, Any]], None]:
     def finish(a: dict[str, Any]) -> None:
         if a["global"]:
+            window = a["kernel"] or a["stride"] or a["padding"] != (0, 0) or a["ceil"]
+            if window:  # said nothing: the whole map is the window
+                raise OpError(f"{op}: global=true pools the whole map; drop k, s, p and ceil")
             return
         if a["kernel"] is None:
             raise OpError(f"{op}: needs a kernel size (k=...) or global=true")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,8 +13,9 @@ from mtsc.codegen.torch_backbone import emit_backbone
 from mtsc.codegen.torch_supermodel import emit_supermodel
 from mtsc.errors import MtscError
 from mtsc.fsutil import check_not_a_folder, remove_stale, undone_on_failure, write_atomic
+from mtsc.ir.errors import Diagnostic
 from mtsc.ir.graph import Graph
-from mtsc.ir.passes.eliminate_dead import eliminate_dead
+from mtsc.ir.passes.eliminate_dead import drop_unused_values, eliminate_dead
 from mtsc.ir.passes.extract_backbone import extract_backbone
 from mtsc.ir.passes.infer_shapes import infer_shapes
 from mtsc.ir.passes.insert_routing import RoutingOptions, insert_routing
@@ -46,16 +47,29 @@ def _load_mtl(path: Path, options: dict) -> Graph:
         raise MtscError(
             None, f"{path}: --output cuts .prototxt networks; a .mtl backbone ends at its return"
         )
-    return lower_file(path)
+    g = lower_file(path)
+    warn(drop_unused_values(g))
+    return g
 
 
 def _load_prototxt(path: Path, options: dict) -> Graph:
     from mtsc.grammar.prototxt import import_prototxt
 
     imported = import_prototxt(path, output=options.get("output"))
-    for warning in imported.warnings:
-        print(warning.render(), file=sys.stderr)
+    warn(imported.warnings)
     return imported.graph
+
+
+_WARNED: set[str] = set()
+
+
+def warn(warnings: Iterable[Diagnostic]) -> None:
+    """Print each warning once: a command may load its model more than once."""
+    for warning in warnings:
+        text = warning.render()
+        if text not in _WARNED:
+            _WARNED.add(text)
+            print(text, file=sys.stderr)
 
 
 FRONTENDS: dict[str, Callable[[Path, dict], Graph]] = {

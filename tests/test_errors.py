@@ -215,6 +215,37 @@ NAMES = [
         (2, 1),
         "@sharde",
     ),
+    case(
+        "conflicting_pins",
+        """
+        input image: 3x32x32
+        backbone {
+            @shared @specific
+            x = conv(image, 8, k=3)
+            return x
+        }
+        """,
+        "@specific after @shared: pin ops with one decorator",
+        (3, 13),
+        "@specific",
+    ),
+    case(
+        "repeated_pin",
+        """
+        input image: 3x32x32
+        @specific
+        @specific
+        block b(x) {
+            return conv(x, 8, k=1)
+        }
+        backbone {
+            return b(image)
+        }
+        """,
+        "@specific again: pin ops with one decorator",
+        (3, 1),
+        "@specific",
+    ),
 ]
 
 BLOCK = "block b(x, c, s=1) {\n    return conv(x, c, k=1, s=s)\n}\n"
@@ -311,6 +342,13 @@ ARGUMENTS = [
         "conv: attribute 'k' cannot be a tensor",
         (3, 27),
         "k=image",
+    ),
+    case(
+        "tensor_as_channel_count",
+        HEAD + "backbone {\n    low = relu(image)\n    return conv(low, low, k=1)\n}\n",
+        "conv: takes 1 input tensor(s), got 2; out follows the inputs, as a number",
+        (4, 12),
+        "conv(low, low, k=1)",
     ),
     case(
         "inputs_after_attributes",

@@ -142,13 +142,14 @@ def test_nodes_keep_their_source_location_and_variable(models_dir) -> None:
 
 
 def test_sharing_decorators_are_recorded_on_nodes(compile_text) -> None:
+    """The pin nearest an op wins."""
     g = compile_text(
         "input image: 3x16x16\n"
         "@specific\nblock pinned(x) {\n    y = conv(x, 4, k=1)\n    @shared\n"
         "    z = conv(y, 4, k=1)\n    return z\n}\n"
         "block free(x) {\n    return conv(x, 4, k=1)\n}\n"
         "backbone {\n    @shared\n    a: x = conv(image, 4, k=1) | free\n"
-        "    b: x = pinned(x) | free\n    return relu(x)\n}\n"
+        "    b: x = pinned(x) | free\n    @shared\n    c: x = pinned(x)\n    return relu(x)\n}\n"
     )
     assert {name: node.sharing for name, node in by_name(g).items()} == {
         "image": None,
@@ -157,6 +158,8 @@ def test_sharing_decorators_are_recorded_on_nodes(compile_text) -> None:
         "b.0.conv1": Sharing.SPECIFIC,
         "b.0.conv2": Sharing.SHARED,  # a statement's pin beats its block's
         "b.1.conv1": None,
+        "c.conv1": Sharing.SPECIFIC,  # a block's own pin beats its caller's
+        "c.conv2": Sharing.SHARED,
         "relu1": None,
     }
 
@@ -263,14 +266,42 @@ def test_defaults_may_use_earlier_parameters(compile_text) -> None:
     assert by_name(g)["out.conv1"].attrs["kernel"] == (3, 3)
 
 
-def test_unused_values_are_dropped_from_the_backbone(compile_text) -> None:
-    g = compile_text(
-        "input image: 3x8x8\nbackbone {\n    unused = conv(image, 4, k=1)\n"
-        "    return relu(image)\n}\n"
-    )
-    assert names(g) == ["conv1", "relu1"]
-    backbone = build(g.source, None).graph
-    assert names(backbone) == ["relu1"]
+UNUSED = """\
+input image: 3x8x8
+block gate(x) {
+    g = avgpool(x, global=true) | conv(2, k=1) | relu | conv(4, k=1) | sigmoid
+    return x
+}
+backbone {
+    x = conv(image, 4, k=1)
+    unused = conv(x, 4, k=1)
+    return gate(x)
+}
+tasks {
+    segment: conv1x1(classes=2)
+}
+"""
+
+
+def test_unused_values_are_dropped_with_a_warning(write_model, capsys) -> None:
+    """A value computed and never read (here an SE gate never applied) is most likely a
+    mistake; left in, its convs would be routed and searched for nothing."""
+    path = write_model(UNUSED)
+    g = load(path)
+    assert [n for n in names(g) if not n.startswith("heads.")] == ["conv1"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}:8:14: warning: conv2 is never used: dropped",
+        "        unused = conv(x, 4, k=1)",
+        "                 ^^^^^^^^^^^^^^^",
+        f"{path}:3:72: warning: gate1.sigmoid1 is never used: dropped with the 4 ops only it needs",
+        "        g = avgpool(x, global=true) | conv(2, k=1) | relu | conv(4, k=1) | sigmoid",
+        " " * 75 + "^^^^^^^",
+    ]
+    supermodel = build(path, None).supermodel
+    routed = [n.attrs["op"] for _, n in supermodel.nodes() if n.op is Op.ROUTE]
+    assert routed == ["conv1"]
+    load(path)  # a command loads its model more than once: it warns once
+    assert capsys.readouterr().err == ""
 
 
 # ---------------------------------------------------------------- tasks

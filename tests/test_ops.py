@@ -601,6 +601,16 @@ def test_normalize_resolves_aliases_and_fills_defaults() -> None:
         (Op.MAXPOOL, {}, "maxpool: needs a kernel size (k=...) or global=true"),
         (
             Op.AVGPOOL,
+            {"k": 3, "global": True},
+            "avgpool: global=true pools the whole map; drop k, s, p and ceil",
+        ),
+        (
+            Op.MAXPOOL,
+            {"ceil": True, "global": True},
+            "maxpool: global=true pools the whole map; drop k, s, p and ceil",
+        ),
+        (
+            Op.AVGPOOL,
             {"k": 2, "p": 2},
             "avgpool: padding 2 must be at most half the kernel size 2 (as PyTorch pools)",
         ),
