@@ -3,6 +3,7 @@ data with `resnet_tiny.mtl`; overridable from a TOML file and from the command l
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 import tomllib
@@ -356,6 +357,21 @@ def _check_types(cls: type, values: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
+# Seeds are below 2**32: see _RANGES.
+SEED_LIMIT = 2**32
+
+
+def seed_argument(text: str) -> int:
+    """argparse's type for --seed: the error names the flag, as --seed may set two seeds."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number, got {text!r}") from None
+    if not 0 <= seed < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be in [0, {SEED_LIMIT - 1}], got {seed}")
+    return seed
+
+
 # (names, test, wording): the ranges of the numeric values; `_check` skips the names its
 # config lacks, and nan fails every test
 _RANGES = (
@@ -394,8 +410,8 @@ _RANGES = (
         # torch takes seeds below 2**64, but a batch stream seeds each epoch with
         # seed * 100_003 + epoch, and numpy's seed is taken modulo 2**32: below 2**32 every
         # derived seed fits and no two seeds alias
-        lambda v: 0 <= v < 2**32,
-        f"in [0, {2**32 - 1}]",
+        lambda v: 0 <= v < SEED_LIMIT,
+        f"in [0, {SEED_LIMIT - 1}]",
     ),
 )
 

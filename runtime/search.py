@@ -140,6 +140,7 @@ def search(
             num_workers=config.num_workers,
             rank=rank,
             world=world,
+            part=f"the training split less its held-out part (held_out={config.held_out})",
         ),
         held_out=BatchStream(
             train_set,
@@ -149,6 +150,7 @@ def search(
             num_workers=config.num_workers,
             rank=rank,
             world=world,
+            part=f"the held-out part of the training split (held_out={config.held_out})",
         ),
         weight_opt=torch.optim.SGD(
             sgd_groups(model.weight_parameters(), model, config.weight_decay),

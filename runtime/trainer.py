@@ -105,7 +105,8 @@ def collate(items: list) -> tuple[torch.Tensor, dict]:
 
 class BatchStream:
     """An endless, resumable stream of batches: epoch `e` visits the samples in the order of
-    a permutation seeded by (seed, e); under DDP each rank takes its share of every batch."""
+    a permutation seeded by (seed, e); under DDP each rank takes its share of every batch.
+    `part` names the samples (`indices` of `dataset`) in messages."""
 
     def __init__(
         self,
@@ -117,12 +118,13 @@ class BatchStream:
         num_workers: int = 0,
         rank: int = 0,
         world: int = 1,
+        part: str = "the training split",
     ) -> None:
         if len(indices) < batch_size * world:
             raise MtscError(
                 None,
-                f"{len(indices)} samples are too few for batches of {batch_size} on {world} "
-                "process(es); use a smaller batch_size or more data",
+                f"{part} has {len(indices)} samples, too few for batches of {batch_size} on "
+                f"{world} process(es); use a smaller batch_size or more data",
             )
         self.dataset = dataset
         self.indices = indices

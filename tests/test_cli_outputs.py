@@ -108,8 +108,8 @@ def test_a_search_failing_before_its_first_checkpoint_leaves_no_run_and_a_retry_
     failed = run_mtsc(*args, "--set", "batch_size=64")
     fails(
         failed,
-        "error: 6 samples are too few for batches of 64 on 1 process(es); use a smaller "
-        "batch_size or more data\n",
+        "error: the training split less its held-out part (held_out=0.2) has 6 samples, too "
+        "few for batches of 64 on 1 process(es); use a smaller batch_size or more data\n",
     )
     assert not run.exists()
     assert cli(args, capsys) == (0, "")  # the retry (in this process: it is faster)
@@ -169,6 +169,15 @@ def test_a_train_failing_on_its_data_leaves_no_folder(tmp_path, model_file, run_
     assert not run.exists()
 
 
+def test_a_held_out_part_too_small_for_a_batch_is_named(tmp_path, model_file, config_file, capsys):
+    args = ["search", model_file, "--config", config_file, "--out", tmp_path / "run", *SEARCH]
+    assert cli([*args, "--set", "batch_size=4"], capsys) == (
+        2,
+        "error: the held-out part of the training split (held_out=0.2) has 2 samples, too few "
+        "for batches of 4 on 1 process(es); use a smaller batch_size or more data\n",
+    )
+
+
 def test_a_failed_train_in_a_folder_removes_only_what_it_added(
     tmp_path, model_file, config_file, capsys
 ):
@@ -177,8 +186,8 @@ def test_a_failed_train_in_a_folder_removes_only_what_it_added(
     status, err = cli([*args, "--out", tmp_path, "--set", "batch_size=64"], capsys)
     assert (status, err) == (
         2,
-        "error: 8 samples are too few for batches of 64 on 1 process(es); use a smaller "
-        "batch_size or more data\n",
+        "error: the training split has 8 samples, too few for batches of 64 on 1 process(es); "
+        "use a smaller batch_size or more data\n",
     )
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 

@@ -80,7 +80,7 @@ def test_too_few_samples_for_the_batches():
     with pytest.raises(MtscError) as err:
         BatchStream(Numbers(), list(range(7)), BATCH, 0, world=2)
     assert err.value.message == (
-        "7 samples are too few for batches of 4 on 2 process(es); "
+        "the training split has 7 samples, too few for batches of 4 on 2 process(es); "
         "use a smaller batch_size or more data"
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mtsc.runtime.config import MIXING_CHOICES
+from mtsc.runtime.config import MIXING_CHOICES, seed_argument
 
 # What a search writes into its run folder (and TensorBoard events when installed).
 SEARCH_FILES = ("supermodel.py", "policy.json", "policy.txt", "last.pt", "metrics.jsonl")
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--derive", choices=("argmax", "sample"), help="how to derive the policy")
     p.add_argument(
         "--seed",
-        type=int,
+        type=seed_argument,
         help="random seed, also of --derive sample (runs are deterministic on CPU)",
     )
     p.add_argument(

@@ -15,6 +15,7 @@ from mtsc.commands.search import (
     run_settings,
     undone_unless_resumable,
 )
+from mtsc.runtime.config import seed_argument
 
 # What a training writes into its run folder (and TensorBoard events when installed);
 # metrics.jsonl only once it logs a step.
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="start from this supermodel checkpoint's weights")
     p.add_argument("--config", help="TOML file of TrainConfig values")
     p.add_argument("--quick", action="store_true", help="a short run, for smoke tests")
-    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--seed", type=seed_argument, help="random seed")
     p.add_argument(
         "--amp", choices=("bf16", "fp16"), help="mixed precision (autocast; fp16 with loss scaling)"
     )
