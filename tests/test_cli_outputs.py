@@ -644,8 +644,8 @@ INPUT_MISFITS = {
     ),
     "declared larger than the data": (
         ("3x16x16", "3x64x64", "conv(x, 16, k=3, s=2, p=1)", "conv(x, 16, k=20)"),
-        "9:12: error: on the shapes images (16x16): conv2d: kernel 20x20 larger than the padded "
-        "input 16x16",
+        "9:12: error: on the shapes images (16x16): b.conv1: conv2d: kernel 20x20 larger than the "
+        "padded input 16x16",
     ),
 }
 

@@ -14,7 +14,7 @@ def infer_shapes(g: Graph) -> Graph:
         try:
             shape = infer_shape(node.op, node.attrs, g.in_shapes(nid))
         except OpError as err:
-            raise MtscError(node.loc, str(err)) from None
+            raise MtscError(node.loc, f"{node.name}: {err}") from None
         if shape != node.shape:
             g.update(nid, shape=shape)
     return g
