@@ -213,7 +213,10 @@ def test_fmt_write_formats_every_good_file_and_reports_every_bad_one(tmp_path, r
 def test_fmt_prints_every_good_file_and_reports_every_bad_one(tmp_path, run_mtsc) -> None:
     _write_files(tmp_path)
     proc = run_mtsc("fmt", *FILES, cwd=tmp_path)
-    assert (proc.returncode, proc.stdout, proc.stderr) == (2, PRETTY + PRETTY, BAD_ERRORS)
+    printed = f"==> a.mtl <==\n{PRETTY}==> c.mtl <==\n{PRETTY}"
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, printed, BAD_ERRORS)
+    alone = run_mtsc("fmt", "a.mtl", cwd=tmp_path)
+    assert (alone.returncode, alone.stdout, alone.stderr) == (0, PRETTY, "")
 
 
 def test_fmt_check_with_a_bad_file_exits_2_after_listing_the_unformatted(tmp_path, run_mtsc):

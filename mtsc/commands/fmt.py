@@ -22,9 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     unformatted = 0
     failed: list[MtscError] = []
+    # printing several files, each under its name as `head` does: they do not make one model
+    named = len(args.model) > 1
     for name in args.model:
         try:
-            if not format_file(Path(name), check=args.check, write=args.write):
+            if not format_file(Path(name), check=args.check, write=args.write, named=named):
                 unformatted += 1
         except MtscError as err:
             failed.append(err)  # one bad file does not keep the others from being formatted
@@ -36,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
     return 1 if unformatted else 0
 
 
-def format_file(path: Path, *, check: bool, write: bool) -> bool:
-    """Print, check or rewrite one file; False when `check` finds it not formatted."""
+def format_file(path: Path, *, check: bool, write: bool, named: bool = False) -> bool:
+    """Print (under a `==> path <==` line when `named`), check or rewrite one file; False
+    when `check` finds it not formatted."""
     from mtsc.grammar.format import format_source
 
     if path.suffix != ".mtl":
@@ -57,5 +60,7 @@ def format_file(path: Path, *, check: bool, write: bool) -> bool:
         if formatted != text:
             write_atomic(path, formatted)
     else:
+        if named:
+            sys.stdout.write(f"==> {path} <==\n")
         sys.stdout.write(formatted)
     return True
