@@ -149,6 +149,11 @@ class _Printer:
         """`prefix value suffix` on one line; or one item per line between the brackets of a
         list or tuple literal that would pass MAX_WIDTH, or of a call or literal that holds
         comments (which stay beside the items they were written after)."""
+        if isinstance(value, ast.Pipe) and self._comment_within(value.span):
+            stages = _stages(value)
+            if precedence(stages[0]) >= _PREC["|"]:  # else it needs brackets: one line
+                self._emit_chain(prefix, stages, suffix, depth)
+                return
         text = f"{prefix}{format_expr(value)}{suffix}"
         items = _items(value)
         inside = items is not None and self._comment_within(value.span)
@@ -157,19 +162,61 @@ class _Printer:
             self.emit(text, depth, line)
             return
         opening, closing = _brackets(value)
-        if items[0].span.line == value.span.line:  # a comment on this line is the item's
-            self.lines.append(INDENT * depth + f"{prefix}{opening}")
+        texts = [(_format_item(item), item.span) for item in items]
+        self._emit_exploded(f"{prefix}{opening}", texts, f"{closing}{suffix}", depth, value.span)
+
+    def _emit_exploded(
+        self,
+        opening: str,
+        items: Sequence[tuple[str, ast.Span]],
+        closing: str,
+        depth: int,
+        span: ast.Span,
+    ) -> None:
+        """`opening`, then each item and its comments on a line of its own, then `closing`
+        (the items and the brackets' `span` say where each comment goes)."""
+        if items[0][1].line == span.line:  # a comment on this line is the item's
+            self.lines.append(INDENT * depth + opening)
         else:
-            self.emit(f"{prefix}{opening}", depth, value.span.line)
-        for i, item in enumerate(items):
-            self.lead(item.span.line, depth + 1, first=True)
-            upto = item.span.end_line or item.span.line
+            self.emit(opening, depth, span.line)
+        for i, (text, item_span) in enumerate(items):
+            self.lead(item_span.line, depth + 1, first=True)
+            upto = item_span.end_line or item_span.line
             if i + 1 < len(items):
-                upto = min(upto, items[i + 1].span.line - 1)
-            self._item_line(_format_item(item) + ",", depth + 1, upto)
-        for c in self._pending(value.span.end_line or value.span.line):
+                upto = min(upto, items[i + 1][1].line - 1)
+            self._item_line(text + ",", depth + 1, upto)
+        for c in self._pending(span.end_line or span.line):
             self.lines.append(INDENT * (depth + 1) + c.text)
-        self.emit(f"{closing}{suffix}", depth, value.span.end_line or line)
+        self.emit(closing, depth, span.end_line or span.line)
+
+    def _emit_chain(self, prefix: str, stages: list[ast.Expr], suffix: str, depth: int) -> None:
+        """A pipe chain that holds comments, one stage a line (`| stage`, indented once), each
+        with the comments written beside or above it."""
+        for i, stage in enumerate(stages):
+            if i:
+                self.lead(stage.span.line, depth + 1, first=True)
+            end = stage.span.end_line or stage.span.line
+            last = i == len(stages) - 1
+            if not last and stages[i + 1].span.line == end:
+                end = 0  # a comment on the line the next stage starts on is the next stage's
+            self.emit_value(
+                prefix if i == 0 else "| ",
+                stage,
+                suffix if last else "",
+                depth if i == 0 else depth + 1,
+                end,
+            )
+
+    def _keyword_line(self, item: ast.Backbone) -> int:
+        """The line of the `backbone` keyword: that of the last decorator (`@shared backbone
+        {`), or the first after it that starts with it (comments may come between)."""
+        last = item.decorators[-1].span
+        if "backbone" in self.source_lines[last.line - 1][last.end_column or last.column :]:
+            return last.line
+        line = last.line + 1
+        while not self.source_lines[line - 1].lstrip().startswith("backbone"):
+            line += 1
+        return line
 
     def _comment_within(self, span: ast.Span) -> bool:
         """Whether the next comment is inside `span`, before its last line."""
@@ -219,19 +266,26 @@ class _Printer:
         elif isinstance(item, ast.Const):
             self.emit_value(f"{item.name} = ", item.value, "", 0, item.span.end_line)
         elif isinstance(item, ast.BlockDef):
-            self.decorators(item.decorators, 0)
-            params = ", ".join(
-                p.name if p.default is None else f"{p.name}={format_expr(p.default)}"
+            self.decorators(item.decorators, 0, item.name_span.line)
+            params = [
+                (p.name if p.default is None else f"{p.name}={format_expr(p.default)}", p.span)
                 for p in item.params
-            )
-            self.emit(f"block {item.name}({params}) {{", 0, item.name_span.line)
+            ]
+            opening = f"block {item.name}("
+            # from the name to the last parameter: a comment there belongs to a parameter
+            last = (params[-1][1].end_line or params[-1][1].line) if params else 0
+            span = ast.Span(item.span.file, item.name_span.line, 1, end_line=last)
+            if params and self._comment_within(span):
+                self._emit_exploded(opening, params, ") {", 0, span)
+            else:
+                text = ", ".join(t for t, _ in params)
+                self.emit(f"{opening}{text}) {{", 0, item.name_span.line)
             self.body(item.body, 1)
             self.close(item.end_span, 0)
         elif isinstance(item, ast.Backbone):
-            self.decorators(item.decorators, 0)
-            self.emit(
-                "backbone {", 0, item.span.line if not item.decorators else _after_decorators(item)
-            )
+            line = item.span.line if not item.decorators else self._keyword_line(item)
+            self.decorators(item.decorators, 0, line)
+            self.emit("backbone {", 0, line)
             self.body(item.body, 1)
             self.close(item.end_span, 0)
         elif isinstance(item, ast.Tasks):
@@ -244,9 +298,15 @@ class _Printer:
                 self.emit_value(f"{name} ", task.head, options, 1, task.span.end_line)
             self.close(item.end_span, 0)
 
-    def decorators(self, decorators: Sequence[ast.Decorator], depth: int) -> None:
+    def decorators(self, decorators: Sequence[ast.Decorator], depth: int, before: int) -> None:
+        """The decorators, and the comments between them and the line `before`."""
         for dec in decorators:
-            self.emit(f"@{dec.name}", depth, dec.span.line)
+            if dec.span.line == before:  # `@shared x = ...`: a comment there is the line's
+                self.lines.append(INDENT * depth + f"@{dec.name}")
+            else:
+                self.emit(f"@{dec.name}", depth, dec.span.line)
+        if decorators:
+            self.lead(before, depth, first=True)
 
     # -- statements ------------------------------------------------------------------------
 
@@ -256,9 +316,9 @@ class _Printer:
 
     def stmt(self, stmt: ast.Stmt, depth: int, *, first: bool) -> None:
         self.lead(stmt.span.line, depth, first=first)
-        self.decorators(stmt.decorators, depth)
         label = f"{stmt.label}: " if stmt.label else ""
         head_line = stmt.label_span.line if stmt.label_span else _stmt_head_line(stmt)
+        self.decorators(stmt.decorators, depth, head_line)
         if isinstance(stmt, ast.Assign):
             self.emit_value(f"{label}{stmt.target} = ", stmt.value, "", depth, stmt.span.end_line)
         elif isinstance(stmt, ast.Return):
@@ -307,6 +367,16 @@ def _items(value: ast.Expr) -> tuple | None:
     return None
 
 
+def _stages(chain: ast.Pipe) -> list[ast.Expr]:
+    """`a | f | g` as [a, f, g]."""
+    stages: list[ast.Expr] = []
+    value: ast.Expr = chain
+    while isinstance(value, ast.Pipe):
+        stages.append(value.stage)
+        value = value.value
+    return [value, *reversed(stages)]
+
+
 def _brackets(value: ast.Expr) -> tuple[str, str]:
     if isinstance(value, ast.Call):
         return f"{value.func}(", ")"
@@ -325,14 +395,18 @@ def _first_line(item: ast.Item) -> int:
     return decorators[0].span.line if decorators else item.span.line
 
 
-def _after_decorators(item: ast.Backbone) -> int:
-    return item.decorators[-1].span.line + 1
-
-
 def _stmt_head_line(stmt: ast.Stmt) -> int:
-    if stmt.decorators:
-        return stmt.decorators[-1].span.line + 1
-    return stmt.span.line
+    """The line a statement starts on, after its decorators (and comments between): that of
+    its first expression."""
+    if not stmt.decorators:
+        return stmt.span.line
+    if isinstance(stmt, ast.Assign | ast.Return):
+        return stmt.value.span.line
+    if isinstance(stmt, ast.If):
+        return stmt.branches[0][0].span.line
+    if isinstance(stmt, ast.For):
+        return stmt.iterable.span.line
+    return stmt.test.span.line
 
 
 def format_module(module: ast.Module) -> str:

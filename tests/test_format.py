@@ -253,6 +253,66 @@ def test_comments_inside_a_call_or_list_stay_beside_their_items() -> None:
     assert format_source(formatted, "c.mtl") == formatted
 
 
+COMMENTED_CHAINS = """\
+input image: 3x8x8
+@shared  # pinned
+# why
+block stem(x,  # the input
+           c=8) {  # its width
+    return x
+}
+backbone {
+    @specific
+    # per task
+    x = conv(image, 8, k=3, p=1)  # the stem
+        | bn  # per task
+        # then
+        | relu
+    y = x | conv(8, k=3,  # odd
+                 p=1)
+    @shared z = stem(y)  # one line
+    return z
+}
+"""
+
+COMMENTED_CHAINS_FORMATTED = """\
+input image: 3x8x8
+@shared  # pinned
+# why
+block stem(
+    x,  # the input
+    c=8,  # its width
+) {
+    return x
+}
+backbone {
+    @specific
+    # per task
+    x = conv(image, 8, k=3, p=1)  # the stem
+        | bn  # per task
+        # then
+        | relu
+    y = x
+        | conv(
+            8,
+            k=3,  # odd
+            p=1,
+        )
+    @shared
+    z = stem(y)  # one line
+    return z
+}
+"""
+
+
+def test_comments_in_chains_parameters_and_after_decorators_stay_where_they_were() -> None:
+    # A chain holding comments is written one stage a line, a parameter list one parameter a
+    # line; comments after a decorator stay before the statement.
+    formatted = format_source(COMMENTED_CHAINS, "c.mtl")
+    assert formatted == COMMENTED_CHAINS_FORMATTED
+    assert format_source(formatted, "c.mtl") == formatted
+
+
 def test_a_call_without_comments_inside_is_joined_onto_one_line() -> None:
     body = "    x = conv(\n        image,\n        16,\n    )\n    return x\n"
     text = f"input image: 3x8x8\nbackbone {{\n{body}}}\n"

@@ -293,3 +293,42 @@ def test_formatting_random_programs_round_trips(text: str) -> None:
 @given(expressions)
 def test_formatting_random_expressions_round_trips(expr: str) -> None:
     check_round_trip(f"v = {expr}\n")
+
+
+@settings(FUZZ, max_examples=_explore or 60)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["relu", "bn", "conv(8, k=1)", "sigmoid", "repeat 2 conv(8, k=1)"]),
+            st.none() | st.from_regex(r"# [a-z]{1,8}", fullmatch=True),
+            st.booleans(),  # whether the stage starts a new line
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_commented_chains_keep_their_comments_beside_their_stages(stages) -> None:
+    lines, current = [], "    x = image"
+    for text, comment, newline in stages:
+        if newline and current:
+            lines.append(current)
+            current = "        "
+        current += f" | {text}" if current.strip() else f"| {text}"
+        if comment:
+            lines.append(f"{current}  {comment}")
+            current = ""
+    if current:
+        lines.append(current)
+    source = "input image: 3x8x8\nbackbone {\n" + "\n".join(lines) + "\n    return x\n}\n"
+    check_round_trip(source)
+    formatted = format_module(parse(source, "p.mtl"))
+    comments = [c for _, c, _ in stages]
+    if any(comments[:-1]):  # one stage a line, each comment beside its stage
+        chain = ["    x = image"] + [f"        | {t}" for t, _, _ in stages]
+        for i, c in enumerate(comments):
+            if c:
+                chain[i + 1] += f"  {c}"
+    else:
+        chain = ["    x = image | " + " | ".join(t for t, _, _ in stages)]
+        chain[0] += f"  {comments[-1]}" if comments[-1] else ""
+    assert formatted.splitlines()[2:-2] == chain
