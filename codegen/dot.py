@@ -326,6 +326,21 @@ def _route_label(g: Graph, chain: list[int], tasks: tuple[str, ...], policy: dic
     )
 
 
+def _tasks_label(text: str, some: tuple[str, ...], tasks: tuple[str, ...]) -> str:
+    """A box's lines over one cell per task that runs it, in the task's colour."""
+    cells = "".join(
+        f'<TD BGCOLOR="{task_colour(tasks.index(t))}"><FONT COLOR="white" POINT-SIZE="9">'
+        f"{_html(t)}</FONT></TD>"
+        for t in some
+    )
+    span = len(some)
+    return (
+        '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="1" CELLPADDING="2">'
+        + "".join(f'<TR><TD COLSPAN="{span}">{_html(row)}</TD></TR>' for row in text.split("\n"))
+        + f"<TR>{cells}</TR></TABLE>>"
+    )
+
+
 def emit_supermodel_dot(g: Graph, *, title: str, policy: dict | None = None) -> str:
     """The routed graph, compactly: each routed op is one box whose coloured cells show, per
     task, its candidates (S shared, T task-specific, K skip) or, with a policy, its choice.
@@ -398,8 +413,9 @@ def _legend(w: SourceWriter, tasks: tuple[str, ...], caption: str) -> None:
 
 
 def emit_pruned_dot(g: Graph, *, title: str) -> str:
-    """The deployed model as a tree: ops of the shared trunk in grey, each task's branch in the
-    task's colour (ops used by some but not all tasks get the colour of the first)."""
+    """The deployed model as a tree: ops of the shared trunk filled, each task's branch
+    outlined in the task's colour, and an op that some but not all tasks run over a cell in
+    each one's colour."""
     tasks = tuple(t.name for t in g.tasks)
     modules = module_names(g)
     module_uses = Counter(modules.values())
@@ -415,15 +431,24 @@ def emit_pruned_dot(g: Graph, *, title: str) -> str:
         def line_for(nid: int) -> str:
             chain = boxes.chains[nid]
             label = box_label(g, boxes, chain)
-            if 0 < len(users(nid)) < len(tasks):
-                label += "\n" + ", ".join(users(nid))
+            some = users(nid)
+            if 0 < len(some) < len(tasks):
                 # A task's copy of an op whose module other copies use too (on their own
                 # inputs): the picture must not suggest separate weights.
-                if any(module_uses[modules.get(n)] > 1 and node_params(g, n) for n in chain):
-                    label += " (shared weights)"
-                colour = quote(task_colour(tasks.index(users(nid)[0])))
-                attrs = box_attrs(g, chain, label, "#ffffff")
-                return f"n{nid} [{attrs}, color={colour}, penwidth=2];"
+                shared = " (shared weights)" * any(
+                    module_uses[modules.get(n)] > 1 and node_params(g, n) for n in chain
+                )
+                if len(some) == 1:
+                    colour = quote(task_colour(tasks.index(some[0])))
+                    attrs = box_attrs(g, chain, f"{label}\n{some[0]}{shared}", "#ffffff")
+                    return f"n{nid} [{attrs}, color={colour}, penwidth=2];"
+                # several tasks: each named in its own colour, under the op
+                label += f"\n{shared.strip()}" if shared else ""
+                names = quote(", ".join(g.node(n).name for n in chain))
+                return (
+                    f"n{nid} [label={_tasks_label(label, some, tasks)}, fillcolor=\"#ffffff\", "
+                    f'tooltip={names}, color="#333333", penwidth=2];'
+                )
             fill = _COLOURS.get(g.node(nid).op, _DEFAULT_COLOUR)
             return f"n{nid} [{box_attrs(g, chain, label, fill)}];"
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from mtsc.codegen.dot import SIZED_BY_SECOND, emit_dot, emit_pruned_dot
+from mtsc.codegen.dot import SIZED_BY_SECOND, emit_dot, emit_pruned_dot, task_colour
 from mtsc.deploy import prune_model
-from mtsc.driver import load_backbone
+from mtsc.driver import load_backbone, load_supermodel
 from mtsc.ir.graph import Graph
+from mtsc.ir.ops import Op
 from mtsc.ir.passes.insert_routing import RoutingOptions
 
 REFRESH = "pytest tests/test_graph_dot.py --accept"
@@ -120,3 +121,31 @@ def test_every_op_is_in_one_box_and_every_edge_between_boxes_is_drawn(model, sta
             elif not sized_by_image(g, nid, port):
                 expected[box_of[src], box_of[nid]] += 1
     assert edges == expected
+
+
+def routed_ops(g: Graph) -> list[str]:
+    return [node.attrs["op"] for _, node in g.nodes() if node.op is Op.ROUTE]
+
+
+def test_an_op_some_tasks_share_shows_each_of_them_in_its_colour(examples_dir):
+    """With --share-bn, segment and depth share layer2 while normal takes its own copy: the
+    boxes of layer2's shared ops name both tasks, each in its colour, outlined in grey."""
+    model = examples_dir / "resnet_tiny.mtl"
+    routing = RoutingOptions(share_bn=True)
+    g = load_supermodel(model, routing)
+    tasks = [t.name for t in g.tasks]
+    choices = {r: dict.fromkeys(tasks, "shared") for r in routed_ops(g)}
+    choices["layer2.0.conv1"]["normal"] = "specific"
+    policy = {"model": "resnet_tiny", "tasks": tasks, "choices": choices}
+    pruned = prune_model(model, policy, routing=routing).model
+    dot = emit_pruned_dot(pruned, title="t")
+    box_of, _ = drawn(dot, pruned)
+    names = {node.name: nid for nid, node in pruned.nodes()}
+    line = next(
+        line
+        for line in dot.splitlines()
+        if line.strip().startswith(f"n{box_of[names['segment_depth.layer2.0.conv1']]} [")
+    )
+    segment, depth = (f'<TD BGCOLOR="{task_colour(i)}">' for i in range(2))
+    assert segment in line and depth in line and task_colour(2) not in line
+    assert 'color="#333333", penwidth=2' in line
