@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from mtsc.codegen.torch_common import module_names, shape_text
 from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Graph, Node, Role
-from mtsc.ir.ops import DSL_SPELLING, PARAMETRIC, Op
+from mtsc.ir.ops import DSL_SPELLING, PARAMETRIC, Op, spec_of
 from mtsc.ir.stats import node_params
 
 # Fill colours by op family, light enough for black text.
@@ -100,6 +100,8 @@ def op_label(node: Node) -> str:
     if node.op is Op.UPSAMPLE:
         scale = f" x{a['scale']:g}" if a["scale"] is not None else ""
         return f"upsample{scale} {a['mode']}"
+    if node.op is Op.POWER:  # its constants, as the generated code writes them
+        return spec_of(Op.POWER).torch.build(a, ["x"])
     return node.op.value
 
 
@@ -172,7 +174,8 @@ def follower_text(g: Graph, chain: list[int], *, per_task: bool = False) -> str:
     parts = []
     for nid in chain[1:]:
         node = g.node(nid)
-        parts.append(f"| {DSL_SPELLING.get(node.op, node.op.value)}{_per_task(node, per_task)}")
+        name = op_label(node) if node.op is Op.POWER else DSL_SPELLING.get(node.op, node.op.value)
+        parts.append(f"| {name}{_per_task(node, per_task)}")
     return " ".join(parts)
 
 
@@ -446,7 +449,7 @@ def emit_pruned_dot(g: Graph, *, title: str) -> str:
                 label += f"\n{shared.strip()}" if shared else ""
                 names = quote(", ".join(g.node(n).name for n in chain))
                 return (
-                    f"n{nid} [label={_tasks_label(label, some, tasks)}, fillcolor=\"#ffffff\", "
+                    f'n{nid} [label={_tasks_label(label, some, tasks)}, fillcolor="#ffffff", '
                     f'tooltip={names}, color="#333333", penwidth=2];'
                 )
             fill = _COLOURS.get(g.node(nid).op, _DEFAULT_COLOUR)

@@ -149,3 +149,18 @@ def test_an_op_some_tasks_share_shows_each_of_them_in_its_colour(examples_dir):
     segment, depth = (f'<TD BGCOLOR="{task_colour(i)}">' for i in range(2))
     assert segment in line and depth in line and task_colour(2) not in line
     assert 'color="#333333", penwidth=2' in line
+
+
+def test_power_boxes_show_their_constants(write_model):
+    """`x * (relu6(x + 3) / 6)` (hard swish): the boxes say which power op is which."""
+    path = write_model(
+        "input image: 3x8x8\nbackbone {\n    x = conv(image, 4, k=1) | relu\n"
+        "    return x * (relu6(x + 3) / 6)\n}\n"
+    )
+    labels = [
+        label
+        for label, _ in re.findall(
+            r'label="((?:[^"\\]|\\.)*)"(, fillcolor)', emit_dot(load_backbone(path), title="t")
+        )
+    ]
+    assert "power1\\nx + 3.0\\n| relu6 | x / 6.0\\n4x8x8" in labels
