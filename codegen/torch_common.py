@@ -9,6 +9,7 @@ from pathlib import PurePath
 from mtsc.codegen.names import Namespace, sanitize
 from mtsc.codegen.pyliteral import call_args, comment_text, py_literal
 from mtsc.codegen.writer import SourceWriter
+from mtsc.grammar import PRELUDE
 from mtsc.ir.graph import BackboneRef, Call, Graph, Node, TaskSpec
 from mtsc.ir.ops import Op, TorchExpr, TorchModule, spec_of, torch_class
 
@@ -46,9 +47,14 @@ def op_expression(node: Node, module: str | None, inputs: Sequence[str]) -> str:
 
 
 def location(node: Node) -> str:
+    """`file:line` of the op's source: the model's file by its name, the built-in heads by
+    their place in the package (a user has no heads.mtl of their own to look in)."""
     if node.loc is None:
         return ""
-    return f"{PurePath(node.loc.file).name}:{node.loc.line}"
+    file = (
+        "mtsc/grammar/heads.mtl" if node.loc.file == str(PRELUDE) else PurePath(node.loc.file).name
+    )
+    return f"{file}:{node.loc.line}"
 
 
 def shape_text(shape: tuple[int, ...] | None) -> str:

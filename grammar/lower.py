@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mtsc.fsutil import read_model, read_source
-from mtsc.grammar import ast
+from mtsc.grammar import PRELUDE, ast
 from mtsc.grammar.parser import parse
 from mtsc.ir.errors import MtscError, Span, describe_value
 from mtsc.ir.graph import BackboneRef, Call, Graph, Node, Sharing, TaskSpec
@@ -56,7 +56,6 @@ MAX_ITEMS = 100_000
 MAX_STEPS = 1_000_000
 # Ops in the graph (ResNet-152 has about 500): past this, each pass takes seconds.
 MAX_OPS = 100_000
-PRELUDE = Path(__file__).with_name("heads.mtl")
 
 
 @dataclass(frozen=True, slots=True)

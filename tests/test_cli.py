@@ -203,7 +203,7 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(examples_dir) -> Non
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert proc.stdout.readline().startswith(b"# ResNet-34")
+    assert proc.stdout.readline() == f"==> {files[0]} <==\n".encode()
     proc.stdout.close()
     assert proc.wait(timeout=60) == 128 + 13
     assert proc.stderr.read() == b""

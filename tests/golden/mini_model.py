@@ -51,8 +51,8 @@ class MultiTaskModel(nn.Module):
         out = self.relu1(out)  # deploy_mini.mtl:9
 
         # heads.segment
-        y = self.heads_segment_conv1(out)  # heads.mtl:29
-        out = F.interpolate(y, size=image.shape[-2:], mode="bilinear", align_corners=False)  # heads.mtl:30
+        y = self.heads_segment_conv1(out)  # mtsc/grammar/heads.mtl:29
+        out = F.interpolate(y, size=image.shape[-2:], mode="bilinear", align_corners=False)  # mtsc/grammar/heads.mtl:30
 
         # depth.res.conv1
         y = self.depth_res_conv1_specific(x)  # deploy_mini.mtl:8
@@ -68,8 +68,8 @@ class MultiTaskModel(nn.Module):
         out_1 = self.relu1(out_1)  # deploy_mini.mtl:9
 
         # heads.depth
-        y = self.heads_depth_conv1(out_1)  # heads.mtl:29
-        out_1 = F.interpolate(y, size=image.shape[-2:], mode="bilinear", align_corners=False)  # heads.mtl:30
+        y = self.heads_depth_conv1(out_1)  # mtsc/grammar/heads.mtl:29
+        out_1 = F.interpolate(y, size=image.shape[-2:], mode="bilinear", align_corners=False)  # mtsc/grammar/heads.mtl:30
         return {"segment": out, "depth": out_1}
 
     def forward_segment(self, image: torch.Tensor) -> torch.Tensor:
@@ -89,8 +89,8 @@ class MultiTaskModel(nn.Module):
         out = self.relu1(out)  # deploy_mini.mtl:9
 
         # heads.segment
-        y = self.heads_segment_conv1(out)  # heads.mtl:29
-        out = F.interpolate(y, size=image.shape[-2:], mode="bilinear", align_corners=False)  # heads.mtl:30
+        y = self.heads_segment_conv1(out)  # mtsc/grammar/heads.mtl:29
+        out = F.interpolate(y, size=image.shape[-2:], mode="bilinear", align_corners=False)  # mtsc/grammar/heads.mtl:30
         return out
 
     def forward_depth(self, image: torch.Tensor) -> torch.Tensor:
@@ -113,8 +113,8 @@ class MultiTaskModel(nn.Module):
         out = self.relu1(out)  # deploy_mini.mtl:9
 
         # heads.depth
-        y = self.heads_depth_conv1(out)  # heads.mtl:29
-        out = F.interpolate(y, size=image.shape[-2:], mode="bilinear", align_corners=False)  # heads.mtl:30
+        y = self.heads_depth_conv1(out)  # mtsc/grammar/heads.mtl:29
+        out = F.interpolate(y, size=image.shape[-2:], mode="bilinear", align_corners=False)  # mtsc/grammar/heads.mtl:30
         return out
 
     def forward_task(self, x: torch.Tensor, task: str) -> torch.Tensor:
