@@ -109,11 +109,16 @@ def test_a_skip_is_offered_only_where_it_fits_at_every_size(
     for mode in ("warmup", "search"):
         model.set_mode(mode)
         for size in (16, 17, 23, 30):
-            out = model(torch.randn(2, 3, size, size))
-            assert {t: tuple(v.shape) for t, v in out.items()} == {
-                "a": (2, 2, size, size),
-                "b": (2, 3, size, size),
-            }
+            assert_two_heads_give(model, batch=2, size=size)
+
+
+def assert_two_heads_give(model, *, batch: int, size: int) -> None:
+    """Tasks a (2 classes) and b (3) give maps of the input's size."""
+    out = model(torch.randn(batch, 3, size, size))
+    assert {t: tuple(v.shape) for t, v in out.items()} == {
+        "a": (batch, 2, size, size),
+        "b": (batch, 3, size, size),
+    }
 
 
 SQUEEZE = """\
@@ -151,11 +156,7 @@ def test_a_projection_on_pooled_features_has_no_batchnorm(
         model.set_mixing(mixing)
         for mode in ("warmup", "search", "hard"):
             model.set_mode(mode)
-            out = model(torch.randn(1, 3, 16, 16))
-            assert {t: tuple(v.shape) for t, v in out.items()} == {
-                "a": (1, 2, 16, 16),
-                "b": (1, 3, 16, 16),
-            }
+            assert_two_heads_give(model, batch=1, size=16)
 
 
 def test_routes_join_shared_specific_and_skip(mini_graph) -> None:
