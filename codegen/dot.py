@@ -318,29 +318,27 @@ def _route_label(g: Graph, chain: list[int], tasks: tuple[str, ...], policy: dic
             text = "S T K" if attrs["skip"] else "S T"
         else:
             text = CHOICE_MARKS[policy["choices"][attrs["op"]][task]]
-        cells.append(
-            f'<TD BGCOLOR="{task_colour(i)}"><FONT COLOR="white" POINT-SIZE="9">{text}</FONT></TD>'
-        )
-    span = len(tasks)
-    return (
-        '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="1" CELLPADDING="2">'
-        + "".join(f'<TR><TD COLSPAN="{span}">{row}</TD></TR>' for row in rows)
-        + f"<TR>{''.join(cells)}</TR></TABLE>>"
-    )
+        cells.append((task_colour(i), text))
+    return _cells_label(rows, cells)
 
 
 def _tasks_label(text: str, some: tuple[str, ...], tasks: tuple[str, ...]) -> str:
     """A box's lines over one cell per task that runs it, in the task's colour."""
-    cells = "".join(
-        f'<TD BGCOLOR="{task_colour(tasks.index(t))}"><FONT COLOR="white" POINT-SIZE="9">'
-        f"{_html(t)}</FONT></TD>"
-        for t in some
+    cells = [(task_colour(tasks.index(t)), _html(t)) for t in some]
+    return _cells_label([_html(row) for row in text.split("\n")], cells)
+
+
+def _cells_label(rows: list[str], cells: list[tuple[str, str]]) -> str:
+    """An HTML label: each of `rows` across the box, then a row of white-on-colour cells,
+    one per (colour, text). Rows and texts are HTML already."""
+    tds = "".join(
+        f'<TD BGCOLOR="{colour}"><FONT COLOR="white" POINT-SIZE="9">{text}</FONT></TD>'
+        for colour, text in cells
     )
-    span = len(some)
     return (
         '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="1" CELLPADDING="2">'
-        + "".join(f'<TR><TD COLSPAN="{span}">{_html(row)}</TD></TR>' for row in text.split("\n"))
-        + f"<TR>{cells}</TR></TABLE>>"
+        + "".join(f'<TR><TD COLSPAN="{len(cells)}">{row}</TD></TR>' for row in rows)
+        + f"<TR>{tds}</TR></TABLE>>"
     )
 
 
