@@ -93,11 +93,7 @@ def _wrap(expr: ast.Expr, minimum: int) -> str:
 
 
 def format_call(call: ast.Call) -> str:
-    args = ", ".join(
-        format_expr(a.value) if a.name is None else f"{a.name}={format_expr(a.value)}"
-        for a in call.args
-    )
-    return f"{call.func}({args})"
+    return f"{call.func}({', '.join(_format_item(a) for a in call.args)})"
 
 
 class _Printer:
