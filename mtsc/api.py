@@ -150,10 +150,10 @@ def search(
     # As `mtsc search`: the run folder keeps the model's source (supermodel.py), which resumes
     # the run and loads its last.pt; one already there must be this model's.
     source, kept = _generated_source(model), run_dir / "supermodel.py"
-    if source is not None and kept.exists():
+    if source is not None:
         _check_same_model(kept, source, run_dir)
+    refuse_existing_run(run_dir, resume)
     if not resume:
-        refuse_existing_run(run_dir, resume)
         refuse_another_commands_folder(run_dir, "search")
     image = val_set[0][0]
     check_heads_fit_data(

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from mtsc.driver import build
+from mtsc.driver import build, warn
 from mtsc.ir.errors import Diagnostic
 from mtsc.ir.graph import Graph
 from mtsc.report import summary_json, summary_text, supermodel_info, supermodel_text
@@ -24,8 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     result = build(args.model, None, output=args.output)
     if result.supermodel is not None:
-        for warning in lossless_tasks(result.supermodel):
-            print(warning.render(), file=sys.stderr)
+        warn(lossless_tasks(result.supermodel))
     extra = {} if result.supermodel is None else {"supermodel": supermodel_info(result.supermodel)}
     if args.json:
         print(summary_json(result.summary, **extra))

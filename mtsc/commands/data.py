@@ -6,7 +6,6 @@ The folder then opens with `open_dataset("shapes:DIR", split)`. Nothing here nee
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from pathlib import Path
 
@@ -102,15 +101,14 @@ def run_shapes(args: argparse.Namespace) -> int:
         _check_preview(args.preview)
     # A preview that cannot be written after all takes the new dataset with it: a failed
     # command leaves no files of its own behind.
-    with contextlib.ExitStack() as undo:
-        undo.enter_context(undone_on_failure(args.out))
+    with undone_on_failure(args.out):
         start = time.perf_counter()
         splits = write_dataset(config, args.out)
         seconds = time.perf_counter() - start
         if args.preview is not None:
             png = encode_png(shapes_preview(splits["train"], PREVIEW_SAMPLES))
-            undo.enter_context(undone_on_failure(args.preview.parent))
-            write_atomic(args.preview, png)
+            with undone_on_failure(args.preview.parent):
+                write_atomic(args.preview, png)
     counts = ", ".join(f"{config.count(s)} {s}" for s in SPLITS)
     print(f"wrote {counts} images ({args.size}x{args.size}) to {args.out} in {seconds:.1f} s")
     if args.preview is not None:
