@@ -27,8 +27,8 @@ from mtsc.runtime.data.augment import (
     resize_sample,
     sample_augmentation,
 )
-from mtsc.runtime.data.layouts import choose_tasks, open_cityscapes, open_nyuv2
-from mtsc.runtime.data.options import ill_formed_options, kind_problems, spec_kind
+from mtsc.runtime.data.layouts import open_cityscapes, open_nyuv2
+from mtsc.runtime.data.options import chosen_tasks, ill_formed_options, kind_problems, spec_kind
 from mtsc.runtime.data.sample import (
     IMAGE_MEAN,
     IMAGE_STD,
@@ -139,7 +139,7 @@ def _size_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 def _open_shapes(path: str, split: str, options: dict) -> ShapesArrays:
     """A shapes split: rendered (and cached) from options, or read from an `mtsc data` DIR."""
-    tasks = choose_tasks("shapes", options.pop("tasks", None))
+    tasks = chosen_tasks("shapes", options.pop("tasks", None))
     if path:
         check_split(split)
         arrays = read_split(Path(path).expanduser() / f"{split}.npz")

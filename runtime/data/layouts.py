@@ -29,7 +29,7 @@ from pathlib import Path
 
 from mtsc.errors import MtscError
 from mtsc.runtime.data.convert import depth_map, image_chw, normal_map, read_array, segment_map
-from mtsc.runtime.data.options import CITYSCAPES_CLASSES, chosen_tasks, task_problem
+from mtsc.runtime.data.options import chosen_tasks
 from mtsc.runtime.data.sample import DatasetInfo, Sample, unknown_target
 
 NYUV2_JSON = "nyu_v2_3task.json"
@@ -74,14 +74,6 @@ class FileDataset:
             else:
                 targets[task] = normal_map(read_array(path), path, size)
         return Sample(image=image, targets=targets, valid=valid)
-
-
-def choose_tasks(kind: str, tasks: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
-    """The tasks to load, of the data of `kind` (as `KIND_TASKS` names it): all by default."""
-    problem = task_problem(kind, tasks) if tasks is not None else None
-    if problem:
-        raise MtscError(None, problem)
-    return tuple(dict.fromkeys(chosen_tasks(kind, tasks)))
 
 
 def _check_root(name: str, root: Path) -> None:
@@ -200,11 +192,12 @@ def _require_labels(name: str, samples: tuple[SampleFiles, ...], tasks: tuple[st
 def open_nyuv2(
     root: Path, split: str, tasks: str | tuple[str, ...] | list[str] | None = None
 ) -> FileDataset:
-    """NYUv2 in the MTAN/LibMTL or the AdaShare/AutoMTL layout (detected)."""
+    """NYUv2 in the MTAN/LibMTL or the AdaShare/AutoMTL layout (detected); `tasks` as
+    `open_dataset` checked it."""
     name = "nyuv2"
     root = Path(root).expanduser()
     _check_root(name, root)
-    tasks = choose_tasks(name, tasks)
+    tasks = chosen_tasks(name, tasks)
     index = root / NYUV2_JSON
     if index.is_file():
         columns = {t: NYUV2_JSON_COLUMNS[t] for t in tasks}
@@ -241,18 +234,13 @@ def open_cityscapes(
     """CityScapes in the MTAN/LibMTL or the AdaShare/AutoMTL layout (detected).
 
     `classes` picks the 2-, 7- or 19-class labels; by default 7 for the MTAN/LibMTL layout and
-    19 for the AdaShare one, as each is used in its papers.
+    19 for the AdaShare one, as each is used in its papers. `tasks` and `classes` as
+    `open_dataset` checked them.
     """
     name = "cityscapes"
     root = Path(root).expanduser()
     _check_root(name, root)
-    tasks = choose_tasks(name, tasks)
-    if classes is not None and classes not in CITYSCAPES_CLASSES:
-        raise MtscError(
-            None,
-            f"{name}: classes must be one of {', '.join(map(str, CITYSCAPES_CLASSES))}, "
-            f"got {classes!r}",
-        )
+    tasks = chosen_tasks(name, tasks)
     index = root / CITYSCAPES_JSON
     if index.is_file():
         classes = classes or 19
