@@ -28,7 +28,13 @@ from mtsc.runtime.data.augment import (
     sample_augmentation,
 )
 from mtsc.runtime.data.layouts import open_cityscapes, open_nyuv2
-from mtsc.runtime.data.options import chosen_tasks, ill_formed_options, kind_problems, spec_kind
+from mtsc.runtime.data.options import (
+    chosen_tasks,
+    ill_formed_options,
+    kind_problems,
+    size_pair,
+    spec_kind,
+)
 from mtsc.runtime.data.sample import (
     IMAGE_MEAN,
     IMAGE_STD,
@@ -132,11 +138,6 @@ def _parse_spec(spec: str) -> tuple[str, str]:
     return kind, path
 
 
-def _size_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """(height, width) of a well-formed `size` option (see `option_problems`)."""
-    return (size, size) if isinstance(size, int) else (size[0], size[1])
-
-
 def _open_shapes(path: str, split: str, options: dict) -> ShapesArrays:
     """A shapes split: rendered (and cached) from options, or read from an `mtsc data` DIR."""
     tasks = chosen_tasks("shapes", options.pop("tasks", None))
@@ -144,7 +145,7 @@ def _open_shapes(path: str, split: str, options: dict) -> ShapesArrays:
         check_split(split)
         arrays = read_split(Path(path).expanduser() / f"{split}.npz")
         return ShapesArrays(arrays, tasks, "shapes")
-    height, width = _size_pair(options.pop("size", 64))
+    height, width = size_pair(options.pop("size", 64))
     cache_dir = options.pop("cache_dir", None)
     config = ShapesConfig(height=height, width=width, **options)
     arrays = load_split(config, split, Path(cache_dir) if cache_dir else None)
@@ -173,7 +174,7 @@ def open_dataset(spec: str, split: str, **options) -> MultiTaskDataset:
         source = _open_shapes(path, split, options)
     else:
         if "size" in options:
-            resize = _size_pair(options.pop("size"))
+            resize = size_pair(options.pop("size"))
         tasks = options.pop("tasks", None)
         if kind == "nyuv2":
             source = open_nyuv2(Path(path), split, tasks)

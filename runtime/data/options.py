@@ -62,12 +62,13 @@ def _in(low: int, high: int) -> Callable[[object], bool]:
     return lambda value: _int(value) and low <= value <= high
 
 
-def _size_pair(value: object) -> tuple | list:
-    return value if isinstance(value, (list, tuple)) else (value, value)
+def size_pair(value: object) -> tuple:
+    """A `size` option as a tuple: (height, width) once `option_problems` has passed it."""
+    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
 def _size(value: object) -> bool:
-    pair = _size_pair(value)
+    pair = size_pair(value)
     return len(pair) == 2 and all(_int(n) and n > 0 for n in pair)
 
 
@@ -139,7 +140,7 @@ def kind_problems(kind: str, options: Mapping[str, object]) -> list[tuple[str, s
     size = options.get("size")
     if kind == "shapes" and size is not None and _size(size):
         low, high = SHAPES_MIN_SIZE, SHAPES_MAX_SIZE
-        if not all(low <= n <= high for n in _size_pair(size)):
+        if not all(low <= n <= high for n in size_pair(size)):
             problems.append(
                 ("size", f"shapes: size must be in [{low}, {high}] on each side, got {size!r}")
             )
