@@ -72,8 +72,8 @@ def _size(value: object) -> bool:
     return len(pair) == 2 and all(_int(n) and n > 0 for n in pair)
 
 
-def _count(limit: int) -> tuple[Callable[[object], bool], str]:
-    return _in(0, limit), f"an integer in [0, {limit}]"
+def _range(low: int, high: int) -> tuple[Callable[[object], bool], str]:
+    return _in(low, high), f"an integer in [{low}, {high}]"
 
 
 # option -> (whether a value is of its kind and in its range, what it must be); the range of
@@ -84,12 +84,12 @@ _KINDS = {
     "flip": (lambda v: isinstance(v, bool), "true or false"),
     "scales": (_scales, "a list of numbers >= 1 (zoom-in factors)"),
     "size": (_size, "a positive integer or a [height, width] pair of them"),
-    "objects": (_in(1, SHAPES_MAX_OBJECTS), f"an integer in [1, {SHAPES_MAX_OBJECTS}]"),
-    "seed": _count(SHAPES_MAX_SEED),
+    "objects": _range(1, SHAPES_MAX_OBJECTS),
+    "seed": _range(0, SHAPES_MAX_SEED),
     # a run trains on n_train and checks the model on a validation image: one at least
-    "n_train": (_in(1, SHAPES_MAX_COUNT), f"an integer in [1, {SHAPES_MAX_COUNT}]"),
-    "n_val": (_in(1, SHAPES_MAX_COUNT), f"an integer in [1, {SHAPES_MAX_COUNT}]"),
-    "n_test": _count(SHAPES_MAX_COUNT),
+    "n_train": _range(1, SHAPES_MAX_COUNT),
+    "n_val": _range(1, SHAPES_MAX_COUNT),
+    "n_test": _range(0, SHAPES_MAX_COUNT),
     "cache_dir": (lambda v: isinstance(v, (str, os.PathLike)), "a folder's path (a string)"),
     "classes": (
         lambda v: _int(v) and v in CITYSCAPES_CLASSES,
