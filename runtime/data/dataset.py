@@ -131,7 +131,7 @@ def denormalize_image(image: torch.Tensor) -> torch.Tensor:
 
 def _parse_spec(spec: str) -> tuple[str, str]:
     kind, _, path = spec.partition(":")
-    if kind not in ("shapes", "nyuv2", "cityscapes"):
+    if spec_kind(spec) is None:  # the kinds the options know
         raise MtscError(None, f"unknown dataset {spec!r} (use {SPEC_FORMS})")
     if kind != "shapes" and not path:
         raise MtscError(None, f"{kind} needs a path: {kind}:PATH")
