@@ -22,6 +22,7 @@ from mtsc.codegen.torch_supermodel import GENERATED_BY, emit_supermodel
 from mtsc.driver import load_supermodel as load_supermodel_graph
 from mtsc.errors import MtscError
 from mtsc.fsutil import write_atomic
+from mtsc.ir.graph import Graph
 from mtsc.ir.passes.insert_routing import RoutingOptions
 
 
@@ -40,18 +41,18 @@ def import_generated(path: Path, module_name: str) -> Any:
 
 
 def write_supermodel(
-    model_path: str | Path,
+    model: str | Path | Graph,
     out_dir: str | Path,
     *,
     share_bn: bool = False,
     check_existing: bool = False,
 ) -> Path:
-    """Generate `out_dir/supermodel.py`; with `check_existing`, insist that a file already
-    there is the same model (a run folder belongs to one model)."""
-    g = load_supermodel_graph(model_path, RoutingOptions(share_bn=share_bn))
-    if not g.tasks:
-        raise MtscError(None, f"{model_path}: the model has no tasks section to search over")
-    text = emit_supermodel(g, source_name=str(model_path)).text
+    """Generate `out_dir/supermodel.py` from a model file (or its Graph, loaded once); with
+    `check_existing`, insist that a file already there is the same model (a run folder
+    belongs to one model)."""
+    source = str(model.source if isinstance(model, Graph) else model)
+    g = load_supermodel_graph(model, RoutingOptions(share_bn=share_bn))
+    text = emit_supermodel(g, source_name=source).text
     path = Path(out_dir) / "supermodel.py"
     if check_existing:
         _check_same_model(path, text, out_dir)

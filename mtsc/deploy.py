@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtsc.codegen.torch_common import weight_key
-from mtsc.driver import Pass, load, run_pipeline, supermodel_pipeline
+from mtsc.driver import Pass, load_supermodel, run_pipeline
 from mtsc.errors import MtscError
 from mtsc.ir.graph import Graph
 from mtsc.ir.ops import PARAMETRIC, Op, TorchModule, spec_of, torch_class
@@ -41,14 +41,15 @@ class Pruned:
 
 
 def prune_model(
-    path: str | Path,
+    model: str | Path | Graph,
     policy_spec: str | dict,
     *,
     routing: RoutingOptions | None = None,
     fold_bn: bool = False,
 ) -> Pruned:
+    """`model` (a file, or its Graph loaded once) routed and pruned to `policy_spec`."""
     routing = routing or RoutingOptions()
-    sm = run_pipeline(load(path), supermodel_pipeline(routing))
+    sm = load_supermodel(model, routing)
     policy = read_policy(policy_spec, sm) if isinstance(policy_spec, str) else policy_spec
     pruned = run_pipeline(sm.copy(), prune_pipeline(policy, fold_bn=fold_bn))
     return Pruned(sm, pruned, policy, routing.share_bn)
@@ -87,10 +88,11 @@ def size_report(g: Graph) -> SizeReport:
     )
 
 
-def baselines(path: str | Path, routing: RoutingOptions | None = None) -> dict[str, SizeReport]:
-    """The two extremes of a model file's supermodel (see `supermodel_baselines`)."""
-    sm = run_pipeline(load(path), supermodel_pipeline(routing or RoutingOptions()))
-    return supermodel_baselines(sm)
+def baselines(
+    model: str | Path | Graph, routing: RoutingOptions | None = None
+) -> dict[str, SizeReport]:
+    """The two extremes of a model's supermodel (see `supermodel_baselines`)."""
+    return supermodel_baselines(load_supermodel(model, routing))
 
 
 def supermodel_baselines(sm: Graph) -> dict[str, SizeReport]:

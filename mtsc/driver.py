@@ -60,16 +60,9 @@ def _load_prototxt(path: Path, options: dict) -> Graph:
     return imported.graph
 
 
-_WARNED: set[str] = set()
-
-
 def warn(warnings: Iterable[Diagnostic]) -> None:
-    """Print each warning once: a command may load its model more than once."""
     for warning in warnings:
-        text = warning.render()
-        if text not in _WARNED:
-            _WARNED.add(text)
-            print(text, file=sys.stderr)
+        print(warning.render(), file=sys.stderr)
 
 
 FRONTENDS: dict[str, Callable[[Path, dict], Graph]] = {
@@ -92,6 +85,12 @@ def load(path: str | Path, **options) -> Graph:
     return run_pipeline(frontend(path, options), FRONTEND_PIPELINE)
 
 
+def model_graph(model: str | Path | Graph) -> Graph:
+    """The model a command works on: a model file, loaded (its warnings printed), or a Graph a
+    caller loaded once, copied (the passes change the graph they are given)."""
+    return model.copy() if isinstance(model, Graph) else load(model)
+
+
 def load_backbone(path: str | Path, **options) -> Graph:
     return run_pipeline(load(path, **options), BACKBONE_PIPELINE)
 
@@ -101,8 +100,8 @@ def supermodel_pipeline(options: RoutingOptions) -> tuple[Pass, ...]:
     return (functools.partial(insert_routing, options=options), stack_heads)
 
 
-def load_supermodel(path: str | Path, options: RoutingOptions | None = None) -> Graph:
-    return run_pipeline(load(path), supermodel_pipeline(options or RoutingOptions()))
+def load_supermodel(model: str | Path | Graph, options: RoutingOptions | None = None) -> Graph:
+    return run_pipeline(model_graph(model), supermodel_pipeline(options or RoutingOptions()))
 
 
 BUILD_OUTPUTS = tuple(

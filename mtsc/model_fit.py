@@ -5,10 +5,7 @@ PyTorch traceback. Errors point at the model's own lines."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mtsc.codegen.torch_common import task_spec
-from mtsc.driver import load
 from mtsc.errors import MtscError
 from mtsc.ir.graph import Graph
 from mtsc.ir.ops import Op, param_count
@@ -18,16 +15,15 @@ from mtsc.runtime.task_fit import check_heads_fit_data, count_channels
 
 
 def check_model_fits_data(
-    model_path: str | Path,
+    g: Graph,
     image_shape: tuple[int, ...],
     info: DatasetInfo,
     data: str,
     *,
     batch_size: int,
 ) -> None:
-    """The model takes `data`'s images (C x H x W, as its dataset yields them) in batches of
-    `batch_size`, and its tasks train on `data`'s targets."""
-    g = load(model_path)
+    """The model `g` (as loaded) takes `data`'s images (C x H x W, as its dataset yields them)
+    in batches of `batch_size`, and its tasks train on `data`'s targets."""
     sized = graph_at_images(g, tuple(image_shape), data)
     check_heads_fit_data(
         {task.name: task_spec(task) for task in g.tasks},

@@ -257,3 +257,25 @@ def test_api_resume_of_a_search_run_is_refused(
         f"{run / 'last.pt'} is a search run, not a train run; "
         f"`mtsc search MODEL --resume {run}` continues it"
     )
+
+
+def test_each_command_prints_a_model_warning_once(tmp_path, model_file, config_file, capsys):
+    """A command loads its model once: search, train and the pruned graph each print the
+    unused value's warning once, and so does a second command in the same process."""
+    spare = "    spare: y = conv(x, 4, k=1)\n    return x"
+    text = model_file.read_text().replace("    return x", spare)
+    unused = tmp_path / "unused.mtl"
+    unused.write_text(text)
+    steps = ["--set", "warmup_steps=1", "--set", "search_steps=1", "--set", "batch_size=4"]
+    commands = [
+        ["search", unused, "--config", config_file, "--out", tmp_path / "s", *steps,
+         "--set", "eval_every=0"],
+        ["train", unused, "--policy", "shared", "--config", config_file, "--out", tmp_path / "t",
+         "--set", "steps=0"],
+        ["graph", unused, "--stage", "pruned", "--policy", "shared", "-o", tmp_path / "g.dot"],
+    ]  # fmt: skip
+    for command in commands + commands[-1:]:
+        flags = ["--no-progress"] if command[0] != "graph" else []
+        assert main([str(arg) for arg in command] + flags) == 0
+        err = capsys.readouterr().err
+        assert err.count("spare is never used") == 1, (command[0], err)

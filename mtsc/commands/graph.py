@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                 None, "--stage pruned needs --policy (a policy.json, shared or specific)"
             )
         routing = RoutingOptions(share_bn=args.share_bn)
-        g = prune_model(args.model, args.policy, routing=routing).model
+        g = prune_model(model, args.policy, routing=routing).model
         text = emit_pruned_dot(g, title=f"{g.name} pruned ({Path(args.policy).name})")
     else:
         g = run_pipeline(model, supermodel_pipeline(RoutingOptions(share_bn=args.share_bn)))

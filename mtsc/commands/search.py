@@ -177,6 +177,7 @@ def undone_unless_resumable(run_dir: Path, resume: bool):
 
 def run(args: argparse.Namespace) -> int:
     from mtsc.api import import_generated, write_supermodel
+    from mtsc.driver import load
     from mtsc.fsutil import check_output_files
     from mtsc.model_fit import check_model_fits_data
     from mtsc.runtime.checkpoint import seed_everything
@@ -207,8 +208,9 @@ def run(args: argparse.Namespace) -> int:
     train_set = open_dataset(command["data"], "train", **data)
     val_set = open_dataset(command["data"], "val", **data)
     # before the run folder is touched: a model that cannot take the data fails here, located
+    model = load(args.model)
     check_model_fits_data(
-        args.model,
+        model,
         val_set[0][0].shape,
         train_set.info,
         command["data"],
@@ -220,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         path = run_dir / "supermodel.py"
         if rank == 0:
             path = write_supermodel(
-                args.model, run_dir, share_bn=command["share_bn"], check_existing=bool(args.resume)
+                model, run_dir, share_bn=command["share_bn"], check_existing=bool(args.resume)
             )
         barrier()
         seed_everything(config.seed)  # torch's default seed is random: the weights need one

@@ -121,6 +121,7 @@ def train_pruned(
     from mtsc.api import import_generated
     from mtsc.codegen.torch_pruned import emit_pruned
     from mtsc.deploy import carry_weights, prune_model, read_checkpoint, size_report
+    from mtsc.driver import load
     from mtsc.fsutil import write_atomic
     from mtsc.ir.passes.insert_routing import RoutingOptions
     from mtsc.model_fit import check_model_fits_data
@@ -132,10 +133,11 @@ def train_pruned(
     data_options = dict(config.data)
     train_set = open_dataset(data, "train", **data_options)
     val_set = open_dataset(data, "val", **data_options)
+    model = load(model_path)
     check_model_fits_data(
-        model_path, val_set[0][0].shape, train_set.info, data, batch_size=config.batch_size
+        model, val_set[0][0].shape, train_set.info, data, batch_size=config.batch_size
     )
-    pruned = prune_model(model_path, policy, routing=RoutingOptions(share_bn=share_bn))
+    pruned = prune_model(model, policy, routing=RoutingOptions(share_bn=share_bn))
     name = policy if isinstance(policy, str) else "policy.json"
     source = emit_pruned(pruned.model, source_name=str(model_path), policy_name=str(name)).text
     start = None  # the weights are read before anything is written: a bad file fails at once
