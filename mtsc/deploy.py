@@ -172,14 +172,11 @@ def read_checkpoint(path: str | Path, pruned: Pruned) -> dict:
 def _check_search_run(path: str | Path, data: dict, sm: Graph, share_bn: bool) -> None:
     """A search's last.pt names its model, tasks and command settings: a mismatch is said
     plainly instead of as the first tensor that does not fit."""
-    tasks = [t.name for t in sm.tasks]
-    searched = (data.get("model_name"), data.get("tasks"))
-    if searched[0] is not None and searched != (sm.name, tasks):
-        raise MtscError(
-            None,
-            f"{path} is a search of model {searched[0]!r} with tasks {searched[1]}, "
-            f"not of {sm.name!r} with {tasks}",
-        )
+    from mtsc.runtime.checkpoint import check_searched_model
+
+    if data.get("model_name") is not None:
+        searched = (data["model_name"], data.get("tasks"))
+        check_searched_model(path, searched, (sm.name, [t.name for t in sm.tasks]))
     command = data.get("command")
     searched_bn = command.get("share_bn") if isinstance(command, dict) else None
     if isinstance(searched_bn, bool) and searched_bn != share_bn:

@@ -49,6 +49,19 @@ def write_text_atomic(path: Path, text: str) -> None:
     _write_atomic(path, lambda f: f.write(text.encode()))
 
 
+def check_searched_model(
+    path: str | Path, searched: tuple[str, list[str]], model: tuple[str, list[str]]
+) -> None:
+    """A search checkpoint names its model and tasks, (name, tasks): one of another model is
+    refused by name rather than at the first tensor that does not fit."""
+    if searched != model:
+        raise MtscError(
+            None,
+            f"{path} is a search of model {searched[0]!r} with tasks {searched[1]}, "
+            f"not of {model[0]!r} with {model[1]}",
+        )
+
+
 def load_checkpoint(path: Path, *, mmap: bool = False) -> dict[str, Any]:
     """Tensors and plain containers only: loading a checkpoint never runs code. A file that
     cannot be loaded so is an MtscError naming it, with torch's reason in one line. `mmap`

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mtsc.errors import MtscError
 from mtsc.runtime.checkpoint import (
+    check_searched_model,
     rng_state,
     set_rng_state,
     write_text_atomic,
@@ -308,12 +309,9 @@ def _restore(run: _Run, path: Path) -> None:
     if not path.exists():
         raise MtscError(None, f"nothing to resume: {path} does not exist")
     state = load_resumable(path, "search")
-    if state["model_name"] != run.model.MODEL or state["tasks"] != list(run.model.TASKS):
-        raise MtscError(
-            None,
-            f"{path} is a run of model {state['model_name']!r} with tasks "
-            f"{state['tasks']}, not of {run.model.MODEL!r} with {list(run.model.TASKS)}",
-        )
+    check_searched_model(
+        path, (state["model_name"], state["tasks"]), (run.model.MODEL, list(run.model.TASKS))
+    )
     ours = run.model.state_dict()
     if set(state["model"]) != set(ours) or any(
         state["model"][k].shape != v.shape for k, v in ours.items()

@@ -380,7 +380,7 @@ def test_api_resume_checks_the_model_against_the_checkpoint(cli_run, tmp_path, d
     with pytest.raises(MtscError) as err:
         search(load_supermodel(renamed), *datasets, run, resume=True, progress=False, **STEPS)
     assert err.value.message == (
-        f"{run / 'last.pt'} is a run of model 'two_tasks' with tasks ['segment', 'depth'], "
+        f"{run / 'last.pt'} is a search of model 'two_tasks' with tasks ['segment', 'depth'], "
         "not of 'other' with ['segment', 'depth']"
     )
 
