@@ -115,3 +115,13 @@ def scored_classes(
 TASK_METRICS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {"segment": SEGMENTATION_METRICS, "depth": ("depth",), "normal": ("normal",)}
 )
+
+
+def default_loss(task: str) -> str | None:
+    """The loss a task trains with when its line gives no `loss=`: by its name, else none."""
+    return TASK_LOSSES.get(task, (None,))[0]
+
+
+def default_metric(task: str) -> str | None:
+    """The metric a task is scored with when its line gives no `metric=`."""
+    return TASK_METRICS.get(task, (None,))[0]

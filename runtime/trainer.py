@@ -30,8 +30,8 @@ from mtsc.runtime.losses import make_loss
 from mtsc.runtime.metrics import Metric, check_metric_options, make_metric
 from mtsc.runtime.objectives import (
     SEGMENTATION_METRICS,
-    TASK_LOSSES,
-    TASK_METRICS,
+    default_loss,
+    default_metric,
     scored_classes,
 )
 
@@ -54,7 +54,7 @@ class TaskObjective:
         self.weights = {}
         self.metric_specs = {}
         for task, spec in task_specs.items():
-            loss = spec.get("loss") or (TASK_LOSSES.get(task, (None,))[0], {})
+            loss = spec.get("loss") or (default_loss(task), {})
             if loss[0] is None:
                 raise MtscError(None, f"task {task!r} has no loss= in the tasks section")
             try:
@@ -62,7 +62,7 @@ class TaskObjective:
             except ValueError as err:
                 raise MtscError(None, f"task {task!r}: {err}") from None
             self.weights[task] = float(spec.get("weight", 1.0))
-            metric = spec.get("metric") or (TASK_METRICS.get(task, (None,))[0], {})
+            metric = spec.get("metric") or (default_metric(task), {})
             if metric[0] is not None:
                 options = dict(metric[1])
                 if metric[0] in SEGMENTATION_METRICS:

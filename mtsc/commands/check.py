@@ -8,7 +8,7 @@ from mtsc.driver import build, warn
 from mtsc.ir.errors import Diagnostic
 from mtsc.ir.graph import Graph
 from mtsc.report import summary_json, summary_text, supermodel_info, supermodel_text
-from mtsc.runtime.objectives import TASK_LOSSES
+from mtsc.runtime.objectives import TASK_LOSSES, default_loss
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,5 +45,5 @@ def lossless_tasks(g: Graph) -> list[Diagnostic]:
             f"(only tasks named {defaults} have a default)",
         )
         for task in g.tasks
-        if task.loss is None and task.name not in TASK_LOSSES
+        if task.loss is None and default_loss(task.name) is None
     ]
