@@ -302,6 +302,20 @@ def test_unused_values_are_dropped_with_a_warning(write_model, capsys) -> None:
     assert routed == ["conv1"]
 
 
+def test_ops_feeding_two_unused_values_count_for_neither(write_model, capsys) -> None:
+    path = write_model(
+        "input image: 3x8x8\nbackbone {\n    x = conv(image, 4, k=1)\n"
+        "    t = conv(x, 4, k=1) | relu\n    a = conv(t, 4, k=1)\n"
+        "    b = conv(t, 4, k=1) | relu\n    return x\n}\n"
+    )
+    assert names(load(path)) == ["conv1"]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert [line.split("warning: ")[1] for line in warnings] == [
+        "conv3 is never used: dropped",
+        "relu2 is never used: dropped with the 1 op only it needs",
+    ]
+
+
 # ---------------------------------------------------------------- tasks
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from mtsc.ir.errors import Diagnostic
 from mtsc.ir.graph import Graph
 from mtsc.ir.ops import Op
@@ -22,13 +24,14 @@ def drop_unused_values(g: Graph) -> list[Diagnostic]:
     for each unused value, with the count of the ops that only it needed."""
     live = _live(g)
     dead = [n for n in g.topo_order() if n not in live and g.node(n).op is not Op.INPUT]
-    dead_set = set(dead)
+    unused = [n for n in dead if not g.users(n)]
+    feeds = {n: g.ancestors(n).intersection(dead) for n in unused}
+    # an op that feeds two unused values is needed by neither alone
+    needed_by = Counter(op for ops in feeds.values() for op in ops)
     warnings = []
-    for nid in dead:
-        if g.users(nid):
-            continue
+    for nid in unused:
         node = g.node(nid)
-        feeding = len(g.ancestors(nid) & dead_set)
+        feeding = sum(needed_by[op] == 1 for op in feeds[nid])
         before = f" with the {feeding} op{'s' * (feeding > 1)} only it needs" if feeding else ""
         warnings.append(Diagnostic(node.loc, f"{node.name} is never used: dropped{before}"))
     for nid in reversed(dead):
