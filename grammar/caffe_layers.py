@@ -462,6 +462,11 @@ def _check_caffe_rounding(
 
 def eltwise(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     p = _params(layer)
+    # Caffe checks the bottoms' shapes are equal; the IR's ops would broadcast a C x 1 x 1 one
+    other = next((shape for shape in ins[1:] if shape != ins[0]), None)
+    if other is not None:
+        shapes = " and ".join("x".join(map(str, shape)) for shape in (ins[0], other))
+        raise layer.error(f"bottoms of shapes {shapes}; Eltwise takes bottoms of one shape")
     coeffs = [f32(c) for c in p.coeff]
     if p.operation != p.SUM:
         if coeffs:

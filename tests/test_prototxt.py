@@ -1338,7 +1338,17 @@ ERRORS = {
     "eltwise channels": (
         INPUT + conv("a") + layer("e", "Eltwise", "data", "a"),
         None,
-        "layer 'e' (Eltwise): add: 3 vs 4 channels",
+        "layer 'e' (Eltwise): bottoms of shapes 3x8x8 and 4x6x6; Eltwise takes bottoms of "
+        "one shape",
+        'layer {\n  name: "e"',
+    ),
+    "eltwise broadcast": (
+        INPUT
+        + pool("g", "pool: AVE global_pooling: true")
+        + layer("e", "Eltwise", "data", "g", body="eltwise_param { operation: PROD }"),
+        None,
+        "layer 'e' (Eltwise): bottoms of shapes 3x8x8 and 3x1x1; Eltwise takes bottoms of "
+        "one shape",
         'layer {\n  name: "e"',
     ),
     "concat axis": (
