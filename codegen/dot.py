@@ -57,6 +57,8 @@ FOLLOWERS = frozenset(
 )
 # Ops whose second input gives only the output's height and width.
 SIZED_BY_SECOND = frozenset({Op.UPSAMPLE, Op.INTERP, Op.CROP})
+# The edge from a value that an op reads only the size of (`upsample(x, skip)`).
+SIZE_EDGE = ' [style=dashed, label="size"]'
 _TASK_PLUMBING = frozenset({Op.TASK_STACK, Op.TASK_SLICE})
 
 
@@ -108,11 +110,13 @@ def op_label(node: Node) -> str:
 @dataclass(frozen=True)
 class Boxes:
     """What a picture draws: each box's ops (its first op, then the followers shown in it),
-    the box each drawn op is in, and the size-only inputs it leaves out."""
+    the box each drawn op is in, the size-only inputs it leaves out, and the ops whose second
+    input gives only a size (its edge drawn dashed)."""
 
     chains: dict[int, list[int]]
     box_of: dict[int, int]
     sized_by: dict[int, int]  # op -> the graph input whose size it takes, its edge not drawn
+    sized_by_value: frozenset[int] = frozenset()  # ops taking another value's size
 
     def sources(self, nid: int, inputs: list[int]) -> list[int]:
         """The boxes the edges into box `nid` come from."""
@@ -132,12 +136,15 @@ def make_boxes(g: Graph, order: list[int], group: Callable[[int], Hashable]) -> 
     """Fold each follower into the box before it when nothing else reads that box's value and
     both ops share a group (cluster, and task in the multi-task pictures)."""
     sized_by = {}
+    sized_by_value = set()
     for nid in order:
         inputs = g.inputs(nid)
         if g.node(nid).op in SIZED_BY_SECOND and len(inputs) == 2:
             source = _graph_input(g, inputs[1])
             if source is not None:
                 sized_by[nid] = source
+            else:
+                sized_by_value.add(nid)
     references = {g.inputs(nid)[1] for nid in sized_by}
     # a task's slice of the image that only sizes its head's output has nothing left to draw
     hidden = {
@@ -166,7 +173,7 @@ def make_boxes(g: Graph, order: list[int], group: Callable[[int], Hashable]) -> 
         else:
             box_of[nid] = nid
             chains[nid] = [nid]
-    return Boxes(chains, box_of, sized_by)
+    return Boxes(chains, box_of, sized_by, frozenset(sized_by_value))
 
 
 def follower_text(g: Graph, chain: list[int], *, per_task: bool = False) -> str:
@@ -244,8 +251,9 @@ def _natural(key: str) -> list:
 
 def emit_edges(w: SourceWriter, boxes: Boxes, inputs_of: Callable[[int], list[int]]) -> None:
     for nid in boxes.chains:
-        for src in boxes.sources(nid, inputs_of(nid)):
-            w.line(f"n{src} -> n{nid};")
+        for port, src in enumerate(boxes.sources(nid, inputs_of(nid))):
+            size_only = port == 1 and nid in boxes.sized_by_value
+            w.line(f"n{src} -> n{nid}{SIZE_EDGE if size_only else ''};")
 
 
 def emit_dot(g: Graph, *, title: str) -> str:

@@ -74,29 +74,33 @@ def test_pruned_stage_needs_a_policy(tmp_path, run_mtsc):
 # ------------------------------------------------- boxes and edges against the IR they draw
 
 BOX = re.compile(r'^\s*n(\d+) \[.*tooltip="((?:[^"\\]|\\.)*)"', re.M)
-EDGE = re.compile(r"^\s*n(\d+) -> n(\d+)", re.M)
+EDGE = re.compile(r"^\s*n(\d+) -> n(\d+)( \[style=dashed, label=\"size\"\])?", re.M)
 EXAMPLES = sorted(p for p in Path("examples").glob("*.mtl") if p.name != "resnet_blocks.mtl")
 DRAWN = [  # (model, stage, policy): the prototxt fixtures have no tasks to prune for
     *((m, "backbone", None) for m in EXAMPLES),
     *((m, "backbone", None) for m in sorted(Path("tests/fixtures/prototxt").glob("*.prototxt"))),
     *((m, "pruned", p) for m in EXAMPLES for p in ("shared", "specific")),
+    # upsampling to the size of a value, in the backbone and in a head
+    (Path("tests/models/tiny.mtl"), "backbone", None),
+    *((Path("tests/models/multiscale_heads.mtl"), "pruned", p) for p in ("shared", "specific")),
 ]
 
 
 def drawn(dot: str, g: Graph) -> tuple[dict[int, int], Counter]:
-    """Each op's box (by the names a box's tooltip lists), and the edges between boxes."""
+    """Each op's box (by the names a box's tooltip lists), and the edges between boxes, each
+    with whether it is drawn as a size-only edge."""
     ids = {node.name: nid for nid, node in g.nodes()}
     box_of = {}
     for box, names in BOX.findall(dot):
         for name in names.encode().decode("unicode_escape").split(", "):
             assert ids[name] not in box_of, f"{name} is drawn twice"
             box_of[ids[name]] = int(box)
-    return box_of, Counter((int(a), int(b)) for a, b in EDGE.findall(dot))
+    return box_of, Counter((int(a), int(b), bool(size)) for a, b, size in EDGE.findall(dot))
 
 
-def sized_by_image(g: Graph, nid: int, port: int) -> bool:
-    """The input `port` of `nid` gives only its size, and is the graph's input."""
-    return port == 1 and g.node(nid).op in SIZED_BY_SECOND and g.inputs(nid)[1] in g.input_ids()
+def size_only(g: Graph, nid: int, port: int) -> bool:
+    """The input `port` of `nid` gives only its size."""
+    return port == 1 and g.node(nid).op in SIZED_BY_SECOND and len(g.inputs(nid)) == 2
 
 
 @pytest.mark.parametrize(
@@ -104,7 +108,8 @@ def sized_by_image(g: Graph, nid: int, port: int) -> bool:
 )
 def test_every_op_is_in_one_box_and_every_edge_between_boxes_is_drawn(model, stage, policy):
     """Contracting each box's ops gives back the graph, edge for edge; inside a box the ops
-    form a chain, each reading only the one before it."""
+    form a chain, each reading only the one before it. An edge that gives only a size is
+    dashed, or left out where it comes from the image (the box says so)."""
     if stage == "backbone":
         g = load_backbone(model)
         dot = emit_dot(g, title="t")
@@ -118,8 +123,8 @@ def test_every_op_is_in_one_box_and_every_edge_between_boxes_is_drawn(model, sta
         for port, src in enumerate(g.inputs(nid)):
             if box_of[src] == box_of[nid]:
                 assert g.inputs(nid) == [src] and g.users(src) == [nid]
-            elif not sized_by_image(g, nid, port):
-                expected[box_of[src], box_of[nid]] += 1
+            elif not (size_only(g, nid, port) and src in g.input_ids()):
+                expected[box_of[src], box_of[nid], size_only(g, nid, port)] += 1
     assert edges == expected
 
 
