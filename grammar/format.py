@@ -4,6 +4,7 @@ Formatting is idempotent and never changes what a file means (the tests check bo
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
 from mtsc.grammar import ast
@@ -102,6 +103,14 @@ class _Printer:
         self.comments = sorted(module.comments, key=lambda c: (c.line, c.column))
         self.next_comment = 0
         self.source_lines = source_lines(module.source)
+        # the source with its comments blanked out, for scanning the code around a span
+        code_lines = list(self.source_lines)
+        for c in self.comments:
+            code_lines[c.line - 1] = code_lines[c.line - 1][: c.column - 1] + " " * len(c.text)
+        self.code = "\n".join(code_lines)
+        self.line_starts = [0]
+        for text in code_lines:
+            self.line_starts.append(self.line_starts[-1] + len(text) + 1)
 
     # -- comments and blank lines ----------------------------------------------------------
 
@@ -141,13 +150,25 @@ class _Printer:
             self.next_comment += 1
         self.lines.append(INDENT * depth + text + trailing)
 
-    def emit_value(self, prefix: str, value: ast.Expr, suffix: str, depth: int, line: int) -> None:
+    def emit_value(
+        self,
+        prefix: str,
+        value: ast.Expr,
+        suffix: str,
+        depth: int,
+        line: int,
+        name: ast.Span | None = None,
+    ) -> None:
         """`prefix value suffix` on one line; or one item per line between the brackets of a
         list or tuple literal that would pass MAX_WIDTH, or of a call or literal that holds
-        comments (which stay beside the items they were written after)."""
+        comments (which stay beside the items they were written after). `name`: that of the
+        call or block whose item `value` is, before its bracket."""
         if isinstance(value, ast.Pipe) and self._comment_within(value.span):
             stages = _stages(value)
-            if precedence(stages[0]) >= _PREC["|"]:  # else it needs brackets: one line
+            # a chain needing brackets, or with a comment inside them before its first stage,
+            # is written as it was
+            first = self.comments[self.next_comment].line >= stages[0].span.line
+            if precedence(stages[0]) >= _PREC["|"] and first:
                 self._emit_chain(prefix, stages, suffix, depth)
                 return
         text = f"{prefix}{format_expr(value)}{suffix}"
@@ -155,35 +176,99 @@ class _Printer:
         inside = items is not None and self._comment_within(value.span)
         too_wide = len(INDENT * depth + text) > MAX_WIDTH and not isinstance(value, ast.Call)
         if items is None or not items or not (inside or (too_wide and len(items) > 1)):
-            self.emit(text, depth, line)
+            written = self._with_brackets(value.span, name)
+            if self._comment_within(written):
+                self._emit_as_written(prefix, written, suffix, depth, line)
+            else:
+                self.emit(text, depth, line)
             return
         opening, closing = _brackets(value)
-        texts = [(_format_item(item), item.span) for item in items]
-        self._emit_exploded(f"{prefix}{opening}", texts, f"{closing}{suffix}", depth, value.span)
+        parts = [_item_parts(item) for item in items]
+        call = value.func_span if isinstance(value, ast.Call) else None
+        self._emit_exploded(
+            f"{prefix}{opening}", parts, f"{closing}{suffix}", depth, value.span, line, call
+        )
 
     def _emit_exploded(
         self,
         opening: str,
-        items: Sequence[tuple[str, ast.Span]],
+        items: Sequence[tuple[str, ast.Expr | None, ast.Span]],
         closing: str,
         depth: int,
         span: ast.Span,
+        line: int,
+        name: ast.Span | None = None,
     ) -> None:
         """`opening`, then each item and its comments on a line of its own, then `closing`
-        (the items and the brackets' `span` say where each comment goes)."""
-        if items[0][1].line == span.line:  # a comment on this line is the item's
+        (the items and the brackets' `span` say where each comment goes; a comment on line
+        `line` ends the closing line). Each item is (its `name=`, its value, its span); one
+        whose value holds comments is laid out as a value of its own. `name`: the call's or
+        block's, before its bracket."""
+        written = [self._with_brackets(item_span, name) for _, _, item_span in items]
+        if written[0].line == span.line:  # a comment on this line is the item's
             self.lines.append(INDENT * depth + opening)
         else:
             self.emit(opening, depth, span.line)
-        for i, (text, item_span) in enumerate(items):
+        for i, ((prefix, value, _), item_span) in enumerate(zip(items, written, strict=True)):
             self.lead(item_span.line, depth + 1, first=True)
-            upto = item_span.end_line or item_span.line
+            # a comment on the line the next item starts on, or the closing bracket is on,
+            # is not this item's
+            upto = min(item_span.end_line or item_span.line, (span.end_line or span.line) - 1)
             if i + 1 < len(items):
-                upto = min(upto, items[i + 1][1].line - 1)
-            self._item_line(text + ",", depth + 1, upto)
+                upto = min(upto, written[i + 1].line - 1)
+            if value is not None and self._comment_within(self._with_brackets(value.span, name)):
+                self.emit_value(prefix, value, ",", depth + 1, upto, name)
+            else:
+                self._item_line(_parts_text((prefix, value, item_span)) + ",", depth + 1, upto)
         for c in self._pending(span.end_line or span.line):
             self.lines.append(INDENT * (depth + 1) + c.text)
-        self.emit(closing, depth, span.end_line or span.line)
+        self.emit(closing, depth, line)
+
+    def _emit_as_written(
+        self, prefix: str, span: ast.Span, suffix: str, depth: int, line: int
+    ) -> None:
+        """A value whose comments no layout here keeps in place (they are inside a bracketed
+        sub-expression): its source text as written, each line's indentation kept relative to
+        the line it starts on, so the comments stay beside what they were written after."""
+        first, *rest = self.source_lines[span.line - 1 : span.end_line]
+        rest[-1] = rest[-1][: span.end_column - 1]
+        base = len(first) - len(first.lstrip())
+        written = [prefix + first[span.column - 1 :].rstrip()]
+        for text in rest:
+            extra = " " * max(0, len(text) - len(text.lstrip()) - base)
+            written.append(extra + text.strip() if text.strip() else "")
+        self._pending(span.end_line)  # the comments inside are in the text
+        self.lines.extend(INDENT * depth + text if text else "" for text in written[:-1])
+        self.emit(written[-1] + suffix, depth, line)
+
+    def _with_brackets(self, span: ast.Span, opening: ast.Span | None = None) -> ast.Span:
+        """`span` grown over the brackets around it (a bracketed expression's span leaves out
+        its own), up to, not over, the first `(` from `opening`'s end: the bracket of the call
+        or block whose item `span` is."""
+        code = self.code
+        start = self._offset(span.line, span.column)
+        end = self._offset(span.end_line or span.line, span.end_column or span.column)
+        limit = -1
+        if opening is not None:
+            limit = code.index("(", self._offset(opening.end_line, opening.end_column))
+        while True:
+            before = len(code[:start].rstrip()) - 1
+            after = len(code) - len(code[end:].lstrip())
+            if before <= limit or after >= len(code) or code[before] + code[after] != "()":
+                break
+            start, end = before, after + 1
+        line = bisect.bisect_right(self.line_starts, start)
+        end_line = bisect.bisect_right(self.line_starts, end - 1)
+        return ast.Span(
+            span.file,
+            line,
+            start - self.line_starts[line - 1] + 1,
+            end_line=end_line,
+            end_column=end - self.line_starts[end_line - 1] + 1,
+        )
+
+    def _offset(self, line: int, column: int) -> int:
+        return self.line_starts[line - 1] + column - 1
 
     def _emit_chain(self, prefix: str, stages: list[ast.Expr], suffix: str, depth: int) -> None:
         """A pipe chain that holds comments, one stage a line (`| stage`, indented once), each
@@ -212,6 +297,13 @@ class _Printer:
         line = last.line + 1
         while not self.source_lines[line - 1].lstrip().startswith("backbone"):
             line += 1
+        return line
+
+    def _brace_line(self, last_param: ast.Span) -> int:
+        """The line of the `{` after a block's last parameter (comments may come between)."""
+        line, column = last_param.end_line or last_param.line, last_param.end_column or 1
+        while "{" not in self.source_lines[line - 1][column - 1 :].split("#")[0]:
+            line, column = line + 1, 1
         return line
 
     def _comment_within(self, span: ast.Span) -> bool:
@@ -263,18 +355,15 @@ class _Printer:
             self.emit_value(f"{item.name} = ", item.value, "", 0, item.span.end_line)
         elif isinstance(item, ast.BlockDef):
             self.decorators(item.decorators, 0, item.name_span.line)
-            params = [
-                (p.name if p.default is None else f"{p.name}={format_expr(p.default)}", p.span)
-                for p in item.params
-            ]
+            params = [_param_parts(p) for p in item.params]
             opening = f"block {item.name}("
-            # from the name to the last parameter: a comment there belongs to a parameter
-            last = (params[-1][1].end_line or params[-1][1].line) if params else 0
+            # from the name to the body's brace: a comment before that line is a parameter's
+            last = self._brace_line(params[-1][2]) if params else 0
             span = ast.Span(item.span.file, item.name_span.line, 1, end_line=last)
             if params and self._comment_within(span):
-                self._emit_exploded(opening, params, ") {", 0, span)
+                self._emit_exploded(opening, params, ") {", 0, span, last, item.name_span)
             else:
-                text = ", ".join(t for t, _ in params)
+                text = ", ".join(map(_parts_text, params))
                 self.emit(f"{opening}{text}) {{", 0, item.name_span.line)
             self.body(item.body, 1)
             self.close(item.end_span, 0)
@@ -380,10 +469,26 @@ def _brackets(value: ast.Expr) -> tuple[str, str]:
 
 
 def _format_item(item: ast.Expr | ast.Arg) -> str:
+    return _parts_text(_item_parts(item))
+
+
+def _parts_text(parts: tuple[str, ast.Expr | None, ast.Span]) -> str:
+    prefix, value, _ = parts
+    return prefix if value is None else prefix + format_expr(value)
+
+
+def _param_parts(param: ast.Param) -> tuple[str, ast.Expr | None, ast.Span]:
+    """A block parameter as (its name, or `name=` and its default; its span)."""
+    if param.default is None:
+        return param.name, None, param.span
+    return f"{param.name}=", param.default, param.span
+
+
+def _item_parts(item: ast.Expr | ast.Arg) -> tuple[str, ast.Expr, ast.Span]:
+    """An argument or literal item as (`name=` or nothing, its value, its span)."""
     if isinstance(item, ast.Arg):
-        value = format_expr(item.value)
-        return value if item.name is None else f"{item.name}={value}"
-    return format_expr(item)
+        return ("" if item.name is None else f"{item.name}=", item.value, item.span)
+    return "", item, item.span
 
 
 def _first_line(item: ast.Item) -> int:

@@ -231,7 +231,10 @@ backbone {
         # done
     )  # after
     y = [
-        [1, 2],  # a
+        [
+            1,  # a
+            2,
+        ],
         3,
     ]
     return relu(
@@ -281,8 +284,8 @@ input image: 3x8x8
 # why
 block stem(
     x,  # the input
-    c=8,  # its width
-) {
+    c=8,
+) {  # its width
     return x
 }
 backbone {
@@ -350,3 +353,19 @@ def test_commented_arguments_keep_their_comments_in_order(args) -> None:
     else:
         call = [f"    x = conv({', '.join(text for text, _, _ in args)})"]
     assert formatted.splitlines()[2:-2] == call
+
+
+def test_a_comment_inside_a_bracketed_sub_expression_stays_where_it_was() -> None:
+    # No layout of the formatter's own keeps these comments in place: the value is written
+    # as it was, re-indented with its statement.
+    text = (
+        "input image: 3x8x8\nbackbone {\n  x = conv(image, 4, k=1)\n"
+        "  y = x + (x  # first\n      | conv(4, k=1)  # second\n      | relu)\n  return y\n}\n"
+    )
+    formatted = format_source(text, "c.mtl")
+    assert formatted.splitlines()[3:6] == [
+        "    y = x + (x  # first",
+        "        | conv(4, k=1)  # second",
+        "        | relu)",
+    ]
+    assert format_source(formatted, "c.mtl") == formatted

@@ -295,6 +295,48 @@ def test_formatting_random_expressions_round_trips(expr: str) -> None:
     check_round_trip(f"v = {expr}\n")
 
 
+@st.composite
+def commented_expressions(draw) -> str:
+    """An expression with comments (each ending its line) after some of its brackets and
+    commas, nested as deep as they come: the generated strings hold neither."""
+    parts = re.split(r"(?<=[(,\[])", draw(expressions))
+    text = parts[0]
+    for i, part in enumerate(parts[1:]):
+        text += (f"  # c{i}\n" if draw(st.booleans()) else "") + part
+    return text
+
+
+def code_before_comments(text: str) -> list[str]:
+    """For each comment, the code before it, without the spaces, brackets and commas that
+    formatting may add or take away."""
+    comments = parse(text, "p.mtl").comments
+    code = text.split("\n")
+    for c in comments:  # one comment a line, to its end
+        code[c.line - 1] = code[c.line - 1][: c.column - 1]
+    return [
+        re.sub(r"[\s(),]", "", "".join(code[: c.line - 1]) + code[c.line - 1]) for c in comments
+    ]
+
+
+# Where an expression can stand: a statement, a constant, a task head, a parameter's default.
+PLACES = [
+    "backbone {{\n    v = {}\n    return v\n}}\n",
+    "c = {}\n",
+    "tasks {{\n    t: {} loss=l1\n}}\n",
+    "block b(x, p={}) {{\n    return x\n}}\n",
+]
+
+
+@settings(FUZZ, max_examples=_explore or 150)
+@given(commented_expressions(), st.sampled_from(PLACES))
+def test_comments_inside_expressions_stay_beside_their_code(expr: str, place: str) -> None:
+    text = place.format(expr)
+    check_round_trip(text)
+    event(f"{text.count('#')} comments")
+    formatted = format_module(parse(text, "p.mtl"))
+    assert code_before_comments(formatted) == code_before_comments(text), formatted
+
+
 @settings(FUZZ, max_examples=_explore or 60)
 @given(
     st.lists(
