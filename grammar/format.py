@@ -252,8 +252,11 @@ class _Printer:
         if opening is not None:
             limit = code.index("(", self._offset(opening.end_line, opening.end_column))
         while True:
-            before = len(code[:start].rstrip()) - 1
-            after = len(code) - len(code[end:].lstrip())
+            before, after = start - 1, end
+            while before > limit and code[before].isspace():
+                before -= 1
+            while after < len(code) and code[after].isspace():
+                after += 1
             if before <= limit or after >= len(code) or code[before] + code[after] != "()":
                 break
             start, end = before, after + 1
@@ -301,10 +304,8 @@ class _Printer:
 
     def _brace_line(self, last_param: ast.Span) -> int:
         """The line of the `{` after a block's last parameter (comments may come between)."""
-        line, column = last_param.end_line or last_param.line, last_param.end_column or 1
-        while "{" not in self.source_lines[line - 1][column - 1 :].split("#")[0]:
-            line, column = line + 1, 1
-        return line
+        end = self._offset(last_param.end_line, last_param.end_column)
+        return bisect.bisect_right(self.line_starts, self.code.index("{", end))
 
     def _comment_within(self, span: ast.Span) -> bool:
         """Whether the next comment is inside `span`, before its last line."""
