@@ -661,7 +661,7 @@ SUPPORTED_TYPES = tuple(sorted({*CONVERTERS, "Input", "Softmax", "Split", "Upsam
 BOTTOMS: dict[str, tuple[int, int | None]] = {
     "Crop": (2, 2),
     "Eltwise": (2, None),
-    "Concat": (2, None),
+    "Concat": (1, None),
     "Axpy": (3, 3),
     "Interp": (1, 2),
     "Scale": (1, 2),

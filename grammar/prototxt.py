@@ -21,6 +21,7 @@ layer's line, and `meta["var"]` its top blob, which generated code uses as varia
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass, field
@@ -71,9 +72,9 @@ def import_text(text: str, file: str, *, output: str | None = None) -> Imported:
     """Import prototxt source text; `file` names it in spans and messages."""
     net, forks_types = _parse(text, file)
     layout = scan(text, file)
-    layers, phase_notes = _layers(net, layout, forks_types)
+    layers, phase_notes, outside = _layers(net, layout, forks_types)
     inputs = _declared_inputs(net, layout)
-    flow = _trace(layers, inputs)
+    flow = _trace(layers, inputs, outside)
     out = _choose_output(layers, flow, output, file)
     needed = _needed(flow, out)
     graph = _Builder(file, layers, flow, out, needed).build()
@@ -132,7 +133,10 @@ def _v1_type_enum() -> EnumDescriptor:
 
 def _layers(
     net: Message, layout: Layout, forks_types: dict[tuple[int, int], str]
-) -> tuple[list[Layer], tuple[str, ...]]:
+) -> tuple[list[Layer], tuple[str, ...], dict[str, str]]:
+    """The layers of the network Caffe would build (by the file's state and each layer's
+    rules), each with a name of its own; notes on what was renamed and left out; and, for
+    each blob only left-out layers give, which of them does (for a bottom's error)."""
     if net.layer and net.layers:
         raise MtscError(
             layout.blocks["layers"][0].span,
@@ -146,7 +150,16 @@ def _layers(
             f"prototxt scan found {len(blocks)} layer blocks, protobuf {len(params)}"
         )
     layers, left_out = [], []
+    outside: dict[str, str] = {}  # blob -> the first left-out layer giving it
+    taken = set(net.input)  # the names of the inputs and of the layers so far
+    renamed = []
     for i, (p, block) in enumerate(zip(params, blocks, strict=True)):
+        if v1 and "layer" in block.fields:
+            raise MtscError(
+                block.field_span("layer"),
+                "Caffe's V0 format (`layers { layer { ... } bottom: ... }`) is not supported; "
+                "upgrade the file with Caffe's tools/upgrade_net_proto_text first",
+            )
         if v1:
             v1_name = _v1_type_enum().values_by_number[p.type].name
             if v1_name == "NONE" and "type" in block.fields:  # a fork's type: as written
@@ -164,18 +177,42 @@ def _layers(
             type_ = p.type
         name = p.name or f"layer{i + 1}"
         if _in_network(p, block, net.state):
+            if type_ == "Input":  # no op of its own: its tops name the inputs
+                taken.update(p.top)
+            else:  # Caffe allows a name twice; an op's name must be its own
+                unique = _unique_name(name, taken)
+                if unique != name:
+                    renamed.append(f"{name} (line {block.span.line}) as {unique}")
+                name = unique
+                taken.add(name)
             layers.append(Layer(len(layers), name, type_, tuple(p.bottom), tuple(p.top), p, block))
         else:
             left_out.append((name, type_, block.span.line))
-    notes = ()
+            for blob in p.top:
+                outside.setdefault(blob, f"layer {name!r} (line {block.span.line})")
+    notes: tuple[str, ...] = ()
+    if renamed:
+        shown = ", ".join(renamed)
+        notes = (f"Renamed layers whose name an input or an earlier layer has: {shown}.",)
     if left_out:
         kept = {layer.name for layer in layers}  # a TRAIN twin of a TEST layer: told by its line
         named = [
             f"{name} ({type_}, line {line})" if name in kept else f"{name} ({type_})"
             for name, type_, line in left_out
         ]
-        notes = (f"Not imported: outside {_network_name(net.state)}: {', '.join(named)}.",)
-    return layers, notes
+        notes += (f"Not imported: outside {_network_name(net.state)}: {', '.join(named)}.",)
+    network = _network_name(net.state)
+    hints = {
+        blob: f"; {layer} gives it, but its include/exclude rules leave it outside {network}"
+        for blob, layer in outside.items()
+    }
+    return layers, notes, hints
+
+
+def _unique_name(name: str, taken: set[str]) -> str:
+    if name not in taken:
+        return name
+    return next(f"{name}_{k}" for k in itertools.count(2) if f"{name}_{k}" not in taken)
 
 
 def _in_network(param: Message, block: Block, state: Message) -> bool:
@@ -369,7 +406,9 @@ class _Flow:
         return len(self.values) - 1
 
 
-def _trace(layers: list[Layer], inputs: list[_Input]) -> _Flow:
+def _trace(layers: list[Layer], inputs: list[_Input], outside: dict[str, str]) -> _Flow:
+    """Which value each layer reads and writes (a blob written again is a new value).
+    `outside`: for a blob only left-out layers give, the end of the error for reading it."""
     flow = _Flow()
     for decl in inputs:
         flow.new(_Value(decl.name, None, decl))
@@ -391,13 +430,13 @@ def _trace(layers: list[Layer], inputs: list[_Input]) -> _Flow:
             if v is None:
                 raise layer.error(
                     f"bottom {blob!r} is neither an input nor the top of an earlier layer"
-                    + did_you_mean(blob, sorted(flow.final)),
+                    + outside.get(blob, did_you_mean(blob, sorted(flow.final))),
                     "bottom",
                     k,
                 )
             reads.append(v)
         first_reader = first_reader and not layer.bottoms
-        if layer.type == "Split":  # each top is the bottom's value again: no node, no copy
+        if _passes_through(layer):  # each top is the bottom's value again: no node, no copy
             _check_bottom_count(layer)
             for blob in layer.tops:
                 flow.final[blob] = reads[0]
@@ -422,6 +461,11 @@ def _trace(layers: list[Layer], inputs: list[_Input]) -> _Flow:
     return flow
 
 
+def _passes_through(layer: Layer) -> bool:
+    """A Split, or a Concat of one bottom (Caffe shares its data): each top is the bottom."""
+    return layer.type == "Split" or (layer.type == "Concat" and len(layer.bottoms) == 1)
+
+
 def _check_bottom_count(layer: Layer) -> None:
     low, high = BOTTOMS.get(layer.type, (1, 1))
     n = len(layer.bottoms)
@@ -438,6 +482,16 @@ def _choose_output(layers: list[Layer], flow: _Flow, output: str | None, file: s
                 None,
                 f"{file}: --output {output!r}: the network has no blob of that name"
                 + did_you_mean(output, sorted(flow.final)),
+            )
+        producer = flow.values[out].layer
+        if producer is not None and layers[producer].type == "Softmax" and flow.reads[producer]:
+            out = flow.reads[producer][0]  # dropped, as at the end of any network
+            flow.warnings.append(
+                Diagnostic(
+                    layers[producer].block.field_span("type"),
+                    f"--output {output!r} is a Softmax's top; mtsc drops a final Softmax, so "
+                    f"the backbone ends at its bottom, {flow.values[out].blob!r}",
+                )
             )
     else:
         # What only top-less layers read (Silence, DeepLab's MAT_WRITE) ends the network too.
@@ -516,7 +570,7 @@ def _dropped_notes(layers: list[Layer], flow: _Flow, out: int, needed: set[int])
     dropped = [
         f"{layer.name} ({layer.type})"
         for layer in layers
-        if layer.index not in used and layer.type != "Split"  # a Split makes no value
+        if layer.index not in used and not _passes_through(layer)  # it makes no value
     ]
     unused = [
         flow.values[v].blob

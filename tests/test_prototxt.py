@@ -467,6 +467,43 @@ def test_a_convolution_takes_pad_h_or_pad_w_alone():
     assert c.attrs["padding"] == (0, 1) and c.shape == (4, 6, 8)
 
 
+def test_layers_named_alike_are_renamed_with_a_note():
+    """Caffe allows two layers one name (HED names five Crop layers `crop`), or a layer the
+    name of an input; an op's name is its own, so the later one gets a suffix."""
+    text = (
+        INPUT
+        + layer("data", "ReLU", "data", top="r")
+        + layer("c", "ReLU", "r", top="s")
+        + layer("c", "ReLU", "s", top="t")
+    )
+    imported = import_text(text, "net.prototxt")
+    assert list(nodes_by_name(imported.graph)) == ["data", "data_2", "c", "c_2"]
+    assert imported.notes == (
+        "Renamed layers whose name an input or an earlier layer has: data (line 3) as data_2, "
+        "c (line 15) as c_2.",
+    )
+
+
+def test_a_concat_of_one_bottom_passes_it_through():
+    """Caffe's Concat takes one bottom too, and shares its data (darknet's route layers)."""
+    text = INPUT + conv("c") + layer("route", "Concat", "c") + layer("r", "ReLU", "route")
+    g = import_text(text, "net.prototxt").graph
+    assert list(nodes_by_name(g)) == ["data", "c", "r"]
+    assert [g.node(n).name for n in g.inputs(g.outputs["backbone"])] == ["c"]
+
+
+def test_output_at_a_softmax_ends_at_its_scores_with_a_warning():
+    text = INPUT + conv("fc") + layer("prob", "Softmax", "fc")
+    imported = import_text(text, "net.prototxt", output="prob")
+    assert imported.graph.node(imported.graph.outputs["backbone"]).name == "fc"
+    (warning,) = imported.warnings
+    assert warning.message == (
+        "--output 'prob' is a Softmax's top; mtsc drops a final Softmax, so the backbone ends "
+        "at its bottom, 'fc'"
+    )
+    assert warning.span.source_line().strip() == 'type: "Softmax"'
+
+
 def test_an_unused_input_of_any_shape_is_only_noted():
     """Faster R-CNN's `im_info` (1 x 3) beside the image: cut before anything reads it, the
     import goes on; read, its shape is the error."""
@@ -1193,11 +1230,30 @@ ERRORS = {
         "layer 'in' (Input): needs one input_param shape, or one per top (1); got 0",
         "layer {",
     ),
-    "duplicate layer name": (
-        INPUT + conv("c1") + layer("c1", "ReLU", "c1", top="r"),
+    "a layer named like a helper op": (
+        INPUT
+        + layer("ip.flatten", "ReLU", "data")
+        + layer("ip", "InnerProduct", "ip.flatten", body="inner_product_param { num_output: 2 }"),
         None,
-        "the name 'c1' is used twice (first at line 4)",
-        'name: "c1"\n  type: "ReLU"',
+        "the name 'ip.flatten' is used twice (first at line 4)",
+        'name: "ip"',
+    ),
+    "V0 format": (
+        INPUT + 'layers {\n  layer { name: "c" type: "conv" num_output: 4 }\n  bottom: "data"\n'
+        '  top: "c"\n}\n',
+        None,
+        "Caffe's V0 format (`layers { layer { ... } bottom: ... }`) is not supported; upgrade "
+        "the file with Caffe's tools/upgrade_net_proto_text first",
+        "layer {",
+    ),
+    "a bottom only a left-out layer gives": (
+        layer("d", "Input", top="data", body="include { phase: TRAIN }")
+        + layer("r", "ReLU", "data"),
+        None,
+        "layer 'r' (ReLU): bottom 'data' is neither an input nor the top of an earlier layer; "
+        "layer 'd' (line 1) gives it, but its include/exclude rules leave it outside Caffe's "
+        "TEST network",
+        'bottom: "data"',
     ),
     "two tops": (
         INPUT
