@@ -291,21 +291,11 @@ class _Printer:
                 end,
             )
 
-    def _keyword_line(self, item: ast.Backbone) -> int:
-        """The line of the `backbone` keyword: that of the last decorator (`@shared backbone
-        {`), or the first after it that starts with it (comments may come between)."""
-        last = item.decorators[-1].span
-        if "backbone" in self.source_lines[last.line - 1][last.end_column or last.column :]:
-            return last.line
-        line = last.line + 1
-        while not self.source_lines[line - 1].lstrip().startswith("backbone"):
-            line += 1
-        return line
-
-    def _brace_line(self, last_param: ast.Span) -> int:
-        """The line of the `{` after a block's last parameter (comments may come between)."""
-        end = self._offset(last_param.end_line, last_param.end_column)
-        return bisect.bisect_right(self.line_starts, self.code.index("{", end))
+    def _line_of_next(self, token: str, after: ast.Span) -> int:
+        """The line of the first `token` in the code after `after` (comments may come between,
+        and are not searched)."""
+        end = self._offset(after.end_line or after.line, after.end_column or after.column)
+        return bisect.bisect_right(self.line_starts, self.code.index(token, end))
 
     def _comment_within(self, span: ast.Span) -> bool:
         """Whether the next comment is inside `span`, before its last line."""
@@ -359,7 +349,7 @@ class _Printer:
             params = [_param_parts(p) for p in item.params]
             opening = f"block {item.name}("
             # from the name to the body's brace: a comment before that line is a parameter's
-            last = self._brace_line(params[-1][2]) if params else 0
+            last = self._line_of_next("{", params[-1][2]) if params else 0
             span = ast.Span(item.span.file, item.name_span.line, 1, end_line=last)
             if params and self._comment_within(span):
                 self._emit_exploded(opening, params, ") {", 0, span, last, item.name_span)
@@ -369,7 +359,9 @@ class _Printer:
             self.body(item.body, 1)
             self.close(item.end_span, 0)
         elif isinstance(item, ast.Backbone):
-            line = item.span.line if not item.decorators else self._keyword_line(item)
+            line = item.span.line
+            if item.decorators:
+                line = self._line_of_next("backbone", item.decorators[-1].span)
             self.decorators(item.decorators, 0, line)
             self.emit("backbone {", 0, line)
             self.body(item.body, 1)

@@ -369,3 +369,8 @@ def test_a_comment_inside_a_bracketed_sub_expression_stays_where_it_was() -> Non
         "        | relu)",
     ]
     assert format_source(formatted, "c.mtl") == formatted
+
+
+def test_a_comment_after_the_backbone_decorator_stays_there_whatever_it_says() -> None:
+    text = "input image: 3x8x8\n@shared  # a backbone pinned\nbackbone {\n    return image\n}\n"
+    assert format_source(text, "c.mtl") == text
