@@ -190,6 +190,7 @@ def _layers(
             left_out.append((name, type_, block.span.line))
             for blob in p.top:
                 outside.setdefault(blob, f"layer {name!r} (line {block.span.line})")
+    network = _network_name(net.state)
     notes: tuple[str, ...] = ()
     if renamed:
         shown = ", ".join(renamed)
@@ -200,8 +201,7 @@ def _layers(
             f"{name} ({type_}, line {line})" if name in kept else f"{name} ({type_})"
             for name, type_, line in left_out
         ]
-        notes += (f"Not imported: outside {_network_name(net.state)}: {', '.join(named)}.",)
-    network = _network_name(net.state)
+        notes += (f"Not imported: outside {network}: {', '.join(named)}.",)
     hints = {
         blob: f"; {layer} gives it, but its include/exclude rules leave it outside {network}"
         for blob, layer in outside.items()
