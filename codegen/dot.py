@@ -52,6 +52,7 @@ FOLLOWERS = frozenset(
         Op.ABS,
         Op.POWER,
         Op.CLIP,
+        Op.L2NORM,
         Op.DROPOUT,
     }
 )

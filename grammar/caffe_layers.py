@@ -120,6 +120,7 @@ PARAM_FIELDS = {
     "InnerProduct": "inner_product_param",
     "Interp": "interp_param",
     "LRN": "lrn_param",
+    "Normalize": "norm_param",
     "Pooling": "pooling_param",
     "Power": "power_param",
     "PReLU": "prelu_param",
@@ -621,6 +622,21 @@ def lrn(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
     return [Step(Op.LRN, {**attrs, "k": f32(p.k)})]
 
 
+def normalize(layer: Layer, ins: Sequence[Shape]) -> list[Step]:
+    """SSD's Normalize (ParseNet's): an L2 normalisation, then a learned scale per channel."""
+    p = _params(layer)
+    if p.channel_shared:
+        raise layer.error(
+            "one scale for all channels (channel_shared: true, the default) is not supported; "
+            "mtsc learns one per channel, as SSD does: set channel_shared: false",
+            "norm_param",
+        )
+    if len(ins[0]) != 3:
+        raise layer.error(f"takes a feature map (N x C x H x W), got {_shown(ins[0])}")
+    attrs = {"eps": f32(p.eps), "across_spatial": p.across_spatial}
+    return [Step(Op.L2NORM, attrs, suffix=".l2norm"), Step(Op.SCALE, {"bias": False})]
+
+
 # The types the importer converts; Input and Softmax are handled by the importer itself.
 CONVERTERS: dict[str, Converter] = {
     "AbsVal": _simple(Op.ABS),
@@ -641,6 +657,7 @@ CONVERTERS: dict[str, Converter] = {
     "InnerProduct": inner_product,
     "Interp": interp,
     "LRN": lrn,
+    "Normalize": normalize,
     "Pooling": pooling,
     "Power": power,
     "PReLU": prelu,

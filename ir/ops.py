@@ -55,6 +55,7 @@ class Op(enum.Enum):
     SLICE = "slice"
     RESHAPE = "reshape"
     LRN = "lrn"
+    L2NORM = "l2norm"
     # Structure of the multi-task supermodel, inserted by `insert_routing`.
     TASK_STACK = "task_stack"
     TASK_SLICE = "task_slice"
@@ -1059,6 +1060,36 @@ _register(
         torch=TorchExpr(_lrn_expr),
         doc="local response normalisation across `size` neighbouring channels (GoogLeNet), or "
         'with region="within" over a size x size window of each channel',
+    )
+)
+
+# L2 normalisation ----------------------------------------------------------------------
+
+
+def _l2norm_shape(a: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
+    if a["across_spatial"]:
+        return _spatial("l2norm with across_spatial=true", ins[0])
+    return ins[0]
+
+
+def _l2norm_expr(a: Mapping[str, Any], xs: Sequence[str]) -> str:
+    # Caffe's Normalize (SSD, ParseNet): eps is added to the sum of squares, under the root
+    (x,) = xs
+    dims = "(1, 2, 3)" if a["across_spatial"] else "1"
+    return f"{x} / (({x} * {x}).sum({dims}, keepdim=True) + {a['eps']!r}).sqrt()"
+
+
+_register(
+    OpSpec(
+        Op.L2NORM,
+        attrs=(
+            Attr("eps", Kind.FLOAT, 1e-10, minimum=0),
+            Attr("across_spatial", Kind.BOOL, False),
+        ),
+        shape=_l2norm_shape,
+        torch=TorchExpr(_l2norm_expr),
+        doc="each position's channel vector (or a flat vector) divided by its L2 norm, "
+        "sqrt(sum of squares + eps); across_spatial=true: each sample's whole C x H x W",
     )
 )
 

@@ -271,6 +271,24 @@ CASES = [
         'lrn(a, size=3, alpha=0.5, beta=0.6, region="within")',
         lambda m, a: _lrn_within(a, 3, 0.5, 0.6),
     ),
+    (
+        "l2norm",
+        {"a": (6, 4, 5)},
+        "l2norm(a)",
+        lambda m, a: a / a.pow(2).sum(1, keepdim=True).add(1e-10).sqrt(),
+    ),
+    (
+        "l2norm_across_spatial",
+        {"a": (3, 4, 5)},
+        "l2norm(a, across_spatial=true, eps=0.5)",
+        lambda m, a: a / a.pow(2).sum((1, 2, 3), keepdim=True).add(0.5).sqrt(),
+    ),
+    (
+        "l2norm_features",
+        {"a": (3, 4, 5)},
+        "flatten(a) | l2norm",
+        lambda m, a: F.normalize(a.reshape(len(a), -1), eps=0),
+    ),
     ("dropout_eval", {"a": (3, 4, 5)}, "dropout(a, p=0.3)", lambda m, a: a),
     ("upsample_nearest", {"a": (3, 4, 5)}, "upsample(a, scale=2)", lambda m, a: _nearest2(a)),
     (
@@ -696,6 +714,13 @@ def test_attribute_errors(op, attrs, message) -> None:
             {"shape": (4, 1, 1)},
             [(3,)],
             "reshape: 3 has 3 values per sample, 4x1x1 holds 4",
+        ),
+        (
+            Op.L2NORM,
+            {"across_spatial": True},
+            [(30,)],
+            "l2norm with across_spatial=true: needs a feature map (C x H x W), "
+            "got a flat vector of 30",
         ),
         (
             Op.LRN,

@@ -64,6 +64,8 @@ FIXTURE_SHAPES = {
     "interp_forms": ((3, 9, 7), (5,)),
     # See the comments in the fixture: 10x8 -> 5x4 -> 10x8 -> 23x19 -> crop to 10x8.
     "fcn_upsample": ((3, 10, 8), (6, 10, 8)),
+    # Normalize keeps the shape: 10x9 -> conv 3 p1 (6 channels) -> Normalize.
+    "ssd_normalize": ((3, 10, 9), (6, 10, 9)),
     # See the comments in the fixture: 8x8x8 sliced and rejoined to 6x8x8 -> fc 5.
     "slice_branches": ((3, 8, 8), (5,)),
     # Element-wise layers keep 6x9x7; a 1x1 conv makes 4 channels.
@@ -108,6 +110,7 @@ INNER_SHAPES = {
         "upscore": (4, 10, 8),
         "up2": (6, 23, 19),
     },
+    "ssd_normalize": {"conv4_3_norm.l2norm": (8, 10, 9), "conv4_3_norm": (8, 10, 9)},
     "slice_branches": {
         "split.b": (2, 8, 8),
         "split.c": (4, 8, 8),
@@ -788,6 +791,21 @@ def segnet_unpool_reference(p: dict, x):
     return F.conv2d(up, p["conv3.weight"], p["conv3.bias"])
 
 
+def ssd_normalize_reference(p: dict, x):
+    """The ssd_normalize network written by hand (float64): Caffe adds eps to the sum of
+    squares before the square root."""
+    import torch
+    import torch.nn.functional as F
+
+    def scaled(name, y):
+        return y * p[f"{name}.weight"].view(1, -1, 1, 1)
+
+    y = torch.relu(F.conv2d(x, p["conv4_3.weight"], p["conv4_3.bias"], padding=1))
+    y = scaled("conv4_3_norm", y / torch.sqrt((y * y).sum(1, keepdim=True) + 1e-10))
+    y = F.conv2d(y, p["conv4_3_norm_mbox_loc.weight"], p["conv4_3_norm_mbox_loc.bias"], padding=1)
+    return scaled("whole_norm", y / torch.sqrt((y * y).sum((1, 2, 3), keepdim=True) + 1e-3))
+
+
 # fixture: (its hand-written reference, the input's size)
 REFERENCES = {
     "small_numeric": (small_numeric_reference, (13, 11)),
@@ -798,6 +816,7 @@ REFERENCES = {
     "se_inner_product": (se_inner_product_reference, (12, 12)),
     "elementwise": (elementwise_reference, (9, 7)),
     "segnet_unpool": (segnet_unpool_reference, (9, 7)),
+    "ssd_normalize": (ssd_normalize_reference, (10, 9)),
 }
 
 
@@ -1068,9 +1087,9 @@ INPUT = 'input: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
 SUPPORTED = (
     "mtsc supports AbsVal, Axpy, BN, BatchNorm, Clip, Concat, Convolution, ConvolutionDepthwise, "
     "Crop, Deconvolution, DepthwiseConvolution, Dropout, ELU, Eltwise, Flatten, InnerProduct, "
-    "Input, Interp, LRN, PReLU, Pooling, Power, ReLU, ReLU6, Reshape, Scale, ShuffleChannel, "
-    "Sigmoid, Slice, Softmax, Split, TanH, Upsample (to import the network up to a blob before "
-    "this layer, use --output BLOB)"
+    "Input, Interp, LRN, Normalize, PReLU, Pooling, Power, ReLU, ReLU6, Reshape, Scale, "
+    "ShuffleChannel, Sigmoid, Slice, Softmax, Split, TanH, Upsample (to import the network up to "
+    "a blob before this layer, use --output BLOB)"
 )
 
 
@@ -1436,6 +1455,21 @@ ERRORS = {
         None,
         "layer 'n' (LRN): local_size must be odd, got 4",
         "lrn_param",
+    ),
+    "normalize with one scale": (
+        INPUT + layer("n", "Normalize", "data", body="norm_param { across_spatial: false }"),
+        None,
+        "layer 'n' (Normalize): one scale for all channels (channel_shared: true, the default) "
+        "is not supported; mtsc learns one per channel, as SSD does: set channel_shared: false",
+        "norm_param",
+    ),
+    "normalize of features": (
+        INPUT
+        + layer("fc", "InnerProduct", "data", body="inner_product_param { num_output: 4 }")
+        + layer("n", "Normalize", "fc", body="norm_param { channel_shared: false }"),
+        None,
+        "layer 'n' (Normalize): takes a feature map (N x C x H x W), got N x 4",
+        'layer {\n  name: "n"',
     ),
     "scale axis": (
         INPUT + layer("s", "Scale", "data", body="scale_param { axis: 0 }"),
