@@ -82,16 +82,25 @@ class _Scope:
     labelled: bool = False
     counters: dict[str, int] = field(default_factory=dict)
     direct_calls: list[str] = field(default_factory=list)
+    automatic: dict[str, bool] = field(default_factory=dict)  # each direct call: named by count?
 
     def child_name(self, base: str, *, block: bool) -> str:
         if self.labelled and block:
             seg = str(len([c for c in self.direct_calls if c.isdigit()]))
         else:
+            # relu6's first is relu6_1, never the 61st relu; a name a label took is passed over
+            separator = "_" if base[-1].isdigit() else ""
             n = self.counters.get(base, 0) + 1
+            while f"{base}{separator}{n}" in self.automatic:
+                n += 1
             self.counters[base] = n
-            seg = f"{base}{n}"
-        self.direct_calls.append(seg)
+            seg = f"{base}{separator}{n}"
+        self.add_call(seg, automatic=True)
         return f"{self.prefix}.{seg}" if self.prefix else seg
+
+    def add_call(self, seg: str, *, automatic: bool) -> None:
+        self.direct_calls.append(seg)
+        self.automatic[seg] = automatic
 
 
 def _real_path(path: Path) -> Path:
@@ -409,15 +418,28 @@ class Lowerer:
                 scope
                 if sharing is scope.sharing
                 else _Scope(
-                    scope.prefix, sharing, scope.labelled, scope.counters, scope.direct_calls
+                    scope.prefix,
+                    sharing,
+                    scope.labelled,
+                    scope.counters,
+                    scope.direct_calls,
+                    scope.automatic,
                 )
             )
             self._exec_plain(stmt, env, inner)
             return
         prefix = f"{scope.prefix}.{stmt.label}" if scope.prefix else stmt.label
-        if any(c == stmt.label for c in scope.direct_calls):
-            raise MtscError(stmt.label_span, f"duplicate label {stmt.label!r} in this scope")
-        scope.direct_calls.append(stmt.label)
+        automatic = scope.automatic.get(stmt.label)
+        if automatic is not None:
+            raise MtscError(
+                stmt.label_span,
+                f"label {stmt.label!r} is already the name of an earlier op or block call "
+                "without a label (those are named after the op or block and a count); choose "
+                "another label"
+                if automatic
+                else f"duplicate label {stmt.label!r} in this scope",
+            )
+        scope.add_call(stmt.label, automatic=False)
         inner = _Scope(prefix, sharing, labelled=True)
         first_new = len(self.created)
         self._exec_plain(stmt, env, inner)

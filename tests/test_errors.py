@@ -588,11 +588,12 @@ DUPLICATES = [
         "s",
     ),
     case(
-        "duplicate_node_name",
-        HEAD + "backbone {\n    conv1: x = relu(image)\n    x = conv(x, 8, k=1)\n    return x\n}\n",
-        "duplicate name 'conv1' (first used at ",
-        (4, 9),
-        "conv(x, 8, k=1)",
+        "label_of_an_automatic_name",
+        HEAD + "backbone {\n    x = conv(image, 8, k=1)\n    conv1: x = relu(x)\n    return x\n}\n",
+        "label 'conv1' is already the name of an earlier op or block call without a label (those "
+        "are named after the op or block and a count); choose another label",
+        (4, 5),
+        "conv1",
     ),
     case(
         "duplicate_input",

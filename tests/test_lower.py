@@ -490,3 +490,19 @@ def test_a_value_is_named_as_the_statement_that_assigned_it(tmp_path):
     var = {node.name: node.meta.get("var") for _, node in g.nodes()}
     assert var["enc1.conv1"] == "y" and var["enc1.relu1"] == "e1" and var["enc2.relu1"] == "e2"
     assert var["add1"] == "out"  # `x = e1` names no new value
+
+
+def test_automatic_names_never_meet_each_other_or_a_label(tmp_path):
+    """An op or block whose name ends in a digit counts after an underscore (the 61st relu
+    and the first relu6 were both `relu61`), and a count a label took is passed over."""
+    path = tmp_path / "names.mtl"
+    path.write_text(
+        "input image: 3x8x8\n"
+        "block cb1(x) {\n    return conv(x, 4, k=1)\n}\n"
+        "backbone {\n    x = image\n    for i in range(61) {\n        x = relu(x)\n    }\n"
+        "    x = relu6(x)\n    conv2: x = cb1(x)\n    x = conv(x, 4, k=1) | conv(4, k=1)\n"
+        "    return x\n}\n"
+    )
+    names = {node.name for _, node in lower_file(path).nodes()}
+    assert {"relu61", "relu6_1", "conv2.conv1", "conv1", "conv3"} <= names
+    assert "conv2" not in names and "relu62" not in names

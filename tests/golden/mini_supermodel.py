@@ -1459,7 +1459,7 @@ class Supermodel(SupermodelBase):
         self.dw_conv1 = nn.Conv2d(8, 8, kernel_size=3, padding=1, groups=8, bias=False)
         self.dw_conv1_specific = TaskConv2d(T, 8, 8, kernel_size=3, padding=1, groups=8, bias=False)
         self.dw_bn1 = TaskBatchNorm2d(T, 8)
-        self.dw_relu61 = nn.ReLU6()
+        self.dw_relu6_1 = nn.ReLU6()
         self.down_conv1 = nn.Conv2d(16, 12, kernel_size=3, stride=2, padding=1, bias=False)
         self.down_conv1_specific = TaskConv2d(T, 16, 12, kernel_size=3, stride=2, padding=1, bias=False)
         self.down_conv1_skip = nn.Sequential(TaskConv2d(T, 16, 12, kernel_size=1, stride=2, bias=False), TaskBatchNorm2d(T, 12))
@@ -1508,7 +1508,7 @@ class Supermodel(SupermodelBase):
 
         # dw
         z = self.dw_bn1(z)  # mini_tasks.mtl:18
-        z = self.dw_relu61(z)  # mini_tasks.mtl:18
+        z = self.dw_relu6_1(z)  # mini_tasks.mtl:18
         x = torch.cat([x, z], dim=1)  # mini_tasks.mtl:19
 
         # down.conv1

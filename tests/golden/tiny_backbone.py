@@ -17,7 +17,7 @@ class Backbone(nn.Module):
         self.stem_prelu1 = nn.PReLU(8)
         self.side_conv1 = nn.Conv2d(8, 8, kernel_size=3, padding=2, dilation=2, groups=4, bias=True)
         self.side_bn1 = nn.BatchNorm2d(8)
-        self.side_relu61 = nn.ReLU6()
+        self.side_relu6_1 = nn.ReLU6()
         self.gate1_sigmoid1 = nn.Sigmoid()
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)
         self.stages_0_conv1 = nn.Conv2d(8, 8, kernel_size=1, bias=False)
@@ -51,7 +51,7 @@ class Backbone(nn.Module):
         # side
         y = self.side_conv1(x)  # tiny.mtl:12
         y = self.side_bn1(y)  # tiny.mtl:12
-        y = self.side_relu61(y)  # tiny.mtl:12
+        y = self.side_relu6_1(y)  # tiny.mtl:12
 
         # gate1
         out = self.gate1_sigmoid1(y)  # mixers.mtl:5
