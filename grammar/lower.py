@@ -131,31 +131,48 @@ class Lowerer:
         self.node_spans: dict[str, Span] = {}
         self.created: list[int] = []
         self.loaded: set[Path] = set()
-        self.file_consts: dict[Path, dict[str, Any]] = {}  # of each imported file, once loaded
+        # each imported file's constants, once loaded: name -> (value, where it is defined)
+        self.file_consts: dict[Path, dict[str, tuple[Any, Span]]] = {}
         self.prelude_loaded = False
         self.steps = 0
 
     # ------------------------------------------------------------------ files and imports
 
-    def load_module(self, module: ast.Module, chain: tuple[Path, ...]) -> dict[str, Any]:
-        """Register a file's blocks (and its imports'); return its evaluated constants."""
+    def load_module(
+        self, module: ast.Module, chain: tuple[Path, ...]
+    ) -> dict[str, tuple[Any, Span]]:
+        """Register a file's blocks (and its imports'); return its evaluated constants, each
+        with where it is defined."""
         consts: dict[str, Any] = {}
+        defined_at: dict[str, Span] = {}
         for item in module.items:
             if isinstance(item, ast.Import):
-                consts.update(self._import(item, module, chain))
+                for name, (value, span) in self._import(item, module, chain).items():
+                    # a file imported along two paths gives the same constant twice
+                    if defined_at.get(name, span) != span:
+                        raise MtscError(
+                            item.span,
+                            f"constant {name!r} of {item.path!r} (at {span}) is already "
+                            f"defined at {defined_at[name]}",
+                        )
+                    consts[name], defined_at[name] = value, span
         for item in module.items:
             if isinstance(item, ast.BlockDef):
                 self._define_block(item, consts)
             elif isinstance(item, ast.Const):
+                if item.name in defined_at:
+                    raise MtscError(
+                        item.span, f"{item.name!r} is already defined at {defined_at[item.name]}"
+                    )
                 value = self.eval(item.value, consts, _Scope("", None))
                 if isinstance(value, Tensor):
                     raise MtscError(item.span, "top-level constants must be compile-time values")
-                consts[item.name] = value
-        return consts
+                consts[item.name], defined_at[item.name] = value, item.span
+        return {name: (value, defined_at[name]) for name, value in consts.items()}
 
     def _import(
         self, item: ast.Import, module: ast.Module, chain: tuple[Path, ...]
-    ) -> dict[str, Any]:
+    ) -> dict[str, tuple[Any, Span]]:
         base = Path(module.file).parent
         path = _real_path(base / item.path)
         if path in chain:
@@ -205,7 +222,7 @@ class Lowerer:
     def lower(self, module: ast.Module) -> Graph:
         path = _real_path(Path(module.file))
         self.loaded.add(path)
-        consts = self.load_module(module, (path,))
+        consts = {name: value for name, (value, _) in self.load_module(module, (path,)).items()}
         self.graph = Graph(Path(module.file).stem, source=module.file)
         backbones = [i for i in module.items if isinstance(i, ast.Backbone)]
         if not backbones:

@@ -502,6 +502,31 @@ CYCLES = [
         'import "model.mtl"',
     ),
     case(
+        "constant_of_two_imports",
+        'import "a.mtl"\nimport "b.mtl"\n'
+        + HEAD
+        + "backbone {\n    return conv(image, C, k=1)\n}\n",
+        "constant 'C' of 'b.mtl' (at ",
+        (2, 1),
+        'import "b.mtl"',
+        files={"a.mtl": "C = 4\n", "b.mtl": "C = 5\n"},
+    ),
+    case(
+        "constant_of_an_import_redefined",
+        'import "a.mtl"\nC = 8\n' + HEAD + "backbone {\n    return conv(image, C, k=1)\n}\n",
+        "'C' is already defined at ",
+        (2, 1),
+        "C = 8",
+        files={"a.mtl": "C = 4\n"},
+    ),
+    case(
+        "constant_defined_twice",
+        "C = 4\nC = 5\n" + HEAD + "backbone {\n    return conv(image, C, k=1)\n}\n",
+        "model.mtl:1:1",
+        (2, 1),
+        "C = 5",
+    ),
+    case(
         "missing_import",
         'import "nope.mtl"\n' + HEAD + "backbone {\n    return image\n}\n",
         "cannot import 'nope.mtl': No such file or directory",
