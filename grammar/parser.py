@@ -48,7 +48,8 @@ class _CommentSink:
         self.comments: list[ast.Comment] = []
 
     def __call__(self, tok: Token) -> Token:
-        self.comments.append(ast.Comment(str(tok), tok.line, tok.column))
+        # a CRLF file's `\r` and trailing spaces are not part of what the comment says
+        self.comments.append(ast.Comment(str(tok).rstrip(), tok.line, tok.column))
         return tok
 
 

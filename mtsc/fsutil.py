@@ -46,18 +46,20 @@ def _file_mode(path: Path) -> int:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a temporary file in the same folder, then rename it into place."""
+    """Write to a temporary file in the same folder, then rename it into place. A symlink is
+    written through, as `open` does: its target gets the data, and the link stays."""
     path = Path(path)
+    target = Path(os.path.realpath(path))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as err:
         raise MtscError(None, f"cannot write {path}: {err.strerror}") from None
     try:
-        os.fchmod(fd, _file_mode(path))
+        os.fchmod(fd, _file_mode(target))
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as err:  # a full disk, say: a message, not a traceback
         Path(tmp).unlink(missing_ok=True)
         raise MtscError(None, f"cannot write {path}: {err.strerror}") from None

@@ -166,6 +166,16 @@ def test_fmt_prints_checks_and_writes(tmp_path, run_mtsc) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pretty.mtl", "ugly.mtl"]
 
 
+def test_fmt_writes_through_a_symlink(tmp_path, run_mtsc) -> None:
+    (tmp_path / "real").mkdir()
+    target, link = tmp_path / "real" / "ugly.mtl", tmp_path / "link.mtl"
+    target.write_text(UGLY)
+    link.symlink_to(os.path.join("real", "ugly.mtl"))
+    assert run_mtsc("fmt", "--write", link).returncode == 0
+    assert link.is_symlink() and target.read_text() == PRETTY
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["ugly.mtl"]
+
+
 def test_generated_files_get_the_usual_mode(models_dir, tmp_path) -> None:
     umask = os.umask(0o022)
     try:

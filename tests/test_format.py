@@ -374,3 +374,14 @@ def test_a_comment_inside_a_bracketed_sub_expression_stays_where_it_was() -> Non
 def test_a_comment_after_the_backbone_decorator_stays_there_whatever_it_says() -> None:
     text = "input image: 3x8x8\n@shared  # a backbone pinned\nbackbone {\n    return image\n}\n"
     assert format_source(text, "c.mtl") == text
+
+
+def test_a_crlf_file_formats_to_plain_lines_with_comments_stripped_on_the_right() -> None:
+    source = (
+        "input image: 3x8x8\r\nbackbone {\r\n\tx = conv(image, 4, k=1)  # c   \r\n"
+        "\ty = x + (x  # first\r\n\t| relu)\r\n\treturn y\r\n}\r\n"
+    )
+    assert format_source(source, "m.mtl") == (
+        "input image: 3x8x8\nbackbone {\n    x = conv(image, 4, k=1)  # c\n"
+        "    y = x + (x  # first\n    | relu)\n    return y\n}\n"
+    )
