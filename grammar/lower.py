@@ -1033,14 +1033,20 @@ class _LimitError(Exception):
 
 
 def _bounded(symbol: str, fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    """Integer results beyond 64 bits are almost surely mistakes (and can be slow)."""
+    """Integer results beyond 64 bits are almost surely mistakes (and can be slow), and a
+    float beyond the largest one is infinite, which no attribute or size takes."""
 
     def apply(a: Any, b: Any) -> Any:
-        result = fn(a, b)
+        try:
+            result = fn(a, b)
+        except OverflowError:
+            result = math.inf
         if isinstance(result, int) and abs(result) >= MAX_INT:
             raise _LimitError(
                 f"{_describe(a)} {symbol} {_describe(b)} is too large (integers have 64 bits)"
             )
+        if isinstance(result, float) and not math.isfinite(result):
+            raise _LimitError(f"{_describe(a)} {symbol} {_describe(b)} is too large")
         if isinstance(result, tuple) and len(result) > MAX_ITEMS:
             raise _LimitError(f"a list of {len(result)} items is over the limit {MAX_ITEMS}")
         return result
@@ -1049,8 +1055,11 @@ def _bounded(symbol: str, fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any],
 
 
 def _power(a: Any, b: Any) -> Any:
+    written = f"({a}) ** {b}" if a < 0 else f"{a} ** {b}"
     if isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b > 64:
-        raise _LimitError(f"{a} ** {b} is too large")
+        raise _LimitError(f"{written} is too large")
+    if a < 0 and isinstance(b, float) and not b.is_integer():  # Python would give a complex
+        raise _LimitError(f"{written} is not a real number (a negative base, a fractional power)")
     return a**b
 
 
@@ -1075,7 +1084,7 @@ _ARITH: dict[str, Callable[[Any, Any], Any]] = {
     "+": _bounded("+", _add),
     "-": _bounded("-", _arith_checked(lambda a, b: a - b)),
     "*": _bounded("*", _arith_checked(lambda a, b: a * b)),
-    "/": _arith_checked(lambda a, b: a / b),
+    "/": _bounded("/", _arith_checked(lambda a, b: a / b)),
     "//": _arith_checked(lambda a, b: a // b),
     "%": _arith_checked(lambda a, b: a % b),
     "**": _bounded("**", _arith_checked(_power)),

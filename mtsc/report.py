@@ -10,10 +10,15 @@ from mtsc.ir.stats import Summary, supermodel_params
 
 
 def human(n: int) -> str:
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
-            return f"{n / scale:.2f} {suffix}"
-    return str(n)
+    """`n` in K, M, G or T to two decimals, in the first unit that shows it below 1000.00 (so
+    999,999 is 1.00 M, not 1000.00 K)."""
+    if n < 1000:
+        return str(n)
+    for scale, suffix in ((1e3, "K"), (1e6, "M"), (1e9, "G")):
+        text = f"{n / scale:.2f}"
+        if float(text) < 1000:
+            return f"{text} {suffix}"
+    return f"{n / 1e12:.2f} T"
 
 
 def plural(n: int, noun: str) -> str:

@@ -11,6 +11,7 @@ import pytest
 
 from mtsc.errors import MtscError, Span
 from mtsc.grammar.parser import parse
+from mtsc.report import human
 
 TINY = "examples/resnet_tiny.mtl"
 NO_TASKS = "tests/fixtures/prototxt/vgg_v1.prototxt"
@@ -225,3 +226,20 @@ def test_fmt_check_with_a_bad_file_exits_2_after_listing_the_unformatted(tmp_pat
     unformatted = "a.mtl: not formatted\nc.mtl: not formatted\n"
     _fails(proc, unformatted + BAD_ERRORS)
     assert (tmp_path / "a.mtl").read_text() == UGLY
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (999, "999"),
+        (1000, "1.00 K"),
+        (123_456, "123.46 K"),
+        (999_994, "999.99 K"),
+        (999_999, "1.00 M"),
+        (25_557_096, "25.56 M"),
+        (999_999_999, "1.00 G"),
+        (2 * 10**15, "2000.00 T"),
+    ],
+)
+def test_counts_are_shown_in_the_unit_they_round_to(n, text):
+    assert human(n) == text

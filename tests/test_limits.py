@@ -12,6 +12,11 @@ from mtsc.errors import MtscError
     [
         ("10 ** 10 ** 8", "10 ** 100000000 is too large"),
         ("3 * 2 ** 62", "3 * 4611686018427387904 is too large (integers have 64 bits)"),
+        ("(-2) ** 100", "(-2) ** 100 is too large"),
+        ("2.0 ** 10000", "2.0 ** 10000 is too large"),
+        ("1e308 * 10", "1e+308 * 10 is too large"),
+        ("1e308 / 1e-308", "1e+308 / 1e-308 is too large"),
+        ("(-8) ** 0.5", "(-8) ** 0.5 is not a real number (a negative base, a fractional power)"),
         ("len(range(10 ** 9))", "range(): 1000000000 items are over the limit 100000"),
         ("len(range(60000) + range(60000))", "a list of 120000 items is over the limit 100000"),
     ],
