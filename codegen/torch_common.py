@@ -111,30 +111,33 @@ def emit_forward(
     order: Sequence[int],
     *,
     inputs_of: Callable[[int], Sequence[int]],
+    scope: Callable[[int], str] | None = None,
     rhs_of: Callable[[int, list[str]], str],
     outputs: dict[str, int],
     signature: Callable[[list[str]], str],
     returns: Callable[[dict[str, str]], str],
 ) -> None:
     """A straight-line `forward`: one line per op, variables named after the DSL's, a
-    comment per scope change and the DSL line of each op."""
+    comment per scope change and the DSL line of each op. `scope`: the scope of a node's line,
+    where it is not that of the node's name."""
+    scope_of_node = scope or (lambda nid: scope_of(g.node(nid).name))
     alloc = VariableAllocator(order, inputs_of, keep_alive=set(outputs.values()))
     input_ids = [n for n in order if g.node(n).op is Op.INPUT]
     params = [alloc.assign(n, variable_hint(g.node(n))) for n in input_ids]
     w.line(signature(params))
     with w.indent():
-        scope = None
+        current = None
         first = True
         for nid in order:
             node = g.node(nid)
             if node.op is Op.INPUT:
                 continue
-            if scope_of(node.name) != scope:
-                scope = scope_of(node.name)
-                if scope:
+            if scope_of_node(nid) != current:
+                current = scope_of_node(nid)
+                if current:
                     if not first:
                         w.blank()
-                    w.comment(scope)
+                    w.comment(current)
             first = False
             rhs = rhs_of(nid, [alloc.var[i] for i in inputs_of(nid)])
             var = alloc.assign(nid, variable_hint(node))

@@ -17,6 +17,7 @@ from mtsc.codegen.torch_common import (
     emit_task_specs,
     is_module_op,
     op_expression,
+    scope_of,
     shape_text,
 )
 from mtsc.codegen.writer import SourceWriter
@@ -68,12 +69,42 @@ class _Plan:
                 (k,) = g.inputs(k)
             self.skip_chain[r] = chain[::-1]
             self.absorbed |= set(chain)
-        self.order = [n for n in g.topo_order() if n not in self.absorbed]
+        order = [n for n in g.topo_order() if n not in self.absorbed]
+        self.first_reader: dict[int, int] = {}  # each task slice's
+        self.order = self._slices_where_used(order)
+
+    def _slices_where_used(self, order: list[int]) -> list[int]:
+        """`order` with each task's slice of a value moved to just before the first op that
+        reads it (a head), where a reader of the code looks for it; one that only a task's
+        output is stays where it was."""
+        read = {src for nid in order for src in self.inputs_of(nid)}
+        slices = {n for n in order if self.g.node(n).op is Op.TASK_SLICE and n in read}
+        placed: list[int] = []
+        for nid in order:
+            if nid in slices:
+                continue
+            for s in self.inputs_of(nid):
+                if s in slices and s not in self.first_reader:
+                    self.first_reader[s] = nid
+                    placed.append(s)
+            placed.append(nid)
+        return placed
 
     def inputs_of(self, nid: int) -> list[int]:
         if self.g.node(nid).op is Op.ROUTE:
             return self.g.inputs(self.g.inputs(nid)[0])
         return self.g.inputs(nid)
+
+    def scope(self, nid: int) -> str:
+        """The scope a node's line is written under: a route's is its op's (`layer1.0` for
+        `layer1.0.conv1.route`), a task slice's that of the head reading it."""
+        node = self.g.node(nid)
+        if node.op is Op.ROUTE:
+            return scope_of(self.g.node(self.g.inputs(nid)[0]).name)
+        if node.op is Op.TASK_SLICE:
+            reader = self.first_reader.get(nid)
+            return scope_of(node.name) if reader is None else self.scope(reader)
+        return scope_of(node.name)
 
 
 def emit_supermodel(g: Graph, *, source_name: str) -> GeneratedSource:
@@ -229,6 +260,7 @@ def _emit_forward(
         g,
         plan.order,
         inputs_of=plan.inputs_of,
+        scope=plan.scope,
         rhs_of=rhs,
         outputs={t: g.outputs[t] for t in tasks},
         signature=signature,

@@ -1495,33 +1495,25 @@ class Supermodel(SupermodelBase):
         x = self.stem_bn1(x)  # mini_tasks.mtl:15
         x = self.stem_relu1(x)  # mini_tasks.mtl:15
 
-        # body.conv1
-        y = self.route("body.conv1", x, self.body_conv1, self.body_conv1_specific, None)  # mini_tasks.mtl:16
-
         # body
+        y = self.route("body.conv1", x, self.body_conv1, self.body_conv1_specific, None)  # mini_tasks.mtl:16
         y = self.body_bn1(y)  # mini_tasks.mtl:16
         y = self.body_relu1(y)  # mini_tasks.mtl:16
         x = x + y  # mini_tasks.mtl:17
 
-        # dw.conv1
-        z = self.route("dw.conv1", x, self.dw_conv1, self.dw_conv1_specific, None)  # mini_tasks.mtl:18
-
         # dw
+        z = self.route("dw.conv1", x, self.dw_conv1, self.dw_conv1_specific, None)  # mini_tasks.mtl:18
         z = self.dw_bn1(z)  # mini_tasks.mtl:18
         z = self.dw_relu6_1(z)  # mini_tasks.mtl:18
         x = torch.cat([x, z], dim=1)  # mini_tasks.mtl:19
 
-        # down.conv1
-        x = self.route("down.conv1", x, self.down_conv1, self.down_conv1_specific, self.down_conv1_skip)  # mini_tasks.mtl:20
-
         # down
+        x = self.route("down.conv1", x, self.down_conv1, self.down_conv1_specific, self.down_conv1_skip)  # mini_tasks.mtl:20
         x = self.down_bn1(x)  # mini_tasks.mtl:20
         x = self.down_relu1(x)  # mini_tasks.mtl:20
 
-        # valid.conv1
-        x = self.route("valid.conv1", x, self.valid_conv1, self.valid_conv1_specific, None)  # mini_tasks.mtl:21
-
         # valid
+        x = self.route("valid.conv1", x, self.valid_conv1, self.valid_conv1_specific, None)  # mini_tasks.mtl:21
         x = self.valid_bn1(x)  # mini_tasks.mtl:21
         x = self.valid_prelu1(x)  # mini_tasks.mtl:21
         x = F.interpolate(x, size=((x.shape[-2] - 1) * 2 + 1, (x.shape[-1] - 1) * 2 + 1), mode="bilinear", align_corners=True)  # mini_tasks.mtl:22
@@ -1538,22 +1530,16 @@ class Supermodel(SupermodelBase):
         x = self.avgpool1(x)  # mini_tasks.mtl:26
         x = self.flatten1(x)  # mini_tasks.mtl:26
 
-        # fc.linear1
-        x = self.route("fc.linear1", x, self.fc_linear1, self.fc_linear1_specific, None)  # mini_tasks.mtl:27
-
         # fc
+        x = self.route("fc.linear1", x, self.fc_linear1, self.fc_linear1_specific, None)  # mini_tasks.mtl:27
         x = self.fc_relu1(x)  # mini_tasks.mtl:27
-
-        # linear1
         out = self.route("linear1", x, self.linear1, self.linear1_specific, self.linear1_skip)  # mini_tasks.mtl:28
-        task_slice = self.task_slice(out, 0)  # mini_tasks.mtl:28
 
         # heads.segment
+        task_slice = self.task_slice(out, 0)  # mini_tasks.mtl:28
         out_1 = self.heads_segment_linear1(task_slice)  # mini_tasks.mtl:10
 
-        # linear1
-        task_slice = self.task_slice(out, 1)  # mini_tasks.mtl:28
-
         # heads.depth
+        task_slice = self.task_slice(out, 1)  # mini_tasks.mtl:28
         out = self.heads_depth_linear1(task_slice)  # mini_tasks.mtl:10
         return self.outputs({"segment": out_1, "depth": out})
