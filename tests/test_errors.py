@@ -46,6 +46,20 @@ SYNTAX = [
         "backbon",
     ),
     case(
+        "keyword_as_a_name",
+        HEAD + "backbone {\n    true = false\n    return image\n}\n",
+        "unexpected 'true'; expected a name, ",
+        (3, 5),
+        "true",
+    ),
+    case(
+        "keyword_as_a_loop_name",
+        HEAD + "backbone {\n    for in in [1] {\n        x = image\n    }\n    return image\n}\n",
+        "unexpected 'in'; expected a name",
+        (3, 9),
+        "in",
+    ),
+    case(
         "misspelt_return",
         HEAD + "backbone {\n    x = relu(image)\n    retrun x\n}\n",
         "unknown keyword 'retrun' (did you mean 'return'?)",
