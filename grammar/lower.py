@@ -110,8 +110,9 @@ def _real_path(path: Path) -> Path:
 
 
 class _Return(Exception):
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, span: Span) -> None:
         self.value = value
+        self.span = span  # of the `return` statement
 
 
 def _describe(value: Any) -> str:
@@ -304,8 +305,7 @@ class Lowerer:
         except _Return as ret:
             if not isinstance(ret.value, Tensor):
                 raise MtscError(
-                    backbone.span,
-                    f"the backbone must return a tensor, not {_describe(ret.value)}",
+                    ret.span, f"the backbone must return a tensor, not {_describe(ret.value)}"
                 ) from None
             return ret.value
         raise MtscError(backbone.span, "the backbone ends without `return`")
@@ -408,6 +408,9 @@ class Lowerer:
         missing = [m for m in missing if m not in dict(head.kwargs)]
         if missing:
             raise MtscError(head.loc, f"head {head.name!r} needs {', '.join(missing)}=")
+        if block.defn.span.file == str(PRELUDE):
+            for key, value in head.kwargs:
+                _check_builtin_head_option(head, key, value)
 
     # ------------------------------------------------------------------ statements
 
@@ -495,7 +498,7 @@ class Lowerer:
                 value = self.eval(stmt.value, env, scope)
             finally:
                 self.var_hint = saved
-            raise _Return(value)
+            raise _Return(value, stmt.span)
         elif isinstance(stmt, ast.If):
             for cond, body in stmt.branches:
                 if self._condition(cond, env, scope):
@@ -784,7 +787,8 @@ class Lowerer:
             raise
         finally:
             self.call_stack.pop()
-        raise MtscError(defn.span, f"block {defn.name!r} ends without `return`")
+        notes = (f"in block {defn.name!r}, called at {call.span}",) if note_call else ()
+        raise MtscError(defn.span, f"block {defn.name!r} ends without `return`", notes=notes)
 
     def call_op(
         self,
@@ -989,6 +993,28 @@ def _check_scored_classes(task: TaskSpec, shape: tuple[int, ...]) -> None:
         f"but the head gives {shape[0]} channels (leave num_classes out: it defaults to the "
         "head's classes)",
     )
+
+
+def _check_builtin_head_option(head: Call, key: str, value: Any) -> None:
+    """The built-in heads' options, checked where the task names them (deep in heads.mtl, a
+    bad one would be an op's attribute there: `out must be at least 1`)."""
+
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if key in ("classes", "width"):
+        ok, wanted = whole(value), "a whole number of at least 1"
+    elif key == "rates":
+        ok = isinstance(value, tuple) and len(value) > 0 and all(whole(v) for v in value)
+        wanted = "a list of whole numbers of at least 1"
+    elif key == "drop":
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok, wanted = number and 0 <= value < 1, "a number from 0 up to, not including, 1"
+    else:
+        return
+    if not ok:
+        shown = f"tensor {value}" if isinstance(value, BackboneRef) else _describe(value)
+        raise MtscError(head.loc, f"head {head.name!r}: {key} must be {wanted}, got {shown}")
 
 
 def _in_head(err: MtscError, task: TaskSpec) -> MtscError:

@@ -655,6 +655,43 @@ DUPLICATES = [
 TASKS_HEAD = HEAD + "backbone {\n    return conv(image, 8, k=1)\n}\n"
 
 TASKS = [
+    *(
+        case(
+            f"builtin_head_option_{i}",
+            TASKS_HEAD + f"tasks {{\n    seg: {head}\n}}\n",
+            message,
+            (6, 10),
+            head,
+        )
+        for i, (head, message) in enumerate(
+            [
+                (
+                    "fcn(classes=0)",
+                    "head 'fcn': classes must be a whole number of at least 1, got 0",
+                ),
+                (
+                    "fcn(classes=3, width=image)",
+                    "head 'fcn': width must be a whole number of at least 1, got tensor image",
+                ),
+                (
+                    "aspp(classes=2.5)",
+                    "head 'aspp': classes must be a whole number of at least 1, got 2.5",
+                ),
+                (
+                    "aspp(classes=2, rates=[6, 0])",
+                    "head 'aspp': rates must be a list of whole numbers of at least 1, got (6, 0)",
+                ),
+                (
+                    "aspp(classes=2, drop=1)",
+                    "head 'aspp': drop must be a number from 0 up to, not including, 1, got 1",
+                ),
+                (
+                    "conv1x1(classes=true)",
+                    "head 'conv1x1': classes must be a whole number of at least 1, got true",
+                ),
+            ]
+        )
+    ),
     case(
         "unknown_head",
         TASKS_HEAD + "tasks {\n    seg: fcnn(classes=2)\n}\n",
@@ -959,8 +996,8 @@ STRUCTURE = [
         "backbone_returns_a_number",
         HEAD + "backbone {\n    return channels(image)\n}\n",
         "the backbone must return a tensor, not 3",
-        (2, 1),
-        "b",
+        (3, 5),
+        "return channels(image)",
     ),
     case(
         "backbone_without_return",
@@ -975,6 +1012,7 @@ STRUCTURE = [
         "block 'b' ends without `return`",
         (2, 1),
         "b",
+        calls=["b@6:12"],
     ),
 ]
 
