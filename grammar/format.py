@@ -80,7 +80,8 @@ def format_expr(expr: ast.Expr) -> str:
             isinstance(count, ast.Num) and isinstance(count.value, int)
         )
         text = format_expr(count) if simple else f"({format_expr(count)})"
-        return f"repeat {text} {format_call(expr.call)}"
+        call = format_call(expr.call) if expr.call.args else expr.call.func
+        return f"repeat {text} {call}"
     if isinstance(expr, ast.Index):
         return f"{_wrap(expr.value, _ATOM)}[{format_expr(expr.index)}]"
     if isinstance(expr, ast.Pipe):

@@ -385,3 +385,10 @@ def test_a_crlf_file_formats_to_plain_lines_with_comments_stripped_on_the_right(
         "input image: 3x8x8\nbackbone {\n    x = conv(image, 4, k=1)  # c\n"
         "    y = x + (x  # first\n    | relu)\n    return y\n}\n"
     )
+
+
+def test_a_repeated_stage_without_arguments_is_written_bare() -> None:
+    source = (
+        "input image: 3x8x8\nbackbone {\n    return image | repeat 3 relu() | repeat 2 relu\n}\n"
+    )
+    assert format_source(source, "m.mtl") == source.replace("relu()", "relu")

@@ -506,3 +506,21 @@ def test_automatic_names_never_meet_each_other_or_a_label(tmp_path):
     names = {node.name for _, node in lower_file(path).nodes()}
     assert {"relu61", "relu6_1", "conv2.conv1", "conv1", "conv3"} <= names
     assert "conv2" not in names and "relu62" not in names
+
+
+def test_a_repeated_stage_needs_no_brackets(compile_text):
+    """`| repeat 3 relu` is `| repeat 3 relu()`, as `| relu` is `| relu()`."""
+    block = "block cb(x, c=4) {\n    return conv(x, c, k=1) | relu\n}\n"
+    bare = compile_text(
+        "input image: 3x8x8\n"
+        + block
+        + "backbone {\n    return image | repeat 2 cb | repeat 3 relu\n}\n"
+    )
+    called = compile_text(
+        "input image: 3x8x8\n"
+        + block
+        + "backbone {\n    return repeat 3 relu(repeat 2 cb(image))\n}\n"
+    )
+    assert names(bare) == names(called) == [
+        "cb1.conv1", "cb1.relu1", "cb2.conv1", "cb2.relu1", "relu1", "relu2", "relu3"
+    ]  # fmt: skip
