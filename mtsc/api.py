@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mtsc.codegen.torch_supermodel import GENERATED_BY, emit_supermodel
+from mtsc.codegen.torch_supermodel import FINGERPRINT, GENERATED_BY, emit_supermodel
 from mtsc.driver import load_supermodel as load_supermodel_graph
 from mtsc.errors import MtscError
 from mtsc.fsutil import write_atomic
@@ -70,8 +70,33 @@ def _generated_source(model) -> str | None:
 
 
 def _check_same_model(path: Path, text: str, run_dir: str | Path) -> None:
-    if path.exists() and _body(path.read_text()) != _body(text):
-        raise MtscError(None, f"{run_dir} holds a run of another model (its supermodel.py differs)")
+    """The run in `run_dir` is of the model `text` compiles: the same model fingerprint, or,
+    for a run whose supermodel.py has none (mtsc before 2026-11), the same code."""
+    if not path.exists():
+        return
+    kept = path.read_text()
+    fingerprint = _fingerprint(kept)
+    if fingerprint is not None and fingerprint != _fingerprint(text):
+        raise MtscError(
+            None,
+            f"{run_dir} holds a run of another model (its supermodel.py has another model "
+            "fingerprint)",
+        )
+    if fingerprint is None and _body(kept) != _body(text):
+        raise MtscError(
+            None,
+            f"{run_dir} holds a run of another model, or one an earlier mtsc compiled (its "
+            "supermodel.py differs): resume it with that mtsc, or start a new run",
+        )
+
+
+def _fingerprint(text: str) -> str | None:
+    for line in text.split("\n"):
+        if line.startswith(FINGERPRINT):
+            return line.removeprefix(FINGERPRINT)
+        if not line.startswith("#"):  # past the header comment
+            return None
+    return None
 
 
 def _body(text: str) -> str:

@@ -170,6 +170,8 @@ def search(
     if resume:
         _restore(run, run_dir / CHECKPOINT)
         run.logger.rewind(STAGES, run.stage, run.step)
+    else:
+        run.logger.start_afresh()
     try:
         if run.stage == "warmup":
             warmup(run, progress=progress)

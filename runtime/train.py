@@ -117,6 +117,8 @@ def train(
     if resume:
         _restore(run, run_dir / CHECKPOINT)
         run.logger.rewind(STAGES, run.stage, run.step)
+    else:
+        run.logger.start_afresh()
     try:
         run_steps(run, config.steps, _step, _checkpoint, progress=progress)
     finally:

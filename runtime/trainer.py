@@ -527,6 +527,12 @@ class RunLogger:
             for key, value in _flatten(values).items():
                 self._tb.add_scalar(f"{stage}/{key}", value, step)
 
+    def start_afresh(self) -> None:
+        """A fresh run logs from an empty file: one killed before its first checkpoint may
+        have left its lines in the folder, which a new run is allowed into."""
+        if self.enabled:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
     def rewind(self, stages: tuple[str, ...], stage: str, step: int) -> None:
         """Drop the lines logged after step `step` of `stage` (`stages` in their order): a
         resumed run redoes those steps, and logs each of them once. A line the kill cut off

@@ -143,14 +143,26 @@ def test_resume_refuses_other_settings(interrupted_search, model_file, capsys, e
     assert (cut / "last.pt").read_bytes() == before
 
 
-def test_a_checkpoint_without_saved_command_settings_still_resumes(
-    interrupted_search, model_file, tmp_path, capsys
+@pytest.mark.parametrize("saved", ["none", "empty"])
+def test_a_checkpoint_that_does_not_record_its_data_resumes_given_it(
+    interrupted_search, model_file, tmp_path, capsys, saved
 ):
+    """An API run records no --data (its datasets are objects), nor did mtsc before 2026-10:
+    the data is asked for, not taken to be the built-in default."""
     cut = copy_run(interrupted_search[1], tmp_path / "cut")
     state = load(cut / "last.pt")
-    del state["command"]  # as written before --data was saved
+    if saved == "none":
+        del state["command"]  # as written before --data was saved
+    else:
+        state["command"] = {}  # as mtsc.api.search writes it
     save_checkpoint(cut / "last.pt", state)
-    assert main(["search", str(model_file), "--resume", str(cut), "--no-progress"]) == 0
+    resume = ["search", str(model_file), "--resume", str(cut), "--no-progress"]
+    assert main(resume) == 2
+    assert capsys.readouterr().err == (
+        f"error: {cut / 'last.pt'} does not record the run's data (a run started from Python, "
+        "or by an mtsc before 2026-10): give --data as the run was started with\n"
+    )
+    assert main([*resume, "--data", "shapes"]) == 0
     assert capsys.readouterr().err == ""
     assert load(cut / "last.pt")["policy"] == load(interrupted_search[0] / "last.pt")["policy"]
 
@@ -339,3 +351,31 @@ def test_a_damaged_training_checkpoint_is_named(tmp_path, change, message):
     with pytest.raises(MtscError) as err:
         load_resumable(path, "train")
     assert err.value.message == f"{path} is damaged: {message}"
+
+
+def test_a_run_resumes_when_a_later_mtsc_writes_the_same_model_differently(
+    interrupted_search, model_file, tmp_path
+):
+    """The run folder's supermodel.py is compared by its model fingerprint, not its text: the
+    code of the same model may change between mtsc versions (and is then rewritten)."""
+    cut = copy_run(interrupted_search[1], tmp_path / "cut")
+    kept = cut / "supermodel.py"
+    fresh = kept.read_text()
+    assert "\n# model fingerprint: " in fresh
+    kept.write_text(fresh.replace("\nimport ", "\n# as an older mtsc wrote it\nimport ", 1))
+    assert main(["search", str(model_file), "--resume", str(cut), "--no-progress"]) == 0
+    assert kept.read_text() == fresh
+    assert load(cut / "last.pt")["policy"] == load(interrupted_search[0] / "last.pt")["policy"]
+
+
+def test_a_fresh_run_into_a_killed_runs_folder_logs_from_an_empty_file(
+    interrupted_search, model_file, config_file, tmp_path
+):
+    """A run killed before its first checkpoint leaves its log; the next run into the folder
+    (allowed: there is nothing to resume) must not log after those lines."""
+    run = tmp_path / "killed"
+    run.mkdir()
+    stale = {"time": 0.0, "stage": "warmup", "step": 7, "loss": 1.0}
+    (run / "metrics.jsonl").write_text(json.dumps(stale) + "\n")
+    assert main([*search_args(model_file, config_file), "--out", str(run)]) == 0
+    assert logged(run / "metrics.jsonl") == logged(interrupted_search[0] / "metrics.jsonl")

@@ -885,3 +885,22 @@ def test_source_runs_its_own_triton_kernels_without_mtsc(mini, tmp_path) -> None
 @pytest.mark.gpu
 def test_source_runs_without_mtsc_on_a_gpu(mini, tmp_path) -> None:
     run_without_mtsc(mini.folder, tmp_path, "cuda", {"MTSC_ROUTING": "triton"})
+
+
+def test_the_model_fingerprint_follows_the_model_not_its_file(models_dir, tmp_path):
+    from mtsc.api import write_supermodel
+
+    def fingerprint(model: Path, **options) -> str:
+        text = write_supermodel(model, tmp_path / "out", **options).read_text()
+        return re.search(r"^# model fingerprint: ([0-9a-f]{32})$", text, re.M).group(1)
+
+    original = models_dir / "two_tasks.mtl"
+    source = original.read_text()
+    moved = tmp_path / "elsewhere" / "two_tasks.mtl"
+    moved.parent.mkdir()
+    moved.write_text("# the same model, commented\n" + source)
+    wider = tmp_path / "wider.mtl"
+    wider.write_text(source.replace("a: x = conv(x, 8", "a: x = conv(x, 12"))
+    assert fingerprint(original) == fingerprint(moved)
+    assert fingerprint(original) != fingerprint(wider)
+    assert fingerprint(original) != fingerprint(moved, share_bn=True)

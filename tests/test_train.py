@@ -77,6 +77,30 @@ def searched(workdir, model_file, data_options) -> Path:
     return run
 
 
+def test_two_processes_train_and_rank_0_alone_writes_and_reports(workdir, model_file, config_file):
+    """Under torchrun, as the search: one "validation:" and one "wrote" line, and the run's
+    files written once (by rank 0), the weights those both ranks hold."""
+    out = workdir / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "mtsc", "train", model_file, "--policy", "shared", "--config", config_file,
+        "--out", out, "--no-progress", "--set", "steps=4", "--set", "eval_every=4",
+        "--set", "eval_batches=1", "--set", "batch_size=4",
+    ]  # fmt: skip
+    done = subprocess.run(
+        list(map(str, command)), capture_output=True, text=True, timeout=180,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("validation: ") == 1 and done.stdout.count("wrote ") == 1
+    assert sorted(p.name for p in out.iterdir()) == [
+        "eval.json", "last.pt", "metrics.jsonl", "model.pt", "model.py", "policy.json",
+    ]  # fmt: skip
+    weights, state = load(out / "model.pt"), load(out / "last.pt")
+    for key, value in weights.items():
+        assert torch.equal(state["model"][key], value)
+
+
 def test_quick_train_command_writes_model_weights_and_report(
     workdir, model_file, config_file, load_generated
 ):

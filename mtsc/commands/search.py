@@ -107,6 +107,10 @@ def run_folder(args: argparse.Namespace) -> Path:
             "drop --out",
         )
     run_dir = Path(args.resume or args.out)
+    if args.resume and run_dir.is_file():
+        raise MtscError(
+            None, f"--resume takes the run's folder, not a file: --resume {run_dir.parent}"
+        )
     if args.resume and not (run_dir / CHECKPOINT).is_file():
         raise MtscError(None, f"nothing to resume: {run_dir / CHECKPOINT} does not exist")
     check_output_folder(run_dir)
@@ -144,8 +148,15 @@ def run_settings(
     path = Path(args.resume) / CHECKPOINT
     # The run loads its weights itself, later; the kind is checked before the settings.
     state = load_resumable(path, args.command, mmap=True)
-    # a checkpoint from before the command settings were saved: the command line's, or defaults
-    saved_command = {**COMMAND_DEFAULTS, **given_command, **(state.get("command") or {})}
+    recorded = state.get("command") or {}
+    if "data" not in recorded and "data" not in given_command:
+        raise MtscError(
+            None,
+            f"{path} does not record the run's data (a run started from Python, or by an mtsc "
+            "before 2026-10): give --data as the run was started with",
+        )
+    # what the checkpoint does not record: the command line's, or defaults
+    saved_command = {**COMMAND_DEFAULTS, **given_command, **recorded}
     for key, value in saved_command.items():
         if key not in COMMAND_DEFAULTS or type(value) is not type(COMMAND_DEFAULTS[key]):
             raise MtscError(None, f"{path} is damaged: its command setting {key}={value!r}")

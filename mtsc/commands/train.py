@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from mtsc.errors import MtscError
     from mtsc.fsutil import check_output_files
     from mtsc.runtime.config import TrainConfig
-    from mtsc.runtime.trainer import metrics_line
+    from mtsc.runtime.trainer import dist_info, init_distributed, metrics_line
 
     if args.resume and args.weights:
         raise MtscError(
@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         if not Path(policy).is_file():
             raise MtscError(None, f"{policy} does not exist: give the run's --policy")
     check_output_files(run_dir / name for name in TRAIN_FILES)
+    init_distributed()  # under torchrun: rank 0 alone writes the run's files and says so
     with undone_unless_resumable(run_dir, bool(args.resume)):
         result = train_pruned(
             args.model,
@@ -93,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             command=command,
         )
+    if dist_info()[0] != 0:
+        return 0
     if result["metrics"]:  # none with eval_every = 0: the run never validated
         print(f"validation: {metrics_line(result['metrics'])}")
     print_written(run_dir, TRAIN_FILES)
@@ -128,7 +131,7 @@ def train_pruned(
     from mtsc.runtime.checkpoint import seed_everything
     from mtsc.runtime.data import open_dataset
     from mtsc.runtime.train import train
-    from mtsc.runtime.trainer import refuse_existing_run
+    from mtsc.runtime.trainer import barrier, dist_info, refuse_existing_run
 
     data_options = dict(config.data)
     train_set = open_dataset(data, "train", **data_options)
@@ -146,8 +149,11 @@ def train_pruned(
     refuse_existing_run(run_dir, resume)  # before model.py is written over the run's
     if resume:
         check_same_policy(run_dir / "policy.json", pruned.policy, policy)
-    write_atomic(run_dir / "model.py", source)
-    write_atomic(run_dir / "policy.json", json.dumps(pruned.policy, indent=2) + "\n")
+    rank = dist_info()[0]
+    if rank == 0:
+        write_atomic(run_dir / "model.py", source)
+        write_atomic(run_dir / "policy.json", json.dumps(pruned.policy, indent=2) + "\n")
+    barrier()
     module = import_generated(run_dir / "model.py", f"mtsc_pruned_{abs(hash(str(run_dir)))}")
     seed_everything(config.seed)  # torch's default seed is random: the initial weights need one
     net = module.MultiTaskModel()
@@ -156,9 +162,6 @@ def train_pruned(
     result = train(
         net, train_set, val_set, config, run_dir, resume=resume, progress=progress, command=command
     )
-    buffer = io.BytesIO()
-    torch.save(net.state_dict(), buffer)
-    write_atomic(run_dir / "model.pt", buffer.getvalue())
     report = size_report(pruned.model)
     summary = {
         "metrics": result.metrics,
@@ -166,7 +169,11 @@ def train_pruned(
         "macs": report.total_macs,
         "task_params": report.task_params,
     }
-    write_atomic(run_dir / "eval.json", json.dumps(summary, indent=2) + "\n")
+    if rank == 0:
+        buffer = io.BytesIO()
+        torch.save(net.state_dict(), buffer)
+        write_atomic(run_dir / "model.pt", buffer.getvalue())
+        write_atomic(run_dir / "eval.json", json.dumps(summary, indent=2) + "\n")
     return {**summary, "net": net, "pruned": pruned}
 
 
