@@ -55,10 +55,11 @@ def check_searched_model(
     """A search checkpoint names its model and tasks, (name, tasks): one of another model is
     refused by name rather than at the first tensor that does not fit."""
     if searched != model:
+        named = " (a model takes its file's name)" if searched[0] != model[0] else ""
         raise MtscError(
             None,
             f"{path} is a search of model {searched[0]!r} with tasks {searched[1]}, "
-            f"not of {model[0]!r} with {model[1]}",
+            f"not of {model[0]!r} with {model[1]}{named}",
         )
 
 

@@ -30,7 +30,9 @@ def check_policy(policy, model, tasks, has_skip, pinned=()):
     if "model" not in policy:
         problems.append(f'it has no "model" key (this model is {model!r})')
     elif policy["model"] != model:
-        problems.append(f"it is for model {policy['model']!r}, not {model!r}")
+        problems.append(
+            f"it is for model {policy['model']!r}, not {model!r} (a model takes its file's name)"
+        )
     if "tasks" not in policy:
         problems.append(f'it has no "tasks" key (the model\'s tasks are {list(tasks)})')
     elif not _same_tasks(policy["tasks"], tasks):
@@ -62,7 +64,8 @@ def check_policy(policy, model, tasks, has_skip, pinned=()):
                 choice_problems.append(f"{name}/{task}: {choice!r} is not one of {CHOICES}")
             elif choice == "skip" and not has_skip[name]:
                 choice_problems.append(
-                    f"{name}/{task}: this op cannot be skipped (its shape changes)"
+                    f"{name}/{task}: this op has no skip (no projection gives its output at "
+                    "every input size)"
                 )
     for mismatch, names in wrong_tasks.items():
         problems.append(_wrong_tasks_problem(names, mismatch, tasks, len(has_skip)))

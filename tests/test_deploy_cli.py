@@ -241,11 +241,17 @@ def _bad_policies() -> dict[str, tuple[object, list[str]]]:
         ),
         "skip without candidate": (
             edited(lambda p: p["choices"]["valid.conv1"].__setitem__("normal", "skip")),
-            ["note: valid.conv1/normal: this op cannot be skipped (its shape changes)"],
+            [
+                "note: valid.conv1/normal: this op has no skip (no projection gives its output at "
+                "every input size)"
+            ],
         ),
         "other model": (
             edited(lambda p: p.__setitem__("model", "resnet34")),
-            ["note: it is for model 'resnet34', not 'deploy_residual'"],
+            [
+                "note: it is for model 'resnet34', not 'deploy_residual' (a model takes its "
+                "file's name)"
+            ],
         ),
         "not an object": ([1, 2], ['note: a policy is {"model": ..., "tasks": [...], "choices"']),
         "invalid json": (
@@ -375,7 +381,7 @@ def test_checkpoint_of_another_model(tmp_path, capsys, load_generated):
             {"model_name": "deploy_linear", "tasks": ["a", "b"]},
             [],
             "is a search of model 'deploy_linear' with tasks ['a', 'b'], not of "
-            "'deploy_residual' with ['segment', 'depth', 'normal']",
+            "'deploy_residual' with ['segment', 'depth', 'normal'] (a model takes its file's name)",
         ),
         (
             {"model_name": "deploy_residual", "tasks": ["segment", "depth"]},

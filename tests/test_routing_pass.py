@@ -377,7 +377,10 @@ def with_choice(policy: dict, op: str, task: str, choice: str) -> dict:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda p: {**p, "model": "resnet18"}, "it is for model 'resnet18', not 'mini_tasks'"),
+        (
+            lambda p: {**p, "model": "resnet18"},
+            "it is for model 'resnet18', not 'mini_tasks' (a model takes its file's name)",
+        ),
         (
             lambda p: {**p, "tasks": ["depth", "edges"]},
             "its tasks are ['depth', 'edges'], the model's are ['segment', 'depth']",
@@ -396,7 +399,8 @@ def with_choice(policy: dict, op: str, task: str, choice: str) -> dict:
         ),
         (
             lambda p: with_choice(p, "valid.conv1", "segment", "skip"),
-            "valid.conv1/segment: this op cannot be skipped (its shape changes)",
+            "valid.conv1/segment: this op has no skip (no projection gives its output at "
+            "every input size)",
         ),
         (
             lambda p: {**p, "choices": {**p["choices"], "linear1": {"depth": "skip"}}},

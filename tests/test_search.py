@@ -383,7 +383,7 @@ def test_api_resume_checks_the_model_against_the_checkpoint(cli_run, tmp_path, d
         search(load_supermodel(renamed), *datasets, run, resume=True, progress=False, **STEPS)
     assert err.value.message == (
         f"{run / 'last.pt'} is a search of model 'two_tasks' with tasks ['segment', 'depth'], "
-        "not of 'other' with ['segment', 'depth']"
+        "not of 'other' with ['segment', 'depth'] (a model takes its file's name)"
     )
 
     wider = tmp_path / "wider" / "two_tasks.mtl"
