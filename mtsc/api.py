@@ -71,7 +71,7 @@ def _generated_source(model) -> str | None:
 
 def _check_same_model(path: Path, text: str, run_dir: str | Path) -> None:
     """The run in `run_dir` is of the model `text` compiles: the same model fingerprint, or,
-    for a run whose supermodel.py has none (mtsc before 2026-11), the same code."""
+    for a run whose supermodel.py has none (an older mtsc wrote it), the same code."""
     if not path.exists():
         return
     kept = path.read_text()

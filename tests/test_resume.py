@@ -147,7 +147,7 @@ def test_resume_refuses_other_settings(interrupted_search, model_file, capsys, e
 def test_a_checkpoint_that_does_not_record_its_data_resumes_given_it(
     interrupted_search, model_file, tmp_path, capsys, saved
 ):
-    """An API run records no --data (its datasets are objects), nor did mtsc before 2026-10:
+    """An API run records no --data (its datasets are objects), nor did an older mtsc:
     the data is asked for, not taken to be the built-in default."""
     cut = copy_run(interrupted_search[1], tmp_path / "cut")
     state = load(cut / "last.pt")
@@ -160,7 +160,7 @@ def test_a_checkpoint_that_does_not_record_its_data_resumes_given_it(
     assert main(resume) == 2
     assert capsys.readouterr().err == (
         f"error: {cut / 'last.pt'} does not record the run's data (a run started from Python, "
-        "or by an mtsc before 2026-10): give --data as the run was started with\n"
+        "or by an older mtsc): give --data as the run was started with\n"
     )
     assert main([*resume, "--data", "shapes"]) == 0
     assert capsys.readouterr().err == ""

@@ -152,8 +152,8 @@ def run_settings(
     if "data" not in recorded and "data" not in given_command:
         raise MtscError(
             None,
-            f"{path} does not record the run's data (a run started from Python, or by an mtsc "
-            "before 2026-10): give --data as the run was started with",
+            f"{path} does not record the run's data (a run started from Python, or by an older "
+            "mtsc): give --data as the run was started with",
         )
     # what the checkpoint does not record: the command line's, or defaults
     saved_command = {**COMMAND_DEFAULTS, **given_command, **recorded}
