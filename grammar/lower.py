@@ -81,26 +81,22 @@ class _Scope:
     sharing: Sharing | None
     labelled: bool = False
     counters: dict[str, int] = field(default_factory=dict)
-    direct_calls: list[str] = field(default_factory=list)
-    automatic: dict[str, bool] = field(default_factory=dict)  # each direct call: named by count?
+    # each direct call's name in the scope, in order: True where it was named by a count
+    direct_calls: dict[str, bool] = field(default_factory=dict)
 
     def child_name(self, base: str, *, block: bool) -> str:
         if self.labelled and block:
-            seg = str(len([c for c in self.direct_calls if c.isdigit()]))
+            seg = str(sum(c.isdigit() for c in self.direct_calls))
         else:
             # relu6's first is relu6_1, never the 61st relu; a name a label took is passed over
             separator = "_" if base[-1].isdigit() else ""
             n = self.counters.get(base, 0) + 1
-            while f"{base}{separator}{n}" in self.automatic:
+            while f"{base}{separator}{n}" in self.direct_calls:
                 n += 1
             self.counters[base] = n
             seg = f"{base}{separator}{n}"
-        self.add_call(seg, automatic=True)
+        self.direct_calls[seg] = True
         return f"{self.prefix}.{seg}" if self.prefix else seg
-
-    def add_call(self, seg: str, *, automatic: bool) -> None:
-        self.direct_calls.append(seg)
-        self.automatic[seg] = automatic
 
 
 def _real_path(path: Path) -> Path:
@@ -275,7 +271,7 @@ class Lowerer:
             raise _in_head(err, task) from None
         finally:
             self.var_hint = saved
-        self._collapse(scope.prefix, scope.direct_calls[0], self.created[first_new:])
+        self._collapse(scope.prefix, next(iter(scope.direct_calls)), self.created[first_new:])
         if not isinstance(out, Tensor):
             raise MtscError(task.head.loc, f"head {task.head.name!r} must return a tensor")
         for nid in self.created[first_new:]:
@@ -443,13 +439,12 @@ class Lowerer:
                     scope.labelled,
                     scope.counters,
                     scope.direct_calls,
-                    scope.automatic,
                 )
             )
             self._exec_plain(stmt, env, inner)
             return
         prefix = f"{scope.prefix}.{stmt.label}" if scope.prefix else stmt.label
-        automatic = scope.automatic.get(stmt.label)
+        automatic = scope.direct_calls.get(stmt.label)
         if automatic is not None:
             raise MtscError(
                 stmt.label_span,
@@ -459,12 +454,12 @@ class Lowerer:
                 if automatic
                 else f"duplicate label {stmt.label!r} in this scope",
             )
-        scope.add_call(stmt.label, automatic=False)
+        scope.direct_calls[stmt.label] = False
         inner = _Scope(prefix, sharing, labelled=True)
         first_new = len(self.created)
         self._exec_plain(stmt, env, inner)
         if len(inner.direct_calls) == 1:
-            self._collapse(prefix, inner.direct_calls[0], self.created[first_new:])
+            self._collapse(prefix, next(iter(inner.direct_calls)), self.created[first_new:])
 
     def _collapse(self, prefix: str, seg: str, ids: Sequence[int]) -> None:
         """A labelled statement that made one call: `L.conv1` becomes `L`."""
