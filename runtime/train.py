@@ -32,6 +32,7 @@ from mtsc.runtime.trainer import (
     run_steps,
     sgd_groups,
     start_run,
+    validate,
     write_checkpoint,
 )
 
@@ -121,6 +122,8 @@ def train(
         run.logger.start_afresh()
     try:
         run_steps(run, config.steps, _step, _checkpoint, progress=progress)
+        if config.steps == 0 and config.eval_every:  # nothing to train: validate the start
+            validate(run)
     finally:
         run.logger.close()
     run.stage = "done"

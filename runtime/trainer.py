@@ -396,20 +396,26 @@ def run_steps(
         if run.step % run.config.log_every == 0 or run.step == total:
             run.logger.log(run.step, run.stage, {**logs, "images_per_s": rate})
         if run.config.eval_every and (run.step % run.config.eval_every == 0 or run.step == total):
-            run.last_metrics = evaluate(
-                run.model,
-                run.val_set,
-                run.objective,
-                batch_size=run.config.batch_size,
-                device=run.device,
-                max_batches=run.config.eval_batches,
-            )
-            run.logger.log(run.step, run.stage, {"val": run.last_metrics})
-            if rank == 0:
-                bar.write(f"[{run.stage} {run.step}] " + metrics_line(run.last_metrics))
+            validate(run, bar.write)
         if run.step % run.config.checkpoint_every == 0 and run.step < total:
             checkpoint(run)
     bar.close()
+
+
+def validate(run: Any, write: Callable[[str], None] = print) -> None:
+    """Validation metrics of `run.model` at `run.step`: kept in `run.last_metrics`, logged,
+    and written out by rank 0."""
+    run.last_metrics = evaluate(
+        run.model,
+        run.val_set,
+        run.objective,
+        batch_size=run.config.batch_size,
+        device=run.device,
+        max_batches=run.config.eval_batches,
+    )
+    run.logger.log(run.step, run.stage, {"val": run.last_metrics})
+    if dist_info()[0] == 0:
+        write(f"[{run.stage} {run.step}] " + metrics_line(run.last_metrics))
 
 
 def metrics_line(metrics: Mapping[str, Mapping[str, float]]) -> str:

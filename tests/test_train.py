@@ -176,6 +176,10 @@ def test_weights_from_the_search_start_where_the_supermodel_is(
     for task in TASKS:
         torch.testing.assert_close(got[task], expected[task], rtol=1e-5, atol=1e-5)
         assert not torch.allclose(fresh[task], expected[task], atol=1e-3)  # the check has teeth
+    # steps=0 trains nothing but still validates the weights it starts from
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(entry["step"], sorted(entry["val"])) for entry in logged] == [(0, sorted(TASKS))]
+    assert json.loads((out / "eval.json").read_text())["metrics"] == logged[0]["val"]
 
 
 def test_training_is_reproducible_with_a_seed(tmp_path, model_file, config_file):
