@@ -26,6 +26,7 @@ from mtsc.codegen.torch_common import (
 from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Graph, Role
 from mtsc.ir.ops import PARAMETRIC, Op, TorchModule, spec_of, torch_class
+from mtsc.ir.passes.insert_routing import pinned_ops
 from mtsc.ir.stats import supermodel_params
 
 # The first words of a generated supermodel.py: how `mtsc.api` tells one from a user's file.
@@ -185,6 +186,8 @@ def _emit_class_attrs(w: SourceWriter, g: Graph, plan: _Plan, tasks: tuple[str, 
     w.blank()
     w.line(f"MODEL = {py_literal(g.name)}")
     w.line(f"TASKS = {py_literal(tasks)}")
+    w.line("# convs and linears the model pins (@shared, @specific): no policy chooses for them")
+    w.line(f"PINNED = {py_literal(tuple(pinned_ops(g)))}")
     w.line("# (routed op, whether it has a skip candidate, its depth among the routed ops)")
     w.line("ROUTED = (")
     with w.indent():

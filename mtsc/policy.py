@@ -12,7 +12,8 @@ from pathlib import Path
 from mtsc.errors import MtscError, Span
 from mtsc.fsutil import read_source
 from mtsc.ir.graph import Graph
-from mtsc.ir.ops import ROUTABLE, Op, did_you_mean
+from mtsc.ir.ops import Op, did_you_mean
+from mtsc.ir.passes.insert_routing import pinned_ops
 from mtsc.runtime.policy_format import CHOICES, check_policy, uniform_policy
 
 SHORTHANDS = ("shared", "specific")
@@ -25,15 +26,6 @@ def routed_ops(g: Graph) -> dict[str, bool]:
         for n in g.topo_order()
         if g.node(n).op is Op.ROUTE
     }
-
-
-def pinned_ops(g: Graph) -> list[str]:
-    """The trunk's convs and linears that the model pins (`@shared`, `@specific`): not routed."""
-    return [
-        g.node(n).name
-        for n in g.topo_order()
-        if g.node(n).op in ROUTABLE and g.node(n).task is None and g.node(n).sharing is not None
-    ]
 
 
 def read_policy(spec: str, g: Graph) -> dict:

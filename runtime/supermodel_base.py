@@ -119,12 +119,14 @@ class TaskLinear(nn.Module):
 class SupermodelBase(nn.Module):
     """Routing modes, policy logits, the regulariser and policy files.
 
-    A subclass sets MODEL, TASKS and ROUTED (one `(op name, has skip, depth)` per routed op,
-    in order) and writes `forward` with `stack`, `route` and `task_slice`.
+    A subclass sets MODEL, TASKS, PINNED (the ops no policy chooses for) and ROUTED (one
+    `(op name, has skip, depth)` per routed op, in order) and writes `forward` with `stack`,
+    `route` and `task_slice`.
     """
 
     MODEL = ""
     TASKS = ()
+    PINNED = ()
     ROUTED = ()
     CHOICE_PARAMS: typing.ClassVar[dict[str, tuple[int, int, int]]] = {}
     TASK_SPECS: typing.ClassVar[dict[str, dict]] = {}
@@ -319,7 +321,7 @@ class SupermodelBase(nn.Module):
 
     def load_policy(self, policy):
         """Set the logits so that the argmax policy is `policy` (the policy.json format)."""
-        problems = check_policy(policy, self.MODEL, self.TASKS, self._has_skip)
+        problems = check_policy(policy, self.MODEL, self.TASKS, self._has_skip, self.PINNED)
         if problems:
             raise ValueError("policy does not match the model: " + "; ".join(problems))
         with torch.no_grad():

@@ -185,14 +185,19 @@ def test_pinned_ops_are_the_trunks_unrouted_convs_and_linears(mini_graph):
     assert pinned_ops(mini_graph) == ["stem.conv1", "pinned.conv1"]
 
 
-def test_the_supermodel_alone_does_not_know_pinned_ops(mini_graph):
-    """Generated code checks without the pins (it only knows its routed ops)."""
+def test_the_generated_supermodel_tells_pinned_ops_from_unknown_ones(
+    tmp_path, models_dir, load_generated
+):
+    build(models_dir / MINI, tmp_path, render=False)
     policy = json.loads(json.dumps(POLICY))
     policy["choices"]["stem.conv1"] = {"segment": "shared", "depth": "shared"}
-    tasks = tuple(TASKS)
-    assert check_policy(policy, "mini_tasks", tasks, routed_ops(mini_graph)) == [
-        "unknown ops stem.conv1"
-    ]
+    policy["choices"]["stem.conv9"] = {"segment": "shared", "depth": "shared"}
+    with pytest.raises(ValueError) as err:
+        load_generated(tmp_path / "supermodel.py").Supermodel().load_policy(policy)
+    assert str(err.value) == (
+        "policy does not match the model: unknown ops stem.conv9; pinned by the model "
+        "(@shared or @specific), so they take no choice: stem.conv1"
+    )
 
 
 # ---------------------------------------------------------------------- required keys

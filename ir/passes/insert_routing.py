@@ -62,6 +62,15 @@ def insert_routing(
     return g
 
 
+def pinned_ops(g: Graph) -> list[str]:
+    """The trunk's convs and linears that the model pins (`@shared`, `@specific`): not routed."""
+    return [
+        g.node(n).name
+        for n in g.topo_order()
+        if g.node(n).op in ROUTABLE and g.node(n).task is None and g.node(n).sharing is not None
+    ]
+
+
 def _role_of(node: Node, options: RoutingOptions) -> Role:
     if node.sharing is Sharing.SPECIFIC:
         return Role.SPECIFIC

@@ -1165,12 +1165,14 @@ class TaskLinear(nn.Module):
 class SupermodelBase(nn.Module):
     """Routing modes, policy logits, the regulariser and policy files.
 
-    A subclass sets MODEL, TASKS and ROUTED (one `(op name, has skip, depth)` per routed op,
-    in order) and writes `forward` with `stack`, `route` and `task_slice`.
+    A subclass sets MODEL, TASKS, PINNED (the ops no policy chooses for) and ROUTED (one
+    `(op name, has skip, depth)` per routed op, in order) and writes `forward` with `stack`,
+    `route` and `task_slice`.
     """
 
     MODEL = ""
     TASKS = ()
+    PINNED = ()
     ROUTED = ()
     CHOICE_PARAMS: typing.ClassVar[dict[str, tuple[int, int, int]]] = {}
     TASK_SPECS: typing.ClassVar[dict[str, dict]] = {}
@@ -1365,7 +1367,7 @@ class SupermodelBase(nn.Module):
 
     def load_policy(self, policy):
         """Set the logits so that the argmax policy is `policy` (the policy.json format)."""
-        problems = check_policy(policy, self.MODEL, self.TASKS, self._has_skip)
+        problems = check_policy(policy, self.MODEL, self.TASKS, self._has_skip, self.PINNED)
         if problems:
             raise ValueError("policy does not match the model: " + "; ".join(problems))
         with torch.no_grad():
@@ -1426,6 +1428,8 @@ class Supermodel(SupermodelBase):
 
     MODEL = "mini_tasks"
     TASKS = ("segment", "depth")
+    # convs and linears the model pins (@shared, @specific): no policy chooses for them
+    PINNED = ("stem.conv1", "pinned.conv1")
     # (routed op, whether it has a skip candidate, its depth among the routed ops)
     ROUTED = (
         ("body.conv1", True, 1),
