@@ -539,6 +539,16 @@ def _is_evaluation(layer: Layer) -> bool:
     return kind.endswith(("loss", "accuracy"))
 
 
+def _misspelled_type(name: str) -> str:
+    """A supported type `name` may be a slip for: the same letters in another case (Caffe's
+    types are case-sensitive), or one or two letters off at the same length give or take one.
+    Forks' layers are often a supported name plus a prefix (Unpooling), so not just any close
+    name."""
+    same = [t for t in SUPPORTED_TYPES if t.lower() == name.lower()]
+    alike = [t for t in SUPPORTED_TYPES if abs(len(t) - len(name)) <= 1]
+    return did_you_mean(name, same, cutoff=0) if same else did_you_mean(name, alike, cutoff=0.8)
+
+
 def _is_source(layer: Layer) -> bool:
     """A data layer (Data, ImageData, a Python layer, ...): a type mtsc does not know, reading
     no blob."""
@@ -770,7 +780,8 @@ class _Builder:
             )
         if layer.type not in SUPPORTED_TYPES:
             raise layer.error(
-                f"unsupported layer type {layer.type!r}; mtsc supports "
+                f"unsupported layer type {layer.type!r}{_misspelled_type(layer.type)}; "
+                "mtsc supports "
                 f"{', '.join(SUPPORTED_TYPES)} (to import the network up to a blob before "
                 "this layer, use --output BLOB)",
                 "type",

@@ -1147,6 +1147,19 @@ ERRORS = {
         "layer 's' (ArgMax): unsupported layer type 'ArgMax'; " + SUPPORTED,
         'type: "ArgMax"',
     ),
+    "misspelled type": (
+        INPUT + layer("s", "Eltwize", "data"),
+        None,
+        "layer 's' (Eltwize): unsupported layer type 'Eltwize' (did you mean 'Eltwise'?); "
+        + SUPPORTED,
+        'type: "Eltwize"',
+    ),
+    "type in another case": (
+        INPUT + layer("r", "Relu", "data"),
+        None,
+        "layer 'r' (Relu): unsupported layer type 'Relu' (did you mean 'ReLU'?); " + SUPPORTED,
+        'type: "Relu"',
+    ),
     "clip without max": (
         INPUT + layer("c", "Clip", "data", body="clip_param { min: 0 }"),
         None,
