@@ -171,13 +171,15 @@ def _unknown_key_hints(cls: type, unknown: list[str], known: list[str]) -> list[
     """A near miss of a known key, or a key of the other command's config (`lr` is train's)."""
     other, command = (TrainConfig, "train") if cls is SearchConfig else (SearchConfig, "search")
     theirs = {f.name for f in dataclasses.fields(other)}
-    hints = []
-    for key in unknown:
-        near = did_you_mean(key, known)
-        if near:
-            hints.append(f"{key}{near}")
-        elif key in theirs:
-            hints.append(f"{key} is a key of `mtsc {command}`'s config")
+    near = {key: did_you_mean(key, known) for key in unknown if key not in theirs}
+    hints = [f"{key}{hint}" for key, hint in near.items() if hint]
+    borrowed = [key for key in unknown if key in theirs]
+    if borrowed:  # one note: a whole file of the other command's keys is one mistake
+        if len(borrowed) == 1:
+            which = f"{borrowed[0]} is a key"
+        else:
+            which = "they are keys" if borrowed == unknown else f"{', '.join(borrowed)} are keys"
+        hints.append(f"{which} of `mtsc {command}`'s config")
     return hints
 
 

@@ -233,7 +233,9 @@ def test_a_misspelt_data_option_is_shown_in_its_table(tmp_path):
     toml.write_text("seed = 1\n[data]\nseed = 2\n  sizee = 3\n")
     err = _error(TrainConfig, {}, toml)
     assert err.render().splitlines() == [
-        f"{toml}:4:3: error: bad config: unknown [data] option 'sizee' (did you mean 'size'?)",
+        f"{toml}:4:3: error: bad config: unknown [data] option 'sizee' (did you mean 'size'?); "
+        "the datasets take augment, cache_dir, classes, flip, n_test, n_train, n_val, objects, "
+        "scales, seed, size, tasks",
         "      sizee = 3",
         "      ^^^^^",
     ]
@@ -367,6 +369,43 @@ def test_an_unknown_key_gets_a_hint(cls, key, note):
     with pytest.raises(MtscError) as err:
         make_config(cls, None, {key: 1})
     assert err.value.notes == (note,)
+
+
+def test_the_other_commands_config_gets_one_note(tmp_path):
+    """Handing train a search's config: one note for all the search's keys, and no near miss
+    for a key that is the search's (policy_every is not a misspelt log_every)."""
+    toml = tmp_path / "search.toml"
+    toml.write_text("warmup_steps = 4\npolicy_every = 2\n")
+    with pytest.raises(MtscError) as err:
+        make_config(TrainConfig, toml, {"stepz": 3})
+    assert err.value.notes == (
+        "stepz (did you mean 'steps'?)",
+        "policy_every, warmup_steps are keys of `mtsc search`'s config",
+    )
+    with pytest.raises(MtscError) as err:
+        make_config(TrainConfig, toml, {})
+    assert err.value.notes == ("they are keys of `mtsc search`'s config",)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            "shapes",
+            "bad config: unknown [data] option 'object' (did you mean 'objects'?); shapes takes "
+            "augment, cache_dir, flip, n_test, n_train, n_val, objects, scales, seed, size, tasks",
+        ),
+        (
+            "cityscapes:/data",
+            "bad config: unknown [data] option 'object'; cityscapes takes augment, classes, flip, "
+            "scales, size, tasks",
+        ),
+    ],
+)
+def test_an_unknown_data_option_lists_what_the_data_takes(spec, message):
+    with pytest.raises(MtscError) as err:
+        make_config(SearchConfig, None, parse_sets(["data.object=1"]), data_spec=spec)
+    assert err.value.message == message
 
 
 @pytest.mark.parametrize(

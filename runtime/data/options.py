@@ -113,13 +113,19 @@ def option_problems(
     """(option, what is wrong) for each option no dataset takes, or whose value is not of its
     kind; with the data's `spec`, also each option its kind does not take (see
     `kind_problems`). An empty list when all are well formed."""
+    kind = spec_kind(spec) if spec is not None else None
+    accepted = sorted(KIND_OPTIONS[kind] if kind else ANY_KIND_OPTIONS)
+    takers = f"{kind} takes" if kind else "the datasets take"
     unknown = [
-        (name, f"unknown [data] option {name!r}{did_you_mean(name, ANY_KIND_OPTIONS)}")
+        (
+            name,
+            f"unknown [data] option {name!r}{did_you_mean(name, accepted)}; "
+            f"{takers} {', '.join(accepted)}",
+        )
         for name in sorted(options)
         if name not in ANY_KIND_OPTIONS
     ]
     known = {name: value for name, value in options.items() if name in ANY_KIND_OPTIONS}
-    kind = spec_kind(spec) if spec is not None else None
     return unknown + ill_formed_options(known) + (kind_problems(kind, known) if kind else [])
 
 
