@@ -95,14 +95,21 @@ def baselines(
     return supermodel_baselines(load_supermodel(model, routing))
 
 
-def supermodel_baselines(sm: Graph) -> dict[str, SizeReport]:
-    """The two extremes: all-shared (hard parameter sharing) and all-specific (T networks)."""
+def supermodel_baselines(sm: Graph, *, fold_bn: bool = False) -> dict[str, SizeReport]:
+    """The two extremes: all-shared (hard parameter sharing) and all-specific (T networks),
+    pruned as the model they are compared with was (`fold_bn`)."""
     tasks = [t.name for t in sm.tasks]
     out = {}
     for choice in ("shared", "specific"):
         policy = uniform_policy(sm.name, tasks, list(routed_ops(sm)), choice)
-        out[choice] = size_report(run_pipeline(sm.copy(), prune_pipeline(policy)))
+        pipeline = prune_pipeline(policy, fold_bn=fold_bn)
+        out[choice] = size_report(run_pipeline(sm.copy(), pipeline))
     return out
+
+
+def baselines_json(extremes: dict[str, SizeReport]) -> dict[str, dict]:
+    """The extremes as `--json` lists them, under "baselines"."""
+    return {"baselines": {name: report.__dict__ for name, report in extremes.items()}}
 
 
 def report_table(report: SizeReport, extremes: dict[str, SizeReport]) -> str:

@@ -18,7 +18,7 @@ from torch import nn
 
 from mtsc.cli import main
 from mtsc.codegen.torch_supermodel import emit_supermodel
-from mtsc.deploy import baselines, prune_model, report_table, size_report
+from mtsc.deploy import baselines, baselines_json, prune_model, report_table, size_report
 from mtsc.driver import load_supermodel
 from mtsc.ir.passes.insert_routing import RoutingOptions
 from mtsc.policy import routed_ops
@@ -175,6 +175,23 @@ def test_prune_json_reports_the_sizes(tmp_path, capsys):
     assert sorted(Path(p).name for p in data["written"]) == sorted(
         ["model.py", "model.dot", "policy.json", "report.txt"]
     )
+    assert (
+        data["baselines"] == json.loads(json.dumps(baselines_json(baselines(MODEL))))["baselines"]
+    )
+
+
+def test_fold_bn_compares_with_folded_extremes(tmp_path, capsys):
+    """All-shared with --fold-bn is the all-shared extreme itself, folded the same way."""
+    out = tmp_path / "d"
+    args = ["prune", MODEL, "--policy", "shared", "-o", out, "--no-svg", "--json", "--fold-bn"]
+    status, stdout, _ = run(args, capsys)
+    assert status == 0
+    data = json.loads(stdout)
+    folded = size_report(prune_model(MODEL, "shared", fold_bn=True).model)
+    assert data["total_params"] == folded.total_params
+    assert data["baselines"]["shared"]["total_params"] == folded.total_params
+    assert folded.total_params < baselines(MODEL)["shared"].total_params  # the check has teeth
+    assert "this model is 1.00x its size" in (out / "report.txt").read_text().splitlines()[7]
 
 
 # ---------------------------------------------------------------------- stats

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from mtsc.codegen.torch_pruned import emit_pruned
     from mtsc.commands import refuse_another_commands_folder
     from mtsc.deploy import (
+        baselines_json,
         fold_summary,
         fold_text,
         prune_model,
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         files["model.pt"] = deployed_weights(pruned, args.weights)
     proc = start_render(files["model.dot"], "svg") if "model.svg" in names else None
     report = size_report(g)
-    extremes = supermodel_baselines(pruned.supermodel)
+    extremes = supermodel_baselines(pruned.supermodel, fold_bn=args.fold_bn)
     table = report_table(report, extremes)
     folds = fold_summary(g) if args.fold_bn else None
     if folds is not None:
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         listed = {"written": [str(p) for p in written], "removed": [str(p) for p in removed]}
         if folds is not None:
             listed["folded_batchnorms"], listed["unfolded_batchnorms"] = folds
-        print(json.dumps({**report.__dict__, **listed}, indent=2))
+        print(json.dumps({**report.__dict__, **baselines_json(extremes), **listed}, indent=2))
     else:
         print(table)
         print(f"wrote {', '.join(map(str, written))}")

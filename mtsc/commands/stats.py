@@ -15,19 +15,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtsc.deploy import prune_model, report_table, size_report, supermodel_baselines
+    from mtsc.deploy import (
+        baselines_json,
+        prune_model,
+        report_table,
+        size_report,
+        supermodel_baselines,
+    )
     from mtsc.ir.passes.insert_routing import RoutingOptions
 
     pruned = prune_model(args.model, args.policy, routing=RoutingOptions(share_bn=args.share_bn))
     report = size_report(pruned.model)
     extremes = supermodel_baselines(pruned.supermodel)
     if args.json:
-        print(
-            json.dumps(
-                {**report.__dict__, "baselines": {k: v.__dict__ for k, v in extremes.items()}},
-                indent=2,
-            )
-        )
+        print(json.dumps({**report.__dict__, **baselines_json(extremes)}, indent=2))
     else:
         print(report_table(report, extremes))
     return 0
