@@ -482,6 +482,7 @@ class Lowerer:
                 value = env[stmt.target] = self.eval(stmt.value, env, scope)
             finally:
                 self.var_hint = saved
+            self._check_pin(stmt, value, first_new)
             if isinstance(value, Tensor) and value.nid in self.created[first_new:]:
                 # The generated code names a value as the user did where it was assigned,
                 # not as inside the block that made it (`return` there names it `out`).
@@ -489,10 +490,12 @@ class Lowerer:
                 self.graph.update(value.nid, meta={**node.meta, "var": stmt.target})
         elif isinstance(stmt, ast.Return):
             saved, self.var_hint = self.var_hint, "out"
+            first_new = len(self.created)
             try:
                 value = self.eval(stmt.value, env, scope)
             finally:
                 self.var_hint = saved
+            self._check_pin(stmt, value, first_new)
             raise _Return(value, stmt.span)
         elif isinstance(stmt, ast.If):
             for cond, body in stmt.branches:
@@ -513,6 +516,7 @@ class Lowerer:
                 self._bind_targets(stmt, item, env)
                 self.exec_body(stmt.body, env, scope)
         elif isinstance(stmt, ast.Assert):
+            self._check_pin(stmt, None, len(self.created))
             if not self._condition(stmt.test, env, scope):
                 raise MtscError(
                     stmt.span, f"assertion failed: {stmt.message or 'condition is false'}"
@@ -536,6 +540,26 @@ class Lowerer:
         if not isinstance(value, bool):
             raise MtscError(expr.span, f"a condition must be true or false, got {_describe(value)}")
         return value
+
+    def _check_pin(self, stmt: ast.Stmt, value: Any, first_new: int) -> None:
+        """A pin on a statement that makes no op (a number, an assert, `return x` of a value
+        made earlier) would pin nothing: it is most likely meant for where the ops are made."""
+        if not stmt.decorators:
+            return
+        if isinstance(value, Tensor) and value.nid in self.created[first_new:]:
+            return
+        if isinstance(stmt, ast.Assert):
+            gives = ""
+        elif isinstance(value, Tensor):
+            gives = " (it names a value made earlier)"
+        else:
+            gives = f" (it gives {_describe(value)})"
+        pin = stmt.decorators[0]
+        raise MtscError(
+            pin.span,
+            f"@{pin.name} pins the ops its statement makes, and this statement makes none"
+            f"{gives}; pin the statement that makes them",
+        )
 
     def _decorator_sharing(self, decorators: Sequence[ast.Decorator]) -> Sharing | None:
         """The pin the decorators give: one at most, as two would leave it unclear which

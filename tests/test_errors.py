@@ -260,6 +260,48 @@ NAMES = [
         (3, 1),
         "@specific",
     ),
+    case(
+        "pin_on_a_number",
+        """
+        input image: 3x32x32
+        backbone {
+            @shared width = 2 * 4
+            return conv(image, width, k=1)
+        }
+        """,
+        "@shared pins the ops its statement makes, and this statement makes none (it gives 8); "
+        "pin the statement that makes them",
+        (3, 5),
+        "@shared",
+    ),
+    case(
+        "pin_on_a_return_of_an_earlier_value",
+        """
+        input image: 3x32x32
+        backbone {
+            x = conv(image, 8, k=1)
+            @specific return x
+        }
+        """,
+        "@specific pins the ops its statement makes, and this statement makes none (it names "
+        "a value made earlier); pin the statement that makes them",
+        (4, 5),
+        "@specific",
+    ),
+    case(
+        "pin_on_an_assert",
+        """
+        input image: 3x32x32
+        backbone {
+            @shared assert 1 < 2, "never"
+            return conv(image, 8, k=1)
+        }
+        """,
+        "@shared pins the ops its statement makes, and this statement makes none; pin the "
+        "statement that makes them",
+        (3, 5),
+        "@shared",
+    ),
 ]
 
 BLOCK = "block b(x, c, s=1) {\n    return conv(x, c, k=1, s=s)\n}\n"

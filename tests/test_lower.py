@@ -302,6 +302,28 @@ def test_unused_values_are_dropped_with_a_warning(write_model, capsys) -> None:
     assert routed == ["conv1"]
 
 
+def test_one_warning_for_a_line_whose_values_go_unused_in_every_call(write_model, capsys) -> None:
+    """A block called four times makes four unused values on one line: one warning names
+    them, not four of the same line; an input nothing reads is a warning too."""
+    path = write_model(
+        "input image: 3x8x8\ninput extra: 3x8x8\n"
+        "block cb(x) {\n    y = conv(x, 4, k=1)\n    z = relu(y) | sigmoid\n    return y\n}\n"
+        "backbone {\n    return image | repeat 4 cb\n}\n"
+    )
+    g = load(path)
+    assert names(g) == ["cb1.conv1", "cb2.conv1", "cb3.conv1", "cb4.conv1"]
+    assert [node.name for _, node in g.nodes() if node.op is Op.INPUT] == ["image"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}:2:1: warning: input 'extra' is never used: the model does not take it",
+        "    input extra: 3x8x8",
+        "    ^^^^^^^^^^^^^^^^^^",
+        f"{path}:5:19: warning: the 4 values this line makes (cb1.sigmoid1, cb2.sigmoid1, "
+        "cb3.sigmoid1, ...) are never used: dropped with the 4 ops only they need",
+        "        z = relu(y) | sigmoid",
+        "                      ^^^^^^^",
+    ]
+
+
 def test_ops_feeding_two_unused_values_count_for_neither(write_model, capsys) -> None:
     path = write_model(
         "input image: 3x8x8\nbackbone {\n    x = conv(image, 4, k=1)\n"
