@@ -183,7 +183,8 @@ class Lowerer:
         except OSError as err:
             raise MtscError(item.span, f"cannot import {item.path!r}: {err.strerror}") from None
         self.loaded.add(path)
-        imported = parse(text, str(path))
+        # shown as the importing file's path leads to it, as that file's own path is shown
+        imported = parse(text, os.path.normpath(base / item.path))
         for other in imported.items:
             if isinstance(other, (ast.InputDecl, ast.Backbone, ast.Tasks)):
                 raise MtscError(
