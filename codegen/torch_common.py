@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import PurePath
 
-from mtsc.codegen.names import Namespace, sanitize
+from mtsc.codegen.names import MODULE_ATTRIBUTES, Namespace, sanitize
 from mtsc.codegen.pyliteral import call_args, comment_text, py_literal
 from mtsc.codegen.writer import SourceWriter
 from mtsc.grammar import PRELUDE
@@ -159,8 +159,10 @@ def weight_key(node: Node) -> tuple | None:
 def module_names(g: Graph) -> dict[int, str]:
     """The attribute name of every module-form op: its sanitized hierarchical name, made
     unique in topological order (so the same graph always gives the same state-dict keys).
-    Ops that share weights share the attribute, named after the weights' source."""
-    ns = Namespace()
+    Ops that share weights share the attribute, named after the weights' source. Names that
+    nn.Module, or a multi-task model's class, already use get a suffix."""
+    tasks = [f"forward_{sanitize(t.name)}" for t in g.tasks]
+    ns = Namespace(MODULE_ATTRIBUTES | {"TASKS", "TASK_SPECS", "forward_task", *tasks})
     names: dict[int, str] = {}
     shared: dict[tuple, str] = {}
     for nid in g.topo_order():

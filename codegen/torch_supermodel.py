@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 
 from mtsc.codegen.inline import merge_imports, runtime_source, split_inline
-from mtsc.codegen.names import Namespace
+from mtsc.codegen.names import MODULE_ATTRIBUTES, Namespace, class_attributes
 from mtsc.codegen.pyliteral import call_args, docstring_text, py_literal
 from mtsc.codegen.torch_backbone import GeneratedSource
 from mtsc.codegen.torch_common import (
@@ -213,9 +213,11 @@ def _emit_class_attrs(w: SourceWriter, g: Graph, plan: _Plan, tasks: tuple[str, 
 def module_names(g: Graph) -> dict[int, str]:
     """Attribute (state-dict prefix) of every module in the supermodel: one per op, and for
     each route with a skip projection, `<op>_skip` (an nn.Sequential) whose layers are
-    `<op>_skip.0`, `<op>_skip.1`."""
+    `<op>_skip.0`, `<op>_skip.1`. Names a Supermodel already uses (`forward`, `policy`,
+    `tau`) get a suffix."""
     plan = _Plan(g)
-    ns = Namespace()
+    base = class_attributes(runtime_source("supermodel_base.py"), "SupermodelBase")
+    ns = Namespace(MODULE_ATTRIBUTES | base)
     names: dict[int, str] = {}
     for nid in g.topo_order():
         node = g.node(nid)

@@ -8,6 +8,8 @@ import ast
 import json
 import shutil
 
+import torch
+
 from mtsc.cli import main
 from mtsc.codegen.pyliteral import comment_text, docstring_text, py_literal
 from mtsc.driver import build, load_supermodel
@@ -91,3 +93,55 @@ def test_odd_layer_input_and_file_names_of_a_prototxt(tmp_path, run_mtsc) -> Non
     assert '  # blk\\n"""1.relu\\\'\n' in mtl.read_text()  # the layer's name beside its label
     checked = run_mtsc("check", mtl)
     assert checked.returncode == 0, checked.stderr
+
+
+# every name a generated class already has: nn.Module's, a Supermodel's, a pruned model's
+CLASHING = ("forward", "training", "train", "to", "type", "policy", "tau", "keys", "TASKS")
+
+
+def test_layers_named_like_module_attributes_get_attributes_of_their_own(
+    write_model, tmp_path, load_generated, capsys
+) -> None:
+    """A layer named `forward` or `training` (Caffe files have such names) must not replace
+    the module's method or flag: every generated model still runs in train and eval mode,
+    and a Supermodel's policy logits (a ParameterDict) have their own names too."""
+    lines = [f"    {name}: x = conv(x, 4, k=1)" for name in CLASHING]
+    model = write_model(
+        "input image: 3x8x8\nbackbone {\n    x = image\n" + "\n".join(lines) + "\n    return x\n}\n"
+        "tasks {\n    segment: conv1x1(classes=2)\n    forward_depth: conv1x1(classes=1)\n}\n"
+    )
+    build(model, tmp_path / "out", render=False)
+    assert main(["prune", str(model), "--policy", "specific", "-o", str(tmp_path / "deploy"),
+                 "--no-svg"]) == 0  # fmt: skip
+    capsys.readouterr()
+    images = torch.randn(2, 3, 8, 8)
+    backbone = load_generated(tmp_path / "out" / "backbone.py").Backbone()
+    supermodel = load_generated(tmp_path / "out" / "supermodel.py").Supermodel()
+    pruned = load_generated(tmp_path / "deploy" / "model.py").MultiTaskModel()
+    for net in (backbone, supermodel, pruned):
+        for mode in (True, False):
+            out = net.train(mode)(images)
+            assert net.training is mode
+        assert len(list(net.parameters())) >= len(CLASHING)  # none overwrote another
+    assert out["segment"].shape == (2, 2, 8, 8)
+    assert pruned.forward_task(images, "forward_depth").shape == (2, 1, 8, 8)
+    assert sorted(supermodel.policy.keys()) == sorted(
+        supermodel.policy_key(name) for name, _, _ in supermodel.ROUTED
+    )
+    assert len(supermodel.policy) == len(CLASHING)
+    supermodel.load_policy(supermodel.export_policy()).set_mode("hard")(images)
+
+
+def test_the_attribute_lists_cover_the_installed_torch_and_the_supermodel_base() -> None:
+    """`mtsc build` lists nn.Module's attributes instead of importing torch, and reads
+    SupermodelBase's from its source: both must hold every public attribute an instance has."""
+    from mtsc.codegen.inline import runtime_source
+    from mtsc.codegen.names import MODULE_ATTRIBUTES, class_attributes
+    from mtsc.runtime.supermodel_base import SupermodelBase
+
+    def public(module: torch.nn.Module) -> set[str]:
+        return {name for name in dir(module) if not name.startswith("_")}
+
+    assert public(torch.nn.Module()) <= MODULE_ATTRIBUTES
+    base = class_attributes(runtime_source("supermodel_base.py"), "SupermodelBase")
+    assert public(SupermodelBase()) - public(torch.nn.Module()) <= base

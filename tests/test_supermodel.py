@@ -710,6 +710,45 @@ def test_input_errors(mini) -> None:
         model({"segment": torch.randn(MINI_INPUT)})
     with pytest.raises(ValueError, match="mode must be one of .*'warmup'.*got 'soft'"):
         model.set_mode("soft")
+    batches = {task: torch.randn(MINI_INPUT) for task in (*model.TASKS, "segmnet")}
+    with pytest.raises(ValueError) as err:
+        model(batches)
+    assert str(err.value) == (
+        f"input dict has unknown tasks ['segmnet']; expected {list(model.TASKS)}"
+    )
+
+
+def test_hard_mode_follows_a_state_dict_loaded_after_it_was_set(mini) -> None:
+    """Hard mode keeps the argmax it took when set; loading a checkpoint's logits renews it,
+    so that its outputs and `export_policy()` agree."""
+    trained = random_model(mini, 3)
+    trained.load_policy(random_policy(trained, 3)).set_mode("hard")
+    model = mini.supermodel.Supermodel().set_mode("hard")  # all-zero logits: all shared
+    model.load_state_dict(trained.state_dict())
+    assert model.export_policy() == trained.export_policy()
+    x = torch.randn(MINI_INPUT)
+    expected = trained(x)
+    for task, value in model.eval()(x).items():
+        torch.testing.assert_close(value, expected[task], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["warmup", "search", "hard"])
+def test_a_channels_last_supermodel_equals_a_contiguous_one(mode, mini) -> None:
+    model = random_model(mini, 5).set_mode(mode)
+    model.gumbel_noise = fixed_noise(model, 5)
+    x = torch.randn(MINI_INPUT)
+    expected = model(x)
+    got = copy.deepcopy(model).to(memory_format=torch.channels_last)(
+        x.contiguous(memory_format=torch.channels_last)
+    )
+    for task, value in expected.items():
+        torch.testing.assert_close(got[task], value, **TOL)
+
+
+def test_print_shows_task_modules_per_task(mini) -> None:
+    text = str(mini.supermodel.Supermodel())
+    assert "TaskConv2d(2 tasks, 16 -> 12 channels each; stacked: 32, 24, " in text
+    assert "TaskBatchNorm2d(2 tasks, 8 features each; stacked: 16, " in text
 
 
 @pytest.mark.parametrize(

@@ -1074,6 +1074,29 @@ MODES = ("warmup", "search", "hard")
 MIXINGS = ("outputs", "weights")
 
 
+def _parameter_names(ops):
+    """op name -> its name in a ParameterDict: "_" for ".", with a suffix where that is taken,
+    by an earlier op (`a.b` and `a_b`) or by what a ParameterDict has (`keys`, `training`)."""
+    taken = set(dir(nn.ParameterDict()))
+    names = {}
+    for op in ops:
+        base = name = op.replace(".", "_")
+        n = 0
+        while name in taken:
+            n += 1
+            name = f"{base}_{n}"
+        taken.add(name)
+        names[op] = name
+    return names
+
+
+def _renew_hard_mode(module, incompatible_keys):
+    """After `load_state_dict`: hard mode follows the logits just loaded, not the argmax it
+    took when it was set."""
+    if module.mode == "hard":
+        module.set_mode("hard")
+
+
 class _TaskGroups:
     """A conv layer per task, run as one grouped call over the task-stacked batch viewed as
     `[B, T * C, H, W]`: task t's groups are its input channels t*C_in... and output channels
@@ -1105,7 +1128,12 @@ class _TaskGroups:
 
     def forward(self, x):
         y = super().forward(x.reshape(-1, self.in_channels, *x.shape[2:]))
-        return y.view(-1, self.out_channels // self.tasks, *y.shape[2:])
+        # reshape: a channels_last `y` has no view with the tasks in the batch
+        return y.reshape(-1, self.out_channels // self.tasks, *y.shape[2:])
+
+    def extra_repr(self):
+        each = f"{self.in_channels // self.tasks} -> {self.out_channels // self.tasks}"
+        return f"{self.tasks} tasks, {each} channels each; stacked: {super().extra_repr()}"
 
 
 class TaskConv2d(_TaskGroups, nn.Conv2d):
@@ -1127,6 +1155,10 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
         y = super().forward(x.reshape(-1, self.num_features, *x.shape[2:]))
         return y.view(x.shape)
 
+    def extra_repr(self):
+        each = self.num_features // self.tasks
+        return f"{self.tasks} tasks, {each} features each; stacked: {super().extra_repr()}"
+
 
 class TaskPReLU(nn.PReLU):
     """One PReLU per task: task t's slopes are rows t*n... (n: 1, or one per channel)."""
@@ -1139,6 +1171,10 @@ class TaskPReLU(nn.PReLU):
         # [B * T, C, ...] as [B, T * n, rest]: dim 1 walks the tasks' slopes in order
         y = super().forward(x.reshape(x.shape[0] // self.tasks, self.num_parameters, -1))
         return y.view(x.shape)
+
+    def extra_repr(self):
+        each = self.num_parameters // self.tasks
+        return f"{self.tasks} tasks, {each} slopes each; stacked: {super().extra_repr()}"
 
 
 class TaskLinear(nn.Module):
@@ -1160,6 +1196,13 @@ class TaskLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(-1, y.shape[-1])
+
+    def extra_repr(self):
+        tasks, out_features, in_features = self.weight.shape
+        return (
+            f"{tasks} tasks, in_features={in_features}, out_features={out_features}, "
+            f"bias={self.bias is not None}"
+        )
 
 
 class SupermodelBase(nn.Module):
@@ -1190,6 +1233,8 @@ class SupermodelBase(nn.Module):
         self._search_weights = None
         self._has_skip = {name: skip for name, skip, _ in self.ROUTED}
         self._route_index = {name: i for i, (name, _, _) in enumerate(self.ROUTED)}
+        self._policy_keys = _parameter_names([name for name, _, _ in self.ROUTED])
+        self.register_load_state_dict_post_hook(_renew_hard_mode)
         self.policy = nn.ParameterDict(
             {
                 self.policy_key(name): nn.Parameter(torch.zeros(len(self.TASKS), 3))
@@ -1200,9 +1245,9 @@ class SupermodelBase(nn.Module):
         impossible = [[0.0, 0.0, 0.0 if skip else -math.inf] for _, skip, _ in self.ROUTED]
         self.register_buffer("skip_mask", torch.tensor(impossible).view(-1, 1, 3), persistent=False)
 
-    @staticmethod
-    def policy_key(name):
-        return name.replace(".", "_")
+    def policy_key(self, name):
+        """The name of op `name`'s logits in `self.policy` (and the state dict)."""
+        return self._policy_keys[name]
 
     # -- modes and parameters -----------------------------------------------------------------
 
@@ -1304,6 +1349,11 @@ class SupermodelBase(nn.Module):
             missing = [t for t in self.TASKS if t not in x]
             if missing:
                 raise ValueError(f"input dict lacks tasks {missing}; expected {list(self.TASKS)}")
+            extra = [t for t in x if t not in self.TASKS]
+            if extra:  # a misspelt task's batch would otherwise go unused
+                raise ValueError(
+                    f"input dict has unknown tasks {extra}; expected {list(self.TASKS)}"
+                )
             if len({x[t].shape[0] for t in self.TASKS}) > 1:
                 got = ", ".join(f"{t} {x[t].shape[0]}" for t in self.TASKS)
                 raise ValueError(f"input batches must have one size; got {got}")
