@@ -12,8 +12,10 @@ Datasets yield `(image [3, H, W], {task: target, "valid": {task: bool}})` and ca
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,14 +52,19 @@ def write_supermodel(
     """Generate `out_dir/supermodel.py` from a model file (or its Graph, loaded once); with
     `check_existing`, insist that a file already there is the same model (a run folder
     belongs to one model)."""
-    source = str(model.source if isinstance(model, Graph) else model)
-    g = load_supermodel_graph(model, RoutingOptions(share_bn=share_bn))
-    text = emit_supermodel(g, source_name=source).text
+    text = supermodel_source(model, share_bn=share_bn)
     path = Path(out_dir) / "supermodel.py"
     if check_existing:
         _check_same_model(path, text, out_dir)
     write_atomic(path, text)
     return path
+
+
+def supermodel_source(model: str | Path | Graph, *, share_bn: bool = False) -> str:
+    """The text of `supermodel.py` for a model file (or its Graph)."""
+    source = str(model.source if isinstance(model, Graph) else model)
+    g = load_supermodel_graph(model, RoutingOptions(share_bn=share_bn))
+    return emit_supermodel(g, source_name=source).text
 
 
 def _generated_source(model) -> str | None:
@@ -111,16 +118,29 @@ def load_supermodel(
     seed: int | None = 0,
 ):
     """A fresh `Supermodel` instance compiled from a .mtl / .prototxt file, its weights
-    initialised from `seed` (None: from torch's current random state)."""
-    import tempfile
-
+    initialised from `seed` (None: from torch's current random state). Its `supermodel.py`
+    goes into `out_dir`, or without one into mtsc's cache folder (`generated_cache()`), one
+    file per distinct code. The module is named after a digest of the code, so a pickled
+    model loads in another process once that process has loaded the same model."""
     import torch
 
     if seed is not None:
         torch.manual_seed(seed)
-    folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="mtsc-"))
-    path = write_supermodel(model_path, folder, share_bn=share_bn)
-    return import_generated(path, f"mtsc_generated_{abs(hash(str(path.resolve())))}").Supermodel()
+    text = supermodel_source(model_path, share_bn=share_bn)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:20]
+    path = (Path(out_dir) if out_dir is not None else generated_cache() / digest) / "supermodel.py"
+    write_atomic(path, text)
+    name = f"mtsc_supermodel_{digest}"
+    # the same code imported once: a pickle names its class by module and class name
+    module = sys.modules.get(name) or import_generated(path, name)
+    return module.Supermodel()
+
+
+def generated_cache() -> Path:
+    """Where `load_supermodel` keeps the code it generates without an `out_dir`:
+    `$XDG_CACHE_HOME/mtsc/supermodels` (`~/.cache/mtsc/supermodels` by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mtsc" / "supermodels"
 
 
 def head_shapes(model, image) -> dict[str, tuple[int, ...]]:

@@ -223,11 +223,38 @@ def test_api_search_returns_the_policy_and_fills_the_run_folder(api_run):
 def test_api_search_keeps_the_models_source_in_the_run_folder(workdir, model_file, datasets):
     """As `mtsc search` does: supermodel.py beside last.pt, so the run can be resumed and its
     weights loaded, whichever folder the model was generated in."""
-    model = load_supermodel(model_file)  # generated in a temporary folder
+    model = load_supermodel(model_file)  # generated in the cache folder
     run_dir = workdir / "api-source"
     search(model, *datasets, run_dir, progress=False, **{**STEPS, "search_steps": 1})
     generated = Path(inspect.getsourcefile(type(model))).read_text()
     assert (run_dir / "supermodel.py").read_text() == generated
+
+
+def test_a_loaded_supermodel_pickles_across_processes(own_cache_folder, model_file, tmp_path):
+    """Without out_dir the code goes into the cache folder, one file per distinct code, in a
+    module named after its digest: another process that loads the same model can unpickle
+    a saved one."""
+    model = load_supermodel(model_file)
+    source = Path(inspect.getsourcefile(type(model)))
+    assert source.parent.parent == own_cache_folder / "mtsc" / "supermodels"
+    folders = set(source.parent.parent.iterdir())
+    again = load_supermodel(model_file, seed=1)
+    assert Path(inspect.getsourcefile(type(again))) == source
+    assert set(source.parent.parent.iterdir()) == folders
+    torch.save(model, tmp_path / "whole.pt")
+    expected = model.eval()(torch.ones(1, 3, 16, 16))["segment"]
+    torch.save(expected, tmp_path / "expected.pt")
+    script = (
+        "import sys, torch\n"
+        "from mtsc.api import load_supermodel\n"
+        f"load_supermodel({str(model_file)!r})\n"
+        f"model = torch.load({str(tmp_path / 'whole.pt')!r}, weights_only=False)\n"
+        f"expected = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)\n"
+        "got = model.eval()(torch.ones(1, 3, 16, 16))['segment']\n"
+        "sys.exit(0 if torch.allclose(got, expected, atol=1e-5) else 1)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_api_search_refuses_a_folder_of_another_models_run(workdir, model_file, datasets):
