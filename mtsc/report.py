@@ -50,6 +50,8 @@ def supermodel_info(g: Graph) -> dict:
         "routed_ops": len(routes),
         "skippable_ops": sum(1 for r in routes if g.node(r).attrs["skip"]),
         "params": supermodel_params(g),
+        # one [T, 3] row of logits per routed op: `policy_parameters()`, beside the weights
+        "policy_logits": len(routes) * len(tasks) * 3,
     }
 
 
@@ -58,7 +60,7 @@ def supermodel_text(info: dict) -> str:
         f"  supermodel: tasks {', '.join(info['tasks'])}; "
         f"{plural(info['routed_ops'], 'routed op')} "
         f"({info['skippable_ops']} skippable); {human(info['params'])} parameters "
-        f"({info['params']:,})"
+        f"({info['params']:,}) and {info['policy_logits']:,} policy logits"
     )
 
 

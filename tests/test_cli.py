@@ -111,9 +111,11 @@ def test_reported_supermodel_size_is_the_generated_modules(
     flags = ["--share-bn"] if share_bn else []
     proc = run_mtsc("build", examples_dir / model, "-o", tmp_path, "--json", "--no-svg", *flags)
     assert proc.returncode == 0, proc.stderr
-    reported = json.loads(proc.stdout)["supermodel"]["params"]
+    info = json.loads(proc.stdout)["supermodel"]
+    reported = info["params"]
     supermodel = load_generated(tmp_path / "supermodel.py").Supermodel()
     assert reported == sum(p.numel() for p in supermodel.weight_parameters())
+    assert reported + info["policy_logits"] == sum(p.numel() for p in supermodel.parameters())
     header = (tmp_path / "supermodel.py").read_text().splitlines()[1]
     assert f"; {reported:,} parameters." in header
 

@@ -176,6 +176,8 @@ def test_weights_from_the_search_start_where_the_supermodel_is(
     for task in TASKS:
         torch.testing.assert_close(got[task], expected[task], rtol=1e-5, atol=1e-5)
         assert not torch.allclose(fresh[task], expected[task], atol=1e-3)  # the check has teeth
+    header = (out / "model.py").read_text().split("\n", 1)[0]
+    assert header.endswith("Do not edit: rebuild with `mtsc train`.")
     # steps=0 trains nothing but still validates the weights it starts from
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(entry["step"], sorted(entry["val"])) for entry in logged] == [(0, sorted(TASKS))]

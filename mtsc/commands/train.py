@@ -142,7 +142,9 @@ def train_pruned(
     )
     pruned = prune_model(model, policy, routing=RoutingOptions(share_bn=share_bn))
     name = policy if isinstance(policy, str) else "policy.json"
-    source = emit_pruned(pruned.model, source_name=str(model_path), policy_name=str(name)).text
+    source = emit_pruned(
+        pruned.model, source_name=str(model_path), policy_name=str(name), command="mtsc train"
+    ).text
     start = None  # the weights are read before anything is written: a bad file fails at once
     if weights is not None and not resume:
         start = carry_weights(pruned, read_checkpoint(weights, pruned))
