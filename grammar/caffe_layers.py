@@ -141,6 +141,18 @@ QUIET_FIELDS = frozenset(
 )
 
 
+# The layer-level fields of upstream Caffe's LayerParameter and V1LayerParameter that are not
+# `*_param` blocks (caffe.proto here keeps only what mtsc reads): a field outside these and
+# the blocks is one Caffe would refuse, most likely a misspelling.
+CAFFE_LAYER_FIELDS = frozenset(
+    {
+        "name", "type", "bottom", "top", "phase", "loss_weight", "param", "blobs",
+        "propagate_down", "include", "exclude", "blob_share_mode", "blobs_lr", "weight_decay",
+        "layer",
+    }
+)  # fmt: skip
+
+
 def is_quiet(field: str) -> bool:
     """A parameter-block field that mtsc may ignore without a word: a filler, or QUIET_FIELDS."""
     return field in QUIET_FIELDS or field.endswith("filler")

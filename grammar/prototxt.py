@@ -34,6 +34,7 @@ from google.protobuf.message import Message
 from mtsc.fsutil import read_model
 from mtsc.grammar.caffe_layers import (
     BOTTOMS,
+    CAFFE_LAYER_FIELDS,
     CONVERTERS,
     GATES,
     PARAM_FIELDS,
@@ -73,11 +74,18 @@ def import_text(text: str, file: str, *, output: str | None = None) -> Imported:
     net, forks_types = _parse(text, file)
     layout = scan(text, file)
     layers, phase_notes, outside = _layers(net, layout, forks_types)
-    inputs = _declared_inputs(net, layout)
-    flow = _trace(layers, inputs, outside)
-    out = _choose_output(layers, flow, output, file)
-    needed = _needed(flow, out)
-    graph = _Builder(file, layers, flow, out, needed).build()
+    flow = None
+    try:
+        inputs = _declared_inputs(net, layout)
+        flow = _trace(layers, inputs, outside)
+        out = _choose_output(layers, flow, output, file)
+        needed = _needed(flow, out)
+        graph = _Builder(file, layers, flow, out, needed).build()
+    except MtscError as err:
+        # what the import skipped or assumed may be why it failed (`num_ouput`)
+        skipped = [w for layer in layers for w in _unknown_fields(layer)]
+        err.warnings = (*(flow.warnings if flow else ()), *skipped, *err.warnings)
+        raise
     decls = [flow.values[v].input for v in sorted(needed)]
     assumed = [d.assumed for d in decls if d is not None and d.assumed]
     notes = (*phase_notes, *assumed, *_dropped_notes(layers, flow, out, needed))
@@ -350,36 +358,41 @@ def _data_layer_input(layer: Layer) -> _Input | None:
 
 
 def _unknown_fields(layer: Layer) -> list[Diagnostic]:
-    """Warnings for what the parse skipped and the layer may depend on: an unknown field in its
-    parameter block (a fork's setting), or, where it has no such block, an unknown block named
-    like one (`relu_params`, a misspelling or a fork's name). Fillers, `engine`, `param { }`
-    and other types' blocks stay silent: they do not change what the layer computes."""
-    own = PARAM_FIELDS.get(layer.type)
+    """Warnings for what the parse skipped and the layer may depend on: an unknown field of
+    the layer (`botom`, `includ`, `relu_parm`: Caffe would refuse the file) or of its own
+    parameter block (a fork's setting). Fillers, `engine`, `param { }` and other types'
+    blocks stay silent: they do not change what the layer computes."""
     known = layer.param.DESCRIPTOR.fields_by_name
-    if own is None or own not in known:
-        return []
     prefix = f"layer {layer.name!r} ({layer.type}): "
+    own = PARAM_FIELDS.get(layer.type)
+    warnings = []
+    lacks_own = own in known and own not in layer.block.fields
+    for name, spans in layer.block.fields.items():
+        if name in known or name in CAFFE_LAYER_FIELDS:
+            continue
+        hint = did_you_mean(name, sorted({*known, *CAFFE_LAYER_FIELDS}), 0.8)
+        if "_par" in name:  # a fork's block, or a misspelt one: news where the layer lacks its own
+            if not lacks_own:
+                continue
+            why = f"if it holds the layer's settings (it has no {own}), the imported layer is wrong"
+        else:
+            why = "Caffe would refuse the file"
+        message = f"{prefix}mtsc does not know the field {name}{hint} and ignored it; {why}"
+        warnings.append(Diagnostic(spans[0], message))
+    if own is None or own not in known:
+        return warnings
     own_known = known[own].message_type.fields_by_name
-    warnings = [
+    warnings += [
         Diagnostic(
             spans[0],
-            f"{prefix}mtsc does not know {own}.{name} and ignored it; if it changes the layer "
-            "(a fork's dilation, padding or rounding), the imported layer is wrong",
+            f"{prefix}mtsc does not know {own}.{name}{did_you_mean(name, sorted(own_known), 0.8)}"
+            " and ignored it; if it changes the layer (a fork's dilation, padding or rounding), "
+            "the imported layer is wrong",
         )
         for name, spans in layer.block.inner.get(own, {}).items()
         if name not in own_known and not is_quiet(name)
     ]
-    if own not in layer.block.fields:
-        warnings += [
-            Diagnostic(
-                spans[0],
-                f"{prefix}mtsc does not know the block {name} and ignored it; if it holds the "
-                f"layer's settings (it has no {own}), the imported layer is wrong",
-            )
-            for name, spans in layer.block.fields.items()
-            if "_param" in name and name not in known
-        ]
-    return warnings
+    return sorted(warnings, key=lambda w: (w.span.line, w.span.column))
 
 
 # ----------------------------------------------------------------------------- data flow
@@ -412,11 +425,24 @@ def _trace(layers: list[Layer], inputs: list[_Input], outside: dict[str, str]) -
     flow = _Flow()
     for decl in inputs:
         flow.new(_Value(decl.name, None, decl))
+    written_by = {}  # blob -> the first layer that writes it
+    for layer in layers:
+        for blob in layer.tops:
+            written_by.setdefault(blob, layer)
     first_reader = True
     for layer in layers:
         reads = []
         for k, blob in enumerate(layer.bottoms):
             v = flow.final.get(blob)
+            later = written_by.get(blob)
+            if v is None and later is not None and later.index > layer.index:
+                raise layer.error(
+                    f"bottom {blob!r} is the top of a later layer, {later.name!r} (line "
+                    f"{later.block.span.line}); Caffe runs the layers in the file's order, so "
+                    "a layer comes after those whose tops it reads",
+                    "bottom",
+                    k,
+                )
             if v is None and first_reader and len(inputs) == 1:
                 # AutoMTL's files declare `blob1` and start reading `data`.
                 v = flow.final[blob] = flow.final[inputs[0].name]
@@ -605,7 +631,8 @@ class _Builder:
     def __init__(
         self, file: str, layers: list[Layer], flow: _Flow, out: int, needed: set[int]
     ) -> None:
-        self.graph = Graph(Path(file).stem, source=file)
+        # OpenCV's samples name theirs `deploy.prototxt.txt`: the model is `deploy`
+        self.graph = Graph(Path(file.removesuffix(".txt")).stem, source=file)
         self.layers = layers
         self.flow = flow
         self.out = out
@@ -766,8 +793,13 @@ class _Builder:
 
     def _check_supported(self, layer: Layer) -> None:
         if layer.type == "Softmax":
+            cut = (
+                f" (--output {layer.bottoms[0]} imports the network up to it)"
+                if layer.bottoms
+                else ""
+            )
             raise layer.error(
-                "a Softmax is supported only at the end of the network, where it is dropped",
+                f"a Softmax is supported only at the end of the network, where it is dropped{cut}",
                 "type",
             )
         if _is_source(layer):

@@ -86,8 +86,14 @@ class MtscError(Exception):
         self.span = span
         self.message = message
         self.notes = notes
+        # what was assumed on the way, which may be why it failed: rendered first
+        self.warnings: tuple[Diagnostic, ...] = ()
 
     def render(self) -> str:
+        before = "".join(w.render() + "\n" for w in self.warnings)
+        return before + self._render_error()
+
+    def _render_error(self) -> str:
         if self.span is None:
             head = f"error: {self.message}"
             return "\n".join((head, *(f"note: {n}" for n in self.notes)))
@@ -123,7 +129,7 @@ class Diagnostic:
 
     def render(self) -> str:
         # Same layout as an error (location, source line, caret), labelled as a warning.
-        return MtscError(self.span, self.message).render().replace("error: ", "warning: ", 1)
+        return MtscError(self.span, self.message)._render_error().replace("error: ", "warning: ", 1)
 
 
 class InternalError(Exception):

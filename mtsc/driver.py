@@ -71,12 +71,17 @@ FRONTENDS: dict[str, Callable[[Path, dict], Graph]] = {
 }
 
 
+def model_suffix(path: Path) -> str:
+    """The model file's kind: its suffix, with OpenCV's `deploy.prototxt.txt` a .prototxt."""
+    return ".prototxt" if path.name.endswith(".prototxt.txt") else path.suffix
+
+
 def load(path: str | Path, **options) -> Graph:
     """Run the frontend for the file's type and the frontend pipeline: the whole model."""
     path = Path(path)
     if path.is_dir():
         raise MtscError(None, f"{path} is a folder; give a model file (.mtl or .prototxt)")
-    frontend = FRONTENDS.get(path.suffix)
+    frontend = FRONTENDS.get(model_suffix(path))
     if frontend is None:
         kinds = ", ".join(sorted(FRONTENDS))
         raise MtscError(None, f"{path}: unknown model file type {path.suffix!r} (expected {kinds})")

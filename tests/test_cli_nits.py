@@ -76,7 +76,9 @@ def test_graph_of_a_model_without_tasks_points_to_the_backbone_stage(
     _fails(
         proc,
         f"error: {NO_TASKS}: no tasks section, so no {drawing} to draw\n"
-        "note: `--stage backbone` draws the backbone\n",
+        "note: `--stage backbone` draws the backbone\n"
+        f"note: a .prototxt is a backbone alone: `mtsc import {NO_TASKS} -o MODEL.mtl`, then "
+        "add a `tasks { ... }` section to MODEL.mtl\n",
     )
     assert not out.exists()
     drawn = run_mtsc("graph", NO_TASKS, "--stage", "backbone", "-o", out)

@@ -1154,6 +1154,13 @@ ERRORS = {
         + SUPPORTED,
         'type: "Eltwize"',
     ),
+    "bottom from a later layer": (
+        INPUT + pool("p", "pool: MAX kernel_size: 2", bottom="c") + conv("c"),
+        None,
+        "layer 'p' (Pooling): bottom 'c' is the top of a later layer, 'c' (line 10); Caffe runs "
+        "the layers in the file's order, so a layer comes after those whose tops it reads",
+        'bottom: "c"',
+    ),
     "type in another case": (
         INPUT + layer("r", "Relu", "data"),
         None,
@@ -1182,7 +1189,7 @@ ERRORS = {
         INPUT + layer("sm", "Softmax", "data") + layer("r", "ReLU", "sm"),
         None,
         "layer 'sm' (Softmax): a Softmax is supported only at the end of the network, "
-        "where it is dropped",
+        "where it is dropped (--output data imports the network up to it)",
         'type: "Softmax"',
     ),
     "mixed formats": (
@@ -1933,8 +1940,9 @@ def test_unknown_parameter_block_of_a_layer_without_its_own_is_a_warning():
     (warning,) = import_text(text, "net.prototxt").warnings
     assert warning.span.line == line_of(text, "relu_params") and warning.span.column == 3
     assert warning.message == (
-        "layer 'r' (ReLU): mtsc does not know the block relu_params and ignored it; if it "
-        "holds the layer's settings (it has no relu_param), the imported layer is wrong"
+        "layer 'r' (ReLU): mtsc does not know the field relu_params (did you mean "
+        "'relu_param'?) and ignored it; if it holds the layer's settings (it has no relu_param), "
+        "the imported layer is wrong"
     )
 
 
@@ -1948,6 +1956,56 @@ def test_check_prints_unknown_field_warnings_and_succeeds(tmp_path, capsys):
         f"{path}:8:52: warning: layer 'c' (Convolution): mtsc does not know "
         "convolution_param.hole_size and ignored it"
     )
+
+
+def test_misspelt_layer_fields_are_warnings_printed_before_an_error(tmp_path, capsys):
+    """A field Caffe does not know (`botom`, `includ`, `num_ouput`) is skipped with a warning
+    that suggests the field meant; when the import then fails, the warnings come first, as
+    they may be why."""
+    path = tmp_path / "x.prototxt"
+    path.write_text(
+        INPUT
+        + layer("r", "ReLU", "data", body='botom: "data" includ { phase: TRAIN }')
+        + conv("c", "r", params="num_ouput: 4 kernel_size: 3")
+    )
+    assert main(["check", str(path)]) == 2
+    out, err = capsys.readouterr()
+    found = [line.split(": ", 2)[2] for line in err.splitlines() if ": warning: " in line]
+    assert found == [
+        "layer 'r' (ReLU): mtsc does not know the field botom (did you mean 'bottom'?) and "
+        "ignored it; Caffe would refuse the file",
+        "layer 'r' (ReLU): mtsc does not know the field includ (did you mean 'include'?) and "
+        "ignored it; Caffe would refuse the file",
+        "layer 'c' (Convolution): mtsc does not know convolution_param.num_ouput (did you mean "
+        "'num_output'?) and ignored it; if it changes the layer (a fork's dilation, padding or "
+        "rounding), the imported layer is wrong",
+    ]
+    assert f"{path}:15:3: error: layer 'c' (Convolution): needs num_output" in err
+    assert err.index("error:") > err.index("num_ouput")
+    assert out == ""
+
+
+def test_opencvs_prototxt_txt_is_a_prototxt(tmp_path, capsys):
+    path = tmp_path / "deploy.prototxt.txt"
+    path.write_text(INPUT + conv("c"))
+    assert main(["check", str(path)]) == 0
+    assert capsys.readouterr().out.startswith("deploy: 1 ops, ")
+    assert main(["import", str(path)]) == 0
+    assert "imported by `mtsc import` from deploy.prototxt.txt" in capsys.readouterr().out
+    assert main(["stats", str(path), "--policy", "shared"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {path}: the model has no tasks section to route\n"
+        f"note: a .prototxt is a backbone alone: `mtsc import {path} -o MODEL.mtl`, then add "
+        "a `tasks { ... }` section to MODEL.mtl\n"
+    )
+
+
+def test_graph_cuts_a_prototxt_at_output(tmp_path, capsys):
+    path = tmp_path / "net.prototxt"
+    path.write_text(INPUT + conv("c") + layer("r", "ReLU", "c"))
+    out = tmp_path / "g.dot"
+    assert main(["graph", str(path), "--stage", "backbone", "--output", "c", "-o", str(out)]) == 0
+    assert "relu" not in out.read_text() and "conv" in out.read_text()
 
 
 @pytest.mark.parametrize(

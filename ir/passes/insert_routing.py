@@ -41,7 +41,11 @@ def insert_routing(
 ) -> Graph:
     tasks = tuple(t.name for t in g.tasks) if tasks is None else tasks
     if not tasks:
-        raise MtscError(None, f"{g.source or g.name}: the model has no tasks section to route")
+        raise MtscError(
+            None,
+            f"{g.source or g.name}: the model has no tasks section to route",
+            notes=no_tasks_notes(g.source),
+        )
     missing = [t for t in tasks if t not in g.outputs]
     if missing:
         raise MtscError(None, f"tasks without a head in the model: {', '.join(missing)}")
@@ -60,6 +64,16 @@ def insert_routing(
             continue
         g.update(nid, role=_role_of(node, options))
     return g
+
+
+def no_tasks_notes(source: str | None) -> tuple[str, ...]:
+    """How to give tasks to a Caffe backbone, which cannot hold a tasks section."""
+    if source is None or not str(source).endswith((".prototxt", ".prototxt.txt")):
+        return ()
+    return (
+        f"a .prototxt is a backbone alone: `mtsc import {source} -o MODEL.mtl`, then add a "
+        "`tasks { ... }` section to MODEL.mtl",
+    )
 
 
 def pinned_ops(g: Graph) -> list[str]:

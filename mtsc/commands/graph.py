@@ -25,25 +25,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--policy", help="policy.json (or `shared` / `specific`) to show each task's choices"
     )
     p.add_argument("--share-bn", action="store_true", help="share batchnorm across tasks")
+    p.add_argument(
+        "--output", metavar="BLOB", help="end a .prototxt backbone at this blob (drop the rest)"
+    )
     p.add_argument("-o", "--out", required=True, help="output file: .svg, .png, .pdf or .dot")
 
 
 def run(args: argparse.Namespace) -> int:
     from mtsc.codegen.dot import emit_dot, emit_supermodel_dot
     from mtsc.driver import BACKBONE_PIPELINE, load, run_pipeline, supermodel_pipeline
-    from mtsc.ir.passes.insert_routing import RoutingOptions
+    from mtsc.ir.passes.insert_routing import RoutingOptions, no_tasks_notes
     from mtsc.policy import read_policy
     from mtsc.render import dot_available, graph_format, how_to_render, render
 
     out = Path(args.out)
     fmt = graph_format(out)  # before the model is compiled: a bad name fails fast
-    model = load(args.model)
+    model = load(args.model, output=args.output)
     if args.stage != "backbone" and not model.tasks:
         drawing = "supermodel" if args.stage == "supermodel" else "pruned model"
         raise MtscError(
             None,
             f"{args.model}: no tasks section, so no {drawing} to draw",
-            notes=("`--stage backbone` draws the backbone",),
+            notes=("`--stage backbone` draws the backbone", *no_tasks_notes(args.model)),
         )
     if args.stage == "backbone":
         if args.policy:

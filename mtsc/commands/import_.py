@@ -26,10 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mtsc.codegen.mtl_emit import emit_mtl
+    from mtsc.driver import model_suffix
     from mtsc.grammar.prototxt import import_prototxt
 
     path = Path(args.model)
-    if path.suffix != ".prototxt":
+    if model_suffix(path) != ".prototxt":
         raise MtscError(None, f"{path}: mtsc import reads .prototxt files")
     if args.out is not None and _same_file(Path(args.out), path):
         raise MtscError(
