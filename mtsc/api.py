@@ -120,8 +120,9 @@ def load_supermodel(
     """A fresh `Supermodel` instance compiled from a .mtl / .prototxt file, its weights
     initialised from `seed` (None: from torch's current random state). Its `supermodel.py`
     goes into `out_dir`, or without one into mtsc's cache folder (`generated_cache()`), one
-    file per distinct code. The module is named after a digest of the code, so a pickled
-    model loads in another process once that process has loaded the same model."""
+    file per distinct code. The module is named after a digest of the file's path and code, so
+    a pickled model loads in another process once that process has loaded the same model into
+    the same place."""
     import torch
 
     if seed is not None:
@@ -130,8 +131,10 @@ def load_supermodel(
     digest = hashlib.sha256(text.encode()).hexdigest()[:20]
     path = (Path(out_dir) if out_dir is not None else generated_cache() / digest) / "supermodel.py"
     write_atomic(path, text)
-    name = f"mtsc_supermodel_{digest}"
-    # the same code imported once: a pickle names its class by module and class name
+    # The same code in the same file is imported once, under a name every process gives it:
+    # a pickle names its class by module and class name.
+    where = hashlib.sha256(f"{path.resolve()}\n{text}".encode()).hexdigest()[:20]
+    name = f"mtsc_supermodel_{where}"
     module = sys.modules.get(name) or import_generated(path, name)
     return module.Supermodel()
 
