@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mtsc.codegen.names import Namespace
 from mtsc.codegen.pyliteral import comment_text
 from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Graph, Node, TaskSpec
@@ -98,17 +99,8 @@ def _original(node: Node, label: str) -> str:
 
 
 def _labels(g: Graph, order: Sequence[int]) -> dict[int, str]:
-    taken: set[str] = set()
-    labels = {}
-    for nid in order:
-        base = identifier(g.node(nid).name)
-        label, n = base, 0
-        while label in taken:
-            n += 1
-            label = f"{base}_{n}"
-        taken.add(label)
-        labels[nid] = label
-    return labels
+    labels = Namespace(clean=identifier)
+    return {nid: labels.create(g.node(nid).name) for nid in order}
 
 
 class _Variables:

@@ -6,6 +6,7 @@ import ast
 import builtins
 import keyword
 import re
+from collections.abc import Callable
 
 _RESERVED = frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"self", "torch", "nn", "F"}
 
@@ -77,14 +78,18 @@ def _is_self_attribute(node: ast.expr) -> bool:
 
 
 class Namespace:
-    """Hands out identifiers: sanitized, and suffixed `_1`, `_2` when already taken."""
+    """Hands out identifiers: cleaned (`sanitize` by default: Python's), and suffixed `_1`,
+    `_2` when already taken."""
 
-    def __init__(self, taken: set[str] | None = None) -> None:
+    def __init__(
+        self, taken: set[str] | None = None, clean: Callable[[str], str] = sanitize
+    ) -> None:
         self._taken: set[str] = set(taken or ())
+        self._clean = clean
         self._next_suffix: dict[str, int] = {}  # keeps repeated bases O(1)
 
     def create(self, name: str) -> str:
-        base = sanitize(name)
+        base = self._clean(name)
         candidate, n = base, self._next_suffix.get(base, 0)
         if n:
             candidate = f"{base}_{n}"

@@ -132,8 +132,9 @@ def emit_forward(
             node = g.node(nid)
             if node.op is Op.INPUT:
                 continue
-            if scope_of_node(nid) != current:
-                current = scope_of_node(nid)
+            here = scope_of_node(nid)
+            if here != current:
+                current = here
                 if current:
                     if not first:
                         w.blank()

@@ -8,6 +8,7 @@ source of truth), so the file imports only torch, and triton when it is installe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from mtsc.codegen.inline import merge_imports, runtime_source, split_inline
@@ -210,14 +211,19 @@ def _emit_class_attrs(w: SourceWriter, g: Graph, plan: _Plan, tasks: tuple[str, 
     w.blank()
 
 
+@functools.cache
+def _supermodel_base_attributes() -> frozenset[str]:
+    """What SupermodelBase defines, read once from its source (a build imports no torch)."""
+    return frozenset(class_attributes(runtime_source("supermodel_base.py"), "SupermodelBase"))
+
+
 def module_names(g: Graph) -> dict[int, str]:
     """Attribute (state-dict prefix) of every module in the supermodel: one per op, and for
     each route with a skip projection, `<op>_skip` (an nn.Sequential) whose layers are
     `<op>_skip.0`, `<op>_skip.1`. Names a Supermodel already uses (`forward`, `policy`,
     `tau`) get a suffix."""
     plan = _Plan(g)
-    base = class_attributes(runtime_source("supermodel_base.py"), "SupermodelBase")
-    ns = Namespace(MODULE_ATTRIBUTES | base)
+    ns = Namespace(MODULE_ATTRIBUTES | _supermodel_base_attributes())
     names: dict[int, str] = {}
     for nid in g.topo_order():
         node = g.node(nid)
