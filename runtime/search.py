@@ -111,7 +111,8 @@ def search(
     command: dict | None = None,
 ) -> SearchResult:
     """Run (or resume) the whole search; returns the derived policy (also in policy.json).
-    `command`: the command's settings outside `config`, saved in the checkpoint."""
+    `model` is left in hard mode running that policy, in `eval()`. `command`: the command's
+    settings outside `config`, saved in the checkpoint."""
     run_dir = Path(run_dir)
     if not model.ROUTED:
         raise MtscError(
@@ -187,6 +188,8 @@ def search(
     if rank == 0:
         write_policy(run_dir, model, policy)
     _checkpoint(run, policy=policy)  # every rank: it ends in a barrier that all must join
+    # The model comes back as the searched network: what `mtsc prune` emits for `policy`.
+    model.set_mode("hard", policy=policy).eval()
     return SearchResult(policy, run_dir, run.last_metrics)
 
 

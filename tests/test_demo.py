@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 import struct
 import zlib
@@ -17,6 +18,7 @@ import torch
 from mtsc.demo import MODEL, SHOWN, WRITTEN, baseline_of, report, run_demo
 from mtsc.deploy import baselines, prune_model, size_report
 from mtsc.errors import MtscError
+from mtsc.render import dot_available
 from mtsc.runtime.policy_format import uniform_policy
 
 # Whether a larger value of a metric is better: the usual convention of each metric.
@@ -125,6 +127,16 @@ def test_demo_writes_the_report(demo):
         assert (out / name).is_file(), name
     for variant in VARIANTS:
         assert (out / "train" / variant / "model.pt").is_file()
+
+
+def test_demo_report_names_files_that_are_there(demo):
+    """The report's file names (in backquotes) lead to the models, policy and pictures."""
+    out, _ = demo
+    named = re.findall(r"`([\w./-]+)`", (out / "report.md").read_text())
+    assert "train/searched/model.py" in named and "search/policy.json" in named
+    for name in named:
+        if not name.endswith(".svg") or dot_available():
+            assert (out / name).exists(), name
 
 
 def test_demo_parameter_counts(demo):

@@ -213,6 +213,8 @@ def test_api_search_returns_the_policy_and_fills_the_run_folder(api_run):
     model, result = api_run
     assert result.policy == json.loads((result.run_dir / "policy.json").read_text())
     assert result.policy == model.export_policy()  # argmax of the trained logits
+    # the model comes back as the searched network, ready to evaluate
+    assert model.mode == "hard" and not model.training
     state = load(result.run_dir / "last.pt")
     assert state["policy"] == result.policy
     assert_same_weights(state["model"], model.state_dict())

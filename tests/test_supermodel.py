@@ -535,13 +535,49 @@ def test_search_mode_refuses_a_temperature_that_is_not_positive(tau, mini) -> No
 
 
 def test_search_mode_samples_noise_without_fixed_noise(mini) -> None:
-    """Without fixed noise, two forwards draw different Gumbel noise, and so differ."""
-    model = random_model(mini).set_mode("search")
+    """Without fixed noise, two training forwards draw different Gumbel noise, and so differ."""
+    model = random_model(mini).set_mode("search").train()
     x = torch.randn(MINI_INPUT)
     torch.manual_seed(0)
     first = model(x)["depth"]
     torch.manual_seed(1)
     assert not torch.allclose(first, model(x)["depth"])
+
+
+def test_search_mode_in_eval_mixes_without_noise(mini) -> None:
+    """In `eval()` search mode mixes by the softmax at tau alone: validation is repeatable,
+    and equals a forward with zero noise."""
+    model = random_model(mini, 9).set_mode("search").eval()
+    model.tau = 0.7
+    x = torch.randn(MINI_INPUT)
+    torch.manual_seed(0)
+    first = model(x)
+    torch.manual_seed(1)
+    second = model(x)
+    model.gumbel_noise = {n: torch.zeros(len(model.TASKS), 3) for n in routed_names(model)}
+    zero_noise = model(x)
+    for task in model.TASKS:
+        torch.testing.assert_close(first[task], second[task], rtol=0, atol=0)
+        torch.testing.assert_close(first[task], zero_noise[task])
+
+
+def test_hard_mode_runs_a_given_policy_and_keeps_the_logits(mini) -> None:
+    """`set_mode("hard", policy=...)` computes what `load_policy` + hard mode computes, while
+    the logits (and so `export_policy` and the probabilities) stay the searched ones."""
+    model = random_model(mini, 4).eval()
+    logits = {k: v.clone() for k, v in model.policy.items()}
+    policy = random_policy(model, 6)
+    out = model.set_mode("hard", policy=policy)(torch.ones(MINI_INPUT))
+    expected = copy.deepcopy(model).load_policy(policy).set_mode("hard")(torch.ones(MINI_INPUT))
+    for task in model.TASKS:
+        torch.testing.assert_close(out[task], expected[task], rtol=0, atol=0)
+    for key, value in model.policy.items():
+        torch.testing.assert_close(value, logits[key], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="^a policy is for hard mode, not 'search'$"):
+        model.set_mode("search", policy=policy)
+    with pytest.raises(ValueError, match="^policy does not match the model: .*tasks"):
+        model.set_mode("hard", policy={**policy, "tasks": ["other"]})
+    assert model.mode == "hard"
 
 
 def test_search_weights_live_for_one_forward(mini) -> None:

@@ -1251,14 +1251,26 @@ class SupermodelBase(nn.Module):
 
     # -- modes and parameters -----------------------------------------------------------------
 
-    def set_mode(self, mode):
-        """ "warmup": equal mixture weights; "search": Gumbel-softmax at temperature `tau`;
-        "hard": the argmax policy, computing only the candidates some task chose."""
+    def set_mode(self, mode, policy=None):
+        """ "warmup": equal mixture weights; "search": Gumbel-softmax at temperature `tau`
+        (in `eval()`, the softmax at `tau` without noise, so that validation is repeatable);
+        "hard": the argmax policy, computing only the candidates some task chose. `policy`
+        (hard mode only; the policy.json format) runs that policy instead, leaving the
+        logits as they are; `load_state_dict` returns hard mode to the argmax."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if policy is not None and mode != "hard":
+            raise ValueError(f"a policy is for hard mode, not {mode!r}")
+        if policy is not None:
+            self._check_policy(policy)
         self.mode = mode
         self._constant_weights = {}
-        if mode == "hard":
+        if mode == "hard" and policy is not None:
+            self._hard = {
+                name: [CHOICES.index(policy["choices"][name][t]) for t in self.TASKS]
+                for name, _, _ in self.ROUTED
+            }
+        elif mode == "hard":
             self._hard = {
                 name: self.policy_logits(name).argmax(1).tolist() for name, _, _ in self.ROUTED
             }
@@ -1315,20 +1327,20 @@ class SupermodelBase(nn.Module):
         return self._search_weights[name]
 
     def draw_search_weights(self):
-        """Gumbel-softmax weights of every routed op, `{op name: [T, 3]}`, in one set of calls
-        over the stacked logits `[ops, T, 3]`: a dozen small calls per op would cost more
-        host time than the op's convolutions on a GPU."""
+        """Gumbel-softmax weights of every routed op, `{op name: [T, 3]}` (without noise in
+        `eval()`), in one set of calls over the stacked logits `[ops, T, 3]`: a dozen small
+        calls per op would cost more host time than the op's convolutions on a GPU."""
         if not self.tau > 0:  # a zero or negative temperature gives NaNs or a flipped argmax
             raise ValueError(f"tau must be a positive temperature, got {self.tau!r}")
         names = [name for name, _, _ in self.ROUTED]
         logits = torch.stack([self.policy[self.policy_key(n)] for n in names])
         logits = logits + self.skip_mask.to(logits)
         if self.gumbel_noise is not None:
-            noise = torch.stack([self.gumbel_noise[n] for n in names]).to(logits)
-        else:
+            logits = logits + torch.stack([self.gumbel_noise[n] for n in names]).to(logits)
+        elif self.training:
             uniform = torch.rand_like(logits).clamp_(1e-10, 1.0 - 1e-7)
-            noise = -torch.log(-torch.log(uniform))
-        weights = F.softmax((logits + noise) / self.tau, dim=2)
+            logits = logits - torch.log(-torch.log(uniform))
+        weights = F.softmax(logits / self.tau, dim=2)
         return dict(zip(names, weights.unbind(0), strict=True))
 
     # -- the forward pass's building blocks ------------------------------------------------
@@ -1417,9 +1429,7 @@ class SupermodelBase(nn.Module):
 
     def load_policy(self, policy):
         """Set the logits so that the argmax policy is `policy` (the policy.json format)."""
-        problems = check_policy(policy, self.MODEL, self.TASKS, self._has_skip, self.PINNED)
-        if problems:
-            raise ValueError("policy does not match the model: " + "; ".join(problems))
+        self._check_policy(policy)
         with torch.no_grad():
             for name, per_task in policy["choices"].items():
                 logits = self.policy[self.policy_key(name)]
@@ -1429,6 +1439,11 @@ class SupermodelBase(nn.Module):
         if self.mode == "hard":
             self.set_mode("hard")
         return self
+
+    def _check_policy(self, policy):
+        problems = check_policy(policy, self.MODEL, self.TASKS, self._has_skip, self.PINNED)
+        if problems:
+            raise ValueError("policy does not match the model: " + "; ".join(problems))
 
     def expected_params(self):
         """Expected parameters of the routed ops under the current policy distribution: a
