@@ -6,7 +6,6 @@ box instead of drawing an edge from the top of the picture to the bottom."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -428,10 +427,25 @@ def emit_pruned_dot(g: Graph, *, title: str) -> str:
     each one's colour."""
     tasks = tuple(t.name for t in g.tasks)
     modules = module_names(g)
-    module_uses = Counter(modules.values())
 
     def users(nid: int) -> tuple[str, ...]:
         return tuple(g.node(nid).meta.get("tasks", tasks))
+
+    module_tasks: dict[str, set[str]] = {}
+    for nid in g.node_ids():
+        if nid in modules and node_params(g, nid):
+            module_tasks.setdefault(modules[nid], set()).update(users(nid))
+
+    def sharing_note(chain: list[int], some: tuple[str, ...]) -> str:
+        """`shares conv with depth, normal`: the weights this box's tasks use with others'
+        copies of the op (run on their own inputs), so that the picture does not suggest
+        weights of their own."""
+        shared = [n for n in chain if set(module_tasks.get(modules.get(n), ())) - set(some)]
+        if not shared:
+            return ""
+        others = set().union(*(module_tasks[modules[n]] for n in shared)) - set(some)
+        ops = dict.fromkeys(DSL_SPELLING.get(g.node(n).op, g.node(n).op.value) for n in shared)
+        return f"shares {', '.join(ops)} with {', '.join(t for t in tasks if t in others)}"
 
     boxes = make_boxes(g, g.topo_order(), lambda n: (cluster_path(g.node(n).name), users(n)))
     w = SourceWriter()
@@ -443,17 +457,14 @@ def emit_pruned_dot(g: Graph, *, title: str) -> str:
             label = box_label(g, boxes, chain)
             some = users(nid)
             if 0 < len(some) < len(tasks):
-                # A task's copy of an op whose module other copies use too (on their own
-                # inputs): the picture must not suggest separate weights.
-                shared = " (shared weights)" * any(
-                    module_uses[modules.get(n)] > 1 and node_params(g, n) for n in chain
-                )
+                note = sharing_note(chain, some)
                 if len(some) == 1:
                     colour = quote(task_colour(tasks.index(some[0])))
-                    attrs = box_attrs(g, chain, f"{label}\n{some[0]}{shared}", "#ffffff")
+                    text = f"{label}\n{some[0]}" + (f"; {note}" if note else "")
+                    attrs = box_attrs(g, chain, text, "#ffffff")
                     return f"n{nid} [{attrs}, color={colour}, penwidth=2];"
                 # several tasks: each named in its own colour, under the op
-                label += f"\n{shared.strip()}" if shared else ""
+                label += f"\n{note}" if note else ""
                 names = quote(", ".join(g.node(n).name for n in chain))
                 return (
                     f'n{nid} [label={_tasks_label(label, some, tasks)}, fillcolor="#ffffff", '

@@ -67,9 +67,26 @@ def supermodel_source(model: str | Path | Graph, *, share_bn: bool = False) -> s
     return emit_supermodel(g, source_name=source).text
 
 
+_SUPERMODEL_API = ("TASK_SPECS", "ROUTED", "set_mode", "policy_parameters", "export_policy")
+
+
+def _check_is_supermodel(model) -> None:
+    """A search runs a supermodel: a pruned model or a network of one's own has no policy."""
+    lacking = [name for name in _SUPERMODEL_API if not hasattr(model, name)]
+    if lacking:
+        raise MtscError(
+            None,
+            f"search takes a supermodel (mtsc.api.load_supermodel(MODEL)); this "
+            f"{type(model).__name__} has no {', '.join(lacking)}",
+        )
+
+
 def _generated_source(model) -> str | None:
     """The source of a `Supermodel` mtsc generated; None for a model of the user's own."""
-    source = inspect.getsourcefile(type(model))
+    try:
+        source = inspect.getsourcefile(type(model))
+    except TypeError:  # a class whose module is not imported as a file
+        return None
     if type(model).__name__ != "Supermodel" or source is None:
         return None
     text = Path(source).read_text()
@@ -183,10 +200,18 @@ def search(
     from mtsc.commands import refuse_another_commands_folder
     from mtsc.commands.search import undone_unless_resumable
     from mtsc.runtime.config import SearchConfig, given_values, make_config, resumed_config
+    from mtsc.runtime.data.checks import check_dataset
     from mtsc.runtime.search import search as run_search
     from mtsc.runtime.task_fit import check_heads_fit_data
     from mtsc.runtime.trainer import CHECKPOINT, load_resumable, refuse_existing_run
 
+    _check_is_supermodel(model)
+    if "data" in config:  # `mtsc search --data`'s options; here the datasets are given
+        raise MtscError(
+            None,
+            "search takes datasets, not data options: open them with "
+            "mtsc.runtime.data.open_dataset(spec, split, **options)",
+        )
     cfg = config.pop("config", None)
     checkpoint = Path(run_dir) / CHECKPOINT
     if cfg is None and resume and checkpoint.is_file():
@@ -201,9 +226,11 @@ def search(
     source, kept = _generated_source(model), run_dir / "supermodel.py"
     if source is not None:
         _check_same_model(kept, source, run_dir)
-    refuse_existing_run(run_dir, resume)
+    refuse_existing_run(run_dir, resume, how="resume=True")
     if not resume:
         refuse_another_commands_folder(run_dir, "search")
+    check_dataset(train_set, list(model.TASK_SPECS), "training")
+    check_dataset(val_set, list(model.TASK_SPECS), "validation")
     image = val_set[0][0]
     check_heads_fit_data(
         model.TASK_SPECS,

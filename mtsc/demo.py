@@ -6,13 +6,12 @@ a report and pictures."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
 
 from mtsc.errors import MtscError
-from mtsc.fsutil import write_atomic
+from mtsc.fsutil import json_text, write_atomic
 
 MODEL = Path(__file__).resolve().parent.parent / "examples" / "resnet_tiny.mtl"
 DATA = "shapes"
@@ -140,7 +139,7 @@ def run_demo(
         table += f"\nthe search chose {same.removeprefix('all-')} at every op: searched is {same}"
     timings["total"] = time.perf_counter() - started
     summary = {"rows": rows, "policy": result.policy, "seconds": timings, "quick": quick}
-    write_atomic(out / "report.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "report.json", json_text(summary, indent=2) + "\n")
     write_atomic(out / "report.md", _markdown(table, timings, kind))
     print(table)
     print(f"report: {out / 'report.md'} ({timings['total']:.0f} s)")

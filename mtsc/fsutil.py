@@ -4,6 +4,8 @@ file behind."""
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -30,6 +32,22 @@ def read_model(path: Path) -> str:
         return read_source(path)
     except OSError as err:
         raise MtscError(None, f"cannot read {path}: {err.strerror}") from None
+
+
+def json_text(value: object, **options) -> str:
+    """`json.dumps` as strict readers (jq, JavaScript) take it: a NaN or infinite number, as a
+    metric with nothing to score gives, is null."""
+
+    def strict(v: object) -> object:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: strict(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [strict(x) for x in v]
+        return v
+
+    return json.dumps(strict(value), allow_nan=False, **options)
 
 
 def _file_mode(path: Path) -> int:

@@ -51,6 +51,12 @@ def check_heads_fit_data(
                 f"task {task!r}: {data} has no targets for it; it provides "
                 f"{', '.join(info.tasks)}{hint}",
             )
+        if task not in TASKS:  # the data's own task: mtsc has no loss or metric for it
+            raise MtscError(
+                where.get("task"),
+                f"task {task!r}: mtsc trains {', '.join(TASKS)} targets only; name the task, "
+                "and its targets in the data, after the kind they are",
+            )
         _check_objective(task, spec, "loss", TASK_LOSSES[task], data, where)
         _check_objective(task, spec, "metric", TASK_METRICS[task], data, where)
         _check_output(task, spec, outputs[task], info, data, image_size, where.get("head"))

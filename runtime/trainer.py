@@ -19,6 +19,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from mtsc.errors import MtscError
+from mtsc.fsutil import json_text
 from mtsc.runtime.checkpoint import (
     load_checkpoint,
     save_checkpoint,
@@ -29,6 +30,7 @@ from mtsc.runtime.cpu_memory import keep_freed_memory
 from mtsc.runtime.losses import make_loss
 from mtsc.runtime.metrics import Metric, check_metric_options, make_metric
 from mtsc.runtime.objectives import (
+    LOSS_OPTIONS,
     SEGMENTATION_METRICS,
     default_loss,
     default_metric,
@@ -57,8 +59,11 @@ class TaskObjective:
             loss = spec.get("loss") or (default_loss(task), {})
             if loss[0] is None:
                 raise MtscError(None, f"task {task!r} has no loss= in the tasks section")
+            options = dict(loss[1])
+            if "ignore" in LOSS_OPTIONS.get(loss[0], ()):  # the data's unlabelled value
+                options.setdefault("ignore", dataset_info.ignore_index)
             try:
-                self.losses[task] = make_loss(loss[0], **loss[1])
+                self.losses[task] = make_loss(loss[0], **options)
             except ValueError as err:
                 raise MtscError(None, f"task {task!r}: {err}") from None
             self.weights[task] = float(spec.get("weight", 1.0))
@@ -100,6 +105,24 @@ def check_finite(losses: Mapping[str, torch.Tensor], step: int) -> None:
 
 
 def collate(items: list) -> tuple[torch.Tensor, dict]:
+    shapes = sorted({tuple(image.shape) for image, _ in items})
+    if len(shapes) > 1:  # torch.stack would fail with the sizes alone
+        listed = ", ".join("x".join(map(str, shape)) for shape in shapes[:3])
+        raise MtscError(
+            None,
+            f"a batch holds images of different sizes ({listed}): give the data one size "
+            "(mtsc's readers take `size`: --set data.size=N)",
+        )
+    # A task that an item's `valid` leaves out is labelled there, as in an item with no `valid`.
+    named = set().union(*(targets.get("valid", {}) for _, targets in items))
+    if any(len(targets.get("valid", {})) != len(named) for _, targets in items):
+        items = [
+            (
+                image,
+                {**targets, "valid": {**dict.fromkeys(named, True), **targets.get("valid", {})}},
+            )
+            for image, targets in items
+        ]
     return torch.utils.data.default_collate(items)
 
 
@@ -188,7 +211,8 @@ def to_device(batch: tuple, device: torch.device) -> tuple[torch.Tensor, dict]:
     def move(v: Any) -> Any:
         if isinstance(v, dict):
             return {k: move(x) for k, x in v.items()}
-        return v.to(device, non_blocking=True)
+        # what is not a tensor (a dataset's own file names, say) stays as it is
+        return v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
 
     return images.to(device, non_blocking=True), move(targets)
 
@@ -259,10 +283,10 @@ def start_run(
     return device, rank, world
 
 
-def refuse_existing_run(run_dir: Path, resume: bool) -> None:
-    """A run folder holds one run: continuing it takes --resume, never an overwrite."""
+def refuse_existing_run(run_dir: Path, resume: bool, how: str = "--resume") -> None:
+    """A run folder holds one run: continuing it takes `how` (--resume), never an overwrite."""
     if not resume and dist_info()[0] == 0 and (Path(run_dir) / CHECKPOINT).exists():
-        raise MtscError(None, f"{run_dir} already holds a run; use --resume to continue it")
+        raise MtscError(None, f"{run_dir} already holds a run; use {how} to continue it")
 
 
 # What a resumable checkpoint holds, by the kind of run that wrote it, and the fields older
@@ -528,7 +552,7 @@ class RunLogger:
             return
         record = {"time": round(time.time(), 3), "stage": stage, "step": step, **values}
         with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.write(json_text(record, sort_keys=True) + "\n")
         if self._tb is not None:
             for key, value in _flatten(values).items():
                 self._tb.add_scalar(f"{stage}/{key}", value, step)

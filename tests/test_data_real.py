@@ -397,11 +397,26 @@ def test_missing_splits_list_what_exists(tmp_path):
         open_dataset(f"nyuv2:{root}", "test")
     assert err.value.message == f"nyuv2: {root} has no split 'test' (found: train, val)"
     root = write_adashare_nyuv2(tmp_path / "ada")
+    index_path = root / "nyu_v2_3task.json"
+    index = json.loads(index_path.read_text())
+    index_path.write_text(json.dumps({"train1": index["train"], "train2": index["train"]}))
     with pytest.raises(MtscError) as err:
         open_dataset(f"nyuv2:{root}", "val")
-    assert err.value.message == (
-        f"nyuv2: {root / 'nyu_v2_3task.json'} has no split 'val' (it has: test, train)"
-    )
+    assert err.value.message == (f"nyuv2: {index_path} has no split 'val' (it has: train1, train2)")
+
+
+def test_an_adashare_index_without_val_validates_on_test(tmp_path):
+    """AdaShare's indexes have train, train1, train2 and test; AutoMTL validates on test."""
+    root = write_adashare_nyuv2(tmp_path, n=3)
+    index_path = root / "nyu_v2_3task.json"
+    index = json.loads(index_path.read_text())
+    index_path.write_text(json.dumps({"train": index["train"], "test": index["test"][:2]}))
+    val, test = open_dataset(f"nyuv2:{root}", "val"), open_dataset(f"nyuv2:{root}", "test")
+    assert len(val) == len(test) == 2
+    torch.testing.assert_close(val[1][0], test[1][0], rtol=0, atol=0)
+    index_path.write_text(json.dumps({**index, "test": [["missing.png", "", "", ""]]}))
+    with pytest.raises(MtscError, match="split 'test' entry 0: .*missing.png does not exist"):
+        open_dataset(f"nyuv2:{root}", "val")
 
 
 def test_bad_json_indexes(tmp_path):

@@ -156,6 +156,24 @@ def test_an_op_some_tasks_share_shows_each_of_them_in_its_colour(examples_dir):
     assert 'color="#333333", penwidth=2' in line
 
 
+def test_a_box_says_which_of_its_ops_share_weights_with_which_tasks(examples_dir):
+    """All-specific with --share-bn: each task's conv is its own, its batchnorm the one all
+    tasks share; all-shared with per-task batchnorm: the reverse, past the first batchnorm."""
+    model = examples_dir / "resnet_tiny.mtl"
+
+    def label(policy: str, share_bn: bool, name: str) -> str:
+        pruned = prune_model(model, policy, routing=RoutingOptions(share_bn=share_bn)).model
+        dot = emit_pruned_dot(pruned, title="t")
+        box_of, _ = drawn(dot, pruned)
+        nid = box_of[next(n for n, node in pruned.nodes() if node.name == name)]
+        return next(line for line in dot.splitlines() if line.strip().startswith(f"n{nid} ["))
+
+    specific = label("specific", True, "depth.layer1.0.conv1.specific")
+    assert "\\ndepth; shares bn with segment, normal" in specific
+    shared = label("shared", False, "depth.layer1.0.conv2")
+    assert "\\ndepth; shares conv with segment, normal" in shared
+
+
 def test_power_boxes_show_their_constants(write_model):
     """`x * (relu6(x + 3) / 6)` (hard swish): the boxes say which power op is which."""
     path = write_model(

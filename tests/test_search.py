@@ -342,7 +342,10 @@ def test_data_without_a_task_of_the_model(workdir, model_file, data_options):
     splits = tuple(open_dataset("shapes", s, **options) for s in ("train", "val"))
     with pytest.raises(MtscError) as err:
         api_search(model_file, splits, workdir / "no-depth")
-    assert err.value.message == ("task 'depth': shapes has no targets for it; it provides segment")
+    assert err.value.message == (
+        "the training set has no targets for task(s) depth: its info names segment; the "
+        "model's tasks are segment, depth"
+    )
 
 
 def test_a_head_with_fewer_classes_than_the_data(workdir, datasets):
@@ -458,7 +461,7 @@ def test_api_existing_run_folder_needs_resume(cli_run, tmp_path, model_file, dat
     shutil.copy(cli_run[0] / "last.pt", run / "last.pt")
     with pytest.raises(MtscError) as err:
         search(load_supermodel(model_file), *datasets, run, progress=False, **STEPS)
-    assert err.value.message == f"{run} already holds a run; use --resume to continue it"
+    assert err.value.message == f"{run} already holds a run; use resume=True to continue it"
 
 
 @pytest.mark.parametrize(
@@ -503,7 +506,8 @@ def test_non_finite_loss_stops_naming_the_task_and_keeps_the_last_checkpoint(
 ):
     train, val = datasets
     batch = STEPS["batch_size"]
-    poisoned = PoisonedDepth(train, after=5 * batch)  # the sixth batch: step index 5
+    # the sixth batch, step index 5, after the read of item 0 that checks the data
+    poisoned = PoisonedDepth(train, after=5 * batch + 1)
     with pytest.raises(MtscError) as err:
         api_search(model_file, (poisoned, val), tmp_path)
     assert err.value.message == (

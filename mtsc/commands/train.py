@@ -125,7 +125,7 @@ def train_pruned(
     from mtsc.codegen.torch_pruned import emit_pruned
     from mtsc.deploy import carry_weights, prune_model, read_checkpoint, size_report
     from mtsc.driver import load
-    from mtsc.fsutil import write_atomic
+    from mtsc.fsutil import json_text, write_atomic
     from mtsc.ir.passes.insert_routing import RoutingOptions
     from mtsc.model_fit import check_model_fits_data
     from mtsc.runtime.checkpoint import seed_everything
@@ -175,7 +175,7 @@ def train_pruned(
         buffer = io.BytesIO()
         torch.save(net.state_dict(), buffer)
         write_atomic(run_dir / "model.pt", buffer.getvalue())
-        write_atomic(run_dir / "eval.json", json.dumps(summary, indent=2) + "\n")
+        write_atomic(run_dir / "eval.json", json_text(summary, indent=2) + "\n")
     return {**summary, "net": net, "pruned": pruned}
 
 

@@ -10,7 +10,8 @@ MTAN/LibMTL layout (`root/<split>/<folder>/<i>.npy`, splits `train` and `val`):
   unlabelled.
 
 AdaShare/AutoMTL layout (a JSON index, paths relative to the root, splits as its keys, e.g.
-`train`, `train1`, `train2`, `test`):
+`train`, `train1`, `train2`, `test`; `val` is `test` where the index has no `val`, as AutoMTL
+validates):
 
 - NYUv2, `nyu_v2_3task.json`: entries [image, seg, normal, depth]; 40 classes; 480x640 RGB
   PNG images, 8-bit PNG labels with 255 unlabelled, 8-bit RGB PNG normals (see
@@ -136,13 +137,16 @@ def folder_samples(
     return tuple(samples)
 
 
-def _load_index(name: str, path: Path, split: str) -> list:
+def _load_index(name: str, path: Path, split: str) -> tuple[str, list]:
+    """The split's entries, and the split they are (`val` may be `test`)."""
     try:
         index = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise MtscError(None, f"{name}: cannot read {path}: {err}") from None
     if not isinstance(index, dict):
         raise MtscError(None, f"{name}: {path} must hold a JSON object of splits")
+    if split == "val" and "val" not in index and "test" in index:
+        split = "test"  # AdaShare's indexes have no validation split; AutoMTL validates on test
     if split not in index:
         raise MtscError(
             None, f"{name}: {path} has no split {split!r} (it has: {', '.join(sorted(index))})"
@@ -150,7 +154,7 @@ def _load_index(name: str, path: Path, split: str) -> list:
     entries = index[split]
     if not isinstance(entries, list):
         raise MtscError(None, f"{name}: {path}: split {split!r} must be a list of entries")
-    return entries
+    return split, entries
 
 
 def json_samples(
@@ -158,7 +162,8 @@ def json_samples(
 ) -> tuple[SampleFiles, ...]:
     """Samples listed in an AdaShare-style JSON index: lists of `width` relative paths."""
     samples = []
-    for number, entry in enumerate(_load_index(name, index_path, split)):
+    split, entries = _load_index(name, index_path, split)
+    for number, entry in enumerate(entries):
         if not isinstance(entry, list) or len(entry) != width:
             raise MtscError(
                 None,
