@@ -59,6 +59,8 @@ FOLLOWERS = frozenset(
 SIZED_BY_SECOND = frozenset({Op.UPSAMPLE, Op.INTERP, Op.CROP})
 # The edge from a value that an op reads only the size of (`upsample(x, skip)`).
 SIZE_EDGE = ' [style=dashed, label="size"]'
+# unpool's second input: the value whose max pooling gives the positions the values go to
+INDICES_EDGE = ' [style=dashed, label="pool indices"]'
 _TASK_PLUMBING = frozenset({Op.TASK_STACK, Op.TASK_SLICE})
 
 
@@ -226,7 +228,7 @@ def emit_clusters(
     def write(level: dict) -> None:
         for nid in level.get(None, []):
             w.line(line_for(nid))
-        for key in sorted((k for k in level if k is not None), key=_natural):
+        for key in (k for k in level if k is not None):  # in order of appearance
             w.line(f"subgraph {quote('cluster_' + key)} {{")
             with w.indent():
                 w.line(f'label={quote(key)}; style=rounded; color="#999999";')
@@ -245,15 +247,17 @@ def short_name(name: str) -> str:
     return ".".join(name.split(".")[len(cluster_path(name)) :])
 
 
-def _natural(key: str) -> list:
-    return [int(p) if p.isdigit() else p for p in key.replace(".", " . ").split()]
-
-
-def emit_edges(w: SourceWriter, boxes: Boxes, inputs_of: Callable[[int], list[int]]) -> None:
+def emit_edges(
+    w: SourceWriter, g: Graph, boxes: Boxes, inputs_of: Callable[[int], list[int]]
+) -> None:
     for nid in boxes.chains:
         for port, src in enumerate(boxes.sources(nid, inputs_of(nid))):
-            size_only = port == 1 and nid in boxes.sized_by_value
-            w.line(f"n{src} -> n{nid}{SIZE_EDGE if size_only else ''};")
+            style = ""
+            if port == 1 and nid in boxes.sized_by_value:
+                style = SIZE_EDGE
+            elif port == 1 and g.node(nid).op is Op.UNPOOL:
+                style = INDICES_EDGE
+            w.line(f"n{src} -> n{nid}{style};")
 
 
 def emit_dot(g: Graph, *, title: str) -> str:
@@ -273,7 +277,7 @@ def emit_dot(g: Graph, *, title: str) -> str:
         for key, nid in sorted(g.outputs.items()):
             w.line(f'out_{key} [label={quote(key)}, shape=oval, fillcolor="#ffffff"];')
             w.line(f"n{boxes.box_of[nid]} -> out_{key};")
-        emit_edges(w, boxes, g.inputs)
+        emit_edges(w, g, boxes, g.inputs)
     return w.text()
 
 
@@ -405,7 +409,7 @@ def emit_supermodel_dot(g: Graph, *, title: str, policy: dict | None = None) -> 
 
         emit_clusters(w, list(boxes.chains), line_for, cluster_of)
         task_outputs(w, g, boxes, tasks)
-        emit_edges(w, boxes, inputs_of)
+        emit_edges(w, g, boxes, inputs_of)
     return w.text()
 
 
@@ -475,5 +479,5 @@ def emit_pruned_dot(g: Graph, *, title: str) -> str:
 
         emit_clusters(w, list(boxes.chains), line_for, lambda n: cluster_path(g.node(n).name))
         task_outputs(w, g, boxes, tasks)
-        emit_edges(w, boxes, g.inputs)
+        emit_edges(w, g, boxes, g.inputs)
     return w.text()

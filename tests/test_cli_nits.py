@@ -61,6 +61,11 @@ def test_graph_policy_on_the_backbone_names_the_stages_it_applies_to(tmp_path, r
     message = "--policy applies to the supermodel stage and the pruned stage, not the backbone"
     _fails(proc, f"error: {message}\n")
     assert not out.exists()
+    both = ("--stage", "backbone", "--policy", "shared", "--share-bn")
+    proc = run_mtsc("graph", TINY, *both, "-o", out)
+    message = "--policy and --share-bn apply to the supermodel stage and the pruned stage, not"
+    _fails(proc, f"error: {message} the backbone\n")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

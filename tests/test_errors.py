@@ -1493,3 +1493,34 @@ def test_check_warns_of_a_task_search_would_refuse_for_want_of_a_loss(tmp_path, 
     path.write_text(HEAD + BODY + tasks.replace("classes=1)\n    d", "classes=1) loss=l1\n    d"))
     assert main(["check", str(path)]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_check_warns_of_heads_search_would_refuse(tmp_path, capsys) -> None:
+    """At the declared size: a head that gives no map of the input's size, or a depth or
+    normal head with other channels than its targets'; a task mtsc does not train is left."""
+    path = tmp_path / "model.mtl"
+    path.write_text(
+        "input image: 3x32x32\n"
+        "block half(features, input, classes) {\n"
+        "    return conv(features, classes, k=1)\n"
+        "}\n"
+        "backbone {\n"
+        "    return conv(image, 8, k=3, s=2, p=1) | bn | relu\n"
+        "}\n"
+        "tasks {\n"
+        "    segment: half(classes=6)\n"
+        "    normal: fcn(classes=1)\n"
+        "    depth: fcn(classes=1)\n"
+        "    edges: half(classes=1) loss=l1\n"
+        "}\n"
+    )
+    assert main(["check", str(path)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if ": warning: " in line]
+    refused = "; `mtsc search` and `mtsc train` would refuse it"
+    assert warnings == [
+        f"{path}:9:5: warning: task 'segment': the head gives 6x16x16 for the declared 3x32x32 "
+        f"input; segment needs a map of the input's size (end the head with upsample(y, "
+        f"input)){refused}",
+        f"{path}:10:5: warning: task 'normal': the head gives 1 channel; normal targets have "
+        f"3{refused}",
+    ]

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from mtsc.codegen.dot import SIZED_BY_SECOND, emit_dot, emit_pruned_dot, task_colour
+from mtsc.codegen.dot import (
+    SIZED_BY_SECOND,
+    emit_dot,
+    emit_pruned_dot,
+    emit_supermodel_dot,
+    task_colour,
+)
 from mtsc.deploy import prune_model
 from mtsc.driver import load_backbone, load_supermodel
 from mtsc.ir.graph import Graph
@@ -172,6 +178,30 @@ def test_a_box_says_which_of_its_ops_share_weights_with_which_tasks(examples_dir
     assert "\\ndepth; shares bn with segment, normal" in specific
     shared = label("shared", False, "depth.layer1.0.conv2")
     assert "\\ndepth; shares conv with segment, normal" in shared
+
+
+def test_unpool_reads_its_pool_indices_on_a_dashed_edge(examples_dir):
+    """SegNet: each unpool's second input gives where the maxima were, not values."""
+    g = load_backbone(examples_dir / "segnet.mtl")
+    dot = emit_dot(g, title="t")
+    box_of, _ = drawn(dot, g)
+    unpools = [nid for nid, node in g.nodes() if node.op is Op.UNPOOL]
+    assert unpools
+    for nid in unpools:
+        values, indices = (box_of[src] for src in g.inputs(nid))
+        assert f"n{values} -> n{box_of[nid]};" in dot
+        assert f'n{indices} -> n{box_of[nid]} [style=dashed, label="pool indices"];' in dot
+
+
+def test_clusters_come_in_the_models_order(examples_dir):
+    """Blocks as the backbone runs them, heads as the tasks section lists them (resnet_tiny:
+    segment, depth, normal), not in alphabetical order."""
+    g = load_supermodel(examples_dir / "resnet_tiny.mtl", RoutingOptions())
+    clusters = re.findall(r'subgraph "cluster_([^"]+)"', emit_supermodel_dot(g, title="t"))
+    heads = [c for c in clusters if c.count(".") == 1 and c.startswith("heads.")]
+    assert heads == ["heads.segment", "heads.depth", "heads.normal"]
+    layers = [c for c in clusters if c.startswith("layer") and "." not in c]
+    assert layers == sorted(layers) and len(layers) >= 3
 
 
 def test_power_boxes_show_their_constants(write_model):

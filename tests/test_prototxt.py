@@ -992,6 +992,26 @@ def test_mtsc_build_and_import_commands(tmp_path, run_mtsc):
     assert "warning: layer 'conv1' reads blob 'data'" in quirk.stderr
 
 
+def test_import_keeps_an_edited_mtl_unless_forced(tmp_path, run_mtsc):
+    """The imported .mtl is edited next (its tasks section): importing over it again is
+    refused once it differs, and --force replaces it. The same text may be written again."""
+    out = tmp_path / "fire.mtl"
+    assert run_mtsc("import", fixture("squeezenet_fire"), "-o", out).returncode == 0
+    again = run_mtsc("import", fixture("squeezenet_fire"), "-o", out)
+    assert (again.returncode, again.stdout) == (0, f"wrote {out}\n")
+    edited = out.read_text() + "\ntasks {\n    segment: fcn(classes=4)\n}\n"
+    out.write_text(edited)
+    refused = run_mtsc("import", fixture("squeezenet_fire"), "-o", out)
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        f"error: {out} exists and differs from this import (edited since?); give --force to "
+        "replace it, or -o another file\n"
+    )
+    assert out.read_text() == edited
+    forced = run_mtsc("import", fixture("squeezenet_fire"), "-o", out, "--force")
+    assert forced.returncode == 0 and "tasks {" not in out.read_text()
+
+
 def test_cli_errors_exit_2_with_a_located_message(tmp_path, capsys):
     assert main(["check", str(fixture("resnet_bottleneck")), "--output", "res3b"]) == 2
     assert capsys.readouterr().err.strip() == (

@@ -4,6 +4,8 @@ evaluation leaving the model as it found it, and progress bars only on a termina
 from __future__ import annotations
 
 import io
+import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +14,14 @@ import torch
 from mtsc.api import load_supermodel
 from mtsc.errors import MtscError
 from mtsc.runtime.data import open_dataset
-from mtsc.runtime.trainer import BatchStream, TaskObjective, evaluate, run_steps, sgd_groups
+from mtsc.runtime.trainer import (
+    BatchStream,
+    RunLogger,
+    TaskObjective,
+    evaluate,
+    run_steps,
+    sgd_groups,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -168,3 +177,15 @@ def test_sgd_groups_without_prelu_are_one_group(examples_dir, tmp_path) -> None:
     model = load_supermodel(examples_dir / "resnet_tiny.mtl", out_dir=tmp_path)
     groups = sgd_groups(model.weight_parameters(), model, 1e-4)
     assert [len(g["params"]) for g in groups] == [len(model.weight_parameters())]
+
+
+def test_the_metrics_log_is_strict_json(tmp_path):
+    """A metric with nothing to score is NaN: the log writes null, which jq and JavaScript
+    read (Python's default writes a bare NaN, which they refuse)."""
+    logger = RunLogger(tmp_path)
+    logger.log(3, "search", {"loss": 0.5, "val": {"depth": {"abs_err": math.nan}}, "x": -math.inf})
+    logger.close()
+    line = (tmp_path / "metrics.jsonl").read_text()
+    record = json.loads(line, parse_constant=lambda name: pytest.fail(f"non-JSON {name}"))
+    assert record["val"] == {"depth": {"abs_err": None}} and record["x"] is None
+    assert record["loss"] == 0.5

@@ -8,7 +8,10 @@ from mtsc.driver import build, warn
 from mtsc.ir.errors import Diagnostic
 from mtsc.ir.graph import Graph
 from mtsc.report import summary_json, summary_text, supermodel_info, supermodel_text
+from mtsc.runtime.data.options import TASKS
+from mtsc.runtime.data.sample import TARGET_CHANNELS
 from mtsc.runtime.objectives import TASK_LOSSES, default_loss
+from mtsc.runtime.task_fit import count_channels
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     result = build(args.model, None, output=args.output)
     if result.supermodel is not None:
-        warn(lossless_tasks(result.supermodel))
+        warn(lossless_tasks(result.supermodel) + head_mismatches(result.supermodel))
     extra = {} if result.supermodel is None else {"supermodel": supermodel_info(result.supermodel)}
     if args.json:
         print(summary_json(result.summary, **extra))
@@ -47,3 +50,36 @@ def lossless_tasks(g: Graph) -> list[Diagnostic]:
         for task in g.tasks
         if task.loss is None and default_loss(task.name) is None
     ]
+
+
+def head_mismatches(g: Graph) -> list[Diagnostic]:
+    """A warning for each head of a task mtsc trains (segment, depth, normal) that, at the
+    declared input size, gives no map of the input's size, or not the channels of the task's
+    targets (depth 1, normal 3): `mtsc search` and `mtsc train` would refuse it (at the
+    data's size), after the data is made ready."""
+    image = g.node(g.input_ids()[0]).shape
+    found = []
+    for task in g.tasks:
+        if task.name not in TASKS:
+            continue
+        shape = g.node(g.outputs[task.name]).shape
+        wanted = TARGET_CHANNELS.get(task.name)
+        if len(shape) != 3 or shape[1:] != image[1:]:
+            gives = "x".join(map(str, shape))
+            problem = (
+                f"gives {gives} for the declared {'x'.join(map(str, image))} input; "
+                f"{task.name} needs a map of the input's size (end the head with "
+                "upsample(y, input))"
+            )
+        elif wanted is not None and shape[0] != wanted:
+            problem = f"gives {count_channels(shape[0])}; {task.name} targets have {wanted}"
+        else:
+            continue
+        found.append(
+            Diagnostic(
+                task.loc,
+                f"task {task.name!r}: the head {problem}; `mtsc search` and `mtsc "
+                "train` would refuse it",
+            )
+        )
+    return found

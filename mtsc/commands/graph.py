@@ -49,10 +49,15 @@ def run(args: argparse.Namespace) -> int:
             notes=("`--stage backbone` draws the backbone", *no_tasks_notes(args.model)),
         )
     if args.stage == "backbone":
-        if args.policy:
+        given = [
+            flag for flag, on in (("--policy", args.policy), ("--share-bn", args.share_bn)) if on
+        ]
+        if given:
             raise MtscError(
                 None,
-                "--policy applies to the supermodel stage and the pruned stage, not the backbone",
+                f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to the "
+                "supermodel stage and the pruned stage, "
+                "not the backbone",
             )
         g = run_pipeline(model, BACKBONE_PIPELINE)
         text = emit_dot(g, title=f"{g.name} backbone")

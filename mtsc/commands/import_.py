@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--output", metavar="BLOB", help="end the backbone at this blob, dropping what follows"
     )
+    p.add_argument(
+        "--force", action="store_true", help="replace an -o file that holds something else"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,9 +52,27 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None:
         sys.stdout.write(text)
     else:
+        _refuse_other_text(Path(args.out), text, args.force)
         write_atomic(Path(args.out), text)
         print(f"wrote {args.out}")
     return 0
+
+
+def _refuse_other_text(out: Path, text: str, force: bool) -> None:
+    """An imported .mtl is the file one goes on to edit (adding its tasks section): importing
+    again over it would lose that work, unless asked to."""
+    if force or not out.exists():
+        return
+    try:
+        same = out.read_text() == text
+    except (OSError, UnicodeDecodeError):
+        same = False
+    if not same:
+        raise MtscError(
+            None,
+            f"{out} exists and differs from this import (edited since?); give --force to "
+            "replace it, or -o another file",
+        )
 
 
 def _same_file(a: Path, b: Path) -> bool:
