@@ -12,6 +12,7 @@ from mtsc.codegen.writer import SourceWriter
 from mtsc.grammar import PRELUDE
 from mtsc.ir.graph import BackboneRef, Call, Graph, Node, TaskSpec
 from mtsc.ir.ops import Op, TorchExpr, TorchModule, spec_of, torch_class
+from mtsc.ir.passes.merge_identical import branch_name
 
 
 def imports_used(body: str) -> list[str]:
@@ -160,22 +161,35 @@ def weight_key(node: Node) -> tuple | None:
 def module_names(g: Graph) -> dict[int, str]:
     """The attribute name of every module-form op: its sanitized hierarchical name, made
     unique in topological order (so the same graph always gives the same state-dict keys).
-    Ops that share weights share the attribute, named after the weights' source. Names that
+    Ops that share weights share the attribute, named after the weights' source op and, as
+    the ops are, prefixed by the tasks that run it when not all do. Names that
     nn.Module, or a multi-task model's class, already use get a suffix."""
-    tasks = [f"forward_{sanitize(t.name)}" for t in g.tasks]
-    ns = Namespace(MODULE_ATTRIBUTES | {"TASKS", "TASK_SPECS", "forward_task", *tasks})
+    tasks = [t.name for t in g.tasks]
+    methods = [f"forward_{sanitize(t)}" for t in tasks]
+    ns = Namespace(MODULE_ATTRIBUTES | {"TASKS", "TASK_SPECS", "forward_task", *methods})
+    modules = [
+        nid
+        for nid in g.topo_order()
+        if g.node(nid).op is not Op.INPUT
+        and spec_of(g.node(nid).op).torch is not None
+        and is_module_op(g.node(nid))
+    ]
+    # the tasks that run each shared module: the module is named for them, as its ops are
+    users: dict[tuple, set[str]] = {}
+    for nid in modules:
+        key = weight_key(g.node(nid))
+        if key is not None:
+            users.setdefault(key, set()).update(g.node(nid).meta.get("tasks", tasks))
     names: dict[int, str] = {}
     shared: dict[tuple, str] = {}
-    for nid in g.topo_order():
+    for nid in modules:
         node = g.node(nid)
-        if node.op is Op.INPUT or spec_of(node.op).torch is None or not is_module_op(node):
-            continue
         key = weight_key(node)
         if key is None:
             names[nid] = ns.create(node.name)
         else:
             if key not in shared:
-                shared[key] = ns.create(node.meta["weights"][0])
+                shared[key] = ns.create(branch_name(node.meta["weights"][0], users[key], tasks))
             names[nid] = shared[key]
     return names
 

@@ -9,6 +9,8 @@ come from, prefixed by their tasks when not all tasks use them (`depth_normal.la
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from mtsc.ir.graph import Graph
 
 
@@ -47,7 +49,15 @@ def _rename(g: Graph, tasks_of: dict[int, set[str]]) -> None:
         if origin is None:
             continue
         users = sorted(tasks_of.get(nid, ()), key=order.index)
-        branch = len(users) < len(order) and not origin.startswith("heads.")
-        name = f"{'_'.join(users)}.{origin}" if branch else origin
+        name = branch_name(origin, users, order)
         task = users[0] if len(users) == 1 else None
         g.update(nid, name=name, task=task, meta={**node.meta, "tasks": tuple(users)})
+
+
+def branch_name(origin: str, users: Iterable[str], order: Sequence[str]) -> str:
+    """The name of supermodel op `origin` where tasks `users` run it: prefixed by them when
+    not all tasks (`order`) do (`depth_normal.layer4.0.conv1`); a head op is its task's."""
+    users = [t for t in order if t in set(users)]
+    if len(users) < len(order) and not origin.startswith("heads."):
+        return f"{'_'.join(users)}.{origin}"
+    return origin

@@ -24,14 +24,14 @@ class MultiTaskModel(nn.Module):
         self.stem_conv1 = nn.Conv2d(3, 4, kernel_size=3, padding=1, bias=False)
         self.stem_bn1 = nn.BatchNorm2d(4)
         self.stem_relu1 = nn.ReLU()
-        self.res_conv1 = nn.Conv2d(4, 4, kernel_size=3, padding=1, bias=False)
+        self.segment_res_conv1 = nn.Conv2d(4, 4, kernel_size=3, padding=1, bias=False)
         self.res_bn1 = nn.BatchNorm2d(4)
         self.res_relu1 = nn.ReLU()
         self.res_bn2 = nn.BatchNorm2d(4)
         self.relu1 = nn.ReLU()
         self.heads_segment_conv1 = nn.Conv2d(4, 3, kernel_size=1, bias=True)
         self.depth_res_conv1_specific = nn.Conv2d(4, 4, kernel_size=3, padding=1, bias=False)
-        self.res_conv2 = nn.Conv2d(4, 4, kernel_size=3, padding=1, bias=False)
+        self.depth_res_conv2 = nn.Conv2d(4, 4, kernel_size=3, padding=1, bias=False)
         self.heads_depth_conv1 = nn.Conv2d(4, 1, kernel_size=1, bias=True)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -41,7 +41,7 @@ class MultiTaskModel(nn.Module):
         x = self.stem_relu1(x)  # deploy_mini.mtl:7
 
         # segment.res
-        y = self.res_conv1(x)  # deploy_mini.mtl:8
+        y = self.segment_res_conv1(x)  # deploy_mini.mtl:8
         y = self.res_bn1(y)  # deploy_mini.mtl:8
         y = self.res_relu1(y)  # deploy_mini.mtl:8
         y = self.res_bn2(y)  # deploy_mini.mtl:8
@@ -60,7 +60,7 @@ class MultiTaskModel(nn.Module):
         # depth.res
         y = self.res_bn1(y)  # deploy_mini.mtl:8
         y = self.res_relu1(y)  # deploy_mini.mtl:8
-        y = self.res_conv2(y)  # deploy_mini.mtl:8
+        y = self.depth_res_conv2(y)  # deploy_mini.mtl:8
         y = self.res_bn2(y)  # deploy_mini.mtl:8
 
         # depth
@@ -79,7 +79,7 @@ class MultiTaskModel(nn.Module):
         x = self.stem_relu1(x)  # deploy_mini.mtl:7
 
         # segment.res
-        y = self.res_conv1(x)  # deploy_mini.mtl:8
+        y = self.segment_res_conv1(x)  # deploy_mini.mtl:8
         y = self.res_bn1(y)  # deploy_mini.mtl:8
         y = self.res_relu1(y)  # deploy_mini.mtl:8
         y = self.res_bn2(y)  # deploy_mini.mtl:8
@@ -105,7 +105,7 @@ class MultiTaskModel(nn.Module):
         # depth.res
         y = self.res_bn1(y)  # deploy_mini.mtl:8
         y = self.res_relu1(y)  # deploy_mini.mtl:8
-        y = self.res_conv2(y)  # deploy_mini.mtl:8
+        y = self.depth_res_conv2(y)  # deploy_mini.mtl:8
         y = self.res_bn2(y)  # deploy_mini.mtl:8
 
         # depth
