@@ -1,9 +1,12 @@
-"""mtsc from Python: build a supermodel from a model file and search it on your own data.
+"""mtsc from Python: build a supermodel from a model file, search it on your own data, and
+train the pruned model of the policy found.
 
-    from mtsc.api import load_supermodel, search
+    from mtsc.api import load_supermodel, search, train
     model = load_supermodel("examples/resnet_tiny.mtl")          # a generated Supermodel
     result = search(model, train_set, val_set, "runs/tiny", warmup_steps=200)
     result.policy                                                 # also runs/tiny/policy.json
+    done = train("examples/resnet_tiny.mtl", result.policy, train_set, val_set, "runs/final",
+                 weights="runs/tiny/last.pt", steps=500)          # model.py, model.pt, ...
 
 Datasets yield `(image [3, H, W], {task: target, "valid": {task: bool}})` and carry an
 `info` (`mtsc.runtime.data.sample.DatasetInfo`) naming their tasks and classes; see
@@ -199,27 +202,14 @@ def search(
     run keeps the config it was started with (a keyword argument may repeat a value of it)."""
     from mtsc.commands import refuse_another_commands_folder
     from mtsc.commands.search import undone_unless_resumable
-    from mtsc.runtime.config import SearchConfig, given_values, make_config, resumed_config
+    from mtsc.runtime.config import SearchConfig
     from mtsc.runtime.data.checks import check_dataset
     from mtsc.runtime.search import search as run_search
     from mtsc.runtime.task_fit import check_heads_fit_data
-    from mtsc.runtime.trainer import CHECKPOINT, load_resumable, refuse_existing_run
+    from mtsc.runtime.trainer import refuse_existing_run
 
     _check_is_supermodel(model)
-    if "data" in config:  # `mtsc search --data`'s options; here the datasets are given
-        raise MtscError(
-            None,
-            "search takes datasets, not data options: open them with "
-            "mtsc.runtime.data.open_dataset(spec, split, **options)",
-        )
-    cfg = config.pop("config", None)
-    checkpoint = Path(run_dir) / CHECKPOINT
-    if cfg is None and resume and checkpoint.is_file():
-        given = given_values(SearchConfig, None, config)
-        # the run loads its weights itself; the kind is checked before the settings
-        state = load_resumable(checkpoint, "search", mmap=True)
-        cfg = resumed_config(SearchConfig, given, state, checkpoint)
-    cfg = cfg or make_config(SearchConfig, None, config)
+    cfg = _run_config(SearchConfig, "search", run_dir, resume, config)
     run_dir = Path(run_dir)
     # As `mtsc search`: the run folder keeps the model's source (supermodel.py), which resumes
     # the run and loads its last.pt; one already there must be this model's.
@@ -249,3 +239,76 @@ def search(
     if source is not None and not kept.exists():  # a resumed run of an older mtsc's API
         write_atomic(kept, source)
     return result
+
+
+def train(
+    model: str | Path,
+    policy: str | dict,
+    train_set,
+    val_set,
+    run_dir: str | Path,
+    *,
+    weights: str | Path | None = None,
+    share_bn: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    **config: Any,
+) -> dict:
+    """`mtsc train` on datasets of your own: prune `model` (a .mtl / .prototxt file) to
+    `policy` (a dict, a policy.json, or "shared" / "specific"), start from the supermodel
+    checkpoint `weights` if given, and train; keyword arguments override `TrainConfig`.
+    `run_dir` gets model.py, model.pt, last.pt, metrics.jsonl, eval.json and policy.json.
+    Returns the validation `metrics`, `params`, `macs`, `task_params` and the trained `net`."""
+    from mtsc.commands import refuse_another_commands_folder
+    from mtsc.commands.search import undone_unless_resumable
+    from mtsc.commands.train import train_pruned
+    from mtsc.driver import load
+    from mtsc.runtime.config import TrainConfig
+    from mtsc.runtime.data.checks import check_dataset
+
+    if resume and weights is not None:
+        raise MtscError(None, "a resumed run continues from its last.pt: drop weights=")
+    cfg = _run_config(TrainConfig, "train", run_dir, resume, config)
+    run_dir = Path(run_dir)
+    if not resume:
+        refuse_another_commands_folder(run_dir, "train")
+    tasks = [task.name for task in load(model).tasks]
+    check_dataset(train_set, tasks, "training")
+    check_dataset(val_set, tasks, "validation")
+    with undone_unless_resumable(run_dir, resume):
+        return train_pruned(
+            model,
+            policy,
+            (train_set, val_set),
+            run_dir,
+            cfg,
+            weights=weights,
+            share_bn=share_bn,
+            resume=resume,
+            progress=progress,
+            command={"share_bn": share_bn},
+        )
+
+
+def _run_config(cls: type, kind: str, run_dir: str | Path, resume: bool, config: dict):
+    """The config of an API run: `config=` (a whole config), else the keyword arguments over
+    the defaults, or, resuming, over the run's own (a keyword argument may repeat its value)."""
+    from mtsc.runtime.config import given_values, make_config, resumed_config
+    from mtsc.runtime.trainer import CHECKPOINT, load_resumable
+
+    if "data" in config:  # the commands' --data options; here the datasets are given
+        raise MtscError(
+            None,
+            f"{kind} takes datasets, not data options: open them with "
+            "mtsc.runtime.data.open_dataset(spec, split, **options)",
+        )
+    whole = config.pop("config", None)
+    if whole is not None:
+        return whole
+    checkpoint = Path(run_dir) / CHECKPOINT
+    if resume and checkpoint.is_file():
+        given = given_values(cls, None, config)
+        # the run loads its weights itself; the kind is checked before the settings
+        state = load_resumable(checkpoint, kind, mmap=True)
+        return resumed_config(cls, given, state, checkpoint)
+    return make_config(cls, None, config)

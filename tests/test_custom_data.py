@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtsc.api import load_supermodel, search
+from mtsc.api import load_supermodel, search, train
 from mtsc.errors import MtscError
 from mtsc.runtime.data import DatasetInfo
 from mtsc.runtime.trainer import TaskObjective, collate
@@ -86,6 +86,35 @@ def test_a_dataset_of_ones_own_searches(model_file, tmp_path):
     assert set(result.metrics) == {"segment", "depth"}
     assert 0 <= result.metrics["segment"]["miou"] <= 1
     assert json.loads((tmp_path / "run" / "policy.json").read_text()) == result.policy
+
+
+def test_the_searched_policy_trains_on_ones_own_data(model_file, tmp_path):
+    """api.train: the pruned model of the search's policy, from the search's weights, on the
+    same datasets; its folder as `mtsc train` leaves it, and `model.pt` is the net returned."""
+    _, found = run(model_file, Scenes(), Scenes(4, seed=1), tmp_path / "search")
+    final = tmp_path / "final"
+    done = train(
+        model_file, found.policy, Scenes(), Scenes(4, seed=1), final, progress=False,
+        weights=found.run_dir / "last.pt", steps=3, batch_size=2, eval_every=3,
+    )  # fmt: skip
+    assert {"model.py", "model.pt", "last.pt", "eval.json", "policy.json"} <= {
+        p.name for p in final.iterdir()
+    }
+    assert json.loads((final / "policy.json").read_text()) == found.policy
+    saved = torch.load(final / "model.pt", weights_only=True)
+    for name, value in done["net"].state_dict().items():
+        torch.testing.assert_close(saved[name], value, rtol=0, atol=0)
+    assert set(done["metrics"]) == {"segment", "depth"} and done["params"] > 0
+    with pytest.raises(MtscError) as err:
+        train(model_file, "shared", Scenes(), Scenes(4), final, progress=False, steps=1)
+    assert err.value.message == f"{final} already holds a run; use resume=True to continue it"
+    with pytest.raises(MtscError) as err:
+        train(model_file, "shared", Scenes(), Scenes(4), tmp_path / "t", data={"size": 8})
+    assert err.value.message.startswith("train takes datasets, not data options")
+    with pytest.raises(MtscError) as err:
+        train(model_file, "shared", Scenes(tasks=("depth",)), Scenes(4), tmp_path / "t")
+    assert err.value.message.startswith("the training set has no targets for task(s) segment")
+    assert not (tmp_path / "t").exists()
 
 
 def test_the_loss_skips_the_datas_unlabelled_value():

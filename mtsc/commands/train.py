@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 def train_pruned(
     model_path,
     policy,
-    data: str,
+    data,
     run_dir: Path,
     config,
     *,
@@ -115,7 +115,9 @@ def train_pruned(
     progress: bool = True,
     command: dict | None = None,
 ) -> dict:
-    """Prune, write model.py, train, write model.pt and eval.json; returns metrics and sizes."""
+    """Prune, write model.py, train, write model.pt and eval.json; returns metrics and sizes.
+    `data`: a dataset spec, opened with the config's `[data]` options, or the (training,
+    validation) datasets themselves."""
     import io
     import json
 
@@ -133,12 +135,19 @@ def train_pruned(
     from mtsc.runtime.train import train
     from mtsc.runtime.trainer import barrier, dist_info, refuse_existing_run
 
-    data_options = dict(config.data)
-    train_set = open_dataset(data, "train", **data_options)
-    val_set = open_dataset(data, "val", **data_options)
+    if isinstance(data, str):
+        train_set, val_set = (
+            open_dataset(data, split, **config.data) for split in ("train", "val")
+        )
+    else:
+        train_set, val_set = data
     model = load(model_path)
     check_model_fits_data(
-        model, val_set[0][0].shape, train_set.info, data, batch_size=config.batch_size
+        model,
+        val_set[0][0].shape,
+        train_set.info,
+        data if isinstance(data, str) else train_set.info.name,
+        batch_size=config.batch_size,
     )
     pruned = prune_model(model, policy, routing=RoutingOptions(share_bn=share_bn))
     name = policy if isinstance(policy, str) else "policy.json"
@@ -148,7 +157,8 @@ def train_pruned(
     start = None  # the weights are read before anything is written: a bad file fails at once
     if weights is not None and not resume:
         start = carry_weights(pruned, read_checkpoint(weights, pruned))
-    refuse_existing_run(run_dir, resume)  # before model.py is written over the run's
+    # before model.py is written over the run's
+    refuse_existing_run(run_dir, resume, "--resume" if isinstance(data, str) else "resume=True")
     if resume:
         check_same_policy(run_dir / "policy.json", pruned.policy, policy)
     rank = dist_info()[0]
