@@ -108,6 +108,8 @@ def _emit_forward(
             return f"return {next(iter(outs.values()))}"
         return "return {" + ", ".join(f"{py_literal(t)}: {v}" for t, v in outs.items()) + "}"
 
+    if method != "forward":  # torch.jit.script compiles `forward` and what it calls only
+        w.line("@torch.jit.export")
     emit_forward(
         w,
         g,
@@ -121,6 +123,7 @@ def _emit_forward(
 
 
 def _emit_dispatch(w: SourceWriter, tasks: tuple[str, ...]) -> None:
+    w.line("@torch.jit.export")
     w.line("def forward_task(self, x: torch.Tensor, task: str) -> torch.Tensor:")
     with w.indent():
         w.line('"""Run only the ops that `task` needs."""')
@@ -128,4 +131,6 @@ def _emit_dispatch(w: SourceWriter, tasks: tuple[str, ...]) -> None:
             w.line(f"if task == {py_literal(task)}:")
             with w.indent():
                 w.line(f"return self.forward_{sanitize(task)}(x)")
-        w.line('raise ValueError(f"unknown task {task!r}; this model has {self.TASKS}")')
+        # TorchScript takes neither `!r` nor the class's TASKS: the names are written out
+        known = ", ".join(tasks)
+        w.line(f"raise ValueError(f\"unknown task '{{task}}'; this model's tasks are {known}\")")

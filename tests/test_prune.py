@@ -274,8 +274,26 @@ def test_equivalence_tells_the_policies_apart(deploy):
 
 def test_forward_task_rejects_an_unknown_task(deploy):
     d = deploy(MINI, "shared")
-    with pytest.raises(ValueError, match=r"unknown task 'edges'; this model has \('segment'"):
+    with pytest.raises(ValueError) as err:
         d.model.forward_task(image(16), "edges")
+    assert str(err.value) == "unknown task 'edges'; this model's tasks are segment, depth"
+
+
+def test_torchscript_keeps_the_per_task_methods(deploy):
+    """`torch.jit.script` compiles `forward` and what it calls; the per-task methods are
+    exported too, with the same results, and the unknown-task error."""
+    d = deploy(RESIDUAL, random_policy(RESIDUAL, seed=1))
+    scripted = torch.jit.script(d.model.eval())
+    x = image(32)
+    with torch.no_grad():
+        expected = d.model(x)
+        for task, value in scripted(x).items():
+            torch.testing.assert_close(value, expected[task], **TOL)
+            torch.testing.assert_close(scripted.forward_task(x, task), expected[task], **TOL)
+            method = getattr(scripted, f"forward_{task}")
+            torch.testing.assert_close(method(x), expected[task], **TOL)
+    with pytest.raises(torch.jit.Error, match="unknown task 'edges'; this model's tasks are"):
+        scripted.forward_task(x, "edges")
 
 
 # ---------------------------------------------------------------------- sizes

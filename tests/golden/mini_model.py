@@ -72,6 +72,7 @@ class MultiTaskModel(nn.Module):
         out_1 = F.interpolate(y, size=image.shape[-2:], mode="bilinear", align_corners=False)  # mtsc/grammar/heads.mtl:30
         return {"segment": out, "depth": out_1}
 
+    @torch.jit.export
     def forward_segment(self, image: torch.Tensor) -> torch.Tensor:
         # stem
         x = self.stem_conv1(image)  # deploy_mini.mtl:7
@@ -93,6 +94,7 @@ class MultiTaskModel(nn.Module):
         out = F.interpolate(y, size=image.shape[-2:], mode="bilinear", align_corners=False)  # mtsc/grammar/heads.mtl:30
         return out
 
+    @torch.jit.export
     def forward_depth(self, image: torch.Tensor) -> torch.Tensor:
         # stem
         x = self.stem_conv1(image)  # deploy_mini.mtl:7
@@ -117,10 +119,11 @@ class MultiTaskModel(nn.Module):
         out = F.interpolate(y, size=image.shape[-2:], mode="bilinear", align_corners=False)  # mtsc/grammar/heads.mtl:30
         return out
 
+    @torch.jit.export
     def forward_task(self, x: torch.Tensor, task: str) -> torch.Tensor:
         """Run only the ops that `task` needs."""
         if task == "segment":
             return self.forward_segment(x)
         if task == "depth":
             return self.forward_depth(x)
-        raise ValueError(f"unknown task {task!r}; this model has {self.TASKS}")
+        raise ValueError(f"unknown task '{task}'; this model's tasks are segment, depth")
