@@ -203,7 +203,7 @@ def search(
     from mtsc.commands import refuse_another_commands_folder
     from mtsc.commands.search import undone_unless_resumable
     from mtsc.runtime.config import SearchConfig
-    from mtsc.runtime.data.checks import check_dataset
+    from mtsc.runtime.data.checks import check_datasets
     from mtsc.runtime.search import search as run_search
     from mtsc.runtime.task_fit import check_heads_fit_data
     from mtsc.runtime.trainer import refuse_existing_run
@@ -219,8 +219,7 @@ def search(
     refuse_existing_run(run_dir, resume, how="resume=True")
     if not resume:
         refuse_another_commands_folder(run_dir, "search")
-    check_dataset(train_set, list(model.TASK_SPECS), "training")
-    check_dataset(val_set, list(model.TASK_SPECS), "validation")
+    check_datasets(train_set, val_set, list(model.TASK_SPECS))
     image = val_set[0][0]
     check_heads_fit_data(
         model.TASK_SPECS,
@@ -262,19 +261,17 @@ def train(
     from mtsc.commands import refuse_another_commands_folder
     from mtsc.commands.search import undone_unless_resumable
     from mtsc.commands.train import train_pruned
-    from mtsc.driver import load
     from mtsc.runtime.config import TrainConfig
-    from mtsc.runtime.data.checks import check_dataset
+    from mtsc.runtime.trainer import refuse_existing_run
 
     if resume and weights is not None:
         raise MtscError(None, "a resumed run continues from its last.pt: drop weights=")
     cfg = _run_config(TrainConfig, "train", run_dir, resume, config)
     run_dir = Path(run_dir)
+    refuse_existing_run(run_dir, resume, how="resume=True")
     if not resume:
         refuse_another_commands_folder(run_dir, "train")
-    tasks = [task.name for task in load(model).tasks]
-    check_dataset(train_set, tasks, "training")
-    check_dataset(val_set, tasks, "validation")
+    # train_pruned checks the datasets against the model's tasks once it has loaded it
     with undone_unless_resumable(run_dir, resume):
         return train_pruned(
             model,

@@ -56,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
             raise MtscError(
                 None,
                 f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to the "
-                "supermodel stage and the pruned stage, "
-                "not the backbone",
+                "supermodel stage and the pruned stage, not the backbone",
             )
         g = run_pipeline(model, BACKBONE_PIPELINE)
         text = emit_dot(g, title=f"{g.name} backbone")

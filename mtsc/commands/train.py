@@ -132,16 +132,18 @@ def train_pruned(
     from mtsc.model_fit import check_model_fits_data
     from mtsc.runtime.checkpoint import seed_everything
     from mtsc.runtime.data import open_dataset
+    from mtsc.runtime.data.checks import check_datasets
     from mtsc.runtime.train import train
     from mtsc.runtime.trainer import barrier, dist_info, refuse_existing_run
 
+    model = load(model_path)
     if isinstance(data, str):
         train_set, val_set = (
             open_dataset(data, split, **config.data) for split in ("train", "val")
         )
-    else:
+    else:  # datasets of the caller's own: their first items are checked as a search does
         train_set, val_set = data
-    model = load(model_path)
+        check_datasets(train_set, val_set, [task.name for task in model.tasks])
     check_model_fits_data(
         model,
         val_set[0][0].shape,
@@ -157,8 +159,7 @@ def train_pruned(
     start = None  # the weights are read before anything is written: a bad file fails at once
     if weights is not None and not resume:
         start = carry_weights(pruned, read_checkpoint(weights, pruned))
-    # before model.py is written over the run's
-    refuse_existing_run(run_dir, resume, "--resume" if isinstance(data, str) else "resume=True")
+    refuse_existing_run(run_dir, resume)  # before model.py is written over the run's
     if resume:
         check_same_policy(run_dir / "policy.json", pruned.policy, policy)
     rank = dist_info()[0]

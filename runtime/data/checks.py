@@ -21,6 +21,12 @@ from mtsc.runtime.data.sample import TARGET_CHANNELS
 _INFO_FIELDS = ("name", "tasks", "num_classes", "ignore_index")
 
 
+def check_datasets(train_set: Any, val_set: Any, tasks: Sequence[str]) -> None:
+    """`check_dataset` of a run's training and validation sets."""
+    check_dataset(train_set, tasks, "training")
+    check_dataset(val_set, tasks, "validation")
+
+
 def check_dataset(dataset: Any, tasks: Sequence[str], role: str) -> None:
     """Raise MtscError unless `dataset` (the `role` split: "training", "validation") has an
     `info` naming every task of `tasks`, and its first item is `(image, targets)` with a
