@@ -305,7 +305,10 @@ class Lowerer:
                     ret.span, f"the backbone must return a tensor, not {_describe(ret.value)}"
                 ) from None
             return ret.value
-        raise MtscError(backbone.span, "the backbone ends without `return`")
+        raise MtscError(
+            backbone.end_span or backbone.span,
+            "the backbone ends without `return`; return the tensor the heads read",
+        )
 
     def _tasks(
         self, section: ast.Tasks, consts: dict[str, Any], tensors: dict[str, Tensor]
@@ -808,7 +811,9 @@ class Lowerer:
         finally:
             self.call_stack.pop()
         notes = (f"in block {defn.name!r}, called at {call.span}",) if note_call else ()
-        raise MtscError(defn.span, f"block {defn.name!r} ends without `return`", notes=notes)
+        raise MtscError(
+            defn.end_span or defn.span, f"block {defn.name!r} ends without `return`", notes=notes
+        )
 
     def call_op(
         self,

@@ -126,6 +126,39 @@ def collate(items: list) -> tuple[torch.Tensor, dict]:
     return torch.utils.data.default_collate(items)
 
 
+@dataclass(frozen=True)
+class _Failure:
+    """An MtscError met reading or batching items, carried out of a loader worker as data: the
+    loader would re-raise it as a RuntimeError holding the worker's traceback as text."""
+
+    span: Any
+    message: str
+    notes: tuple[str, ...]
+
+
+class _ReportingItems(torch.utils.data.Dataset):
+    """`dataset`'s items, or the _Failure of the one that cannot be read."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except MtscError as err:
+            return _Failure(err.span, err.message, err.notes)
+
+
+def _reporting_collate(items: list):
+    try:
+        return next((i for i in items if isinstance(i, _Failure)), None) or collate(items)
+    except MtscError as err:
+        return _Failure(err.span, err.message, err.notes)
+
+
 class BatchStream:
     """An endless, resumable stream of batches: epoch `e` visits the samples in the order of
     a permutation seeded by (seed, e); under DDP each rank takes its share of every batch.
@@ -176,10 +209,10 @@ class BatchStream:
         # A private generator: a loader draws its workers' base seed when it starts, and from
         # the global RNG that would shift the Gumbel noise of a resumed run (it starts anew).
         loader = torch.utils.data.DataLoader(
-            self.dataset,
+            _ReportingItems(self.dataset),
             batch_sampler=batches,
             num_workers=self.num_workers,
-            collate_fn=collate,
+            collate_fn=_reporting_collate,
             generator=self._epoch_generator(self.epoch),
         )
         self._iter = iter(loader)
@@ -190,6 +223,8 @@ class BatchStream:
                 self._start()
             try:
                 batch = next(self._iter)
+                if isinstance(batch, _Failure):
+                    raise MtscError(batch.span, batch.message, notes=batch.notes)
                 self.position += 1
                 return batch
             except StopIteration:

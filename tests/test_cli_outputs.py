@@ -695,6 +695,10 @@ def test_search_lists_every_file_it_wrote(tmp_path, model_file, config_file, cap
     assert main([str(a) for a in args]) == 0
     names = ["supermodel.py", "policy.json", "policy.txt", "last.pt", "metrics.jsonl"]
     stdout = capsys.readouterr().out
+    assert stdout.splitlines()[:2] == [
+        "train data: shapes (rendered, 16x16) [train]: 8 samples",
+        "val data:   shapes (rendered, 16x16) [val]: 4 samples",
+    ]
     assert stdout.splitlines()[-1] == "wrote " + ", ".join(str(run / n) for n in names)
     assert {p.name for p in run.iterdir() if p.is_file()} == set(names)
 

@@ -283,6 +283,8 @@ def test_an_ill_formed_data_option_is_shown_where_it_is_set(line, message, tmp_p
          "augment, flip, scales, size, tasks)"),
         ("shapes", "size = [16, 2048]", "shapes: size must be in [8, 1024] on each side, got "
          "[16, 2048]"),
+        ("nyuv2:/data/nyu", "size = 100000", "nyuv2: size must be in [1, 4096] on each side, "
+         "got 100000"),
         ("shapes", "tasks = ['foo']", "shapes has no task 'foo' (its tasks: segment, depth, "
          "normal)"),
         ("shapes:runs/data", "tasks = []", "shapes: no tasks chosen (its tasks: segment, depth, "
@@ -305,7 +307,7 @@ def test_a_data_option_the_kind_of_data_does_not_take_is_shown_where_it_is_set(
     ("spec", "options"),
     [
         ("cityscapes:/data/cs", {"classes": 19, "size": [128, 256]}),
-        ("nyuv2:/data/nyu", {"size": 4}),  # a resize: any positive size
+        ("nyuv2:/data/nyu", {"size": 4}),  # a resize: any size up to 4096
         ("shapes", {"size": [8, 1024], "objects": 16, "n_val": 1}),
         ("no_such_kind", {"size": 4}),  # open_dataset names the spec's problem
     ],
@@ -579,5 +581,6 @@ def test_train_without_validation_prints_no_empty_validation_line(examples_dir, 
     model = str(examples_dir / "resnet_tiny.mtl")
     code = main(["train", model, "--policy", "shared", "--out", str(out), "--no-progress", *args])
     assert code == 0
-    (line,) = capsys.readouterr().out.splitlines()  # no "validation: " line before it
-    assert line.startswith(f"wrote {out / 'model.py'}, ")
+    lines = capsys.readouterr().out.splitlines()  # no "validation: " line before the last
+    assert [line.split(":")[0] for line in lines[:-1]] == ["train data", "val data"]
+    assert lines[-1].startswith(f"wrote {out / 'model.py'}, ")

@@ -135,7 +135,7 @@ def test_mtan_nyuv2_items_follow_the_conventions(tmp_path):
     assert len(ds) == 3 and not ds.augment
     assert ds.info.num_classes == 13 and ds.info.tasks == ("segment", "depth", "normal")
     assert ds.info.ignore_index == IGNORE_INDEX == 255 and ds.info.depth_kind == "depth"
-    assert ds.source.description == f"nyuv2 (MTAN/LibMTL layout) {tmp_path} [val]"
+    assert ds.source.description == f"nyuv2 (MTAN/LibMTL layout) {tmp_path} [val]: 3 samples"
     image, targets = ds[2]
     assert image.shape == (3, H, W) and image.dtype == torch.float32
     assert np.allclose(_raw(image), np.moveaxis(_image(2), -1, 0), atol=1e-5)
@@ -171,7 +171,7 @@ def test_files_sort_numerically(tmp_path):
 def test_adashare_nyuv2_items(tmp_path):
     ds = open_dataset(f"nyuv2:{write_adashare_nyuv2(tmp_path)}", "test")
     assert ds.info.num_classes == 40 and len(ds) == 2
-    assert ds.source.description == f"nyuv2 (AdaShare/AutoMTL layout) {tmp_path} [test]"
+    assert ds.source.description == f"nyuv2 (AdaShare/AutoMTL layout) {tmp_path} [test]: 2 samples"
     image, targets = ds[1]
     assert np.allclose(_raw(image), np.round(np.moveaxis(_image(1), -1, 0) * 255) / 255, atol=1e-5)
     expected = _labels().astype(np.int64) + 20
@@ -258,6 +258,34 @@ def test_adashare_entries_without_a_label_are_invalid(tmp_path):
     assert not ds[0][1]["valid"]["normal"] and ds[1][1]["valid"]["normal"]
 
 
+def test_the_description_counts_samples_without_a_label(tmp_path):
+    root = write_mtan_nyuv2(tmp_path)
+    (root / "val" / "depth" / "1.npy").unlink()
+    ds = open_dataset(f"nyuv2:{root}", "val", size=(8, 12))
+    assert ds.description == (
+        f"nyuv2 (MTAN/LibMTL layout) {root} [val]: 3 samples, 1 without a depth label; "
+        "resized to 8x12"
+    )
+    root = write_adashare_nyuv2(tmp_path / "ada")
+    index = json.loads((root / "nyu_v2_3task.json").read_text())
+    for entry in index["test"]:
+        entry[1] = "missing.png"
+    index["train"] = index["test"]
+    (root / "nyu_v2_3task.json").write_text(json.dumps(index))
+    ds = open_dataset(f"nyuv2:{root}", "train", tasks=("depth", "normal"))
+    assert ds.description == (
+        f"nyuv2 (AdaShare/AutoMTL layout) {root} [train]: 2 samples; augmented (scales "
+        "1, 1.2, 1.5, flips)"
+    )
+    with pytest.raises(MtscError) as err:
+        open_dataset(f"nyuv2:{root}", "val")
+    assert err.value.message == (
+        f"nyuv2: none of the 2 samples has a segment label file in column 1 of "
+        f"{root / 'nyu_v2_3task.json'}'s split 'test' (leave 'segment' out of tasks to use the "
+        "data without it)"
+    )
+
+
 def test_a_task_with_no_labels_at_all_is_an_error(tmp_path):
     root = write_mtan_nyuv2(tmp_path)
     for path in (root / "val" / "normal").iterdir():
@@ -265,8 +293,8 @@ def test_a_task_with_no_labels_at_all_is_an_error(tmp_path):
     with pytest.raises(MtscError) as err:
         open_dataset(f"nyuv2:{root}", "val")
     assert err.value.message == (
-        "nyuv2: none of the 3 samples has a normal label file "
-        "(leave 'normal' out of tasks to use the data without it)"
+        f"nyuv2: none of the 3 samples has a normal label file in {root / 'val' / 'normal'}/"
+        "<the image's file name> (leave 'normal' out of tasks to use the data without it)"
     )
     (root / "val" / "normal").rmdir()
     with pytest.raises(MtscError) as err:

@@ -1044,16 +1044,16 @@ STRUCTURE = [
     case(
         "backbone_without_return",
         HEAD + "backbone {\n    x = relu(image)\n}\n",
-        "the backbone ends without `return`",
-        (2, 1),
-        "b",
+        "the backbone ends without `return`; return the tensor the heads read",
+        (4, 1),
+        "}",
     ),
     case(
         "block_without_return",
         HEAD + "block b(x) {\n    y = relu(x)\n}\nbackbone {\n    return b(image)\n}\n",
         "block 'b' ends without `return`",
-        (2, 1),
-        "b",
+        (4, 1),
+        "}",
         calls=["b@6:12"],
     ),
 ]
@@ -1426,6 +1426,17 @@ def test_a_byte_order_mark_is_accepted(tmp_path, capsys, command) -> None:
     path.write_bytes(b"\xef\xbb\xbf" + (HEAD + BODY).encode())
     assert main([*command, str(path)]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_check_suggests_the_task_a_misspelt_name_was_meant_to_be(tmp_path, capsys) -> None:
+    path = tmp_path / "model.mtl"
+    path.write_text(HEAD + BODY + "tasks {\n    sgement: fcn(classes=4)\n}\n")
+    assert main(["check", str(path)]) == 0
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[0]
+        .endswith("have a default) (did you mean 'segment'?)")
+    )
 
 
 # Characters that `str.splitlines` breaks at but the lexers do not: a form feed, a vertical tab,

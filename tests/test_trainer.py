@@ -94,6 +94,29 @@ def test_too_few_samples_for_the_batches():
     )
 
 
+class BadItems(Numbers):
+    """Item 5 cannot be read; item 7 is an image of another size."""
+
+    def __getitem__(self, i: int):
+        if i == 5:
+            raise MtscError(None, "sample 5: bad label file", notes=("see the layout",))
+        return torch.zeros(2 if i == 7 else 1), {"id": torch.tensor(i)}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_item_or_batch_error_reaches_the_run_as_the_data_raised_it(workers):
+    for bad, message in [
+        (5, "sample 5: bad label file"),
+        (7, "a batch holds images of different sizes (1, 2): give the data one size "),
+    ]:
+        s = BatchStream(BadItems(), [0, 1, 2, bad], BATCH, 0, num_workers=workers)
+        with pytest.raises(MtscError) as err:  # not a RuntimeError holding a traceback's text
+            s.next()
+        assert err.value.message.startswith(message)
+        assert err.value.notes == (("see the layout",) if bad == 5 else ())
+        assert s.position == 0
+
+
 TINY = """\
 input image: 3x16x16
 

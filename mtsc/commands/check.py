@@ -7,6 +7,7 @@ import argparse
 from mtsc.driver import build, warn
 from mtsc.ir.errors import Diagnostic
 from mtsc.ir.graph import Graph
+from mtsc.ir.ops import did_you_mean
 from mtsc.report import summary_json, summary_text, supermodel_info, supermodel_text
 from mtsc.runtime.data.options import TASKS
 from mtsc.runtime.data.sample import TARGET_CHANNELS
@@ -45,7 +46,8 @@ def lossless_tasks(g: Graph) -> list[Diagnostic]:
         Diagnostic(
             task.loc,
             f"task {task.name!r} has no loss=; `mtsc search` and `mtsc train` need one "
-            f"(only tasks named {defaults} have a default)",
+            f"(only tasks named {defaults} have a default)"
+            f"{did_you_mean(task.name, tuple(TASK_LOSSES))}",
         )
         for task in g.tasks
         if task.loss is None and default_loss(task.name) is None

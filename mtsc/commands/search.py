@@ -218,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
     data = dict(config.data)
     train_set = open_dataset(command["data"], "train", **data)
     val_set = open_dataset(command["data"], "val", **data)
+    print_data(train_set, val_set)
     # before the run folder is touched: a model that cannot take the data fails here, located
     model = load(args.model)
     check_model_fits_data(
@@ -252,6 +253,14 @@ def run(args: argparse.Namespace) -> int:
         print(policy_table(supermodel, result.policy), end="")
         print_written(run_dir, SEARCH_FILES)
     return 0
+
+
+def print_data(train_set, val_set) -> None:
+    """Which data the run reads: the layout found, the sample counts, unlabelled samples."""
+    from mtsc.runtime.trainer import dist_info
+
+    if dist_info()[0] == 0:
+        print(f"train data: {train_set.description}\nval data:   {val_set.description}")
 
 
 def print_written(run_dir: Path, names: tuple[str, ...]) -> None:

@@ -10,6 +10,7 @@ from mtsc.commands.search import (
     add_data_option,
     add_set_option,
     parse_sets,
+    print_data,
     print_written,
     run_folder,
     run_settings,
@@ -141,6 +142,7 @@ def train_pruned(
         train_set, val_set = (
             open_dataset(data, split, **config.data) for split in ("train", "val")
         )
+        print_data(train_set, val_set)
     else:  # datasets of the caller's own: their first items are checked as a search does
         train_set, val_set = data
         check_datasets(train_set, val_set, [task.name for task in model.tasks])

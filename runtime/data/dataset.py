@@ -56,10 +56,11 @@ SPEC_FORMS = "shapes, shapes:DIR, nyuv2:PATH or cityscapes:PATH"
 class ShapesArrays:
     """A `shapes` split held in memory (arrays as written by `shapes.render_split`)."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], tasks: tuple[str, ...], name: str):
+    def __init__(self, arrays: dict[str, np.ndarray], tasks: tuple[str, ...], where: str):
         self.arrays = arrays
+        self.description = f"shapes {where}: {len(arrays['image'])} samples"
         self.info = DatasetInfo(
-            name=name,
+            name="shapes",
             tasks=tasks,
             num_classes=len(SHAPES_CLASSES),
             depth_kind="depth",
@@ -107,6 +108,15 @@ class MultiTaskDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
+    @property
+    def description(self) -> str:
+        """The source's description and what this dataset does to its samples, for logs."""
+        steps = [f"resized to {self.size[0]}x{self.size[1]}"] if self.size else []
+        if self.augment:
+            scales = ", ".join(f"{s:g}" for s in self.scales)
+            steps.append(f"augmented (scales {scales}{', flips' if self.flip else ''})")
+        return "; ".join([self.source.description, *steps])
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
@@ -143,13 +153,13 @@ def _open_shapes(path: str, split: str, options: dict) -> ShapesArrays:
     tasks = chosen_tasks("shapes", options.pop("tasks", None))
     if path:
         check_split(split)
-        arrays = read_split(Path(path).expanduser() / f"{split}.npz")
-        return ShapesArrays(arrays, tasks, "shapes")
+        file = Path(path).expanduser() / f"{split}.npz"
+        return ShapesArrays(read_split(file), tasks, str(file))
     height, width = size_pair(options.pop("size", 64))
     cache_dir = options.pop("cache_dir", None)
     config = ShapesConfig(height=height, width=width, **options)
     arrays = load_split(config, split, Path(cache_dir) if cache_dir else None)
-    return ShapesArrays(arrays, tasks, "shapes")
+    return ShapesArrays(arrays, tasks, f"(rendered, {height}x{width}) [{split}]")
 
 
 def open_dataset(spec: str, split: str, **options) -> MultiTaskDataset:

@@ -53,7 +53,7 @@ class FileDataset:
 
     info: DatasetInfo
     files: tuple[SampleFiles, ...]
-    description: str  # which layout was found where, for logs
+    description: str  # which layout was found where, with how many samples, for logs
 
     def __len__(self) -> int:
         return len(self.files)
@@ -159,8 +159,9 @@ def _load_index(name: str, path: Path, split: str) -> tuple[str, list]:
 
 def json_samples(
     name: str, root: Path, index_path: Path, split: str, columns: dict[str, int], width: int
-) -> tuple[SampleFiles, ...]:
-    """Samples listed in an AdaShare-style JSON index: lists of `width` relative paths."""
+) -> tuple[str, tuple[SampleFiles, ...]]:
+    """The split read (`val` may be `test`) and its samples listed in an AdaShare-style JSON
+    index: lists of `width` relative paths."""
     samples = []
     split, entries = _load_index(name, index_path, split)
     for number, entry in enumerate(entries):
@@ -181,17 +182,42 @@ def json_samples(
             path = root / str(entry[column]) if entry[column] else None
             labels[task] = path if path is not None and path.is_file() else None
         samples.append(SampleFiles(image, labels))
-    return tuple(samples)
+    return split, tuple(samples)
 
 
-def _require_labels(name: str, samples: tuple[SampleFiles, ...], tasks: tuple[str, ...]) -> None:
-    for task in tasks:
-        if samples and all(s.labels[task] is None for s in samples):
+def _unlabelled(samples: tuple[SampleFiles, ...], task: str) -> int:
+    return sum(s.labels[task] is None for s in samples)
+
+
+def _label_folders(folders: dict[str, Path]) -> dict[str, str]:
+    return {t: f"{folder}/<the image's file name>" for t, folder in folders.items()}
+
+
+def _json_columns(index: Path, split: str, columns: dict[str, int]) -> dict[str, str]:
+    return {t: f"column {c} of {index}'s split {split!r}" for t, c in columns.items()}
+
+
+def _require_labels(name: str, samples: tuple[SampleFiles, ...], looked_in: dict[str, str]) -> None:
+    """Refuse a task no sample has a label file for; `looked_in` says where, per task."""
+    for task, where in looked_in.items():
+        if samples and _unlabelled(samples, task) == len(samples):
             raise MtscError(
                 None,
-                f"{name}: none of the {len(samples)} samples has a {task} label file "
-                f"(leave {task!r} out of tasks to use the data without it)",
+                f"{name}: none of the {len(samples)} samples has a {task} label file in "
+                f"{where} (leave {task!r} out of tasks to use the data without it)",
             )
+
+
+def _describe(
+    name: str, layout: str, root: Path, split: str, samples: tuple[SampleFiles, ...]
+) -> str:
+    """For logs: the layout found, the sample count, and how many lack each task's label (a
+    missing label file marks the task unknown for that sample, which is easy to miss)."""
+    tasks = samples[0].labels if samples else {}
+    missing = [f"{n} without a {task} label" for task in tasks if (n := _unlabelled(samples, task))]
+    return f"{name} ({layout} layout) {root} [{split}]: " + ", ".join(
+        [f"{len(samples)} samples", *missing]
+    )
 
 
 def open_nyuv2(
@@ -206,17 +232,19 @@ def open_nyuv2(
     index = root / NYUV2_JSON
     if index.is_file():
         columns = {t: NYUV2_JSON_COLUMNS[t] for t in tasks}
-        samples = json_samples(name, root, index, split, columns, width=4)
+        split, samples = json_samples(name, root, index, split, columns, width=4)
+        looked_in = _json_columns(index, split, columns)
         num_classes, layout = 40, "AdaShare/AutoMTL"
     elif _has_folder_layout(root):
         folders = {t: root / split / NYUV2_FOLDERS[t] for t in tasks}
         samples = folder_samples(name, root, split, folders)
+        looked_in = _label_folders(folders)
         num_classes, layout = 13, "MTAN/LibMTL"
     else:
         raise _layout_not_found(name, root, NYUV2_JSON)
-    _require_labels(name, samples, tasks)
+    _require_labels(name, samples, looked_in)
     info = DatasetInfo(name=name, tasks=tasks, num_classes=num_classes, depth_kind="depth")
-    return FileDataset(info, samples, f"{name} ({layout} layout) {root} [{split}]")
+    return FileDataset(info, samples, _describe(name, layout, root, split, samples))
 
 
 def _cityscapes_label_folder(name: str, split_dir: Path, classes: int) -> Path:
@@ -254,7 +282,8 @@ def open_cityscapes(
             "depth": CITYSCAPES_JSON_DEPTH_COLUMN,
         }
         columns = {t: columns[t] for t in tasks}
-        samples = json_samples(name, root, index, split, columns, width=5)
+        split, samples = json_samples(name, root, index, split, columns, width=5)
+        looked_in = _json_columns(index, split, columns)
         layout = "AdaShare/AutoMTL"
     elif _has_folder_layout(root):
         classes = classes or 7
@@ -262,10 +291,11 @@ def open_cityscapes(
         folders = {"depth": split_dir / "depth"}
         if "segment" in tasks:
             folders["segment"] = _cityscapes_label_folder(name, split_dir, classes)
+        looked_in = _label_folders({t: folders[t] for t in tasks})
         samples = folder_samples(name, root, split, {t: folders[t] for t in tasks})
         layout = "MTAN/LibMTL"
     else:
         raise _layout_not_found(name, root, CITYSCAPES_JSON)
-    _require_labels(name, samples, tasks)
+    _require_labels(name, samples, looked_in)
     info = DatasetInfo(name=name, tasks=tasks, num_classes=classes, depth_kind="disparity")
-    return FileDataset(info, samples, f"{name} ({layout} layout) {root} [{split}]")
+    return FileDataset(info, samples, _describe(name, layout, root, split, samples))

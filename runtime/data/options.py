@@ -23,6 +23,9 @@ KIND_OPTIONS = {
 ANY_KIND_OPTIONS = tuple(sorted({name for names in KIND_OPTIONS.values() for name in names}))
 SHAPES_MAX_SIZE = 1024
 SHAPES_MIN_SIZE = 8
+# resizing real data: any size up to twice CityScapes' full width (the model check says what
+# a network cannot take)
+RESIZE_SIZE_RANGE = (1, 4096)
 SHAPES_MAX_OBJECTS = 16
 SHAPES_MAX_COUNT = 10_000_000
 SHAPES_MAX_SEED = 2**63 - 1
@@ -130,8 +133,8 @@ def option_problems(
 
 
 def kind_problems(kind: str, options: Mapping[str, object]) -> list[tuple[str, str]]:
-    """(option, what is wrong) for each option `kind` does not take, and a well-formed shapes
-    size out of the renderer's range."""
+    """(option, what is wrong) for each option `kind` does not take, and a well-formed size
+    out of the kind's range (the renderer's for shapes; a sane resize for files)."""
     accepted = sorted(KIND_OPTIONS[kind])
     problems = [
         (name, f"{kind}: unknown option {name!r} (accepted: {', '.join(accepted)})")
@@ -144,11 +147,11 @@ def kind_problems(kind: str, options: Mapping[str, object]) -> list[tuple[str, s
         if problem:
             problems.append(("tasks", problem))
     size = options.get("size")
-    if kind == "shapes" and size is not None and _size(size):
-        low, high = SHAPES_MIN_SIZE, SHAPES_MAX_SIZE
+    if kind in ("shapes", "nyuv2", "cityscapes") and size is not None and _size(size):
+        low, high = (SHAPES_MIN_SIZE, SHAPES_MAX_SIZE) if kind == "shapes" else RESIZE_SIZE_RANGE
         if not all(low <= n <= high for n in size_pair(size)):
             problems.append(
-                ("size", f"shapes: size must be in [{low}, {high}] on each side, got {size!r}")
+                ("size", f"{kind}: size must be in [{low}, {high}] on each side, got {size!r}")
             )
     return problems
 

@@ -60,6 +60,7 @@ class SampleSource(Protocol):
     """Anything that reads samples by index: file layouts, in-memory `shapes` splits."""
 
     info: DatasetInfo
+    description: str  # where the samples come from and how many, for logs
 
     def __len__(self) -> int: ...
 
