@@ -6,6 +6,7 @@ box instead of drawing an edge from the top of the picture to the bottom."""
 
 from __future__ import annotations
 
+import colorsys
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from mtsc.codegen.torch_common import module_names, shape_text
 from mtsc.codegen.writer import SourceWriter
 from mtsc.ir.graph import Graph, Node, Role
-from mtsc.ir.ops import DSL_SPELLING, PARAMETRIC, Op, spec_of
+from mtsc.ir.ops import DSL_SPELLING, PARAMETRIC, ROUTABLE, Op, spec_of
 from mtsc.ir.stats import node_params
 
 # Fill colours by op family, light enough for black text.
@@ -197,6 +198,8 @@ def box_label(g: Graph, boxes: Boxes, chain: list[int], *, per_task: bool = Fals
     """Name, op, size source, followers, shape: one line each."""
     head = g.node(chain[0])
     lines = [short_name(head.name), op_label(head) + _per_task(head, per_task)]
+    if per_task and head.op in ROUTABLE and head.sharing is not None:
+        lines.append(f"pinned @{head.sharing.value}")  # why the supermodel does not route it
     if chain[0] in boxes.sized_by:
         lines.append(f"to {g.node(boxes.sized_by[chain[0]]).name}'s size")
     if len(chain) > 1:
@@ -299,7 +302,11 @@ CHOICE_MARKS = {"shared": "S", "specific": "T", "skip": "K"}
 
 
 def task_colour(i: int) -> str:
-    return TASK_COLOURS[i % len(TASK_COLOURS)]
+    if i < len(TASK_COLOURS):
+        return TASK_COLOURS[i]
+    # past the palette: hues a golden angle apart, dark enough for white text
+    red, green, blue = colorsys.hsv_to_rgb((0.1 + i * 0.618034) % 1, 0.8, 0.6)
+    return f"#{round(red * 255):02x}{round(green * 255):02x}{round(blue * 255):02x}"
 
 
 def task_outputs(w: SourceWriter, g: Graph, boxes: Boxes, tasks: tuple[str, ...]) -> None:

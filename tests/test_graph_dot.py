@@ -217,3 +217,11 @@ def test_power_boxes_show_their_constants(write_model):
         )
     ]
     assert "power1\\nx + 3.0\\n| relu6 | x / 6.0\\n4x8x8" in labels
+
+
+def test_tasks_past_the_palette_get_colours_of_their_own_dark_enough_for_white_text():
+    colours = [task_colour(i) for i in range(40)]
+    assert len(set(colours)) == 40
+    for colour in colours:
+        red, green, blue = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+        assert 0.299 * red + 0.587 * green + 0.114 * blue < 190  # white text stays legible
