@@ -89,8 +89,9 @@ def import_text(text: str, file: str, *, output: str | None = None) -> Imported:
     decls = [flow.values[v].input for v in sorted(needed)]
     assumed = [d.assumed for d in decls if d is not None and d.assumed]
     notes = (*phase_notes, *assumed, *_dropped_notes(layers, flow, out, needed))
-    unknown = [w for i in _used(flow, needed) for w in _unknown_fields(layers[i])]
-    warnings = [*flow.warnings, *unknown]
+    used = [layers[i] for i in _used(flow, needed)]
+    unknown = [w for layer in used for w in _unknown_fields(layer)]
+    warnings = [*flow.warnings, *unknown, *_shared_blobs(used)]
     return Imported(graph, notes, tuple(warnings))
 
 
@@ -393,6 +394,30 @@ def _unknown_fields(layer: Layer) -> list[Diagnostic]:
         if name not in own_known and not is_quiet(name)
     ]
     return sorted(warnings, key=lambda w: (w.span.line, w.span.column))
+
+
+def _shared_blobs(layers: list[Layer]) -> list[Diagnostic]:
+    """A warning for each layer that names a weight blob (`param { name: "w" }`) an earlier
+    layer named: Caffe shares it between them (Siamese towers), mtsc gives each layer its own
+    weights, so the imported network has more parameters and trains them apart."""
+    owner: dict[str, str] = {}
+    warnings = []
+    for layer in layers:
+        for k, spec in enumerate(layer.param.param):
+            name = spec if isinstance(spec, str) else spec.name  # V1 layers list bare names
+            if not name:
+                continue
+            if name not in owner:
+                owner[name] = layer.name
+                continue
+            warnings.append(
+                Diagnostic(
+                    layer.block.field_span("param", k),
+                    f"layer {layer.name!r} ({layer.type}): Caffe shares the blob {name!r} "
+                    f"with layer {owner[name]!r}; mtsc gives each layer weights of its own",
+                )
+            )
+    return warnings
 
 
 # ----------------------------------------------------------------------------- data flow

@@ -2447,3 +2447,26 @@ def test_blocks_nested_too_deeply_are_a_located_error_not_a_recursion_error():
 def test_blocks_nested_to_the_limit_import():
     imported = import_text(_nested_relu(99), "deep.prototxt")
     assert [n.op for _, n in imported.graph.nodes()] == [Op.INPUT, Op.RELU]
+
+
+def test_a_blob_two_layers_share_by_name_is_said_to_be_given_to_each():
+    conv = 'param {{ name: "{w}" lr_mult: 1 }} convolution_param {{ num_output: 3 kernel_size: 1 }}'
+    text = INPUT + (
+        layer("a", "Convolution", "data", body=conv.format(w="tower_w"))
+        + layer("b", "Convolution", "a", body=conv.format(w="tower_w"))
+        + layer("c", "Convolution", "b", body=conv.format(w="own_w"))
+    )
+    imported = import_text(text, "net.prototxt")
+    (warning,) = imported.warnings
+    assert warning.message == (
+        "layer 'b' (Convolution): Caffe shares the blob 'tower_w' with layer 'a'; mtsc gives "
+        "each layer weights of its own"
+    )
+    assert (warning.span.line, warning.span.column) == (line_of(text, 'name: "b"') + 4, 3)
+    v1 = INPUT + "".join(
+        f'layers {{ name: "{n}" type: CONVOLUTION bottom: "{b}" top: "{n}" param: "w" '
+        "convolution_param { num_output: 3 kernel_size: 1 } }\n"
+        for n, b in (("a", "data"), ("b", "a"))
+    )
+    (warning,) = import_text(v1, "net.prototxt").warnings
+    assert warning.message.startswith("layer 'b' (Convolution): Caffe shares the blob 'w' with")
