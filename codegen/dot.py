@@ -204,6 +204,9 @@ def box_label(g: Graph, boxes: Boxes, chain: list[int], *, per_task: bool = Fals
         lines.append(f"to {g.node(boxes.sized_by[chain[0]]).name}'s size")
     if len(chain) > 1:
         lines.append(follower_text(g, chain, per_task=per_task))
+    skipped = [op for nid in chain for op in g.node(nid).meta.get("skipped", ())]
+    if skipped:  # a pruned task's identity skips leave no op to draw
+        lines.append(f"skips {', '.join(skipped)}")
     lines.append(shape_text(g.node(chain[-1]).shape))
     return "\n".join(lines)
 

@@ -141,6 +141,8 @@ def emit_forward(
                         w.blank()
                     w.comment(current)
             first = False
+            for op in node.meta.get("skipped", ()):
+                w.comment(f"{op}: skipped (identity)")
             rhs = rhs_of(nid, [alloc.var[i] for i in inputs_of(nid)])
             var = alloc.assign(nid, variable_hint(node))
             loc = location(node)

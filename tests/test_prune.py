@@ -464,6 +464,26 @@ def test_fold_batchnorm_does_not_copy_shared_weights_per_task(deploy):
     assert_equivalent(folded, image(32))
 
 
+def test_the_code_says_where_a_task_skipped_ops(tmp_path):
+    """An identity skip leaves no op: a comment before the op that reads its value says
+    which (two in a row, both); a projection skip is an op of its own."""
+    model = tmp_path / "chain.mtl"
+    model.write_text(
+        "input image: 3x8x8\nbackbone {\n    x = conv(image, 4, k=3, p=1) | relu\n"
+        "    x = conv(x, 4, k=3, p=1)\n    x = conv(x, 4, k=3, p=1)\n    return relu(x)\n}\n"
+        "tasks {\n    a: fcn(classes=2)\n    b: fcn(classes=2)\n}\n"
+    )
+    policy = {"model": "chain", "tasks": ["a", "b"], "choices": {}}
+    policy["choices"] = {
+        op: {"a": "skip", "b": "shared"} for op in routed_ops(load_supermodel(model))
+    }
+    policy["choices"]["conv1"]["a"] = "shared"
+    pruned = prune_model(model, policy).model
+    source = emit_pruned(pruned, source_name="chain.mtl", policy_name="p.json").text
+    comments = [line.strip() for line in source.splitlines() if "skipped" in line]
+    assert comments == ["# conv2: skipped (identity)", "# conv3: skipped (identity)"] * 2
+
+
 # ---------------------------------------------------------------------- errors
 
 

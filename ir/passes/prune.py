@@ -3,8 +3,10 @@
 Every task gets its own copy of its path (`<task>.<name>` for now): the backbone ops with each
 routed op replaced by the candidate the task chose, then the task's head. A copy remembers
 where its weights come from in `meta["weights"]`: `(supermodel node name, task index)` for
-per-task weights, `(name, None)` for shared ones. `merge_identical` then folds copies that
-compute the same value, and `eliminate_dead` drops the candidates nobody chose.
+per-task weights, `(name, None)` for shared ones, and in `meta["skipped"]` the routed ops the
+task skipped as identities just before it (for a comment in the code). `merge_identical`
+then folds copies that compute the same value, and `eliminate_dead` drops the candidates
+nobody chose.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def prune(g: Graph, policy: dict) -> Graph:
         )
     for t_index, task in enumerate(tasks):
         value: dict[int, int] = dict(shared_inputs)
+        # ops the task skips as identities on the way to a value: no node is left of them
+        skipped: dict[int, tuple[str, ...]] = {}
         for nid in g.topo_order():
             node = g.node(nid)
             if node.op is Op.INPUT or node.task not in (None, task):
@@ -35,11 +39,15 @@ def prune(g: Graph, policy: dict) -> Graph:
             ins = g.inputs(nid)
             if node.op in (Op.TASK_STACK, Op.TASK_SLICE):
                 value[nid] = value[ins[0]]
+                skipped[nid] = skipped.get(ins[0], ())
             elif node.op is Op.ROUTE:
                 choice = _choice(policy, node.attrs["op"], task)
                 if CHOICE_INDEX[choice] >= len(ins):
                     raise MtscError(None, f"{node.attrs['op']}: {task} cannot skip this op")
-                value[nid] = value[ins[CHOICE_INDEX[choice]]]
+                chosen = ins[CHOICE_INDEX[choice]]
+                value[nid] = value[chosen]
+                identity = choice == "skip" and g.node(chosen).role is not Role.SKIP
+                skipped[nid] = skipped.get(chosen, ()) + ((node.attrs["op"],) if identity else ())
             else:
                 per_task = node.role in (Role.SPECIFIC, Role.SKIP)
                 # A stacked head op: each task's copy is the op of that task's head (its name,
@@ -61,6 +69,9 @@ def prune(g: Graph, policy: dict) -> Graph:
                         "origin": origin,
                     },
                 )
+                after = tuple(op for i in ins for op in skipped.get(i, ()))
+                if after:
+                    copy.meta["skipped"] = after
                 value[nid] = out.add(copy, [value[i] for i in ins])
         out.outputs[task] = value[g.outputs[task]]
     return out

@@ -44,6 +44,7 @@ class MultiTaskModel(nn.Module):
         y = self.segment_res_conv1(x)  # deploy_mini.mtl:8
         y = self.res_bn1(y)  # deploy_mini.mtl:8
         y = self.res_relu1(y)  # deploy_mini.mtl:8
+        # res.conv2: skipped (identity)
         y = self.res_bn2(y)  # deploy_mini.mtl:8
 
         # segment
@@ -83,6 +84,7 @@ class MultiTaskModel(nn.Module):
         y = self.segment_res_conv1(x)  # deploy_mini.mtl:8
         y = self.res_bn1(y)  # deploy_mini.mtl:8
         y = self.res_relu1(y)  # deploy_mini.mtl:8
+        # res.conv2: skipped (identity)
         y = self.res_bn2(y)  # deploy_mini.mtl:8
 
         # segment
