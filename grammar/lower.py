@@ -548,9 +548,7 @@ class Lowerer:
     def _check_pin(self, stmt: ast.Stmt, value: Any, first_new: int) -> None:
         """A pin on a statement that makes no op (a number, an assert, `return x` of a value
         made earlier) would pin nothing: it is most likely meant for where the ops are made."""
-        if not stmt.decorators:
-            return
-        if isinstance(value, Tensor) and value.nid in self.created[first_new:]:
+        if not stmt.decorators or self.created[first_new:]:
             return
         if isinstance(stmt, ast.Assert):
             gives = ""
@@ -593,9 +591,8 @@ class Lowerer:
         if isinstance(expr, ast.Name):
             if expr.id in env:
                 return env[expr.id]
-            raise MtscError(
-                expr.span, f"undefined name {expr.id!r}" + did_you_mean(expr.id, sorted(env))
-            )
+            known = sorted([*env, "true", "false"])  # Python's True is the DSL's true
+            raise MtscError(expr.span, f"undefined name {expr.id!r}" + did_you_mean(expr.id, known))
         if isinstance(expr, ast.TupleLit | ast.ListLit):
             return tuple(self.eval(e, env, scope) for e in expr.items)
         if isinstance(expr, ast.BinOp):

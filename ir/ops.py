@@ -114,7 +114,8 @@ class Attr:
             return value
         if kind is Kind.INT:
             if isinstance(value, bool) or not isinstance(value, int):
-                raise OpError(f"{self.name} must be an integer, got {describe_value(value)}")
+                hint = " (`//` divides to an integer)" if isinstance(value, float) else ""
+                raise OpError(f"{self.name} must be an integer, got {describe_value(value)}{hint}")
             self._check_min(value)
             return value
         if kind is Kind.FLOAT:
@@ -218,22 +219,27 @@ class OpSpec:
         attr = self._by_alias.get(key)
         if attr is None:
             raise OpError(
-                f"{self.op.value} has no attribute {key!r}" + did_you_mean(key, self.attr_names())
+                f"{DSL_SPELLING.get(self.op, self.op.value)} has no attribute {key!r}"
+                + did_you_mean(key, self.attr_names())
             )
         return attr
 
     def normalize(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Canonical attribute dict: aliases resolved, values checked, defaults filled."""
         out: dict[str, Any] = {}
+        written = DSL_SPELLING.get(self.op, self.op.value)  # as the user calls it
         for key, value in given.items():
             attr = self.resolve_attr(key)
             if attr.name in out:
-                raise OpError(f"{self.op.value}: attribute {attr.name!r} given twice")
-            out[attr.name] = attr.convert(value)
+                raise OpError(f"{written}: attribute {attr.name!r} given twice")
+            try:
+                out[attr.name] = attr.convert(value)
+            except OpError as err:
+                raise OpError(f"{written}: {err}") from None
         for attr in self.attrs:
             if attr.name not in out:
                 if attr.required:
-                    raise OpError(f"{self.op.value}: missing required attribute {attr.name!r}")
+                    raise OpError(f"{written}: missing required attribute {attr.name!r}")
                 out[attr.name] = attr.default
         self.finish(out)
         return out
@@ -290,7 +296,14 @@ def _same_shapes(op: str, shapes: Sequence[Shape]) -> Shape:
         if len(other) != len(first):
             raise OpError(f"{op}: cannot combine a feature map with a flat vector")
         if other[0] != first[0]:
-            raise OpError(f"{op}: {first[0]} vs {other[0]} channels")
+            # an attention map (CBAM's 1 x H x W) is a likely intent: torch would broadcast it
+            hint = (
+                " (a C x 1 x 1 value applies to every position, but a 1-channel map does not "
+                "apply to every channel)"
+                if 1 in (first[0], other[0]) and len(first) == 3 and first[1:] == other[1:]
+                else ""
+            )
+            raise OpError(f"{op}: {first[0]} vs {other[0]} channels{hint}")
         if other[1:] != first[1:]:
             raise OpError(
                 f"{op}: spatial size {'x'.join(map(str, first[1:]))} vs "

@@ -51,8 +51,8 @@ def graph_at_images(g: Graph, image_shape: tuple[int, ...], data: str) -> Graph:
     has their channels and that every op's shape rule holds at their size (a network runs at
     any size its ops can take, not only the declared one)."""
     inputs = g.input_ids()
-    if len(inputs) != 1:
-        return g  # a model with tasks has one input; the frontend says so
+    if len(inputs) > 1:
+        raise MtscError(g.node(inputs[1]).loc, f"{one_input_only(g)}, the {data} images")
     node = g.node(inputs[0])
     channels, height, width = image_shape
     if node.shape[0] != channels:
@@ -75,13 +75,22 @@ def graph_at_images(g: Graph, image_shape: tuple[int, ...], data: str) -> Graph:
     return sized
 
 
+def one_input_only(g: Graph) -> str:
+    """Why a model of several inputs cannot be searched or trained (the data gives one)."""
+    names = ", ".join(g.node(n).name for n in g.input_ids())
+    return (
+        f"the model declares {len(g.input_ids())} inputs ({names}); `mtsc search` and "
+        "`mtsc train` feed it one"
+    )
+
+
 def check_weights_keep_their_size(g: Graph, sized: Graph, data: str) -> None:
     """Every op of `g` has the weights at `sized`'s input size (the data's) that it has at the
     declared one: a linear layer on flattened features does not."""
-    inputs = g.input_ids()
-    if sized is g or len(inputs) != 1:
-        return  # at the declared size, or not a model with tasks (the frontend says so)
-    declared_input, images = g.node(inputs[0]), sized.node(inputs[0]).shape
+    if sized is g:
+        return  # at the declared size
+    (image,) = g.input_ids()
+    declared_input, images = g.node(image), sized.node(image).shape
     for n in g.topo_order():
         declared, there = _weights(g, n), _weights(sized, n)
         if declared != there:

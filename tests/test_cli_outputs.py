@@ -642,6 +642,16 @@ INPUT_MISFITS = {
         "3:1: error: input 'image' takes 1 channel, but the shapes images have 3 "
         "(declare `input image: 3x16x16`)",
     ),
+    "a second input": (
+        (
+            "input image: 3x16x16\n",
+            "input image: 3x16x16\ninput extra: 1x16x16\n",
+            "conv(image,",
+            "conv(concat(image, extra),",
+        ),
+        "4:1: error: the model declares 2 inputs (image, extra); `mtsc search` and `mtsc train` "
+        "feed it one, the shapes images",
+    ),
     "declared larger than the data": (
         ("3x16x16", "3x64x64", "conv(x, 16, k=3, s=2, p=1)", "conv(x, 16, k=20)"),
         "9:12: error: on the shapes images (16x16): b.conv1: conv2d: kernel 20x20 larger than the "

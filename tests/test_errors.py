@@ -205,6 +205,18 @@ NAMES = [
         "rellu",
     ),
     case(
+        "python_spelling_of_true",
+        """
+        input image: 3x32x32
+        backbone {
+            return conv(image, 8, k=1, bias=True)
+        }
+        """,
+        "undefined name 'True' (did you mean 'true'?)",
+        (3, 37),
+        "True",
+    ),
+    case(
         "unknown_attribute_with_suggestion",
         """
         input image: 3x32x32
@@ -212,7 +224,7 @@ NAMES = [
             return conv(image, 8, kernal=3)
         }
         """,
-        "conv2d has no attribute 'kernal' (did you mean 'kernel'?)",
+        "conv has no attribute 'kernal' (did you mean 'kernel'?)",
         (3, 27),
         "kernal=3",
     ),
@@ -1426,6 +1438,17 @@ def test_a_byte_order_mark_is_accepted(tmp_path, capsys, command) -> None:
     path.write_bytes(b"\xef\xbb\xbf" + (HEAD + BODY).encode())
     assert main([*command, str(path)]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_check_warns_of_a_second_input_search_would_refuse(tmp_path, capsys) -> None:
+    path = tmp_path / "model.mtl"
+    body = "backbone {\n    return concat(image, extra)\n}\ntasks {\n    depth: fcn(classes=1)\n}\n"
+    path.write_text(HEAD + "input extra: 1x32x32\n" + body)
+    assert main(["check", str(path)]) == 0
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"{path}:2:1: warning: the model declares 2 inputs (image, extra); `mtsc search` and "
+        "`mtsc train` feed it one, the data's images"
+    )
 
 
 def test_check_suggests_the_task_a_misspelt_name_was_meant_to_be(tmp_path, capsys) -> None:

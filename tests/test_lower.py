@@ -164,6 +164,16 @@ def test_sharing_decorators_are_recorded_on_nodes(compile_text) -> None:
     }
 
 
+def test_a_pin_on_a_call_that_gives_several_tensors_pins_the_ops_it_makes(compile_text) -> None:
+    g = compile_text(
+        "input image: 3x8x8\n"
+        "block two(x) {\n    return (conv(x, 4, k=3, p=1), conv(x, 4, k=1))\n}\n"
+        "backbone {\n    @shared\n    t = two(image)\n    return t[0] + t[1]\n}\n"
+    )
+    pins = {node.name: node.sharing for _, node in g.nodes() if node.op is Op.CONV2D}
+    assert pins == {"two1.conv1": Sharing.SHARED, "two1.conv2": Sharing.SHARED}
+
+
 def test_backbone_decorator_pins_everything(compile_text) -> None:
     g = compile_text(
         "input image: 3x8x8\n@shared\nbackbone {\n    return conv(image, 4, k=1) | relu\n}\n"

@@ -593,10 +593,16 @@ def test_normalize_resolves_aliases_and_fills_defaults() -> None:
         (
             Op.CONV2D,
             {"out": 8, "kernal": 3},
-            "conv2d has no attribute 'kernal' (did you mean 'kernel'?)",
+            "conv has no attribute 'kernal' (did you mean 'kernel'?)",
         ),
-        (Op.CONV2D, {"out": 8}, "conv2d: missing required attribute 'kernel'"),
-        (Op.CONV2D, {"out": 8, "k": 3, "kernel": 3}, "conv2d: attribute 'kernel' given twice"),
+        (
+            Op.CONV2D,
+            {"out": 1.5, "k": 1},
+            "conv: out must be an integer, got 1.5 (`//` divides to an integer)",
+        ),
+        (Op.LINEAR, {"out": 0}, "linear: out must be at least 1, got 0"),
+        (Op.CONV2D, {"out": 8}, "conv: missing required attribute 'kernel'"),
+        (Op.CONV2D, {"out": 8, "k": 3, "kernel": 3}, "conv: attribute 'kernel' given twice"),
         (Op.CONV2D, {"out": 8, "k": 1.5}, "kernel must be an integer or an (h, w) pair, got 1.5"),
         (
             Op.RESHAPE,
@@ -749,6 +755,13 @@ def test_attribute_errors(op, attrs, message) -> None:
         (Op.ADD, {}, [(64, 4, 4), (128, 4, 4)], "add: 64 vs 128 channels"),
         (Op.MUL, {}, [(8, 4, 4), (8, 4, 5)], "mul: spatial size 4x4 vs 4x5"),
         (Op.MUL, {}, [(8, 4, 4), (4, 1, 1)], "mul: 8 vs 4 channels"),
+        (
+            Op.MUL,
+            {},
+            [(8, 4, 4), (1, 4, 4)],
+            "mul: 8 vs 1 channels (a C x 1 x 1 value applies to every position, but a 1-channel "
+            "map does not apply to every channel)",
+        ),
         (Op.ADD, {}, [(4, 1, 1), (8, 4, 4)], "add: 8 vs 4 channels"),
         (Op.ADD, {}, [(8,), (8, 1, 1)], "add: cannot combine a feature map with a flat vector"),
         (Op.MUL, {}, [(8,), (8, 1, 1)], "mul: cannot combine a feature map with a flat vector"),

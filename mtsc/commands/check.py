@@ -8,6 +8,7 @@ from mtsc.driver import build, warn
 from mtsc.ir.errors import Diagnostic
 from mtsc.ir.graph import Graph
 from mtsc.ir.ops import did_you_mean
+from mtsc.model_fit import one_input_only
 from mtsc.report import summary_json, summary_text, supermodel_info, supermodel_text
 from mtsc.runtime.data.options import TASKS
 from mtsc.runtime.data.sample import TARGET_CHANNELS
@@ -27,7 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     result = build(args.model, None, output=args.output)
     if result.supermodel is not None:
-        warn(lossless_tasks(result.supermodel) + head_mismatches(result.supermodel))
+        warn(
+            lossless_tasks(result.supermodel)
+            + head_mismatches(result.supermodel)
+            + extra_inputs(result.supermodel)
+        )
     extra = {} if result.supermodel is None else {"supermodel": supermodel_info(result.supermodel)}
     if args.json:
         print(summary_json(result.summary, **extra))
@@ -52,6 +57,15 @@ def lossless_tasks(g: Graph) -> list[Diagnostic]:
         for task in g.tasks
         if task.loss is None and default_loss(task.name) is None
     ]
+
+
+def extra_inputs(g: Graph) -> list[Diagnostic]:
+    """A warning at the second input of a model that has several: building takes it, but
+    `mtsc search` and `mtsc train` would refuse the model."""
+    inputs = g.input_ids()
+    if len(inputs) < 2:
+        return []
+    return [Diagnostic(g.node(inputs[1]).loc, f"{one_input_only(g)}, the data's images")]
 
 
 def head_mismatches(g: Graph) -> list[Diagnostic]:
