@@ -389,6 +389,8 @@ def emit_supermodel_dot(g: Graph, *, title: str, policy: dict | None = None) -> 
             return cluster_path(node.attrs["op"])
         if node.op is Op.TASK_SLICE:
             return cluster_path(f"heads.{node.attrs['task']}.input")
+        if node.op is Op.TASK_STACK:  # where the shared prefix it ends is
+            return cluster_path(g.node(g.inputs(nid)[0]).name)
         return cluster_path(node.name)
 
     order = [n for n in g.topo_order() if n not in folded]

@@ -117,10 +117,11 @@ def emit_forward(
     outputs: dict[str, int],
     signature: Callable[[list[str]], str],
     returns: Callable[[dict[str, str]], str],
+    begin: Callable[[int, str], str] | None = None,
 ) -> None:
     """A straight-line `forward`: one line per op, variables named after the DSL's, a
     comment per scope change and the DSL line of each op. `scope`: the scope of a node's line,
-    where it is not that of the node's name."""
+    where it is not that of the node's name; `begin`: what each input is taken as, first."""
     scope_of_node = scope or (lambda nid: scope_of(g.node(nid).name))
     alloc = VariableAllocator(order, inputs_of, keep_alive=set(outputs.values()))
     input_ids = [n for n in order if g.node(n).op is Op.INPUT]
@@ -128,7 +129,11 @@ def emit_forward(
     w.line(signature(params))
     with w.indent():
         current = None
-        first = True
+        first = begin is None  # a blank line, then the ops, after what begins the forward
+        for nid, var in zip(input_ids, params, strict=True) if begin else ():
+            loc = location(g.node(nid))
+            comment = f"  # {comment_text(loc)}" if loc else ""
+            w.line(f"{var} = {begin(nid, var)}{comment}", node=nid)
         for nid in order:
             node = g.node(nid)
             if node.op is Op.INPUT:

@@ -93,24 +93,28 @@ class _Plan:
             self.skip_chain[r] = chain[::-1]
             self.absorbed |= set(chain)
         order = [n for n in g.topo_order() if n not in self.absorbed]
-        self.first_reader: dict[int, int] = {}  # each task slice's
-        self.order = self._slices_where_used(order)
+        self.first_reader: dict[int, int] = {}  # each task stack's and task slice's
+        self.order = self._plumbing_where_used(order)
 
-    def _slices_where_used(self, order: list[int]) -> list[int]:
-        """`order` with each task's slice of a value moved to just before the first op that
-        reads it (a head), where a reader of the code looks for it; one that only a task's
-        output is stays where it was."""
+    def _plumbing_where_used(self, order: list[int]) -> list[int]:
+        """`order` with each task stack and task slice moved to just before the first op that
+        reads it (a routed op, a head), where a reader of the code looks for it; one that only
+        a task's output is stays where it was."""
         read = {src for nid in order for src in self.inputs_of(nid)}
-        slices = {n for n in order if self.g.node(n).op is Op.TASK_SLICE and n in read}
+        plumbing = (Op.TASK_STACK, Op.TASK_SLICE)
+        movable = {n for n in order if self.g.node(n).op in plumbing and n in read}
         placed: list[int] = []
-        for nid in order:
-            if nid in slices:
-                continue
+
+        def place(nid: int, reader: int) -> None:
             for s in self.inputs_of(nid):
-                if s in slices and s not in self.first_reader:
-                    self.first_reader[s] = nid
-                    placed.append(s)
+                if s in movable and s not in self.first_reader:
+                    self.first_reader[s] = reader
+                    place(s, reader)
             placed.append(nid)
+
+        for nid in order:
+            if nid not in movable:
+                place(nid, nid)
         return placed
 
     def inputs_of(self, nid: int) -> list[int]:
@@ -120,11 +124,11 @@ class _Plan:
 
     def scope(self, nid: int) -> str:
         """The scope a node's line is written under: a route's is its op's (`layer1.0` for
-        `layer1.0.conv1.route`), a task slice's that of the head reading it."""
+        `layer1.0.conv1.route`), a task stack's or slice's that of the op reading it."""
         node = self.g.node(nid)
         if node.op is Op.ROUTE:
             return scope_of(self.g.node(self.g.inputs(nid)[0]).name)
-        if node.op is Op.TASK_SLICE:
+        if node.op in (Op.TASK_STACK, Op.TASK_SLICE):
             reader = self.first_reader.get(nid)
             return scope_of(node.name) if reader is None else self.scope(reader)
         return scope_of(node.name)
@@ -265,8 +269,8 @@ def _emit_forward(
 ) -> None:
     def rhs(nid: int, args: list[str]) -> str:
         node = g.node(nid)
-        if node.op is Op.TASK_STACK:  # with the declared shape of a sample, for checks
-            return f"self.stack({args[0]}, {py_literal(tuple(node.shape))})"
+        if node.op is Op.TASK_STACK:
+            return f"self.stack({args[0]})"
         if node.op is Op.TASK_SLICE:
             return f"self.task_slice({args[0]}, {tasks.index(node.attrs['task'])})"
         if node.op is Op.ROUTE:
@@ -288,6 +292,9 @@ def _emit_forward(
             "return self.outputs({" + ", ".join(f"{py_literal(t)}: {outs[t]}" for t in tasks) + "})"
         )
 
+    def begin(nid: int, var: str) -> str:  # with the declared shape of a sample, for checks
+        return f"self.begin({var}, {py_literal(tuple(g.node(nid).shape))})"
+
     emit_forward(
         w,
         g,
@@ -298,4 +305,5 @@ def _emit_forward(
         outputs={t: g.outputs[t] for t in tasks},
         signature=signature,
         returns=returns,
+        begin=begin,
     )

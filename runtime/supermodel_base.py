@@ -163,8 +163,8 @@ class SupermodelBase(nn.Module):
     """Routing modes, policy logits, the regulariser and policy files.
 
     A subclass sets MODEL, TASKS, PINNED (the ops no policy chooses for) and ROUTED (one
-    `(op name, has skip, depth)` per routed op, in order) and writes `forward` with `stack`,
-    `route` and `task_slice`.
+    `(op name, has skip, depth)` per routed op, in order) and writes `forward` with `begin`,
+    `stack`, `route`, `task_slice` and `outputs`.
     """
 
     MODEL = ""
@@ -183,8 +183,9 @@ class SupermodelBase(nn.Module):
         self._hard = {}
         self._constant_weights = {}  # (op name, device) -> [T, 3]: hard and warm-up weights
         # {op name: [T, 3]}: search mode's weights, drawn for all routed ops at once, kept for
-        # one forward (stack() opens it, outputs() closes it); None outside a forward
+        # one forward (begin() opens it, outputs() closes it); None outside a forward
         self._search_weights = None
+        self._input_stacked = False  # whether this forward's input came as a dict (begin())
         self._has_skip = {name: skip for name, skip, _ in self.ROUTED}
         self._route_index = {name: i for i, (name, _, _) in enumerate(self.ROUTED)}
         self._policy_keys = _parameter_names([name for name, _, _ in self.ROUTED])
@@ -299,11 +300,14 @@ class SupermodelBase(nn.Module):
 
     # -- the forward pass's building blocks ------------------------------------------------
 
-    def stack(self, x, sample):
-        """One input batch for all tasks (or a dict task -> batch) as `[B * T, ...]`. A forward
-        starts here: search mode draws fresh Gumbel noise for it, once. `sample` is the
-        declared shape of one sample: a batch must have its rank and channels (any size)."""
+    def begin(self, x, sample):
+        """A forward starts here, with its input: one batch for all tasks, returned as it is
+        (the shared prefix runs on it once; `stack` repeats it per task after), or a dict
+        task -> batch, returned task-stacked as `[B * T, ...]`. Search mode draws fresh
+        Gumbel noise for the forward, once. `sample` is the declared shape of one sample: a
+        batch must have its rank and channels (any size)."""
         self._search_weights = {}
+        self._input_stacked = isinstance(x, dict)
         for batch in x.values() if isinstance(x, dict) else [x]:
             if batch.dim() != len(sample) + 1 or batch.shape[1] != sample[0]:
                 expected = ", ".join(["N", str(sample[0]), *"HWD"[: len(sample) - 1]])
@@ -327,7 +331,12 @@ class SupermodelBase(nn.Module):
                 got = ", ".join(f"{t} {tuple(x[t].shape)}" for t in self.TASKS)
                 raise ValueError(f"input batches must have one shape; got {got}")
             return torch.stack([x[t] for t in self.TASKS], dim=1).flatten(0, 1)
-        return x.repeat_interleave(len(self.TASKS), dim=0)
+        return x
+
+    def stack(self, x):
+        """A value of the shared prefix as `[B * T, ...]`, each sample once per task (what a
+        dict input gives is task-stacked already)."""
+        return x if self._input_stacked else x.repeat_interleave(len(self.TASKS), dim=0)
 
     def outputs(self, out):
         """The forward's `{task: output}`; it ends here, and its search weights are dropped

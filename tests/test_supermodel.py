@@ -740,6 +740,24 @@ def test_dict_input_equals_stacking(mini) -> None:
         torch.testing.assert_close(out[task], expected, **TOL)
 
 
+def test_the_shared_prefix_runs_once_on_the_batch(mini) -> None:
+    """The pinned stem (conv, batchnorm, relu: every task runs it alike) sees the batch once;
+    the first routed op sees it once per task (a dict input is per task from the start)."""
+    model = random_model(mini, 3).train()
+    seen: dict[str, list[int]] = {"stem_conv1": [], "body_conv1": []}
+    for name, sizes in seen.items():
+        module = getattr(model, name)
+        module.register_forward_pre_hook(lambda _, args, sizes=sizes: sizes.append(len(args[0])))
+    x = torch.randn(MINI_INPUT)
+    model(x)
+    model({task: x for task in model.TASKS})
+    batch, tasks = len(x), len(model.TASKS)
+    assert seen == {"stem_conv1": [batch, batch * tasks], "body_conv1": [batch * tasks] * 2}
+    stacked = [n for n, node in mini.graph.nodes() if node.op is Op.TASK_STACK]
+    sources = {mini.graph.node(mini.graph.inputs(n)[0]).name for n in stacked}
+    assert sources == {"stem.relu1"}  # the image itself is never read past the stem
+
+
 def test_input_errors(mini) -> None:
     model = random_model(mini)
     with pytest.raises(ValueError, match=r"input dict lacks tasks \['depth'\]; expected"):

@@ -17,8 +17,9 @@ Batchnorm (and scale) is task-specific unless `share_bn`; PReLU always is (with 
 scale the only unpinned parametric ops that are not routed: per task, all-specific is T
 independent networks). Ops pinned `@specific` get one copy per task, ops pinned `@shared` stay
 shared. Non-parametric ops act per task on the stacked
-batch. A `task_stack` node follows each input, and a `task_slice` node feeds each task's head
-its own part of the stacked backbone output.
+batch. The shared prefix (the inputs and what every task runs alike before the first routed
+op, such as a pinned stem) runs once on the batch: a `task_stack` node follows it, and a
+`task_slice` node feeds each task's head its own part of the stacked backbone output.
 """
 
 from __future__ import annotations
@@ -53,8 +54,6 @@ def insert_routing(
     g.tasks = tuple(by_name[t] for t in tasks)
     g.outputs = {t: g.outputs[t] for t in tasks}
     backbone = [n for n in g.topo_order() if g.node(n).task is None]
-    _stack_inputs(g, backbone)
-    _slice_for_heads(g, tasks)
     routed = [n for n in backbone if g.node(n).op in ROUTABLE and g.node(n).sharing is None]
     for depth, nid in enumerate(routed, start=1):
         _route(g, nid, depth)
@@ -63,6 +62,8 @@ def insert_routing(
         if node.role is not None or node.op is Op.INPUT:
             continue
         g.update(nid, role=_role_of(node, options))
+    _stack_after_shared_prefix(g)
+    _slice_for_heads(g, tasks)
     return g
 
 
@@ -97,13 +98,30 @@ def _role_of(node: Node, options: RoutingOptions) -> Role:
     return Role.SHARED
 
 
-def _stack_inputs(g: Graph, backbone: list[int]) -> None:
-    for nid in [n for n in backbone if g.node(n).op is Op.INPUT]:
+def _stack_after_shared_prefix(g: Graph) -> None:
+    """A task_stack on each edge out of the shared prefix: the inputs and the ops after them
+    that every task runs alike (one module, no routing, no dropout mask of its own: a pinned
+    stem). The prefix runs once on the batch; the tasks' copies start at the stacks."""
+    candidates = {i for n in g.node_ids() if g.node(n).op is Op.ROUTE for i in g.inputs(n)[:2]}
+    prefix: set[int] = set()
+    for nid in g.topo_order():
+        node = g.node(nid)
+        if node.op is Op.INPUT or (
+            node.task is None
+            and node.role is Role.SHARED
+            and node.op is not Op.DROPOUT
+            and nid not in candidates
+            and all(i in prefix for i in g.inputs(nid))
+        ):
+            prefix.add(nid)
+    for nid in [n for n in g.topo_order() if n in prefix]:
+        outside = [u for u in g.users(nid) if u not in prefix]
+        if not outside:
+            continue
         node = g.node(nid)
         stack = g.add(Node(Op.TASK_STACK, f"{node.name}.stacked", {}, node.shape, node.loc), [nid])
-        for user in g.users(nid):
-            if user != stack:
-                g.set_inputs(user, [stack if i == nid else i for i in g.inputs(user)])
+        for user in outside:
+            g.set_inputs(user, [stack if i == nid else i for i in g.inputs(user)])
 
 
 def _slice_for_heads(g: Graph, tasks: tuple[str, ...]) -> None:
