@@ -3,6 +3,7 @@ kill at any moment leaves the last good checkpoint whole; read back with `weight
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 import tempfile
@@ -32,6 +33,9 @@ def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # what a write killed before its rename left (a checkpoint's size each): this one replaces it
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def _new_file_mode() -> int:

@@ -379,3 +379,23 @@ def test_a_fresh_run_into_a_killed_runs_folder_logs_from_an_empty_file(
     (run / "metrics.jsonl").write_text(json.dumps(stale) + "\n")
     assert main([*search_args(model_file, config_file), "--out", str(run)]) == 0
     assert logged(run / "metrics.jsonl") == logged(interrupted_search[0] / "metrics.jsonl")
+
+
+def test_the_data_folder_is_recorded_absolute_so_a_resume_finds_it_from_anywhere(
+    tmp_path, monkeypatch
+):
+    from mtsc.commands.search import absolute_data_spec
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_data_spec("shapes:sd") == f"shapes:{tmp_path / 'sd'}"
+    assert absolute_data_spec("nyuv2:~/nyu") == f"nyuv2:{Path.home() / 'nyu'}"
+    assert absolute_data_spec("shapes") == "shapes"
+
+
+def test_a_checkpoint_write_removes_what_a_killed_write_left(tmp_path):
+    killed = tmp_path / ".last.pt.x1y2.tmp"  # a kill between mkstemp and the rename
+    killed.write_bytes(b"half a checkpoint")
+    other = tmp_path / ".model.pt.a1b2.tmp"
+    other.write_bytes(b"another file's")
+    save_checkpoint(tmp_path / "last.pt", {"step": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.pt.a1b2.tmp", "last.pt"]

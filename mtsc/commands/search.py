@@ -138,6 +138,8 @@ def run_settings(
     from mtsc.runtime.trainer import CHECKPOINT, load_resumable
 
     given_command = {k: v for k, v in command.items() if v is not None}
+    if "data" in given_command:
+        given_command["data"] = absolute_data_spec(given_command["data"])
     if not args.resume:
         command = {**COMMAND_DEFAULTS, **given_command}
         config = make_config(
@@ -169,6 +171,17 @@ def run_settings(
         given_extra={COMMAND_OPTIONS[k]: v for k, v in given_command.items()},
     )
     return saved, saved_command
+
+
+def absolute_data_spec(spec: str) -> str:
+    """`--data` with its folder made absolute (`shapes:sd` -> `shapes:/home/me/sd`): the run
+    records it, and a resume from another directory must find the same data."""
+    import os
+
+    kind, colon, path = spec.partition(":")
+    if not path:
+        return spec
+    return f"{kind}{colon}{os.path.abspath(os.path.expanduser(path))}"
 
 
 def undone_unless_resumable(run_dir: Path, resume: bool):
