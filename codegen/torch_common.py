@@ -131,9 +131,7 @@ def emit_forward(
         current = None
         first = begin is None  # a blank line, then the ops, after what begins the forward
         for nid, var in zip(input_ids, params, strict=True) if begin else ():
-            loc = location(g.node(nid))
-            comment = f"  # {comment_text(loc)}" if loc else ""
-            w.line(f"{var} = {begin(nid, var)}{comment}", node=nid)
+            w.line(f"{var} = {begin(nid, var)}{_location_comment(g.node(nid))}", node=nid)
         for nid in order:
             node = g.node(nid)
             if node.op is Op.INPUT:
@@ -150,10 +148,14 @@ def emit_forward(
                 w.comment(f"{op}: skipped (identity)")
             rhs = rhs_of(nid, [alloc.var[i] for i in inputs_of(nid)])
             var = alloc.assign(nid, variable_hint(node))
-            loc = location(node)
-            comment = f"  # {comment_text(loc)}" if loc else ""
-            w.line(f"{var} = {rhs}{comment}", node=nid)
+            w.line(f"{var} = {rhs}{_location_comment(node)}", node=nid)
         w.line(returns({key: alloc.var[nid] for key, nid in outputs.items()}))
+
+
+def _location_comment(node: Node) -> str:
+    """`  # file.mtl:12`, the DSL line a forward line computes, or nothing."""
+    loc = location(node)
+    return f"  # {comment_text(loc)}" if loc else ""
 
 
 def weight_key(node: Node) -> tuple | None:

@@ -135,6 +135,13 @@ class _Failure:
     message: str
     notes: tuple[str, ...]
 
+    @classmethod
+    def of(cls, err: MtscError) -> _Failure:
+        return cls(err.span, err.message, err.notes)
+
+    def error(self) -> MtscError:
+        return MtscError(self.span, self.message, notes=self.notes)
+
 
 class _ReportingItems(torch.utils.data.Dataset):
     """`dataset`'s items, or the _Failure of the one that cannot be read."""
@@ -149,14 +156,18 @@ class _ReportingItems(torch.utils.data.Dataset):
         try:
             return self.dataset[index]
         except MtscError as err:
-            return _Failure(err.span, err.message, err.notes)
+            return _Failure.of(err)
 
 
 def _reporting_collate(items: list):
+    """The batch of `items`, or the _Failure of an item, or of the batching."""
+    failed = next((item for item in items if isinstance(item, _Failure)), None)
+    if failed is not None:
+        return failed
     try:
-        return next((i for i in items if isinstance(i, _Failure)), None) or collate(items)
+        return collate(items)
     except MtscError as err:
-        return _Failure(err.span, err.message, err.notes)
+        return _Failure.of(err)
 
 
 class BatchStream:
@@ -224,7 +235,7 @@ class BatchStream:
             try:
                 batch = next(self._iter)
                 if isinstance(batch, _Failure):
-                    raise MtscError(batch.span, batch.message, notes=batch.notes)
+                    raise batch.error()
                 self.position += 1
                 return batch
             except StopIteration:

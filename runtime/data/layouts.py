@@ -291,8 +291,9 @@ def open_cityscapes(
         folders = {"depth": split_dir / "depth"}
         if "segment" in tasks:
             folders["segment"] = _cityscapes_label_folder(name, split_dir, classes)
-        looked_in = _label_folders({t: folders[t] for t in tasks})
-        samples = folder_samples(name, root, split, {t: folders[t] for t in tasks})
+        folders = {t: folders[t] for t in tasks}
+        looked_in = _label_folders(folders)
+        samples = folder_samples(name, root, split, folders)
         layout = "MTAN/LibMTL"
     else:
         raise _layout_not_found(name, root, CITYSCAPES_JSON)
